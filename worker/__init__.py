@@ -1,0 +1,1 @@
+"""M0 reference inference worker."""

@@ -1,0 +1,141 @@
+"""The Backend interface: every op a model needs, in one place.
+
+Arrays ("Array") are backend-native float32 arrays (numpy.ndarray or cupy.ndarray): models may
+reshape and slice them (both libraries share that API) but do all arithmetic through the backend.
+Weights ("Weight") are whatever `load_weight` returns: they keep the stored quant format
+(kernels dequantize on the fly; the NumPy reference may dequantize and cache).
+
+Shapes: activations are [T, D] (T tokens of the current step), heads are [T, H, head_dim].
+Matmul follows GGUF/PyTorch Linear: weight [N, K], y = x @ W.T (+ bias) -> [T, N].
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from worker.config import RopeConfig
+
+Array = Any
+Weight = Any
+
+
+@dataclass
+class KVCache:
+    """Per-request K/V storage: k[layer], v[layer] each [n_ctx, n_kv_heads, head_dim]."""
+
+    n_layers: int
+    n_ctx: int
+    n_kv_heads: int
+    head_dim: int
+    k: list
+    v: list
+    nbytes: int = 0
+
+
+class Backend(ABC):
+    name: str = "abstract"       # "numpy" | "cuda"
+    device_name: str = ""        # "cpu-reference" or the GPU's name: reported with every result
+
+    # -- memory ----------------------------------------------------------------------------
+    @abstractmethod
+    def load_weight(self, tensor) -> Weight:
+        """Take a worker.quant.QuantTensor (kept in its stored format)."""
+
+    @abstractmethod
+    def asarray(self, host: np.ndarray) -> Array:
+        """Host float array -> backend float32 array."""
+
+    @abstractmethod
+    def to_host(self, x: Array) -> np.ndarray:
+        """Backend array -> host float32 ndarray (a copy for GPU backends)."""
+
+    @abstractmethod
+    def new_kv_cache(self, n_layers: int, n_ctx: int, n_kv_heads: int, head_dim: int) -> KVCache:
+        """Allocate a request's cache; GPU backends raise DeviceOOMError when it does not fit."""
+
+    def free_kv_cache(self, cache: KVCache) -> None:
+        cache.k.clear()
+        cache.v.clear()
+
+    def memory_report(self) -> dict:
+        """Bytes in use: {'weights': .., 'kv_cache': .., 'workspace': ..}."""
+        return {"weights": 0, "kv_cache": 0, "workspace": 0}
+
+    # -- ops ---------------------------------------------------------------------------------
+    @abstractmethod
+    def embedding(self, table: Weight, ids: np.ndarray) -> Array:
+        """Rows of table [V, D] for int ids [T] -> [T, D]."""
+
+    @abstractmethod
+    def matmul(self, x: Array, w: Weight, bias: Weight | None = None, expert: int | None = None) -> Array:
+        """x [T, K] @ w[N, K].T (+ bias [N]) -> [T, N]. With expert=e, w is [E, N, K] and w[e] is used."""
+
+    @abstractmethod
+    def add(self, a: Array, b: Array) -> Array:
+        """Residual connection: a + b, same shape."""
+
+    @abstractmethod
+    def mul(self, a: Array, b: Array) -> Array:
+        """Elementwise a * b with NumPy broadcasting (used for MoE routing weights)."""
+
+    @abstractmethod
+    def rmsnorm(self, x: Array, weight: Weight, eps: float) -> Array:
+        """x / sqrt(mean(x^2) + eps) * weight, over the last axis."""
+
+    @abstractmethod
+    def layernorm(self, x: Array, weight: Weight, bias: Weight, eps: float) -> Array:
+        """(x - mean) / sqrt(var + eps) * weight + bias, over the last axis."""
+
+    @abstractmethod
+    def rope(self, x: Array, positions: np.ndarray, rope: RopeConfig) -> Array:
+        """Rotate x [T, H, head_dim] at absolute positions [T] (normal or neox pairing; yarn/linear)."""
+
+    @abstractmethod
+    def attention(
+        self,
+        q: Array,
+        k: Array,
+        v: Array,
+        cache: KVCache,
+        layer: int,
+        start_pos: int,
+        *,
+        sliding_window: int = 0,
+        sinks: Weight | None = None,
+        scale: float | None = None,
+    ) -> Array:
+        """Causal attention for T new tokens at positions start_pos..start_pos+T-1.
+
+        Stores k, v [T, n_kv_heads, head_dim] into cache[layer] at those positions, then
+        attends q [T, n_heads, head_dim] over cache positions [0, start_pos+T) with the causal
+        mask (and, if sliding_window > 0, only the last `sliding_window` positions including
+        itself). GQA when n_heads > n_kv_heads (head h reads kv head h // (n_heads//n_kv_heads)).
+        sinks [n_heads]: a learned logit per head added to the softmax denominator (GPT-OSS).
+        scale defaults to 1/sqrt(head_dim). Returns [T, n_heads*head_dim].
+        """
+
+    @abstractmethod
+    def swiglu(self, gate: Array, up: Array, *, limit: float | None = None, alpha: float | None = None) -> Array:
+        """silu(gate) * up.
+
+        With limit/alpha (GPT-OSS): gate = min(gate, limit); up = clip(up, -limit, limit);
+        out = gate * sigmoid(alpha * gate) * (up + 1).
+        """
+
+    @abstractmethod
+    def gelu(self, x: Array) -> Array:
+        """GELU, tanh approximation (GPT-2)."""
+
+    @abstractmethod
+    def softmax(self, x: Array, temperature: float = 1.0) -> Array:
+        """softmax(x / temperature) over the last axis."""
+
+    @abstractmethod
+    def argmax(self, x: Array) -> np.ndarray:
+        """Index of the max over the last axis (first index on ties), on the host."""
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (no-op on CPU)."""
