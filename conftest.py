@@ -1,0 +1,2 @@
+"""Root conftest: loads the story/gate plugin (gates/harness/plugin.py)."""
+pytest_plugins = ["gates.harness.plugin"]
