@@ -19,6 +19,7 @@ MARKERS = [
     "gpu: needs a CUDA GPU (skipped with a reason on a machine without one)",
     "slow: takes more than a few seconds",
     "needs_model(name): needs a real model file (smollm2, qwen2.5, phi3, gpt-oss-20b)",
+    "allure_label: set by the plugin (gate/team/story labels)",
 ]
 # Real models a user may point at: name -> environment variable holding the GGUF path.
 MODEL_ENV = {"qwen2.5": "M0_QWEN25_GGUF", "phi3": "M0_PHI3_GGUF", "gpt-oss-20b": "M0_GPT_OSS_GGUF"}
@@ -168,25 +169,27 @@ def _story_gate(state: GateState, story_id: str) -> int | None:
     return None
 
 
+def _allure_label(item, label_type: str, value: str) -> None:
+    # allure-pytest reads labels from `allure_label` marks; adding them here labels every test
+    # by gate (epic), team (feature) and story without decorating each test by hand.
+    item.add_marker(pytest.mark.allure_label(value, label_type=label_type))
+
+
 def _add_allure_labels(item, state: GateState, stories, checks) -> None:
-    try:
-        import allure
-    except ImportError:
-        return
     teams = {s["id"]: s["team"] for s in state.stories}
     for story_id in stories:
         gate = _story_gate(state, story_id)
         if gate is not None:
-            item.add_marker(allure.epic(f"Gate {gate}"))
-        item.add_marker(allure.feature(teams.get(story_id, "unknown team")))
-        item.add_marker(allure.story(story_id))
+            _allure_label(item, "epic", f"Gate {gate}")
+        _allure_label(item, "feature", teams.get(story_id, "unknown team"))
+        _allure_label(item, "story", story_id)
     for check in checks:
         gate = next((g for g, m in state.manifests.items()
                      if check in [c["id"] for c in m.get("checks", [])]), None)
         if gate is not None:
-            item.add_marker(allure.epic(f"Gate {gate}"))
-        item.add_marker(allure.feature("Gate checks"))
-        item.add_marker(allure.story(check))
+            _allure_label(item, "epic", f"Gate {gate}")
+        _allure_label(item, "feature", "Gate checks")
+        _allure_label(item, "story", check)
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -250,7 +253,7 @@ def _write_allure_environment(config, state: GateState) -> None:
     from gates.harness.environment import environment_properties
 
     model = config.getoption("model") or model_file("smollm2")
-    props = environment_properties(state.device, gpu_name(), model)
+    props = environment_properties(state.device_label, gpu_name(), model)
     Path(alluredir).mkdir(parents=True, exist_ok=True)
     (Path(alluredir) / "environment.properties").write_text(
         "".join(f"{k}={v}\n" for k, v in props.items()))
