@@ -1,0 +1,91 @@
+"""FT-004 Correlation id middleware: every response carries X-Correlation-Id.
+
+Acceptance: a valid id sent by the client is echoed on every endpoint and every kind of answer
+(stream, JSON, 400, 404, 413, 503); without one the worker generates a fresh id per request; an
+unusable id (too long, spaces, control characters) is replaced; and every narration line written
+while handling a request, including the inference thread's, carries that request's id.
+"""
+import threading
+
+import httpx
+import pytest
+
+from fixtures.server_process import check_stream, execute, sse_events
+
+pytest_plugins = ["fixtures.server_fixtures"]
+pytestmark = pytest.mark.story("FT-004")
+
+
+@pytest.mark.parametrize("method, path, body, status", [
+    ("GET", "/health", None, 200),
+    ("POST", "/cancel", {"job_id": "nobody"}, 200),
+    ("POST", "/execute", {"job_id": "x"}, 400),
+    ("POST", "/execute", b"{not json", 400),
+    ("GET", "/missing", None, 404),
+    ("POST", "/execute", b"x" * (2 << 20), 413),
+])
+def test_a_sent_id_is_echoed_on_every_answer(tiny_server, method, path, body, status):
+    kwargs = {"json": body} if isinstance(body, dict) else {"content": body} if body else {}
+    response = httpx.request(method, tiny_server.url + path, headers={"X-Correlation-Id": "client-id-42"}, **kwargs)
+    assert response.status_code == status
+    assert response.headers["x-correlation-id"] == "client-id-42"
+
+
+def test_a_sent_id_is_echoed_on_the_event_stream(tiny_server):
+    response, events = execute(tiny_server.url, {"job_id": "ft004-s", "prompt": "Hi", "max_tokens": 2},
+                               headers={"X-Correlation-Id": "stream-id-1"})
+    assert response.status_code == 200
+    assert response.headers["x-correlation-id"] == "stream-id-1"
+    check_stream(events)
+
+
+def test_without_an_id_each_request_gets_a_new_one(tiny_server):
+    ids = [httpx.get(tiny_server.url + "/health").headers["x-correlation-id"] for _ in range(3)]
+    assert all(ids) and len(set(ids)) == 3
+
+
+@pytest.mark.parametrize("bad", ["has space", "x" * 129, "tab\there", ""])
+def test_an_unusable_id_is_replaced(tiny_server, bad):
+    response = httpx.get(tiny_server.url + "/health", headers={"X-Correlation-Id": bad})
+    assert response.status_code == 200
+    assert response.headers["x-correlation-id"] not in ("", bad)
+
+
+def test_the_busy_answer_carries_the_id(smollm2_server):
+    url = smollm2_server.url
+    started = threading.Event()
+    done = []
+
+    def long_job():
+        with httpx.Client(timeout=300) as client:
+            with client.stream("POST", url + "/execute", json={"job_id": "ft004-long", "prompt": "Tell a story.",
+                                                               "max_tokens": 30, "temperature": 0}) as r:
+                for name, data in sse_events(r):
+                    if name == "token":
+                        started.set()
+                done.append(name)
+
+    runner = threading.Thread(target=long_job)
+    runner.start()
+    try:
+        assert started.wait(120)
+        busy = httpx.post(url + "/execute", json={"job_id": "ft004-2", "prompt": "Hi"},
+                          headers={"X-Correlation-Id": "busy-id"})
+        assert busy.status_code == 503 and busy.headers["x-correlation-id"] == "busy-id"
+    finally:
+        runner.join(300)
+
+
+def test_every_narration_line_of_a_request_carries_its_id(tiny_server):
+    cid = "narration-check-7"
+    _, events = execute(tiny_server.url, {"job_id": "ft004-narr", "prompt": "Hello", "max_tokens": 3},
+                        headers={"X-Correlation-Id": cid})
+    check_stream(events)
+    tiny_server.wait_for(lambda r: r.get("event") == "request_finished" and r.get("correlation_id") == cid)
+    mine = [r for r in tiny_server.narration() if r.get("correlation_id") == cid]
+    assert [r["event"] for r in mine][0] == "request_received"
+    assert {"request_received", "job_accepted", "job_started", "job_finished", "request_finished"} <= {
+        r["event"] for r in mine}
+    # Every line about this job (from the event loop and from the inference thread) has the id.
+    about_job = [r for r in tiny_server.narration() if r.get("job_id") == "ft004-narr"]
+    assert about_job and all(r["correlation_id"] == cid for r in about_job)

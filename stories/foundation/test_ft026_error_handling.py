@@ -1,0 +1,84 @@
+"""FT-026 Error handling integration: bad start-ups end cleanly, with the error named.
+
+Acceptance: a corrupt model file makes `python -m worker serve` exit non-zero with
+`error: <CODE>: <message>` naming the problem and no Python traceback; a model that does not fit
+the memory available (here a --max-memory cap, which also works on cpu) is refused before any
+weight is allocated, with the required bytes, available bytes, device and model path in the
+message, exit status 1; a missing file is named. None of these ever binds the port.
+"""
+import re
+import shutil
+
+import pytest
+
+from fixtures.server_process import start_worker
+
+pytest_plugins = ["fixtures.server_fixtures"]
+pytestmark = pytest.mark.story("FT-026")
+
+
+def _tiny():
+    from fixtures.tiny_models import tiny_model_path
+
+    return tiny_model_path("llama")
+
+
+def _assert_clean_refusal(worker, status):
+    assert worker.wait_exit(120) == status, worker.stderr_text()
+    err = worker.stderr_text()
+    assert "Traceback" not in err and "Traceback" not in worker.stdout_text()
+    assert not [r for r in worker.narration() if r["event"] in ("listening", "model_load_started")]
+    failed = [r for r in worker.narration() if r["event"] == "startup_failed"]
+    assert len(failed) == 1
+    plain = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert plain, err
+    return failed[0], plain[0]
+
+
+CORRUPTIONS = {
+    "bad magic": lambda data: b"GGUX" + data[4:],
+    "truncated": lambda data: data[: len(data) // 2],
+    "empty": lambda data: b"",
+    "version 99": lambda data: data[:4] + (99).to_bytes(4, "little") + data[8:],
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_a_corrupt_model_exits_cleanly_naming_the_error(tmp_path, corruption):
+    path = tmp_path / "corrupt.gguf"
+    path.write_bytes(CORRUPTIONS[corruption](_tiny().read_bytes()))
+    worker = start_worker(path)
+    failed, line = _assert_clean_refusal(worker, 2)
+    assert re.match(r"error: (GGUF_[A-Z_]+|UNSUPPORTED_[A-Z_]+): ", line), line
+    assert failed["code"] in line and str(path) in line
+
+
+def test_a_missing_model_file_is_named(tmp_path):
+    worker = start_worker(tmp_path / "nowhere.gguf")
+    failed, line = _assert_clean_refusal(worker, 2)
+    assert failed["code"] == "MODEL_NOT_FOUND" and "nowhere.gguf" in line
+
+
+def test_a_model_that_does_not_fit_is_refused_before_allocation(tmp_path):
+    from gguf import GGUFReader
+
+    path = tmp_path / "tiny.gguf"
+    shutil.copy(_tiny(), path)
+    weights = sum(int(t.n_bytes) for t in GGUFReader(str(path)).tensors)   # oracle: gguf-py
+    cap = weights // 2                                                       # less than the weights alone
+    worker = start_worker(path, extra=["--max-memory", str(cap)])
+    failed, line = _assert_clean_refusal(worker, 1)
+    assert failed["code"] == "VRAM_OOM"
+    assert failed["required_bytes"] >= weights
+    assert failed["available_bytes"] == cap
+    assert failed["device"] == "cpu"
+    assert failed["model_path"] == str(path)
+    for fact in (str(failed["required_bytes"]), str(cap), "cpu", str(path)):
+        assert fact in line, (fact, line)
+
+
+def test_a_cap_that_fits_starts_normally(tiny_server):
+    # tiny_server runs with --max-memory 4G
+    check = next(r for r in tiny_server.narration() if r["event"] == "memory_check")
+    assert check["max_memory"] == 4 << 30
+    assert check["required_bytes"] <= check["available_bytes"] <= 4 << 30
