@@ -3,9 +3,11 @@
 Acceptance: a valid job gets 200 `text/event-stream` starting with `started` {job_id, model,
 started_at, seed, prompt_tokens}; the seed is echoed, or chosen by the worker (u64) and reported;
 one job runs at a time: a second job while one runs gets 503 WORKER_BUSY (with Retry-After) and
-does not disturb the running one; once a job has ended the next one is accepted at once.
+does not disturb the running one (and carries the
+correlation id too); once a job has ended the next one is accepted at once.
 """
 import threading
+import time
 from datetime import datetime, timezone
 
 import httpx
@@ -15,6 +17,9 @@ from fixtures.server_process import check_stream, execute, sse_events
 
 pytest_plugins = ["fixtures.server_fixtures"]
 pytestmark = pytest.mark.story("FT-002")
+
+# A prompt SmolLM2 continues at length (greedy), so that the job is still running when we look.
+LONG_JOB = {"prompt": "Once upon a time, in a small village,", "max_tokens": 200, "temperature": 0, "seed": 5}
 
 
 def test_a_job_streams_started_first_with_its_facts(tiny_server):
@@ -43,36 +48,46 @@ def test_without_a_seed_the_worker_chooses_one_and_reports_it(tiny_server):
     assert seeds[0] != seeds[1], "two jobs without a seed got the same one"
 
 
+@pytest.mark.story("FT-002", "FT-004")
 def test_a_second_job_while_one_runs_is_refused_busy(smollm2_server):
     url = smollm2_server.url
     first_events: list = []
-    streaming = threading.Event()
+    token_seen = threading.Event()
 
     def first_job():
         with httpx.Client(timeout=300) as client:
-            with client.stream("POST", url + "/execute", json={
-                    "job_id": "ft002-long", "prompt": "Write a long story about a cat.",
-                    "max_tokens": 40, "temperature": 0, "seed": 1}) as response:
+            with client.stream("POST", url + "/execute", json={**LONG_JOB, "job_id": "ft002-long"}) as response:
                 for event in sse_events(response):
                     first_events.append(event)
                     if event[0] == "token":
-                        streaming.set()
+                        token_seen.set()
 
     runner = threading.Thread(target=first_job)
     runner.start()
+    tokens_at_refusal = 0
     try:
-        assert streaming.wait(120), "first job never produced a token"
-        busy = httpx.post(url + "/execute", json={"job_id": "ft002-second", "prompt": "Hi", "max_tokens": 2})
+        assert token_seen.wait(120), f"first job produced no token: {first_events}"
+        busy = httpx.post(url + "/execute", json={"job_id": "ft002-second", "prompt": "Hi", "max_tokens": 2},
+                          headers={"X-Correlation-Id": "busy-id"})
         assert busy.status_code == 503
         assert busy.json()["code"] == "WORKER_BUSY"
         assert "ft002-long" in busy.json()["message"]
         assert int(busy.headers["retry-after"]) >= 1
+        assert busy.headers["x-correlation-id"] == "busy-id"
         health = httpx.get(url + "/health").json()
         assert health["status"] == "ready" and health["job"]["job_id"] == "ft002-long"
+        # The running job was not disturbed: it keeps streaming after the refusal.
+        tokens_at_refusal = sum(1 for name, _ in first_events if name == "token")
+        deadline = time.monotonic() + 120
+        while sum(1 for name, _ in first_events if name == "token") <= tokens_at_refusal + 1:
+            assert runner.is_alive() and time.monotonic() < deadline, first_events[-3:]
+            time.sleep(0.05)
     finally:
+        httpx.post(url + "/cancel", json={"job_id": "ft002-long"})      # no need to wait 200 tokens
         runner.join(300)
-    summary = check_stream(first_events)          # the running job was not disturbed
-    assert summary["terminal"] == "end" and summary["end"]["stop_reason"] in ("max_tokens", "eos")
+    summary = check_stream(first_events)
+    assert summary["terminal"] == "end"
+    assert summary["end"]["tokens_out"] >= tokens_at_refusal + 2
     # The slot is free as soon as `end` was read: the next job is accepted at once.
     response, events = execute(url, {"job_id": "ft002-after", "prompt": "Hi", "max_tokens": 1})
     assert response.status_code == 200 and check_stream(events)["terminal"] == "end"

@@ -87,9 +87,9 @@ def test_a_body_that_is_not_json_is_refused(tiny_server, raw):
     assert response.json()["code"] == "INVALID_JSON"
 
 
-@pytest.mark.parametrize("body", [[], ["job_id", "prompt"], "text", 3, None])
+@pytest.mark.parametrize("body", [b"[]", b'["job_id", "prompt"]', b'"text"', b"3", b"null"])
 def test_a_body_that_is_not_an_object_is_refused(tiny_server, body):
-    response = httpx.post(tiny_server.url + "/execute", json=body)
+    response = httpx.post(tiny_server.url + "/execute", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 400
     assert response.json()["code"] == "INVALID_PARAMS"
 

@@ -6,6 +6,7 @@ GGUF_* codes are raised as worker.errors.GGUFError; the last three as Unsupporte
 from __future__ import annotations
 
 GGUF_CODES: dict[str, str] = {
+    "GGUF_INVALID": "GGUFError's default code; the reader itself always raises one of the specific codes below",
     "GGUF_UNREADABLE": "the path does not exist, is not a regular file, or cannot be opened",
     "GGUF_BAD_MAGIC": "the file does not start with the bytes 'GGUF' (not a GGUF file)",
     "GGUF_UNSUPPORTED_VERSION": "GGUF version other than 2 or 3 (v1 used 32-bit counts; big-endian files read as a huge version)",

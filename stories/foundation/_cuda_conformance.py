@@ -1,0 +1,150 @@
+"""Shared machinery of the CUDA conformance tests (in the style of llama.cpp's test-backend-ops).
+
+Every CUDA op is run against the NumPy reference backend (worker.backend.numpy) on the same
+inputs; the error measure is the normalized mean squared error
+
+    NMSE = sum((cuda - ref)^2) / sum(ref^2)
+
+which must stay under the op's stated threshold. The CUDA backend used here fills every output
+with NaN before the kernel writes it (poison_outputs=True) and synchronizes after every launch,
+so an element a kernel forgot to write, or an asynchronous fault, fails the test: NaN never
+passes. Each check is recorded in reports/cuda_conformance.json (op, shapes tried, worst NMSE,
+threshold), rewritten after every record so that a crash still leaves the table so far.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS_PATH = Path(os.environ.get("M0_CONFORMANCE_JSON", ROOT / "reports" / "cuda_conformance.json"))
+
+# NMSE thresholds per op (and storage type where it matters). Float32 kernels against a float32/
+# float64 reference land near 1e-14; the thresholds leave room for a different summation order,
+# not for a wrong result. Dequantization must be exact.
+THRESHOLDS = {
+    "embedding": 0.0,            # dequantized rows: bit-exact with worker.quant / gguf-py
+    "dequantize": 0.0,
+    "matvec": 1e-9,              # fused dequantize + matrix-vector (T <= 4), float32 accumulation
+    "matmul": 1e-9,              # dequantized tile + cuBLAS SGEMM (T > 4)
+    "matmul_expert": 1e-9,
+    "add": 0.0,
+    "mul": 0.0,
+    "rmsnorm": 1e-10,
+    "layernorm": 1e-10,
+    "rope": 1e-10,
+    "attention_f32kv": 1e-9,
+    "attention_f16kv": 2e-6,     # the cache stores K/V in float16 (relative rounding 2^-11)
+    "swiglu": 1e-10,
+    "swiglu_clamped": 1e-10,
+    "gelu": 1e-10,
+    "softmax": 1e-10,
+    "argmax": 0.0,               # index mismatches / rows
+}
+
+_lock = threading.Lock()
+_table: dict[str, dict] = {}
+
+
+def nmse(out: np.ndarray, ref: np.ndarray) -> float:
+    out = np.asarray(out, np.float64)
+    ref = np.asarray(ref, np.float64)
+    assert out.shape == ref.shape, f"shape {out.shape} != reference {ref.shape}"
+    if not np.isfinite(out).all():
+        return float("inf")                      # NaN (poison left in place) or inf never passes
+    denom = float(np.sum(ref * ref))
+    err = float(np.sum((out - ref) ** 2))
+    if denom == 0.0:
+        return 0.0 if err == 0.0 else float("inf")
+    return err / denom
+
+
+def record(op: str, shape: str, value: float, threshold: float | None = None) -> float:
+    """Add one check to the results table; returns the threshold it is held to."""
+    threshold = THRESHOLDS[op.split(":")[0]] if threshold is None else threshold
+    with _lock:
+        row = _table.setdefault(op, {"op": op, "shapes_tried": 0, "worst_nmse": 0.0, "worst_shape": "",
+                                     "threshold": threshold, "failures": 0})
+        row["shapes_tried"] += 1
+        if not value <= threshold:
+            row["failures"] += 1
+        if value > row["worst_nmse"] or (value != value):
+            row["worst_nmse"], row["worst_shape"] = value, shape
+        RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
+        rows = [dict(r, worst_nmse=(r["worst_nmse"] if np.isfinite(r["worst_nmse"]) else str(r["worst_nmse"])))
+                for r in sorted(_table.values(), key=lambda r: r["op"])]
+        payload = {"device": _device_name(), "metric": "sum((cuda-ref)^2)/sum(ref^2) vs worker.backend.numpy",
+                   "rows": rows}
+        tmp = RESULTS_PATH.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload, indent=1))
+        tmp.replace(RESULTS_PATH)
+    return threshold
+
+
+def check(op: str, shape: str, out, ref, threshold: float | None = None) -> None:
+    """Record and assert: NMSE of `out` (host array) against `ref` under the op's threshold."""
+    value = nmse(out, ref)
+    limit = record(op, shape, value, threshold)
+    assert value <= limit, f"{op} {shape}: NMSE {value:.3e} above threshold {limit:.1e}"
+
+
+@functools.lru_cache(maxsize=1)
+def _device_name() -> str:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    except Exception:  # noqa: BLE001
+        return "no GPU"
+
+
+@functools.lru_cache(maxsize=None)
+def _backend(**options):
+    from worker.backend.cuda import CudaBackend
+
+    return CudaBackend(**options)
+
+
+def cuda_backend(**options):
+    """A CudaBackend (one per option set per process); skips the test when no GPU is usable."""
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("CuPy sees no CUDA GPU")
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"CuPy/CUDA unavailable: {type(exc).__name__}: {exc}")
+    return _backend(**options)
+
+
+def checking_backend():
+    """The conformance backend: outputs poisoned with NaN, synchronized after every launch."""
+    return cuda_backend(poison_outputs=True, sync_each_op=True)
+
+
+def random_weight(qtype, shape: tuple, rng: np.random.Generator, name: str = "w"):
+    """A QuantTensor of random valid stored blocks (finite scales) of `qtype`."""
+    import gguf
+
+    from fixtures.gguf_corrupt import random_blocks
+    from worker.quant import QuantTensor
+
+    block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    n_blocks = int(np.prod(shape)) // block_size
+    raw = np.ascontiguousarray(random_blocks(qtype, n_blocks, rng)).reshape(-1)
+    return QuantTensor(name, qtype, tuple(shape), raw)
+
+
+def f32_tensor(values: np.ndarray, name: str = "v"):
+    import gguf
+
+    from worker.quant import QuantTensor
+
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    return QuantTensor(name, gguf.GGMLQuantizationType.F32, values.shape, values.reshape(-1).view(np.uint8))

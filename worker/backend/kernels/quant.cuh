@@ -1,0 +1,161 @@
+// Dequantization of every stored weight format, 8 consecutive values at a time.
+//
+// A row of K values is stored as K / block_size blocks (GGUF / ggml layouts; see
+// worker/quant/formats.py). dq8_<fmt>(row, c, w) writes values 8c .. 8c+7 of the row into w.
+// Eight consecutive values always share one scale, in every format, which keeps the inner
+// loops free of per-value scale lookups. Float formats may have K % 8 != 0: their tails go
+// through dq1_<fmt>(row, k).
+#pragma once
+#include "common.cuh"
+
+// ---- plain floats ------------------------------------------------------------------------------
+__device__ __forceinline__ void dq8_f32(const u8* r, int c, float* w) {
+    const float* p = (const float*)r + 8 * c;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = p[i];
+}
+__device__ __forceinline__ float dq1_f32(const u8* r, int k) { return ((const float*)r)[k]; }
+
+__device__ __forceinline__ void dq8_f16(const u8* r, int c, float* w) {
+    const u16* p = (const u16*)r + 8 * c;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = f16_bits_to_f32(p[i]);
+}
+__device__ __forceinline__ float dq1_f16(const u8* r, int k) { return f16_bits_to_f32(((const u16*)r)[k]); }
+
+__device__ __forceinline__ void dq8_bf16(const u8* r, int c, float* w) {
+    const u16* p = (const u16*)r + 8 * c;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = bf16_bits_to_f32(p[i]);
+}
+__device__ __forceinline__ float dq1_bf16(const u8* r, int k) { return bf16_bits_to_f32(((const u16*)r)[k]); }
+
+// ---- 32-value blocks -----------------------------------------------------------------------------
+// Q8_0: d:f16 | q[32]:int8 ; x = d*q
+__device__ __forceinline__ void dq8_q8_0(const u8* r, int c, float* w) {
+    const u8* b = r + (c >> 2) * 34;
+    const float d = load_f16(b);
+    const signed char* q = (const signed char*)(b + 2 + (c & 3) * 8);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = d * (float)q[i];
+}
+
+// Values 0..15 are the low nibbles of qs[0..15], values 16..31 the high nibbles.
+__device__ __forceinline__ void nibbles8(const u8* qs, int part, int* q) {
+    const u8* p = qs + (part & 1) * 8;
+    const int shift = (part >> 1) * 4;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) q[i] = (p[i] >> shift) & 15;
+}
+
+// Q4_0: d:f16 | qs[16] ; x = d*(q - 8)
+__device__ __forceinline__ void dq8_q4_0(const u8* r, int c, float* w) {
+    const u8* b = r + (c >> 2) * 18;
+    const float d = load_f16(b);
+    int q[8];
+    nibbles8(b + 2, c & 3, q);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = d * (float)(q[i] - 8);
+}
+
+// Q4_1: d:f16 | m:f16 | qs[16] ; x = d*q + m
+__device__ __forceinline__ void dq8_q4_1(const u8* r, int c, float* w) {
+    const u8* b = r + (c >> 2) * 20;
+    const float d = load_f16(b), m = load_f16(b + 2);
+    int q[8];
+    nibbles8(b + 4, c & 3, q);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = __fadd_rn(__fmul_rn(d, (float)q[i]), m);
+}
+
+// MXFP4: e:E8M0 | qs[16] of E2M1 ; x = 2^(e-128) * (2*fp4)   (ggml's exact form)
+__device__ __forceinline__ float e8m0_half(u32 e) {
+    return __uint_as_float(e >= 2 ? (e - 1) << 23 : 0x00400000u >> (1 - e));
+}
+__device__ __forceinline__ void dq8_mxfp4(const u8* r, int c, float* w) {
+    const float fp4_doubled[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+    const u8* b = r + (c >> 2) * 17;
+    const float s = e8m0_half(b[0]);
+    int q[8];
+    nibbles8(b + 1, c & 3, q);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = s * fp4_doubled[q[i]];
+}
+
+// ---- K-quants: super-blocks of 256 ---------------------------------------------------------------
+// ggml's get_scale_min_k4: 8 six-bit scales and mins packed in 12 bytes.
+__device__ __forceinline__ void scale_min_k4(int j, const u8* q, int* sc, int* m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+// Q4_K: d | dmin | scales[12] | qs[128] ; sub-block s of 32: x = d*sc[s]*q - dmin*m[s]
+__device__ __forceinline__ void dq8_q4_k(const u8* r, int c, float* w) {
+    const u8* b = r + (c >> 5) * 144;
+    const int j0 = (c & 31) * 8, s = j0 >> 5, l0 = j0 & 31;
+    int sc, m;
+    scale_min_k4(s, b + 4, &sc, &m);
+    const float d1 = __fmul_rn(load_f16(b), (float)sc), m1 = __fmul_rn(load_f16(b + 2), (float)m);
+    const u8* qs = b + 16 + (s >> 1) * 32 + l0;
+    const int shift = (s & 1) * 4;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = __fsub_rn(__fmul_rn(d1, (float)((qs[i] >> shift) & 15)), m1);
+}
+
+// Q5_K: d | dmin | scales[12] | qh[32] | qs[128] ; fifth bit of value l of sub-block s: qh[l] bit s
+__device__ __forceinline__ void dq8_q5_k(const u8* r, int c, float* w) {
+    const u8* b = r + (c >> 5) * 176;
+    const int j0 = (c & 31) * 8, s = j0 >> 5, l0 = j0 & 31;
+    int sc, m;
+    scale_min_k4(s, b + 4, &sc, &m);
+    const float d1 = __fmul_rn(load_f16(b), (float)sc), m1 = __fmul_rn(load_f16(b + 2), (float)m);
+    const u8* qh = b + 16 + l0;
+    const u8* qs = b + 48 + (s >> 1) * 32 + l0;
+    const int shift = (s & 1) * 4;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int q = ((qs[i] >> shift) & 15) | (((qh[i] >> s) & 1) << 4);
+        w[i] = __fsub_rn(__fmul_rn(d1, (float)q), m1);
+    }
+}
+
+// Q6_K: ql[128] | qh[64] | scales[16]:int8 | d ; value 128h + 32g + l:
+//   low 4 bits: ql[64h + 32(g&1) + l] (low nibble for g < 2), high 2 bits: qh[32h + l] >> 2g
+__device__ __forceinline__ void dq8_q6_k(const u8* r, int c, float* w) {
+    const u8* b = r + (c >> 5) * 210;
+    const int j0 = (c & 31) * 8, h = j0 >> 7, g = (j0 & 127) >> 5, l0 = j0 & 31;
+    const float scale = __fmul_rn(load_f16(b + 208), (float)((const signed char*)(b + 192))[j0 >> 4]);
+    const u8* ql = b + 64 * h + 32 * (g & 1) + l0;
+    const u8* qh = b + 128 + 32 * h + l0;
+    const int low_shift = (g >> 1) * 4, high_shift = 2 * g;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int q = (((ql[i] >> low_shift) & 15) | (((qh[i] >> high_shift) & 3) << 4)) - 32;
+        w[i] = __fmul_rn(scale, (float)q);
+    }
+}
+
+// Quant formats have K % 32 == 0, so they never have a tail; these exist for the macro below.
+#define QUANT_DQ1(fmt)                                                           \
+    __device__ __forceinline__ float dq1_##fmt(const u8* r, int k) {             \
+        float w[8];                                                              \
+        dq8_##fmt(r, k >> 3, w);                                                 \
+        float v = w[0];                                                          \
+        _Pragma("unroll") for (int i = 1; i < 8; ++i) if ((k & 7) == i) v = w[i]; \
+        return v;                                                                \
+    }
+QUANT_DQ1(q8_0)
+QUANT_DQ1(q4_0)
+QUANT_DQ1(q4_1)
+QUANT_DQ1(mxfp4)
+QUANT_DQ1(q4_k)
+QUANT_DQ1(q5_k)
+QUANT_DQ1(q6_k)
+
+#define FOR_EACH_FORMAT(X) \
+    X(f32) X(f16) X(bf16) X(q8_0) X(q4_0) X(q4_1) X(q4_k) X(q5_k) X(q6_k) X(mxfp4)

@@ -1,0 +1,190 @@
+"""GPT-OSS (GGUF architecture "gpt-oss"): pre-norm transformer with sink attention and MoE.
+
+Per block i, with n = RMSNorm(x) and m = RMSNorm(h):
+    q, k, v = Wq·n + bq, Wk·n + bk, Wv·n + bv                  (GQA: fewer K/V heads)
+    h = x + Wo · SinkAttention(rope(q), rope(k), v) + bo         (sliding window on even i)
+    y = h + Σ_{e ∈ topk(r)} p_e · (Wdown_e · swiglu_oai(Wgate_e·m + bgate_e, Wup_e·m + bup_e) + bdown_e)
+        r = Wrouter·m + brouter,  p = softmax(r[topk(r)])        (softmax over the k chosen only)
+logits = Wout · RMSNorm(y)
+
+SinkAttention: softmax over the visible keys plus one learned logit per head (blk.N.attn_sinks)
+that only enlarges the denominator. swiglu_oai(g, u) = min(g, 7)·σ(1.702·min(g, 7))·(clip(u,±7)+1).
+RoPE: NEOX pairing with YaRN; the YaRN ramp is not rounded to whole pairs (transformers'
+`truncate: false` in the published config and OpenAI's reference; llama.cpp rounds).
+
+Experts are stacked [E, N, K] tensors (MXFP4 in the published file) used through
+`backend.matmul(x, w, bias, expert=e)`; the routing (top-k of E router logits per token) is
+done on the host.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from worker.config import ModelConfig, RopeConfig
+from worker.errors import UnsupportedModelError
+from worker.models.llama import _token_ids
+from worker.models.weights import WeightLoader
+
+SWIGLU_LIMIT = 7.0        # llama.cpp and transformers' defaults for gpt-oss (no GGUF key)
+SWIGLU_ALPHA = 1.702
+
+
+@dataclass(frozen=True)
+class YarnRopeConfig(RopeConfig):
+    """RopeConfig plus `truncate` (read by worker.rope.rope_inv_freq)."""
+
+    truncate: bool = True
+
+
+@dataclass
+class GptOssBlock:
+    attn_norm: object
+    wq: object
+    bq: object
+    wk: object
+    bk: object
+    wv: object
+    bv: object
+    wo: object
+    bo: object
+    sinks: object
+    sliding_window: int          # 0 on full-attention layers
+    ffn_norm: object
+    router: object
+    router_bias: object
+    gate_exps: object            # [E, F, D]
+    gate_bias: object            # [E, F]
+    up_exps: object              # [E, F, D]
+    up_bias: object
+    down_exps: object            # [E, D, F]
+    down_bias: object            # [E, D]
+
+
+def gpt_oss_rope(cfg: ModelConfig) -> RopeConfig:
+    """NEOX-style YaRN without rounding the ramp ends (the reference implementation's rope)."""
+    if cfg.rope is None:
+        raise UnsupportedModelError("gpt-oss config has no rope settings")
+    fields = {f.name: getattr(cfg.rope, f.name) for f in dataclasses.fields(cfg.rope)}
+    fields.update(style="neox", truncate=False)
+    return YarnRopeConfig(**fields)
+
+
+def is_sliding_layer(cfg: ModelConfig, layer: int) -> bool:
+    """llama.cpp's swa pattern 2 and transformers' layer_types: even layers use the window."""
+    pattern = int(cfg.extra.get("sliding_window_pattern", 2)) if cfg.extra else 2
+    return cfg.sliding_window > 0 and layer % pattern < pattern - 1
+
+
+class GptOssModel:
+    architectures = ("gpt-oss",)
+
+    def __init__(self, gguf_file, backend, progress=None):
+        cfg = self.config = gguf_file.config
+        self.backend = backend
+        if cfg.n_experts < 1 or not 1 <= cfg.n_experts_per_token <= cfg.n_experts:
+            raise UnsupportedModelError(
+                f"gpt-oss needs experts: expert_count {cfg.n_experts}, expert_used_count {cfg.n_experts_per_token}")
+        self.rope = gpt_oss_rope(cfg)
+        extra = cfg.extra or {}
+        self.swiglu_limit = float(extra.get("swiglu_limit", SWIGLU_LIMIT))
+        self.swiglu_alpha = float(extra.get("swiglu_alpha", SWIGLU_ALPHA))
+
+        w = WeightLoader(gguf_file, backend, progress)
+        D, V, F, E = cfg.hidden_size, cfg.vocab_size, cfg.ffn_size, cfg.n_experts
+        q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+
+        self.token_embd = w.load("token_embd.weight", (V, D))
+        self.blocks = []
+        for i in range(cfg.n_layers):
+            p = f"blk.{i}."
+            if w.has(p + "ffn_gate_up_exps.weight"):      # newer converters: [gate; up] fused
+                gate_exps, up_exps = _split_experts(w, p + "ffn_gate_up_exps.weight", (E, 2 * F, D))
+                gate_bias, up_bias = _split_experts(w, p + "ffn_gate_up_exps.bias", (E, 2 * F))
+            else:
+                gate_exps, up_exps = w.load(p + "ffn_gate_exps.weight", (E, F, D)), w.load(p + "ffn_up_exps.weight", (E, F, D))
+                gate_bias, up_bias = w.load(p + "ffn_gate_exps.bias", (E, F)), w.load(p + "ffn_up_exps.bias", (E, F))
+            self.blocks.append(GptOssBlock(
+                attn_norm=w.load(p + "attn_norm.weight", (D,)),
+                wq=w.load(p + "attn_q.weight", (q_dim, D)), bq=w.load(p + "attn_q.bias", (q_dim,)),
+                wk=w.load(p + "attn_k.weight", (kv_dim, D)), bk=w.load(p + "attn_k.bias", (kv_dim,)),
+                wv=w.load(p + "attn_v.weight", (kv_dim, D)), bv=w.load(p + "attn_v.bias", (kv_dim,)),
+                wo=w.load(p + "attn_output.weight", (D, q_dim)), bo=w.load(p + "attn_output.bias", (D,)),
+                sinks=w.load(p + "attn_sinks.weight", (cfg.n_heads,)),
+                sliding_window=cfg.sliding_window if is_sliding_layer(cfg, i) else 0,
+                ffn_norm=w.load(p + "post_attention_norm.weight", (D,)),
+                router=w.load(p + "ffn_gate_inp.weight", (E, D)), router_bias=w.load(p + "ffn_gate_inp.bias", (E,)),
+                gate_exps=gate_exps, gate_bias=gate_bias, up_exps=up_exps, up_bias=up_bias,
+                down_exps=w.load(p + "ffn_down_exps.weight", (E, D, F)),
+                down_bias=w.load(p + "ffn_down_exps.bias", (E, D)),
+            ))
+        self.output_norm = w.load("output_norm.weight", (D,))
+        self.output = w.load("output.weight", (V, D)) if w.has("output.weight") else self.token_embd
+        self.tensor_names = sorted(w.loaded)
+
+    def new_cache(self, n_ctx: int):
+        cfg = self.config
+        return self.backend.new_kv_cache(cfg.n_layers, n_ctx, cfg.n_kv_heads, cfg.head_dim)
+
+    def forward(self, ids, cache, start_pos: int):
+        """Logits [T, vocab] for tokens `ids` at positions start_pos.. (their K/V go to `cache`)."""
+        b, eps = self.backend, self.config.norm_eps
+        ids = _token_ids(ids)
+        positions = np.arange(start_pos, start_pos + len(ids))
+        x = b.embedding(self.token_embd, ids)
+        for layer, blk in enumerate(self.blocks):
+            x = b.add(x, self._attention(blk, b.rmsnorm(x, blk.attn_norm, eps), positions, cache, layer, start_pos))
+            x = b.add(x, self._mixture_of_experts(blk, b.rmsnorm(x, blk.ffn_norm, eps)))
+        return b.matmul(b.rmsnorm(x, self.output_norm, eps), self.output)
+
+    def _attention(self, blk: GptOssBlock, x, positions, cache, layer: int, start_pos: int):
+        b, cfg = self.backend, self.config
+        T = x.shape[0]
+        q = b.matmul(x, blk.wq, blk.bq).reshape(T, cfg.n_heads, cfg.head_dim)
+        k = b.matmul(x, blk.wk, blk.bk).reshape(T, cfg.n_kv_heads, cfg.head_dim)
+        v = b.matmul(x, blk.wv, blk.bv).reshape(T, cfg.n_kv_heads, cfg.head_dim)
+        q, k = b.rope(q, positions, self.rope), b.rope(k, positions, self.rope)
+        out = b.attention(q, k, v, cache, layer, start_pos, sliding_window=blk.sliding_window, sinks=blk.sinks)
+        return b.matmul(out, blk.wo, blk.bo)
+
+    def route(self, blk: GptOssBlock, x) -> tuple[np.ndarray, np.ndarray]:
+        """Per token: the k experts with the largest router logits, and softmax over those k.
+
+        Returns (experts [T, k] int, weights [T, k] float32), on the host.
+        """
+        logits = self.backend.to_host(self.backend.matmul(x, blk.router, blk.router_bias)).astype(np.float64)
+        k = self.config.n_experts_per_token
+        experts = np.argsort(-logits, axis=-1, kind="stable")[:, :k]     # ties: lower expert index first
+        chosen = np.take_along_axis(logits, experts, axis=-1)
+        weights = np.exp(chosen - chosen.max(axis=-1, keepdims=True))
+        return experts, (weights / weights.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+    def _mixture_of_experts(self, blk: GptOssBlock, x):
+        b = self.backend
+        experts, weights = self.route(blk, x)
+        out = b.asarray(np.zeros(x.shape, np.float32))
+        for e in np.unique(experts):
+            tokens, slot = np.nonzero(experts == e)                        # each token at most once
+            xe = x[tokens]
+            gate = b.matmul(xe, blk.gate_exps, blk.gate_bias, expert=int(e))
+            up = b.matmul(xe, blk.up_exps, blk.up_bias, expert=int(e))
+            y = b.matmul(b.swiglu(gate, up, limit=self.swiglu_limit, alpha=self.swiglu_alpha),
+                         blk.down_exps, blk.down_bias, expert=int(e))
+            out[tokens] = b.add(out[tokens], b.mul(y, b.asarray(weights[tokens, slot][:, None])))
+        return out
+
+
+def _split_experts(w: WeightLoader, name: str, shape: tuple[int, ...]) -> list:
+    """A fused [E, 2F, ...] expert tensor as its [E, F, ...] gate and up halves (copies the bytes:
+    each expert's gate rows and up rows are contiguous, but the halves interleave across experts)."""
+    from worker.quant import QuantTensor
+
+    tensor = w._stored(name, shape)
+    n_experts, rows = shape[0], shape[1]
+    raw = np.asarray(tensor.raw).reshape(n_experts, rows, -1)
+    half = rows // 2
+    return [w.backend.load_weight(QuantTensor(f"{name}[{part}]", tensor.qtype, (n_experts, half, *shape[2:]),
+                                              np.ascontiguousarray(raw[:, s : s + half]).reshape(-1)))
+            for part, s in (("gate", 0), ("up", half))]
