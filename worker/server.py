@@ -32,8 +32,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from worker.errors import InvalidParamsError, PromptTooLongError, WorkerError
+from worker.errors import InvalidParamsError, WorkerError
 from worker.narration import correlation_id, narrate
+from worker.sampling import SamplingParams
 
 MAX_BODY_BYTES = 1 << 20          # 1 MiB: a prompt larger than that cannot fit any context we serve
 MAX_JOB_ID_CHARS = 256
@@ -42,8 +43,7 @@ RECENT_JOBS = 256                 # finished job ids remembered for /cancel answ
 CORRELATION_ID = re.compile(r"^[\x21-\x7e]{1,128}$")   # visible ASCII, no spaces; else we make one
 
 # Request fields besides job_id and prompt: everything SamplingParams.from_dict validates.
-SAMPLING_FIELDS = ("max_tokens", "temperature", "seed", "top_p", "top_k", "min_p",
-                   "repetition_penalty", "stop")
+SAMPLING_FIELDS = tuple(SamplingParams.FIELDS)
 REQUEST_FIELDS = ("job_id", "prompt") + SAMPLING_FIELDS
 
 STOP_REASONS = ("max_tokens", "eos", "stop_sequence", "cancelled", "context_full")
@@ -234,46 +234,35 @@ def _event_kind(ev) -> str:
     return type(ev).__name__.lower()
 
 
-def run_job(state: WorkerState, job: Job, prompt: str, params, max_tokens_given: bool,
-            emit: Callable[[tuple], None]) -> None:
-    """Tokenize, check the context, generate; emit ('started'|'token'|'metrics'|'end'|'error'|'rejected', data)."""
-    t_accept = job.accepted_at
+def run_job(state: WorkerState, job: Job, prompt: str, params, emit: Callable[[tuple], None]) -> None:
+    """Generate; emit ('started'|'token'|'metrics'|'end'|'error', data), or ('rejected', error) when
+    the engine refuses the job before it starts (prompt too long, max_tokens beyond the context)."""
     t_first = None
-    prompt_tokens = 0
+    prompt_tokens = None
     terminal: tuple | None = None
     outcome = "error"
     stop_reason = None
     try:
-        ids = state.tokenizer.encode(prompt)
-        prompt_tokens = len(ids)
-        n_ctx = state.n_ctx
-        if prompt_tokens >= n_ctx:
-            raise Rejected(PromptTooLongError(
-                f"prompt is {prompt_tokens} tokens; the context is {n_ctx} tokens and must leave room "
-                f"for at least one generated token", field="prompt"))
-        if max_tokens_given and prompt_tokens + params.max_tokens > n_ctx:
-            raise Rejected(InvalidParamsError(
-                f"max_tokens={params.max_tokens} with a {prompt_tokens}-token prompt exceeds the "
-                f"{n_ctx}-token context (at most {n_ctx - prompt_tokens})", field="max_tokens"))
         started = False
-        events = state.engine.generate(ids, params, cancel=job.cancel)
+        events = state.engine.generate(prompt, params, cancel=job.cancel, job_id=job.job_id)
         while True:
             try:
                 ev = next(events)
             except StopIteration:
                 break
-            except InvalidParamsError as exc:      # the engine's own checks, before it started
+            except InvalidParamsError as exc:      # the engine's checks, raised before Started
                 if started:
                     raise
                 raise Rejected(exc)
             kind = _event_kind(ev)
             if kind == "started":
                 started = True
-                narrate("job_started", job_id=job.job_id, prompt_tokens=_attr(ev, "prompt_tokens", default=prompt_tokens),
-                        seed=_attr(ev, "seed"))
+                prompt_tokens = _attr(ev, "prompt_tokens")
+                narrate("job_started", job_id=job.job_id, prompt_tokens=prompt_tokens, seed=_attr(ev, "seed"),
+                        max_tokens=_attr(ev, "max_tokens"), n_ctx=_attr(ev, "n_ctx"))
                 emit(("started", {"job_id": job.job_id, "model": state.info.get("name"), "started_at": utc_now(),
-                                  "seed": _attr(ev, "seed"),
-                                  "prompt_tokens": _attr(ev, "prompt_tokens", default=prompt_tokens)}))
+                                  "seed": _attr(ev, "seed"), "prompt_tokens": prompt_tokens,
+                                  "max_tokens": _attr(ev, "max_tokens"), "n_ctx": _attr(ev, "n_ctx", default=state.n_ctx)}))
             elif kind == "token":
                 if t_first is None:
                     t_first = time.monotonic()
@@ -287,22 +276,25 @@ def run_job(state: WorkerState, job: Job, prompt: str, params, max_tokens_given:
             elif kind == "end":
                 t_end = time.monotonic()
                 stop_reason = _attr(ev, "stop_reason")
-                data = {"tokens_out": _attr(ev, "tokens_out", default=job.tokens_out),
-                        "decode_time_ms": round(((t_end - t_first) if t_first else 0.0) * 1000, 3),
-                        "stop_reason": stop_reason,
-                        "prompt_tokens": prompt_tokens,
-                        "time_to_first_token_ms": round((t_first - t_accept) * 1000, 3) if t_first else None,
-                        "total_time_ms": round((t_end - t_accept) * 1000, 3)}
-                stop_sequence = _attr(ev, "stop_sequence")
-                if stop_sequence is not None:
-                    data["stop_sequence"] = stop_sequence
                 if stop_reason == "error":
-                    terminal = ("error", {"code": _attr(ev, "error_code", "code", default="INFERENCE_FAILED"),
-                                          "message": _attr(ev, "error", "message", default="inference failed")})
+                    terminal = ("error", {"code": _attr(ev, "error_code", default=None) or "INFERENCE_FAILED",
+                                          "message": _attr(ev, "error", default=None) or "inference failed"})
                     outcome = terminal[1]["code"]
-                else:
-                    terminal = ("end", data)
-                    outcome = stop_reason
+                    continue
+                server_decode_ms = round(((t_end - t_first) if t_first else 0.0) * 1000, 3)
+                data = {"tokens_out": _attr(ev, "tokens_out", default=job.tokens_out),
+                        "decode_time_ms": _attr(ev, "decode_time_ms", default=server_decode_ms),
+                        "stop_reason": stop_reason,
+                        "prompt_tokens": _attr(ev, "prompt_tokens", default=prompt_tokens),
+                        "prefill_time_ms": _attr(ev, "prefill_time_ms"),
+                        "time_to_first_token_ms": round((t_first - job.accepted_at) * 1000, 3) if t_first else None,
+                        "total_time_ms": round((t_end - job.accepted_at) * 1000, 3)}
+                if _attr(ev, "stop_sequence") is not None:
+                    data["stop_sequence"] = ev.stop_sequence
+                if _attr(ev, "text"):
+                    data["text"] = ev.text      # text released only at the end (docs/http-api.md)
+                terminal = ("end", data)
+                outcome = stop_reason
         if terminal is None:
             terminal = ("error", {"code": "INTERNAL", "message": "the engine ended without an end event"})
             outcome = "INTERNAL"
@@ -351,8 +343,6 @@ def _reject_constant(name: str):
 
 
 def create_app(state: WorkerState, *, max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
-    from worker.sampling import SamplingParams
-
     async def parse_json(request: Request) -> tuple[Any, Response | None]:
         try:
             body = await read_body(request, max_body_bytes)
@@ -417,7 +407,7 @@ def create_app(state: WorkerState, *, max_body_bytes: int = MAX_BODY_BYTES) -> S
         narrate("job_accepted", job_id=job.job_id)
         context = contextvars.copy_context()
         threading.Thread(target=context.run, name=f"job-{job.job_id[:32]}", daemon=True,
-                         args=(run_job, state, job, body["prompt"], params, "max_tokens" in body, emit)).start()
+                         args=(run_job, state, job, body["prompt"], params, emit)).start()
         try:
             first = await queue.get()
         except asyncio.CancelledError:

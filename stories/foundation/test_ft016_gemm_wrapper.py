@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from stories.foundation._cuda_conformance import check, checking_backend, random_weight
+from stories.foundation._cuda_conformance import examples, check_product, checking_backend, random_weight
 from worker.backend.numpy import NumpyBackend
 
 Q = gguf.GGMLQuantizationType
@@ -20,28 +20,24 @@ pytestmark = pytest.mark.gpu
 
 @pytest.mark.story("FT-016")
 @pytest.mark.parametrize("qtype", [Q.F32, Q.BF16, Q.Q4_0, Q.Q5_K, Q.MXFP4], ids=lambda q: q.name)
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(6), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**31), T=st.integers(5, 200), N=st.integers(1, 700), n_blocks=st.integers(1, 3))
-def test_tiled_gemm_matches_reference_with_many_tiles(qtype, seed, T, N, n_blocks, monkeypatch_tiles):
+def test_tiled_gemm_matches_reference_with_many_tiles(qtype, seed, T, N, n_blocks):
+    import worker.backend.cuda as cuda
+
     b = checking_backend()
     rng = np.random.default_rng(seed)
     K = n_blocks * gguf.GGML_QUANT_SIZES[qtype][0] if gguf.GGML_QUANT_SIZES[qtype][0] > 1 else 37 * n_blocks
     w = random_weight(qtype, (N, K), rng)
     x = rng.standard_normal((T, K)).astype(np.float32)
     weight = b.load_weight(w)
-    out = b.to_host(b.matmul(b.asarray(x), weight))
-    check(f"matmul:{qtype.name}", f"tiled T={T} N={N} K={K}", out, REF.matmul(x, REF.load_weight(w)))
+    with pytest.MonkeyPatch.context() as mp:   # tiles of at most 96 rows of 64: most shapes need several
+        mp.setattr(cuda, "TILE_MAX_BYTES", 4 * 64 * 96)
+        out = b.to_host(b.matmul(b.asarray(x), weight))
+    ref_w = REF.load_weight(w)
+    check_product(f"matmul:{qtype.name}", f"tiled T={T} N={N} K={K}", out, REF.matmul(x, ref_w), x, ref_w.dense())
     assert weight.nbytes == w.raw.nbytes, "the weight must stay in its stored format on the device"
     assert b.memory_report()["workspace"] > 0
-
-
-@pytest.fixture
-def monkeypatch_tiles(monkeypatch):
-    """Shrink the tile bound so that a few hundred rows already need several tiles."""
-    import worker.backend.cuda as cuda
-
-    monkeypatch.setattr(cuda, "TILE_MAX_BYTES", 4 * 64 * 96)
-    yield
 
 
 @pytest.mark.story("FT-016")
@@ -54,6 +50,6 @@ def test_large_prefill_uses_bounded_workspace():
     w = random_weight(Q.Q8_0, (49152, 576), rng)
     x = rng.standard_normal((100, 576)).astype(np.float32)
     out = b.to_host(b.matmul(b.asarray(x), b.load_weight(w)))
-    check("matmul:Q8_0", "T=100 N=49152 K=576", out, REF.matmul(x, REF.load_weight(w)))
-    tile = b._workspace["dequant_tile"]
-    assert tile.nbytes <= max(cuda.TILE_MAX_BYTES, 4 * 64 * 96 * 1024)
+    ref_w = REF.load_weight(w)
+    check_product("matmul:Q8_0", "T=100 N=49152 K=576", out, REF.matmul(x, ref_w), x, ref_w.dense())
+    assert b._workspace["dequant_tile"].nbytes <= cuda.TILE_MAX_BYTES

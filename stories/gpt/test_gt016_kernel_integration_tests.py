@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from stories.foundation._cuda_conformance import check, checking_backend, f32_tensor, random_weight
+from stories.foundation._cuda_conformance import examples, check, check_product, checking_backend, f32_tensor, random_weight
 from stories.llama.test_lt019_kernel_unit_tests import _attention_case
 from worker.backend.numpy import NumpyBackend
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.mark.story("GT-016", "GT-009", "GT-010", "GT-011")
-@settings(max_examples=30, **SETTINGS)
+@settings(max_examples=examples(30), **SETTINGS)
 @given(seed=st.integers(0, 2**31), T=st.integers(1, 70), D=st.sampled_from([1, 2, 31, 64, 255, 768, 1600, 4097]),
        scale=st.sampled_from([1e-3, 1.0, 100.0]), offset=st.sampled_from([0.0, 5.0, -300.0]))
 def test_layernorm(seed, T, D, scale, offset):
@@ -38,7 +38,7 @@ def test_layernorm(seed, T, D, scale, offset):
 
 
 @pytest.mark.story("GT-016", "GT-012", "GT-013")
-@settings(max_examples=30, **SETTINGS)
+@settings(max_examples=examples(30), **SETTINGS)
 @given(seed=st.integers(0, 2**31), shape=st.sampled_from([(1,), (5, 3), (7, 3072), (64, 1024), (1, 6400)]),
        scale=st.sampled_from([0.1, 1.0, 10.0]))
 def test_gelu_tanh(seed, shape, scale):
@@ -49,7 +49,7 @@ def test_gelu_tanh(seed, shape, scale):
 
 @pytest.mark.story("GT-016", "GT-014")
 @pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.Q8_0, Q.Q4_K], ids=lambda q: q.name)
-@settings(max_examples=6, **SETTINGS)
+@settings(max_examples=examples(6), **SETTINGS)
 @given(seed=st.integers(0, 2**31), T=st.sampled_from([1, 3, 9, 40]))
 def test_gpt_ffn_with_biases(qtype, seed, T):
     """down(gelu(up(x) + b_up)) + b_down, the GPT-2 MLP, through CUDA and through the reference."""
@@ -64,11 +64,11 @@ def test_gpt_ffn_with_biases(qtype, seed, T):
         h = be.gelu(be.matmul(xx, be.load_weight(up), be.load_weight(b_up)))
         return be.matmul(h, be.load_weight(down), be.load_weight(b_down))
 
-    check(f"{'matvec' if T <= 4 else 'matmul'}:{qtype.name}", f"gpt-ffn T={T}", b.to_host(ffn(b, b.asarray(x))), ffn(REF, x))
+    check("gpt_ffn", f"{qtype.name} T={T}", b.to_host(ffn(b, b.asarray(x))), ffn(REF, x))
 
 
 @pytest.mark.story("GT-016", "GT-008")
-@settings(max_examples=10, **SETTINGS)
+@settings(max_examples=examples(10), **SETTINGS)
 @given(seed=st.integers(0, 2**31), n_ctx=st.sampled_from([128, 1024]), start=st.integers(0, 100), T=st.integers(1, 27))
 def test_learned_positions_are_embedding_rows(seed, n_ctx, start, T):
     b = checking_backend()
@@ -80,7 +80,7 @@ def test_learned_positions_are_embedding_rows(seed, n_ctx, start, T):
 
 
 @pytest.mark.story("GT-016", "GT-017", "GT-018", "GT-019", "GT-020")
-@settings(max_examples=25, **SETTINGS)
+@settings(max_examples=examples(25), **SETTINGS)
 @given(seed=st.integers(0, 2**31), T=st.sampled_from([1, 1, 3, 16, 77]), start=st.sampled_from([0, 0, 5, 300]),
        H=st.sampled_from([1, 4, 12, 25]), hd=st.sampled_from([16, 64, 80]))
 def test_mha_attention_prefill_and_decode(seed, T, start, H, hd):
@@ -90,7 +90,7 @@ def test_mha_attention_prefill_and_decode(seed, T, start, H, hd):
 
 
 @pytest.mark.story("GT-016", "GT-021")
-@settings(max_examples=25, **SETTINGS)
+@settings(max_examples=examples(25), **SETTINGS)
 @given(seed=st.integers(0, 2**31), T=st.sampled_from([1, 1, 4, 40]), start=st.sampled_from([0, 10, 150]),
        window=st.sampled_from([0, 1, 16, 128]), sinks=st.booleans(), group=st.sampled_from([1, 8]))
 def test_gpt_oss_attention_sinks_and_sliding_window(seed, T, start, window, sinks, group):
@@ -100,7 +100,7 @@ def test_gpt_oss_attention_sinks_and_sliding_window(seed, T, start, window, sink
 
 
 @pytest.mark.story("GT-016")
-@settings(max_examples=25, **SETTINGS)
+@settings(max_examples=examples(25), **SETTINGS)
 @given(seed=st.integers(0, 2**31), T=st.integers(1, 20), F=st.sampled_from([1, 33, 2880]),
        limit=st.sampled_from([None, 7.0, 0.5]), alpha=st.sampled_from([None, 1.702]), scale=st.sampled_from([1.0, 20.0]))
 def test_clamped_swiglu(seed, T, F, limit, alpha, scale):
@@ -113,7 +113,7 @@ def test_clamped_swiglu(seed, T, F, limit, alpha, scale):
 
 
 @pytest.mark.story("GT-016")
-@settings(max_examples=25, **SETTINGS)
+@settings(max_examples=examples(25), **SETTINGS)
 @given(seed=st.integers(0, 2**31), T=st.integers(1, 20), D=st.sampled_from([1, 64, 2880]),
        form=st.sampled_from(["same", "rows", "cols", "scalar-ish"]))
 def test_routing_weight_products(seed, T, D, form):
@@ -127,7 +127,7 @@ def test_routing_weight_products(seed, T, D, form):
 
 @pytest.mark.story("GT-016")
 @pytest.mark.parametrize("qtype", [Q.MXFP4, Q.Q8_0, Q.F16], ids=lambda q: q.name)
-@settings(max_examples=8, **SETTINGS)
+@settings(max_examples=examples(8), **SETTINGS)
 @given(seed=st.integers(0, 2**31), E=st.integers(1, 6), T=st.sampled_from([1, 2, 7]), with_bias=st.booleans())
 def test_stacked_expert_products(qtype, seed, E, T, with_bias):
     b = checking_backend()
@@ -140,4 +140,5 @@ def test_stacked_expert_products(qtype, seed, E, T, with_bias):
     bb, rb = (b.load_weight(bias), REF.load_weight(bias)) if with_bias else (None, None)
     for e in range(E):
         out = b.to_host(b.matmul(b.asarray(x), bw, bb, expert=e))
-        check("matmul_expert", f"{qtype.name} E={E} e={e} T={T} bias={with_bias}", out, REF.matmul(x, rw, rb, expert=e))
+        check_product("matmul_expert", f"{qtype.name} E={E} e={e} T={T} bias={with_bias}", out,
+                      REF.matmul(x, rw, rb, expert=e), x, rw.expert(e), rb.dense()[e] if with_bias else None)

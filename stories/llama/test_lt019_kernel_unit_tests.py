@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from stories.foundation._cuda_conformance import check, checking_backend, f32_tensor, random_weight
+from stories.foundation._cuda_conformance import examples, check, check_product, checking_backend, f32_tensor, random_weight
 from worker.backend.numpy import NumpyBackend
 from worker.config import RopeConfig
 
@@ -35,7 +35,7 @@ def _k(qtype, n_blocks: int, odd: int) -> int:
 
 @pytest.mark.story("LT-019", "FT-015")
 @pytest.mark.parametrize("qtype", ALL_FORMATS, ids=lambda q: q.name)
-@settings(max_examples=12, **SETTINGS)
+@settings(max_examples=examples(12), **SETTINGS)
 @given(seed=st.integers(0, 2**31), rows=st.integers(1, 67), n_blocks=st.integers(1, 5), odd=st.integers(1, 333),
        T=st.integers(1, 40))
 def test_embedding_rows_are_dequantized_exactly(qtype, seed, rows, n_blocks, odd, T):
@@ -53,7 +53,7 @@ def test_embedding_rows_are_dequantized_exactly(qtype, seed, rows, n_blocks, odd
 
 @pytest.mark.story("LT-019")
 @pytest.mark.parametrize("qtype", ALL_FORMATS, ids=lambda q: q.name)
-@settings(max_examples=10, **SETTINGS)
+@settings(max_examples=examples(10), **SETTINGS)
 @given(seed=st.integers(0, 2**31), N=st.integers(1, 300), n_blocks=st.integers(1, 6), odd=st.integers(1, 700),
        T=st.sampled_from([1, 1, 2, 3, 4]), with_bias=st.booleans())
 def test_fused_dequantize_matvec_matches_reference(qtype, seed, N, n_blocks, odd, T, with_bias):
@@ -64,13 +64,15 @@ def test_fused_dequantize_matvec_matches_reference(qtype, seed, N, n_blocks, odd
     x = rng.standard_normal((T, K)).astype(np.float32)
     bias = f32_tensor(rng.standard_normal(N), "bias") if with_bias else None
     out = b.to_host(b.matmul(b.asarray(x), b.load_weight(w), b.load_weight(bias) if bias else None))
-    ref = REF.matmul(x, REF.load_weight(w), REF.load_weight(bias) if bias else None)
-    check(f"matvec:{qtype.name}", f"T={T} N={N} K={K} bias={with_bias}", out, ref)
+    ref_w = REF.load_weight(w)
+    ref = REF.matmul(x, ref_w, REF.load_weight(bias) if bias else None)
+    check_product(f"matvec:{qtype.name}", f"T={T} N={N} K={K} bias={with_bias}", out, ref, x, ref_w.dense(),
+                  REF.load_weight(bias).dense() if bias else None)
 
 
 @pytest.mark.story("LT-019", "FT-016")
 @pytest.mark.parametrize("qtype", ALL_FORMATS, ids=lambda q: q.name)
-@settings(max_examples=6, **SETTINGS)
+@settings(max_examples=examples(6), **SETTINGS)
 @given(seed=st.integers(0, 2**31), N=st.integers(1, 260), n_blocks=st.integers(1, 4), odd=st.integers(1, 500),
        T=st.integers(5, 90))
 def test_prefill_matmul_matches_reference(qtype, seed, N, n_blocks, odd, T):
@@ -80,7 +82,8 @@ def test_prefill_matmul_matches_reference(qtype, seed, N, n_blocks, odd, T):
     w = random_weight(qtype, (N, K), rng)
     x = rng.standard_normal((T, K)).astype(np.float32)
     out = b.to_host(b.matmul(b.asarray(x), b.load_weight(w)))
-    check(f"matmul:{qtype.name}", f"T={T} N={N} K={K}", out, REF.matmul(x, REF.load_weight(w)))
+    ref_w = REF.load_weight(w)
+    check_product(f"matmul:{qtype.name}", f"T={T} N={N} K={K}", out, REF.matmul(x, ref_w), x, ref_w.dense())
 
 
 @pytest.mark.story("LT-019")
@@ -95,14 +98,15 @@ def test_model_sized_products(qtype, N, K, T):
     w = random_weight(qtype, (N, K), rng)
     x = rng.standard_normal((T, K)).astype(np.float32)
     out = b.to_host(b.matmul(b.asarray(x), b.load_weight(w)))
-    check(f"{'matvec' if T <= 4 else 'matmul'}:{qtype.name}", f"T={T} N={N} K={K}", out,
-          REF.matmul(x, REF.load_weight(w)))
+    ref_w = REF.load_weight(w)
+    check_product(f"{'matvec' if T <= 4 else 'matmul'}:{qtype.name}", f"T={T} N={N} K={K}", out,
+                  REF.matmul(x, ref_w), x, ref_w.dense())
 
 
 # -- norms, residual, activation ---------------------------------------------------------------------
 
 @pytest.mark.story("LT-019", "LT-013")
-@settings(max_examples=30, **SETTINGS)
+@settings(max_examples=examples(30), **SETTINGS)
 @given(seed=st.integers(0, 2**31), T=st.integers(1, 70), D=st.sampled_from([1, 7, 31, 64, 65, 576, 896, 1000, 2880, 4097]),
        eps=st.sampled_from([1e-5, 1e-6]), scale=st.sampled_from([1e-3, 1.0, 300.0]))
 def test_rmsnorm(seed, T, D, eps, scale):
@@ -115,7 +119,7 @@ def test_rmsnorm(seed, T, D, eps, scale):
 
 
 @pytest.mark.story("LT-019", "LT-014", "GT-015")
-@settings(max_examples=25, **SETTINGS)
+@settings(max_examples=examples(25), **SETTINGS)
 @given(seed=st.integers(0, 2**31), shape=st.sampled_from([(1,), (3, 5), (7, 576), (1, 896), (33, 1, 17), (129, 2880)]))
 def test_residual_add(seed, shape):
     b = checking_backend()
@@ -125,7 +129,7 @@ def test_residual_add(seed, shape):
 
 
 @pytest.mark.story("LT-019", "LT-017")
-@settings(max_examples=25, **SETTINGS)
+@settings(max_examples=examples(25), **SETTINGS)
 @given(seed=st.integers(0, 2**31), T=st.integers(1, 40), F=st.sampled_from([1, 5, 128, 1536, 4864, 4097]),
        scale=st.sampled_from([0.1, 1.0, 30.0]))
 def test_swiglu(seed, T, F, scale):
@@ -149,7 +153,7 @@ ROPES = [
 
 @pytest.mark.story("LT-019", "LT-012")
 @pytest.mark.parametrize("rope", ROPES, ids=lambda r: f"{r.style}-{r.scaling}-{r.dim}")
-@settings(max_examples=8, **SETTINGS)
+@settings(max_examples=examples(8), **SETTINGS)
 @given(seed=st.integers(0, 2**31), T=st.integers(1, 50), H=st.integers(1, 14), start=st.sampled_from([0, 1, 7, 511, 4095, 70000]),
        contiguous=st.booleans())
 def test_rope(rope, seed, T, H, start, contiguous):
@@ -196,7 +200,7 @@ def _attention_case(b, seed, T, start, H, KVH, hd, window, sinks, kv_dtype):
 
 @pytest.mark.story("LT-019", "LT-015", "LT-016")
 @pytest.mark.parametrize("kv_dtype", ["float16", "float32"])
-@settings(max_examples=25, **SETTINGS)
+@settings(max_examples=examples(25), **SETTINGS)
 @given(seed=st.integers(0, 2**31), T=st.sampled_from([1, 1, 2, 5, 17, 64, 130]), start=st.sampled_from([0, 0, 1, 31, 200, 1000]),
        kv_heads=st.sampled_from([1, 2, 3, 4]), group=st.sampled_from([1, 2, 3, 7, 8]),
        hd=st.sampled_from([16, 32, 64, 80, 128, 256]))
@@ -225,7 +229,7 @@ def _f32_cache_backend():
 # -- sampling helpers ---------------------------------------------------------------------------------
 
 @pytest.mark.story("LT-019")
-@settings(max_examples=25, **SETTINGS)
+@settings(max_examples=examples(25), **SETTINGS)
 @given(seed=st.integers(0, 2**31), rows=st.integers(1, 9), N=st.sampled_from([1, 2, 40, 1000, 49152, 151936]),
        temperature=st.sampled_from([0.1, 0.7, 1.0, 2.0]), scale=st.sampled_from([1.0, 30.0]))
 def test_softmax_with_temperature(seed, rows, N, temperature, scale):
@@ -236,7 +240,7 @@ def test_softmax_with_temperature(seed, rows, N, temperature, scale):
 
 
 @pytest.mark.story("LT-019")
-@settings(max_examples=25, **SETTINGS)
+@settings(max_examples=examples(25), **SETTINGS)
 @given(seed=st.integers(0, 2**31), rows=st.integers(1, 9), N=st.sampled_from([1, 3, 40, 257, 49152, 151936]),
        ties=st.booleans())
 def test_argmax_first_index_on_ties(seed, rows, N, ties):

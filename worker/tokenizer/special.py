@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from worker.tokenizer.gguf_vocab import TokenType
 
 _ASCII_SPACE = " \t\n\v\f\r"  # C isspace(), what llama.cpp strips
+_PREFIX = 3
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,17 @@ class SpecialSplitter:
     def __init__(self, specials: list[SpecialToken]):
         # Longest first; equal lengths by id, so the order is reproducible.
         self.specials = sorted((s for s in specials if s.text), key=lambda s: (-len(s.text), s.id))
+        # Searching a long text for hundreds of tokens is slow; most share a few opening
+        # characters ('<|', '[PA'), so look for those first and skip tokens that cannot occur.
+        self._prefixes = sorted({s.text[:_PREFIX] for s in self.specials})
 
     def split(self, text: str, parse_special: bool = True) -> list[Fragment]:
         fragments: list[Fragment] = [text] if text else []
+        present = {p for p in self._prefixes if p in text}
         for special in self.specials:
             if special.control and not parse_special:
+                continue
+            if special.text[:_PREFIX] not in present:
                 continue
             if not any(isinstance(f, str) and special.text in f for f in fragments):
                 continue

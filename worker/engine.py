@@ -1,0 +1,265 @@
+"""The generation loop: prompt -> prefill -> sample / decode one token at a time -> events.
+
+    engine = Engine(model, tokenizer, n_ctx=4096)
+    for ev in engine.generate("Once upon a time", SamplingParams(max_tokens=16), cancel=threading.Event()):
+        Started(seed, prompt_tokens, max_tokens, n_ctx, job_id)     # once, first
+        Token(id, text, index)                                      # once per generated token
+        End(stop_reason, tokens_out, prompt_tokens, ...)            # once, last
+
+Rules (docs/sampling.md has the full statement):
+- Bad input raises before Started (InvalidParamsError / PromptTooLongError, the field named):
+  an empty prompt, a prompt of >= n_ctx tokens, or prompt tokens + max_tokens > n_ctx.
+  Without max_tokens the job gets DEFAULT_MAX_TOKENS capped by the context, and ends with
+  `context_full` when the context is what stopped it.
+- After Started every failure ends the stream with End(stop_reason="error", error_code, error).
+- Token.text holds whole UTF-8 characters only; a token may carry "" (its bytes wait for the
+  next token, or its text is held back because it could be the start of a stop string).
+  Every generated token still gets its Token event, so ids and indices are complete.
+- Stop sequences are matched on the decoded text, across token boundaries; the stop text and
+  anything after it are never emitted. The token that completes a stop string gets a Token
+  event carrying the text before the stop string.
+- EOS / end-of-turn tokens (tokenizer.eos_ids) end the job and are not emitted.
+- End.text: text released only at the end (held-back text that turned out not to be a stop
+  string, or U+FFFD for a dangling partial character). Almost always "".
+- `cancel` is checked before every token; a cancelled job ends with End("cancelled").
+  The KV cache is freed when the job ends, however it ends (also when the consumer closes
+  the generator early).
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from worker.errors import InvalidParamsError, PromptTooLongError, WorkerError
+from worker.sampling import DEFAULT_MAX_TOKENS, Sampler, SamplingParams, random_seed
+
+STOP_REASONS = ("max_tokens", "eos", "stop_sequence", "cancelled", "context_full", "error")
+DEFAULT_CTX_CAP = 4096      # the engine's context when none is given: the model's, at most this
+
+
+@dataclass(frozen=True)
+class Started:
+    seed: int
+    prompt_tokens: int
+    max_tokens: int            # the token budget this job runs with (after capping by the context)
+    n_ctx: int
+    job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Token:
+    id: int
+    text: str
+    index: int
+
+
+@dataclass(frozen=True)
+class End:
+    stop_reason: str
+    tokens_out: int
+    prompt_tokens: int
+    decode_time_ms: float      # first sampled token to the end
+    prefill_time_ms: float
+    stop_sequence: str | None = None
+    text: str = ""             # text released only at the end (see the module docstring)
+    error_code: str | None = None
+    error: str | None = None
+
+
+Event = Started | Token | End
+
+
+class StopMatcher:
+    """Finds stop strings in streamed text and holds back what could still become one.
+
+    push(text) -> (text safe to emit, stop string found or None). Text that ends with a proper
+    prefix of some stop string is kept until later text decides; finish() releases it.
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = tuple(stops)
+        self.pending = ""
+
+    def push(self, text: str) -> tuple[str, str | None]:
+        if not self.stops:
+            return text, None
+        self.pending += text
+        hit = None                                  # (position, stop), earliest position first
+        for stop in self.stops:
+            pos = self.pending.find(stop)
+            if pos >= 0 and (hit is None or pos < hit[0]):
+                hit = (pos, stop)
+        if hit is not None:
+            released, self.pending = self.pending[:hit[0]], ""
+            return released, hit[1]
+        hold = self._partial_stop_suffix()
+        cut = len(self.pending) - hold
+        released, self.pending = self.pending[:cut], self.pending[cut:]
+        return released, None
+
+    def _partial_stop_suffix(self) -> int:
+        """Length of the longest end of `pending` that is a proper prefix of a stop string."""
+        best = 0
+        for stop in self.stops:
+            for k in range(min(len(stop) - 1, len(self.pending)), best, -1):
+                if self.pending.endswith(stop[:k]):
+                    best = k
+                    break
+        return best
+
+    def finish(self) -> str:
+        released, self.pending = self.pending, ""
+        return released
+
+
+class Engine:
+    """Runs one job at a time on one loaded model (the worker serves one job at a time)."""
+
+    def __init__(self, model, tokenizer, n_ctx: int | None = None,
+                 default_max_tokens: int = DEFAULT_MAX_TOKENS):
+        self.model = model
+        self.tokenizer = tokenizer
+        model_ctx = int(getattr(model.config, "context_length", 0) or DEFAULT_CTX_CAP)
+        self.n_ctx = int(n_ctx) if n_ctx else min(model_ctx, DEFAULT_CTX_CAP)
+        if self.n_ctx < 2:
+            raise InvalidParamsError(f"context must hold at least 2 tokens, got {self.n_ctx}", field="n_ctx")
+        self.default_max_tokens = default_max_tokens
+        self.eos_ids = frozenset(int(i) for i in (getattr(tokenizer, "eos_ids", None) or ()))
+        if not self.eos_ids and getattr(tokenizer, "eos_id", None) is not None:
+            self.eos_ids = frozenset({int(tokenizer.eos_id)})
+
+    # -- input checks (raised before Started) ---------------------------------------------------
+    def prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidParamsError("prompt must be a non-empty string", field="prompt")
+            ids = list(self.tokenizer.encode(prompt))
+        else:
+            ids = [int(i) for i in prompt]
+        if not ids:
+            raise InvalidParamsError("prompt has no tokens", field="prompt")
+        vocab = int(getattr(self.tokenizer, "vocab_size", 0) or 0)
+        if vocab and any(not 0 <= i < vocab for i in ids):
+            raise InvalidParamsError(f"prompt token ids must be in 0..{vocab - 1}", field="prompt")
+        return ids
+
+    def token_budget(self, prompt_tokens: int, params: SamplingParams) -> tuple[int, str]:
+        """(how many tokens the job may generate, the stop reason when it uses them all)."""
+        room = self.n_ctx - prompt_tokens
+        if room < 1:
+            raise PromptTooLongError(
+                f"prompt is {prompt_tokens} tokens; the context is {self.n_ctx} tokens and must leave room "
+                f"for at least one generated token", field="prompt")
+        if params.max_tokens is not None:
+            if params.max_tokens > room:
+                raise InvalidParamsError(
+                    f"max_tokens={params.max_tokens} with a {prompt_tokens}-token prompt exceeds the "
+                    f"{self.n_ctx}-token context (at most {room})", field="max_tokens")
+            return params.max_tokens, "max_tokens"
+        if self.default_max_tokens <= room:
+            return self.default_max_tokens, "max_tokens"
+        return room, "context_full"
+
+    # -- the loop --------------------------------------------------------------------------------
+    def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
+                 cancel: threading.Event | None = None, job_id: str | None = None) -> Iterator[Event]:
+        params = params if params is not None else SamplingParams()
+        cancel = cancel if cancel is not None else threading.Event()
+        ids = self.prompt_ids(prompt)
+        budget, limit_reason = self.token_budget(len(ids), params)
+        seed = params.seed if params.seed is not None else random_seed()
+        sampler = Sampler(params, seed)
+        yield Started(seed=seed, prompt_tokens=len(ids), max_tokens=budget, n_ctx=self.n_ctx, job_id=job_id)
+
+        run = _Run(len(ids))
+        backend = self.model.backend
+        cache = None
+        try:
+            if cancel.is_set():
+                yield run.end("cancelled")
+                return
+            # The last generated token is never fed back: the cache needs prompt + budget - 1.
+            cache = self.model.new_cache(len(ids) + budget - 1)
+            t0 = time.perf_counter()
+            logits = self.model.forward(np.asarray(ids, dtype=np.int64), cache, 0)
+            row = backend.to_host(logits[-1])
+            run.prefill_s = time.perf_counter() - t0
+            run.decode_t0 = time.perf_counter()
+            history = list(ids)
+            decoder = self.tokenizer.stream_decoder()
+            stops = StopMatcher(params.stop)
+            n_past = len(ids)
+            for index in range(budget):
+                if cancel.is_set():
+                    yield run.end("cancelled", text=_release_rest(decoder, stops))
+                    return
+                token = sampler.sample(row, history)
+                if token in self.eos_ids:
+                    yield run.end("eos", text=_release_rest(decoder, stops))
+                    return
+                last = index + 1 == budget
+                piece = decoder.push(token)
+                if last:                            # the job ends with this token: nothing waits
+                    piece += decoder.flush()
+                text, stop = stops.push(piece)
+                if last and stop is None:
+                    text += stops.finish()
+                run.tokens_out += 1
+                yield Token(id=token, text=text, index=index)
+                if stop is not None:
+                    yield run.end("stop_sequence", stop_sequence=stop)
+                    return
+                if last:
+                    yield run.end(limit_reason)
+                    return
+                history.append(token)
+                logits = self.model.forward(np.array([token], dtype=np.int64), cache, n_past)
+                n_past += 1
+                row = backend.to_host(logits[-1])
+        except GeneratorExit:
+            raise
+        except Exception as exc:  # noqa: BLE001 — after Started, a failure is an End event
+            code = exc.code if isinstance(exc, WorkerError) else "INFERENCE_FAILED"
+            message = exc.message if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
+            _narrate_failure(code, message, exc)
+            yield run.end("error", error_code=code, error=message)
+        finally:
+            if cache is not None:
+                backend.free_kv_cache(cache)
+
+
+class _Run:
+    """Counters and clocks of one job, and its End event."""
+
+    def __init__(self, prompt_tokens: int):
+        self.prompt_tokens = prompt_tokens
+        self.tokens_out = 0
+        self.prefill_s = 0.0
+        self.decode_t0: float | None = None
+
+    def end(self, stop_reason: str, **extra) -> End:
+        decode_s = time.perf_counter() - self.decode_t0 if self.decode_t0 is not None else 0.0
+        return End(stop_reason=stop_reason, tokens_out=self.tokens_out, prompt_tokens=self.prompt_tokens,
+                   decode_time_ms=round(decode_s * 1000, 3), prefill_time_ms=round(self.prefill_s * 1000, 3),
+                   **extra)
+
+
+def _release_rest(decoder, stops: StopMatcher) -> str:
+    """At an end other than a stop string: the held-back text and any dangling bytes (as U+FFFD)."""
+    text, stop = stops.push(decoder.flush())
+    return text if stop is not None else text + stops.finish()
+
+
+def _narrate_failure(code: str, message: str, exc: BaseException) -> None:
+    try:
+        from worker.narration import narrate
+
+        narrate("inference_failed", code=code, message=message, error=type(exc).__name__,
+                traceback=traceback.format_exc())
+    except Exception:  # noqa: BLE001 — logging must never hide the failure itself
+        pass
