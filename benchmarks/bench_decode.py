@@ -196,8 +196,6 @@ def run_generation(forward, new_cache, argmax, sync, prompt, steps):
 
 
 def bench_model(name, path, prompt_len, steps, repeats, peer=True):
-    import cupy as cp
-
     from worker.backend.cuda import CudaBackend
     from worker.backend.upload import measure_peak_rss
     from worker.gguf import GGUFModelFile

@@ -5,20 +5,16 @@ head_dim] (the kv head count and head size that gguf-py reads from the file), ze
 float32; its byte size is 2 * layers * n_ctx * kv_heads * head_dim * 4 and shows in the
 backend's memory report until freed; a cache of no positions is refused.
 """
-import functools
-
-import gguf
 import numpy as np
 import pytest
 
-from fixtures.tiny_models import ARCHS, tiny_model_path, tiny_worker_model
+from fixtures.tiny_models import ARCHS, gguf_py_reader, tiny_worker_model
 from worker.backend.numpy import NumpyBackend
 from worker.errors import InvalidParamsError
 
 
-@functools.lru_cache(maxsize=None)
-def gguf_py_attention_shape(path):
-    reader = gguf.GGUFReader(path)
+def gguf_py_attention_shape(arch):
+    reader = gguf_py_reader(arch)
     arch = reader.fields["general.architecture"].contents()
     get = lambda key: reader.fields[f"{arch}.{key}"].contents() if f"{arch}.{key}" in reader.fields else None
     heads = get("attention.head_count")
@@ -30,7 +26,7 @@ def gguf_py_attention_shape(path):
 @pytest.mark.parametrize("n_ctx", [1, 37, 256])
 def test_model_cache_shape_follows_the_file(arch, n_ctx):
     model = tiny_worker_model(arch)
-    layers, kv_heads, head_dim = gguf_py_attention_shape(tiny_model_path(arch))
+    layers, kv_heads, head_dim = gguf_py_attention_shape(arch)
     before = model.backend.memory_report()["kv_cache"]
     cache = model.new_cache(n_ctx)
     assert (cache.n_layers, cache.n_ctx, cache.n_kv_heads, cache.head_dim) == (layers, n_ctx, kv_heads, head_dim)

@@ -5,23 +5,20 @@ Acceptance: for each fixture file, the architecture our reader detects equals th
 config matching the file's hyper-parameters; a file of an architecture we do not run is
 refused with UnsupportedModelError before any weight is loaded.
 """
-import functools
-
 import gguf
 import numpy as np
 import pytest
 
 from fixtures.paths import cache_dir
-from fixtures.tiny_models import ARCHS, tiny_model_path
+from fixtures.tiny_models import ARCHS, gguf_py_reader, tiny_model_path
 from worker.backend.numpy import NumpyBackend
 from worker.errors import UnsupportedModelError
 from worker.gguf import GGUFModelFile
 from worker.models import load_model, model_class
 
 
-@functools.lru_cache(maxsize=None)
-def gguf_py_fields(path):
-    reader = gguf.GGUFReader(path)
+def gguf_py_fields(arch):
+    reader = gguf_py_reader(arch)
     return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.")}
 
 
@@ -29,7 +26,7 @@ def gguf_py_fields(path):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_detected_architecture_selects_the_adapter(arch):
     path = tiny_model_path(arch)
-    fields = gguf_py_fields(path)
+    fields = gguf_py_fields(arch)
     assert fields["general.architecture"] == arch
     backend = NumpyBackend()
     model = load_model(GGUFModelFile.open(path), backend)

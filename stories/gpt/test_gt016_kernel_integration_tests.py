@@ -142,3 +142,18 @@ def test_stacked_expert_products(qtype, seed, E, T, with_bias):
         out = b.to_host(b.matmul(b.asarray(x), bw, bb, expert=e))
         check_product("matmul_expert", f"{qtype.name} E={E} e={e} T={T} bias={with_bias}", out,
                       REF.matmul(x, rw, rb, expert=e), x, rw.expert(e), rb.dense()[e] if with_bias else None)
+
+
+@pytest.mark.story("GT-016", "GT-012", "GT-013")
+def test_gelu_deep_negative_tail_is_not_flushed_to_zero():
+    """Where 1 + tanh(z) cancels (x around -5..-10.5), each value must keep its relative accuracy.
+
+    Found by hypothesis on the GPU: a float32 kernel returned -0.0 for a reference of -3.1e-8."""
+    b = checking_backend()
+    x = np.array([-10.5, -9.0, -8.0, -6.5, -5.9, -5.0, -3.0, -1e-20, 0.0, 1e-20, 0.5, 6.0, 30.0], np.float32)
+    out = b.to_host(b.gelu(b.asarray(x)))
+    ref = REF.gelu(x)
+    # the reference's own double-precision cancellation allows ~1e-16 * |x| absolute error
+    assert np.all(np.abs(out.astype(np.float64) - ref) <= 1e-6 * np.abs(ref) + 1e-15 * np.abs(x) + 1e-44), (out, ref)
+    assert np.all((out != 0) | (np.abs(ref) < 1e-30)), "a clearly non-zero value was flushed to zero"
+    check("gelu", "hand-picked tail (13,)", out, ref)

@@ -10,7 +10,7 @@ import gguf
 import numpy as np
 import pytest
 
-from fixtures.tiny_models import tiny_model_path, tiny_worker_model
+from fixtures.tiny_models import gguf_py_reader, tiny_worker_model
 
 
 def gpt2_names(n_layers):
@@ -26,7 +26,7 @@ def gpt2_names(n_layers):
 @pytest.mark.parametrize("qtype", ["F32", "Q4_K", "Q6_K"])
 def test_every_gpt2_tensor_is_mapped(qtype):
     model = tiny_worker_model("gpt2", qtype)
-    reader = gguf.GGUFReader(tiny_model_path("gpt2", qtype))
+    reader = gguf_py_reader("gpt2", qtype)
     stored = {t.name: t for t in reader.tensors}
     assert set(model.tensor_names) == set(stored)
     assert set(stored) <= gpt2_names(model.config.n_layers)
@@ -40,7 +40,7 @@ def test_every_gpt2_tensor_is_mapped(qtype):
 def test_fused_qkv_splits_in_q_k_v_order(qtype):
     model = tiny_worker_model("gpt2", qtype)
     D = model.config.hidden_size
-    reader = gguf.GGUFReader(tiny_model_path("gpt2", qtype))
+    reader = gguf_py_reader("gpt2", qtype)
     t = next(t for t in reader.tensors if t.name == "blk.0.attn_qkv.weight")
     fused = gguf.quants.dequantize(t.data, t.tensor_type).reshape(3 * D, D)
     identity = np.eye(D, dtype=np.float32)

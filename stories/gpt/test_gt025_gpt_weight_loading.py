@@ -4,10 +4,9 @@ Acceptance: the progress callback reports monotonically increasing bytes, names 
 the file exactly once and ends at the file's total tensor bytes (as gguf-py counts them); the
 backend's memory report counts the stored (quantized) bytes, not float32 copies.
 """
-import gguf
 import pytest
 
-from fixtures.tiny_models import tiny_model_path
+from fixtures.tiny_models import gguf_py_reader, tiny_model_path
 from worker.backend.numpy import NumpyBackend
 from worker.gguf import GGUFModelFile
 from worker.models import load_model
@@ -17,7 +16,7 @@ from worker.models import load_model
 @pytest.mark.parametrize("qtype", ["F32", "Q4_0", "Q4_K"])
 def test_loading_reports_progress_over_every_tensor(qtype):
     path = tiny_model_path("gpt2", qtype)
-    reader = gguf.GGUFReader(path)
+    reader = gguf_py_reader("gpt2", qtype)
     total = sum(int(t.n_bytes) for t in reader.tensors)
     events = []
     backend = NumpyBackend()

@@ -47,7 +47,7 @@ def test_one_expert_of_a_stacked_tensor_with_its_bias(n_experts):
     w = rng.standard_normal((n_experts, 48, 96)).astype(np.float32)
     bias = rng.standard_normal((n_experts, 48)).astype(np.float32)
     x = rng.standard_normal((5, 96)).astype(np.float32)
-    stored, dequantized = mxfp4_tensor(w), None
+    stored = mxfp4_tensor(w)
     dequantized = gguf_dequantized(stored)
     backend = NumpyBackend()
     weight, bias_weight = backend.load_weight(stored), backend.asarray(bias)

@@ -125,3 +125,27 @@ def _assert_value(got, written, vtype):
         assert bool(got) is written
     else:
         assert got == written
+
+
+# llama.cpp's own vocabulary files (from the llama-cpp-python sdist): real converter output.
+REAL_VOCABS = [("qwen2", "qwen2", 151936, "gpt2"), ("phi-3", "phi3", 32064, "llama"),
+               ("gpt-2", "gpt2", 50257, "gpt2"), ("llama-spm", "llama", 32000, "llama"),
+               ("aquila", "llama", 100008, "gpt2")]          # aquila is a GGUF v2 file
+
+
+@pytest.mark.story("LT-002", "LT-001", "LT-006")
+@pytest.mark.parametrize("name,arch,vocab,tok_model", REAL_VOCABS, ids=[v[0] for v in REAL_VOCABS])
+def test_llama_cpp_vocabulary_files_read_like_gguf_py(name, arch, vocab, tok_model):
+    from fixtures.tokenizer_testing import need_vocab
+    from fixtures.tokenizer_data import vocab_metadata
+
+    path = need_vocab(name)
+    expected = vocab_metadata(name)             # gguf-py's reading of the general.*/tokenizer.* keys
+    with GGUFModelFile.open(path) as gf:
+        ours = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in gf.metadata.items()
+                if k.startswith(("general.", "tokenizer."))}
+        assert ours == expected
+        assert not gf.tensors                   # vocabulary-only file
+        assert gf.version == (2 if name == "aquila" else 3)
+        cfg = gf.config
+        assert (cfg.architecture, cfg.vocab_size, cfg.tokenizer_model) == (arch, vocab, tok_model)

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tracemalloc
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -258,3 +257,31 @@ def test_inspect_describes_a_valid_file():
     assert text.returncode == 0
     for word in ("llama", "byte-level BPE", "Q4_1", "210", "kv_cache", "total"):
         assert word in text.stdout
+
+
+@pytest.mark.story("LT-005", "LT-006")
+@pytest.mark.parametrize("value", [(7, V.UINT32), ("abc", V.STRING), ([1, 2], V.ARRAY)])
+def test_token_list_of_the_wrong_type_is_refused(tmp_path, value):
+    import gguf
+
+    path = tmp_path / "t.gguf"
+    write_tiny_model(path, "llama")
+    reader = gguf.GGUFReader(str(path))
+    writer = gguf.GGUFWriter(str(tmp_path / "bad.gguf"), "llama")
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        if key == "tokenizer.ggml.tokens":
+            writer.add_key_value(key, value[0], value[1])
+        else:
+            writer.add_key_value(key, field.contents(), field.types[0],
+                                 sub_type=field.types[1] if len(field.types) > 1 else None)
+    for t in reader.tensors:
+        writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(GGUFError) as e:
+        GGUFModelFile.open(tmp_path / "bad.gguf")
+    assert e.value.code == "GGUF_BAD_METADATA" and "tokenizer.ggml.tokens" in e.value.message

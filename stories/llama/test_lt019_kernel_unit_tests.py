@@ -255,3 +255,16 @@ def test_argmax_first_index_on_ties(seed, rows, N, ties):
     check("argmax", f"rows={rows} N={N} ties={ties}", np.array([float(wrong)]), np.array([0.0]))
     assert ours.shape == (rows,)
     assert int(b.argmax(b.asarray(x[0]))) == int(np.argmax(x[0]))        # 1-D input: one index
+
+
+@pytest.mark.story("LT-019", "LT-017")
+def test_swiglu_saturated_gates_keep_relative_accuracy():
+    """Very negative gates (silu -> tiny) and very positive ones, element by element."""
+    b = checking_backend()
+    g = np.array([[-90.0, -40.0, -17.0, -5.0, -1e-3, 0.0, 2.0, 40.0, 90.0]], np.float32)
+    u = np.array([[3.0, -2.0, 0.5, 1.0, 7.0, 4.0, -1.0, 0.25, 1.0]], np.float32)
+    out = b.to_host(b.swiglu(b.asarray(g), b.asarray(u)))
+    ref = REF.swiglu(g, u)
+    assert np.all(np.abs(out.astype(np.float64) - ref) <= 1e-6 * np.abs(ref) + 1e-15 * np.abs(g * u) + 1e-44), (out, ref)
+    assert np.all((out != 0) | (np.abs(ref) < 1e-30)), "a clearly non-zero value was flushed to zero"
+    check("swiglu", "hand-picked saturation (1, 9)", out, ref)

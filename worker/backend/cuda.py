@@ -185,6 +185,7 @@ class CudaBackend(Backend):
         self._weights: weakref.WeakSet = weakref.WeakSet()   # live weights (a dropped model frees its own)
         self._kv_bytes = 0
         self._workspace: dict[str, object] = {}     # persistent scratch: name -> cupy array
+        self._functions: dict[tuple[str, str], object] = {}
         self._rope_tables: dict[RopeConfig, tuple[int, object, object]] = {}
         self.last_residency: dict | None = None
         self.residency_violations_at_load: list = []
@@ -346,7 +347,10 @@ class CudaBackend(Backend):
 
     # -- helpers -------------------------------------------------------------------------------
     def _fn(self, module: str, name: str):
-        return _module(self.device_index, module).get_function(name)
+        fn = self._functions.get((module, name))
+        if fn is None:                  # looked up once: a decode step launches hundreds of kernels
+            fn = self._functions[(module, name)] = _module(self.device_index, module).get_function(name)
+        return fn
 
     def _launch(self, module: str, name: str, grid, block, args) -> None:
         self._fn(module, name)((int(grid),), (int(block),), args)
@@ -369,7 +373,6 @@ class CudaBackend(Backend):
 
     def _vector(self, w, what: str):
         """A 1-D float32 device view of a (small) weight: zero-copy for F32, dequantized otherwise."""
-        cp = self.cp
         if isinstance(w, CudaWeight):
             if w.qtype.name == "F32":
                 return w.raw.view(np.float32)

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from worker.config import ModelConfig
-from worker.errors import GGUFError
 from worker.gguf.architecture import SUPPORTED_ARCHITECTURES, TOKENIZER_KINDS, detect_config
 from worker.gguf.codes import ALL_CODES, GGUF_CODES, UNSUPPORTED_CODES
 from worker.gguf.reader import ParsedGGUF, TensorInfo, map_file, parse

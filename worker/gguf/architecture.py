@@ -115,8 +115,11 @@ def architecture_of(metadata: dict, types: dict) -> str:
 
 
 def _vocab_size(meta: _Meta, tensors: dict) -> int:
-    tokens = meta.m.get("tokenizer.ggml.tokens")
-    n_tokens = len(tokens) if tokens is not None else None
+    n_tokens = None
+    if "tokenizer.ggml.tokens" in meta.m:
+        if meta.t["tokenizer.ggml.tokens"] != (GGUFValueType.ARRAY, GGUFValueType.STRING):
+            raise GGUFError("tokenizer.ggml.tokens must be an array of strings", code="GGUF_BAD_METADATA")
+        n_tokens = len(meta.m["tokenizer.ggml.tokens"])
     declared = meta.int("vocab_size")
     if n_tokens is None and declared is None:
         raise GGUFError(f"{meta.arch} model lacks both 'tokenizer.ggml.tokens' and "

@@ -156,7 +156,7 @@ def _read_array(cur: _Cursor, key: str):
     if etype == GGUFValueType.STRING:
         # each string takes at least its 8-byte length: check the count before the loop
         cur.need(count * 8, f"{count} strings of array {key!r}")
-        return etype, [cur.string(f"element {i} of {key!r}") for i in range(count)]
+        return etype, _read_string_array(cur, count, key)
     _, size, dtype = _SCALARS[etype]
     cur.need(count * size, f"{count} elements of array {key!r}")
     values = np.frombuffer(cur.buf, dtype=dtype, count=count, offset=cur.pos).copy()
@@ -166,6 +166,36 @@ def _read_array(cur: _Cursor, key: str):
             raise GGUFError(f"array {key!r} holds a bool that is neither 0 nor 1", code="GGUF_BAD_METADATA")
         values = values.astype(bool)
     return etype, values
+
+
+_U64 = struct.Struct("<Q")
+
+
+def _read_string_array(cur: _Cursor, count: int, key: str) -> list[str]:
+    """The hot loop of vocabularies (hundreds of thousands of strings): same checks as
+    _Cursor.string, with the lookups hoisted out of the loop."""
+    buf, pos, size, limit, unpack = cur.buf, cur.pos, cur.size, limits.MAX_STRING_BYTES, _U64.unpack_from
+    out = [""] * count
+    for i in range(count):
+        if pos + 8 > size:
+            cur.pos = pos
+            cur.need(8, f"length of element {i} of {key!r}")
+        (n,) = unpack(buf, pos)
+        pos += 8
+        if n > limit:
+            raise GGUFError(f"element {i} of {key!r}: string length {n} exceeds the limit of {limit} bytes",
+                            code="GGUF_ABSURD_COUNT")
+        if pos + n > size:
+            cur.pos = pos
+            cur.need(n, f"element {i} of {key!r}")
+        try:
+            out[i] = buf[pos:pos + n].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise GGUFError(f"element {i} of {key!r} is not valid UTF-8 ({e.reason} at byte {e.start})",
+                            code="GGUF_BAD_STRING") from None
+        pos += n
+    cur.pos = pos
+    return out
 
 
 def _read_metadata(cur: _Cursor, kv_count: int):
@@ -242,6 +272,8 @@ def _alignment(metadata: dict, types: dict) -> int:
 def _check_layout(tensors: dict, data_offset: int, alignment: int, file_size: int) -> int:
     """Alignment, overlap and bounds of the data section; returns the end of the last tensor."""
     ordered = sorted(tensors.values(), key=lambda t: (t.offset, t.nbytes))
+    if not ordered:            # vocabulary-only files end right after the (empty) tensor table
+        return min(data_offset, file_size)
     for t in ordered:
         if (t.offset - data_offset) % alignment:
             raise GGUFError(f"tensor {t.name!r} data offset {t.offset - data_offset} is not a multiple of "

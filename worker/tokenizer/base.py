@@ -5,6 +5,7 @@ streaming and chat templates are shared here.
 """
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Sequence
 
 from worker.errors import InvalidParamsError
@@ -51,10 +52,14 @@ class Tokenizer:
         return token_id in self._special
 
     def _check_id(self, token_id) -> int:
-        if not isinstance(token_id, int) or isinstance(token_id, bool) or not 0 <= token_id < len(self._bytes):
+        try:
+            index = operator.index(token_id)  # int or NumPy integer; not float/str/None
+        except TypeError:
+            index = None
+        if index is None or isinstance(token_id, bool) or not 0 <= index < len(self._bytes):
             raise InvalidParamsError(f"token id {token_id!r} is outside the vocabulary (0..{len(self._bytes) - 1})",
                                      code="INVALID_TOKEN_ID", field="ids")
-        return token_id
+        return index
 
     # -- text <-> ids -------------------------------------------------------------------------
     def encode(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
@@ -76,8 +81,8 @@ class Tokenizer:
         raise NotImplementedError
 
     def decode_bytes(self, ids: Sequence[int], skip_special: bool = True) -> bytes:
-        return b"".join(self.token_bytes(int(i)) for i in ids
-                        if not (skip_special and int(i) in self._special))
+        checked = (self._check_id(i) for i in ids)
+        return b"".join(self._bytes[i] for i in checked if not (skip_special and i in self._special))
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         """Text of `ids`; bytes that do not form UTF-8 characters become U+FFFD."""

@@ -25,12 +25,22 @@ BYTE_TO_CHAR: dict[int, str] = _bytes_to_unicode()
 CHAR_TO_BYTE: dict[str, int] = {c: b for b, c in BYTE_TO_CHAR.items()}
 
 
+# Byte-level characters -> the Latin-1 character of their byte, for a fast str.translate.
+# Latin-1 characters that are not byte-level characters go to U+FFFF so that encoding fails and
+# the exact slow path below handles them.
+_TO_LATIN1 = {**{c: "\uffff" for c in range(256)}, **{ord(c): b for c, b in CHAR_TO_BYTE.items()}}
+
+
 def piece_to_bytes(piece: str) -> bytes:
     """Raw bytes of a byte-level vocabulary entry ('Ġhello' -> b' hello').
 
     A character outside the 256-entry map (a malformed vocabulary) stands for its own UTF-8
     bytes, so decoding never fails.
     """
+    try:
+        return piece.translate(_TO_LATIN1).encode("latin-1")
+    except UnicodeEncodeError:
+        pass
     out = bytearray()
     for ch in piece:
         b = CHAR_TO_BYTE.get(ch)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
@@ -62,10 +63,10 @@ class HFJsonTokenizer(Tokenizer):
         try:
             spec = json.loads(text)
             self._engine = HFTokenizer.from_str(text)
-            self._engine_plain = HFTokenizer.from_str(text)  # specials in the text stay plain text
         except Exception as exc:  # json.JSONDecodeError, tokenizers' Exception for a bad model
             raise TokenizerJSONError(f"not a usable tokenizer.json: {exc}") from exc
-        self._engine_plain.encode_special_tokens = True
+        # parse_special=False flips the engine's encode_special_tokens flag for one call.
+        self._lock = threading.Lock()
         self.spec = spec
 
         n = self._engine.get_vocab_size(with_added_tokens=True)
@@ -135,8 +136,12 @@ class HFJsonTokenizer(Tokenizer):
 
     # -- encode / decode ----------------------------------------------------------------------
     def _encode_text(self, text: str, parse_special: bool) -> list[int]:
-        engine = self._engine if parse_special else self._engine_plain
-        return engine.encode(text, add_special_tokens=False).ids
+        with self._lock:
+            self._engine.encode_special_tokens = not parse_special
+            try:
+                return self._engine.encode(text, add_special_tokens=False).ids
+            finally:
+                self._engine.encode_special_tokens = False
 
     def decode(self, ids, skip_special: bool = True) -> str:
         text = super().decode(ids, skip_special)

@@ -23,13 +23,16 @@ extern "C" __global__ void mul_cols(const float* __restrict__ a, const float* __
     GRID_STRIDE(i, n) y[i] = a[i] * b[i % cols];
 }
 
-__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+// Activations are evaluated in double with the reference's formulas (worker/backend/numpy.py):
+// 1 + tanh(z) cancels catastrophically for z << 0 in float32 (GELU at x = -6 would give 0 instead of
+// -3e-8); double costs nothing here next to the memory traffic.
+__device__ __forceinline__ double sigmoid_d(double x) { return 0.5 * (1.0 + tanh(0.5 * x)); }
 
 // silu(g) * u
 extern "C" __global__ void swiglu(const float* __restrict__ g, const float* __restrict__ u, float* __restrict__ y, i64 n) {
     GRID_STRIDE(i, n) {
-        const float gi = g[i];
-        y[i] = gi * sigmoid(gi) * u[i];
+        const double gi = g[i];
+        y[i] = (float)(gi * sigmoid_d(gi) * (double)u[i]);
     }
 }
 
@@ -37,20 +40,20 @@ extern "C" __global__ void swiglu(const float* __restrict__ g, const float* __re
 extern "C" __global__ void swiglu_clamped(const float* __restrict__ g, const float* __restrict__ u, float* __restrict__ y,
                                           i64 n, int has_limit, float limit, float alpha) {
     GRID_STRIDE(i, n) {
-        float gi = g[i], ui = u[i];
+        double gi = g[i], ui = u[i];
         if (has_limit) {
-            gi = fminf(gi, limit);
-            ui = fminf(fmaxf(ui, -limit), limit);
+            gi = fmin(gi, (double)limit);
+            ui = fmin(fmax(ui, -(double)limit), (double)limit);
         }
-        y[i] = gi * sigmoid(alpha * gi) * (ui + 1.0f);
+        y[i] = (float)(gi * sigmoid_d((double)alpha * gi) * (ui + 1.0));
     }
 }
 
 // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
 extern "C" __global__ void gelu_tanh(const float* __restrict__ x, float* __restrict__ y, i64 n) {
     GRID_STRIDE(i, n) {
-        const float v = x[i];
-        const float inner = 0.7978845608028654f * fmaf(0.044715f * v, v * v, v);
-        y[i] = 0.5f * v * (1.0f + tanhf(inner));
+        const double v = x[i];
+        const double inner = 0.7978845608028654 * (v + 0.044715 * v * v * v);
+        y[i] = (float)(0.5 * v * (1.0 + tanh(inner)));
     }
 }
