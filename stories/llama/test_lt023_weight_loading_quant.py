@@ -124,3 +124,16 @@ def test_large_tensor_is_dequantized_in_chunks_identically():
     blocks = random_blocks(Q.Q4_K, 70000, np.random.default_rng(3))
     t = QuantTensor("big", Q.Q4_K, (70000 // 10, 2560), blocks.reshape(-1))
     _assert_bit_exact(dequantize(t).reshape(-1, 256), _oracle(blocks, Q.Q4_K), "Q4_K x70000")
+
+
+def test_format_doc_table_states_gguf_py_block_sizes():
+    from fixtures.paths import REPO_ROOT
+
+    rows = {}
+    for line in (REPO_ROOT / "docs" / "gguf.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[0] in Q.__members__ and cells[1].isdigit():
+            rows[cells[0]] = (int(cells[1]), int(cells[2]), int(cells[3]))
+    assert set(rows) == {q.name for q in ALL_TYPES}
+    for name, (type_id, block_size, type_size) in rows.items():
+        assert (type_id, (block_size, type_size)) == (int(Q[name]), gguf.GGML_QUANT_SIZES[Q[name]]), name

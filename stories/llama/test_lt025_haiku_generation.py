@@ -53,17 +53,19 @@ def contains_word(text: str, word: str) -> bool:
     return re.search(pattern, text.lower()) is not None
 
 
-def chat_prompt(gguf_path, user_text: str) -> str:
+def chat_prompt(gguf_path, user_text: str) -> tuple[str, int]:
+    """The chat-formatted prompt and its length in tokens, both by transformers from the GGUF."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    return tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
+    text = tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
                                          add_generation_prompt=True)
+    return text, len(tokenizer(text)["input_ids"])
 
 
 def run_haiku_test(server, gguf_path, record_property):
     word = minute_word(datetime.now().minute)
-    prompt = chat_prompt(gguf_path, haiku_prompt(word))
+    prompt, prompt_tokens = chat_prompt(gguf_path, haiku_prompt(word))
     runs = []
     for n in range(2):
         response, events = execute(server.url, {"job_id": f"haiku-{n}", "prompt": prompt, "temperature": 0,
@@ -71,6 +73,8 @@ def run_haiku_test(server, gguf_path, record_property):
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         runs.append(check_stream(events))
+        # The template's special tokens reached the model as special tokens, not as text.
+        assert runs[-1]["started"]["prompt_tokens"] == prompt_tokens
     record_property("model", str(gguf_path))
     record_property("minute_word", word)
     record_property("haiku", runs[0]["text"])

@@ -22,7 +22,7 @@ PROMPT = np.random.default_rng(33).integers(0, 49152, 24)
 
 
 @pytest.mark.story("LT-033")
-@pytest.mark.parametrize("qtype", ["F32", "F16", "Q8_0", "Q4_1"])
+@pytest.mark.parametrize("qtype", ["F32", "Q8_0"])
 def test_tiny_llama_logits_match_transformers(qtype):
     model = tiny_worker_model("llama", qtype)
     ours = model.backend.to_host(model.forward(PROMPT, model.new_cache(32), 0))

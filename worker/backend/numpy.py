@@ -231,6 +231,8 @@ class NumpyBackend(Backend):
         return out.reshape(n_new, n_heads * head_dim).astype(np.float32)
 
     def swiglu(self, gate: Array, up: Array, *, limit: float | None = None, alpha: float | None = None) -> Array:
+        """silu(gate) * up; with limit and/or alpha the GPT-OSS form (alpha defaults to 1, the
+        clamps apply only with a limit)."""
         g = np.asarray(gate, np.float64)
         u = np.asarray(up, np.float64)
         if limit is None and alpha is None:

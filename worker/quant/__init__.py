@@ -54,7 +54,7 @@ assert set(_DEQUANTIZERS) == set(FORMATS)
 _CHUNK_BLOCKS = 1 << 16
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)      # eq on ndarray fields would be ambiguous
 class QuantTensor:
     name: str
     qtype: GGMLQuantizationType

@@ -51,6 +51,8 @@ def render_chat(template: str, messages: list[dict], *, add_generation_prompt: b
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise InvalidParamsError("messages must be a list of objects with 'role' and 'content'",
                                  code="INVALID_PARAMS", field="messages")
+    if not messages:  # transformers refuses an empty conversation too
+        raise InvalidParamsError("messages must hold at least one message", code="INVALID_PARAMS", field="messages")
     compiled = compile_template(template)
     try:
         context = {"messages": messages, "tools": None, "documents": None,

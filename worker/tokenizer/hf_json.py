@@ -29,7 +29,10 @@ class TokenizerJSONError(WorkerError):
 
 def _load_json(source) -> str:
     if isinstance(source, (bytes, bytearray)):
-        return source.decode("utf-8")
+        try:
+            return source.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TokenizerJSONError(f"tokenizer.json is not UTF-8 text: {exc}") from exc
     if isinstance(source, os.PathLike) or (isinstance(source, str) and not source.lstrip().startswith("{")):
         path = Path(source)
         if path.is_dir():
