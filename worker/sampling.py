@@ -167,7 +167,7 @@ def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
     """logits / T (T > 0): T < 1 sharpens the distribution, T > 1 flattens it."""
     if temperature <= 0:
         raise ValueError("temperature 0 means greedy: take the argmax instead of scaling")
-    return np.asarray(logits, dtype=np.float64) / (temperature * 1.01)
+    return np.asarray(logits, dtype=np.float64) / temperature
 
 
 def top_k_keep(scores: np.ndarray, k: int) -> np.ndarray:
