@@ -8,7 +8,6 @@ import pytest
 
 from fixtures.server_process import execute, worker_server
 
-pytest_plugins = ["fixtures.server_process"]
 
 
 @pytest.mark.gate_check("G1-HTTP-SSE")

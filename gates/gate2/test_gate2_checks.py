@@ -5,7 +5,6 @@ import pytest
 from fixtures.paths import user_model
 from fixtures.server_process import execute, worker_server
 
-pytest_plugins = ["fixtures.server_process"]
 
 
 def token_ids(events) -> list[int]:
@@ -21,7 +20,7 @@ def test_qwen25_haiku(device, record_model):
     path = user_model("M0_QWEN25_GGUF")
     record_model(path)
     with worker_server(path, device=device) as server:
-        result = run_haiku_twice(server.url)
+        result = run_haiku_twice(server.url, path)
     assert result.first_ids == result.second_ids, "two greedy runs with the same seed differ"
     assert result.minute_word_present, f"{result.minute_word!r} not in {result.text!r}"
 
@@ -47,13 +46,16 @@ def test_qwen25_same_seed_same_tokens_for_10_seeds(device, record_model):
 @pytest.mark.gate_check("G2-LLAMA-REAL")
 def test_smollm2_over_http_matches_transformers_greedy(smollm2_server, model_path):
     """The real SmolLM2 served over SSE continues a prompt with transformers' greedy tokens."""
-    from fixtures.hf_reference import hf_greedy_from_gguf
+    from fixtures.hf_reference import hf_greedy, smollm2_hf_model, smollm2_hf_tokenizer
 
     prompt = "The capital of France is"
     response, events = execute(smollm2_server.url, {"job_id": "g2-llama", "prompt": prompt, "max_tokens": 16,
                                                     "temperature": 0})
+    assert response.status_code == 200 and events[-1][0] == "end", events[-2:]
     ours = token_ids(events)
-    prompt_ids, theirs = hf_greedy_from_gguf(model_path, prompt, 16)
+    theirs = hf_greedy(smollm2_hf_model(), smollm2_hf_tokenizer()(prompt)["input_ids"], 16)
+    if events[-1][1]["stop_reason"] == "eos":          # we stop at EOS, the oracle does not
+        theirs = theirs[: len(ours)]
     assert ours == theirs, f"ours {ours}\ntransformers {theirs}"
 
 

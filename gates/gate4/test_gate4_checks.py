@@ -6,7 +6,6 @@ import pytest
 from fixtures.paths import user_model
 from fixtures.server_process import execute, worker_server
 
-pytest_plugins = ["fixtures.server_process"]
 
 TINY = ["llama", "qwen2", "phi3", "gpt2", "gpt-oss"]
 REAL = {"qwen2.5": "M0_QWEN25_GGUF", "phi3": "M0_PHI3_GGUF", "gpt-oss-20b": "M0_GPT_OSS_GGUF"}

@@ -201,6 +201,10 @@ def record_report(state: "GateState", report) -> None:
     if report.failed:
         reason = str(report.longrepr).strip().splitlines()[-1][:200] if report.longrepr else "failed"
         state.results[report.nodeid] = TestResult(report.nodeid, "failed", reason, models)
+    elif report.skipped and getattr(report, "wasxfail", None) is not None:
+        # An expected failure ran and failed: the board says FAIL (known, with its reason), never NOT RUN.
+        state.results[report.nodeid] = TestResult(report.nodeid, "failed", f"known failure: {report.wasxfail}"[:300],
+                                                  models)
     elif report.skipped and (previous is None or previous.outcome != "failed"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else "skipped"
         state.results[report.nodeid] = TestResult(report.nodeid, "skipped", reason.removeprefix("Skipped: "), models)

@@ -1,7 +1,7 @@
 """FT-023 Integration test framework: the story/gate plugin itself, tested with pytester.
 
 Acceptance: a gate run collects the gate's checks and the stories it requires; a failing story
-flips its gate to FAIL; a skipped required check makes it INCOMPLETE; all passing is PASS; a
+(or one that fails as a known, xfail-marked failure) flips its gate to FAIL; a skipped required check makes it INCOMPLETE; all passing is PASS; a
 required story with no test is NOT RUN; the board is written as JSON and Markdown.
 """
 import json
@@ -72,6 +72,14 @@ def test_a_failing_story_flips_the_gate_to_fail_and_the_exit_status(pytester):
     make_project(pytester, story_body="assert 1 + 1 == 3")
     result = run_gate(pytester)
     result.stdout.fnmatch_lines(["*Gate 1: Mini  ->  FAIL*", "*FAIL*XX-001*1 of 1 tests failed*"])
+    assert board(pytester)["gates"][0]["verdict"] == "FAIL"
+    assert result.ret != 0
+
+
+def test_a_known_failure_marked_xfail_is_a_fail_on_the_board_not_a_skip(pytester):
+    make_project(pytester, story_body='pytest.xfail("the small model did not write the word")')
+    result = run_gate(pytester)
+    result.stdout.fnmatch_lines(["*Gate 1: Mini  ->  FAIL*", "*FAIL*XX-001*known failure: the small model*"])
     assert board(pytester)["gates"][0]["verdict"] == "FAIL"
     assert result.ret != 0
 

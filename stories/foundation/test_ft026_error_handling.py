@@ -59,6 +59,24 @@ def test_a_missing_model_file_is_named(tmp_path):
     assert failed["code"] == "MODEL_NOT_FOUND" and "nowhere.gguf" in line
 
 
+def _cuda_device_count() -> int:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # noqa: BLE001 — no CuPy or no driver: no GPU
+        return 0
+
+
+def test_a_missing_gpu_is_a_clear_start_up_error():
+    """--device cuda without CuPy/driver/GPU, or cuda:N beyond the GPUs there, is refused by name."""
+    count = _cuda_device_count()
+    worker = start_worker(_tiny(), device="cuda" if count == 0 else f"cuda:{count + 7}")
+    failed, line = _assert_clean_refusal(worker, 2)
+    expected = "CUDA_UNAVAILABLE" if count == 0 else "CUDA_DEVICE_NOT_FOUND"
+    assert failed["code"] == expected and line.startswith(f"error: {expected}: "), line
+
+
 def test_a_model_that_does_not_fit_is_refused_before_allocation(tmp_path):
     from gguf import GGUFReader
 

@@ -163,6 +163,8 @@ class CudaBackend(Backend):
             count = cp.cuda.runtime.getDeviceCount()
         except Exception as exc:  # noqa: BLE001 — driver missing or broken
             raise CudaUnavailableError(f"no usable CUDA driver: {exc}") from exc
+        if count < 1:       # docs/errors.md: no GPU at all is CUDA_UNAVAILABLE, not a missing index
+            raise CudaUnavailableError("the CUDA driver reports no GPU (0 visible)")
         if not 0 <= device_index < count:
             raise CudaUnavailableError(f"CUDA device {device_index} does not exist ({count} visible)",
                                        code="CUDA_DEVICE_NOT_FOUND")

@@ -83,10 +83,26 @@ def resolve_device(device: str) -> str:
         except Exception:
             return "cpu"
     if device == "cuda":
-        return "cuda:0"
-    if device == "cpu" or (device.startswith("cuda:") and device[5:].isdigit()):
+        device = "cuda:0"
+    if device == "cpu":
+        return device
+    if device.startswith("cuda:") and device[5:].isdigit():
+        _require_cuda_device(int(device[5:]))
         return device
     raise StartupError("INVALID_DEVICE", f"unknown device {device!r}: expected auto, cpu, cuda or cuda:N", 2)
+
+
+def _require_cuda_device(index: int) -> None:
+    """A clear start-up error, not a traceback, when CuPy, the driver or the GPU is missing."""
+    try:
+        import cupy
+
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # noqa: BLE001 — ImportError, or CUDA driver errors of any kind
+        raise StartupError("CUDA_UNAVAILABLE", f"--device cuda needs CuPy and a CUDA GPU: {type(exc).__name__}: "
+                           f"{exc} (install the gpu extra: pip install -e '.[gpu]')", 2)
+    if not 0 <= index < count:
+        raise StartupError("CUDA_DEVICE_NOT_FOUND", f"CUDA device {index} does not exist ({count} visible)", 2)
 
 
 def available_device_bytes(device: str) -> int:

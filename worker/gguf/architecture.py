@@ -165,6 +165,26 @@ def _rope(meta: _Meta, arch: str, head_dim: int) -> RopeConfig | None:
     )
 
 
+def _check_block_tensors(tensors: dict, n_layers: int) -> None:
+    """Tensors of a block beyond block_count would be silently ignored (a truncated model);
+    llama.cpp refuses such files too ("wrong number of tensors")."""
+    beyond = sorted(name for name in tensors if name.startswith("blk.")
+                    and name.split(".")[1].isdigit() and int(name.split(".")[1]) >= n_layers)
+    if beyond:
+        _inconsistent(f"block_count is {n_layers}, but the file holds tensors of later blocks "
+                      f"({', '.join(beyond[:3])}{', ...' if len(beyond) > 3 else ''})")
+
+
+def _refuse_longrope(meta: _Meta, tensors: dict) -> None:
+    """llama.cpp writes Phi-3's LongRoPE (the 128k models) as per-dimension factor tensors
+    rope_factors_long/short (no rope.scaling.type key); the config must not claim plain RoPE."""
+    factors = [n for n in ("rope_factors_long.weight", "rope_factors_short.weight") if n in tensors]
+    if factors:
+        raise UnsupportedModelError(
+            f"{meta.arch} model uses LongRoPE ({', '.join(factors)}); RoPE scaling 'longrope' is not "
+            "supported (none, linear, yarn)", code="UNSUPPORTED_ROPE_SCALING")
+
+
 def detect_config(metadata: dict, types: dict, tensors: dict) -> ModelConfig:
     """ModelConfig for a file's metadata and tensor table (TensorInfo by name)."""
     arch = architecture_of(metadata, types)
@@ -212,6 +232,10 @@ def detect_config(metadata: dict, types: dict, tensors: dict) -> ModelConfig:
     if embd is not None and tuple(embd.shape) != (vocab, hidden):
         _inconsistent(f"token_embd.weight has shape {tuple(embd.shape)}, but vocab {vocab} x embedding "
                       f"length {hidden} was expected")
+
+    _check_block_tensors(tensors, n_layers)
+    if arch == "phi3":
+        _refuse_longrope(meta, tensors)
 
     sliding_window = meta.int("attention.sliding_window", 0, required=moe, minimum=0 if not moe else 1)
     extra: dict = {}

@@ -70,6 +70,7 @@ class Tokenizer:
         """
         if not isinstance(text, str):
             raise InvalidParamsError("text to tokenize must be a string", code="INVALID_PARAMS", field="prompt")
+        _check_encodable(text)
         ids = self._encode_text(text, parse_special)
         if add_special and self.add_bos:
             ids.insert(0, self.bos_id)
@@ -116,6 +117,18 @@ class Tokenizer:
         return {"kind": self.kind, "vocab_size": self.vocab_size, "bos_id": self.bos_id, "eos_id": self.eos_id,
                 "eos_ids": sorted(self.eos_ids), "add_bos": self.add_bos, "add_eos": self.add_eos,
                 "has_chat_template": bool(self.chat_template)}
+
+
+def _check_encodable(text: str) -> None:
+    """Refuse a lone surrogate (JSON "\\ud83d", or argv bytes that are not UTF-8): it is not a
+    character, has no UTF-8 bytes, and the HF engine would fail on it with a bare TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidParamsError(
+            f"text holds a lone surrogate {text[exc.start]!r} at position {exc.start}: not a Unicode character "
+            "(send the surrogate pair of the character, or the character itself)",
+            code="INVALID_PARAMS", field="prompt") from None
 
 
 def end_of_generation_ids(token_text: list[str], eos_id: int | None, extra: Iterable[int | None] = ()) -> frozenset[int]:
