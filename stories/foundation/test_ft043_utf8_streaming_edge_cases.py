@@ -14,8 +14,8 @@ Acceptance (FT-003 already checks ordinary multi-byte output; these are the corn
   surrogate escape (half a character) is refused with 400 INVALID_PARAMS, its pair is accepted.
 
 A random tiny model seldom writes byte tokens, so the invalid-byte cases run on a copy of the
-tiny llama fixture whose LM-head rows (tied embeddings) of tokens that are not whole UTF-8 are
-scaled up: the same tokenizer, a model that mostly writes bytes of split or broken characters.
+tiny llama fixture whose LM-head rows (tied embeddings) of tokens that are not whole UTF-8 win
+over all others: the same tokenizer, a model that mostly writes bytes of split or broken characters.
 """
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ from fixtures.server_process import check_stream, execute, sse_events, worker_se
 pytest_plugins = ["fixtures.server_fixtures"]
 pytestmark = pytest.mark.story("FT-043")
 
-BYTE_HEAVY_SCALE = 3.0      # x3 on the favoured LM-head rows: they then win most samples
+# LM-head rows (tied embeddings): tokens that are not whole UTF-8 keep a modest spread of logits,
+# all other tokens get logits near 0, so sampling at temperature 1 picks among the favoured ones.
+FAVOURED_SCALE, OTHER_SCALE = 0.25, 0.02
 
 
 # -- oracles and fixtures ----------------------------------------------------------------------
@@ -60,7 +62,7 @@ def _byte_heavy_model_path():
     from worker.tokenizer import load_tokenizer
 
     source = tiny_model_path("llama")
-    target = cache_dir("ft043") / f"tiny-llama-byte-heavy-{source.stat().st_size}.gguf"
+    target = cache_dir("ft043") / f"tiny-llama-byte-heavy-v2-{source.stat().st_size}.gguf"
     if target.exists():
         return target
     # Which rows to favour is a choice of test input, not an oracle: our byte table is fine here.
@@ -79,7 +81,9 @@ def _byte_heavy_model_path():
         assert tensor.tensor_type == gguf.GGMLQuantizationType.F32, tensor.name
         data = np.array(tensor.data, dtype=np.float32)
         if tensor.name == "token_embd.weight":          # tied: also the LM head
-            data[favoured] *= BYTE_HEAVY_SCALE
+            scale = np.full((data.shape[0], 1), OTHER_SCALE, dtype=np.float32)
+            scale[favoured] = FAVOURED_SCALE
+            data *= scale
         writer.add_tensor(tensor.name, data)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -263,9 +267,9 @@ def test_edge_case_prompts_are_tokenized_like_the_reference(tiny_server, referen
     prompt = EDGE_PROMPTS[case]
     _, events = execute(tiny_server.url, {"job_id": f"ft043-prompt-{case}", "prompt": prompt, "max_tokens": 4,
                                           "temperature": 0})
-    summary = check_stream(events)
-    assert summary["started"]["prompt_tokens"] == len(reference.encode(prompt, add_special_tokens=True))
-    assert summary["text"] == ref_decode(reference, summary["ids"])
+    tokens, text, _ = tokens_and_text(events)   # the random model may itself write broken bytes
+    assert events[0][1]["prompt_tokens"] == len(reference.encode(prompt, add_special_tokens=True))
+    assert text == ref_decode(reference, [t["id"] for t in tokens])
 
 
 def _execute_raw(url: str, body: bytes):
@@ -290,6 +294,6 @@ def test_escaped_surrogate_pair_is_one_character(tiny_server, reference):
     response, events = _execute_raw(tiny_server.url, b'{"job_id": "ft043-pair", "prompt": "ab \\ud83d\\ude00 cd", '
                                                      b'"max_tokens": 2, "temperature": 0}')
     assert response.status_code == 200
-    summary = check_stream(events)
+    tokens_and_text(events)
     assert json.loads('"ab \\ud83d\\ude00 cd"') == "ab 😀 cd"
-    assert summary["started"]["prompt_tokens"] == len(reference.encode("ab 😀 cd", add_special_tokens=True))
+    assert events[0][1]["prompt_tokens"] == len(reference.encode("ab 😀 cd", add_special_tokens=True))

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.story("GT-042")
 MODELS = ["tiny-gpt2", "tiny-gpt2-Q8_0", "tiny-gpt-oss",
           pytest.param("gpt-oss-20b", marks=[pytest.mark.slow, pytest.mark.needs_model("gpt-oss-20b")])]
 LONG_PROMPT = "In the beginning the sea was calm and the sky"
-UTF8_PROMPT = "Ça va? Grüße aus München, 北京 und 🙂"
+# The random fixtures' continuation of this prompt is valid UTF-8 (transformers decodes it without
+# U+FFFD); some prompts make them emit a broken byte sequence, which is not what this test is about.
+UTF8_PROMPT = "Grüße aus München und 北京 🙂"
 
 
 @pytest.fixture(scope="module", params=MODELS)
