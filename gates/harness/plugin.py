@@ -62,12 +62,13 @@ class GateState:
         record_report(self, report)
 
     def _gates_in_args(self, args) -> list[int]:
+        """Gates named by their folder (gates/gate2): a file or test inside one runs just itself."""
         gates = []
         for arg in args:
             path = Path(arg.split("::")[0]).resolve()
             for number in self.manifests:
                 gate_dir = (self.gates_dir / f"gate{number}").resolve()
-                if path == gate_dir or gate_dir in path.parents:
+                if path == gate_dir:
                     gates.append(number)
         return sorted(set(gates))
 

@@ -125,12 +125,15 @@ def tokens_and_text(events) -> tuple[list[dict], str, dict]:
 
 def assert_stream_matches_reference_prefixes(reference, tokens):
     """After every token, the text streamed so far is what the reference decodes the ids so far
-    to, less at most the one U+FFFD that stands for a character still being completed."""
+    to, less the U+FFFD that stands for bytes still held back (a character being completed)."""
     ids, emitted = [t["id"] for t in tokens], ""
     for k, t in enumerate(tokens[:-1], start=1):
         emitted += t["t"]
         now = ref_decode(reference, ids[:k])
-        assert now in (emitted, emitted + "\ufffd"), f"after {k} tokens: streamed {emitted!r}, reference {now!r}"
+        # Held back: one U+FFFD's worth (an unfinished character), or two for ED A0..BF, which
+        # CPython's incremental decoder keeps until the next byte (GT-031 has the details).
+        assert now.startswith(emitted) and now[len(emitted):] in ("", "\ufffd", "\ufffd\ufffd"), (
+            f"after {k} tokens: streamed {emitted!r}, reference {now!r}")
 
 
 # -- invalid bytes from the model ---------------------------------------------------------------
