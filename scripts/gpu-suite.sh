@@ -3,7 +3,7 @@
 #
 #   scripts/gpu-suite.sh [quick|full|smol|all]
 #     quick  kernel conformance only, fewer hypothesis examples (a smoke run)
-#     full   every gpu-marked test (default: the whole stories/ tree, or $GPU_TESTS), then
+#     full   every gpu-marked test (default: stories/ and gates/, or $GPU_TESTS), then
 #            compute-sanitizer memcheck over the kernel suites (where compute-sanitizer exists)
 #     smol   SmolLM2 end to end + the decode benchmark (needs the SmolLM2 GGUF: installed, or
 #            reassembled from .dev/smol.part* / /tmp/smol.part*)
@@ -43,8 +43,9 @@ run_tests() {
       -o addopts="" --junitxml="$OUT/junit.xml" 2>&1 | tee -a "$log" || status=1
     return
   fi
+  smol_ready || echo "SmolLM2 not available: its GPU tests will fail or skip" | tee -a "$log"
   echo "== gpu-marked tests" | tee -a "$log"
-  timeout "${PYTEST_TIMEOUT:-400}" python3 -m pytest ${GPU_TESTS:-stories} -m gpu --device cuda -q -p no:cacheprovider \
+  timeout "${PYTEST_TIMEOUT:-400}" python3 -m pytest ${GPU_TESTS:-stories gates} -m gpu --device cuda -q -p no:cacheprovider \
     -o addopts="" --junitxml="$OUT/junit.xml" 2>&1 | tee -a "$log" || status=1
   if command -v compute-sanitizer >/dev/null; then
     echo "== compute-sanitizer memcheck over the kernel suites" | tee -a "$log"
