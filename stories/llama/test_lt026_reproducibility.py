@@ -7,8 +7,9 @@ Acceptance:
 - the seeds do not all give the same continuation (a seed that is ignored would);
 - the same holds on the real SmolLM2-135M (slow on the CPU reference) and on a real
   Qwen2.5-0.5B when one is provided (M0_QWEN25_GGUF);
-- on a GPU, the CUDA backend samples the same ids as the CPU reference for the same seed on
-  the tiny model (sampling runs on the host over the device's logits).
+- on a GPU, the CUDA run of a seed is exactly the shared host sampler's pick from the device's
+  logits, and those logits match the CPU reference's (see the test for why bit-equal ids across
+  backends are not promised on a random model's flat distributions).
 
 The tiny model is fixtures.tiny_models' qwen2 fixture (random weights, real SmolLM2 vocabulary):
 its next-token distributions are broad, so different seeds must diverge.
@@ -77,12 +78,44 @@ def test_real_qwen25_10_seeds_twice_each(device, record_model):
 
 
 @pytest.mark.gpu
-def test_cuda_samples_the_same_ids_as_the_cpu_reference(record_model):
+def test_cuda_sampling_is_the_host_sampler_over_the_device_logits(record_model):
+    """Both backends share one host sampler, so equal logits give equal ids. Bit-equal logits
+    across backends are not promised: float32 rounding differs (logits NMSE ~1e-9 on the tiny
+    model), and on a random model's nearly flat distribution that moves cumulative-probability
+    boundaries across the draw (on the H200 all 10 seeds diverged from the CPU run within 5-7
+    tokens at full vocabulary, and 2 of 10 with top_k=40). So, per seed, on the CUDA run: the ids
+    are exactly what the seeded host sampler picks from the logits the device produced, and the
+    CPU reference's logits along the same tokens agree with them within 1e-4 of their range."""
+    import numpy as np
+
+    from fixtures.hf_reference import relative_logit_error
     from fixtures.tiny_models import tiny_model_path
+    from worker.sampling import Sampler
 
     path = tiny_model_path("qwen2")
     record_model(path)
     cpu, cuda = load_engine(path, "cpu"), load_engine(path, "cuda")
-    mismatched = {seed: (a, b) for seed in SEEDS
-                  if (a := generate_ids(cpu, seed, 16)) != (b := generate_ids(cuda, seed, 16))}
-    assert not mismatched, f"seeds where cuda and cpu sampled different ids: {mismatched}"
+    forward = cuda.model.forward
+    rows = []
+
+    def recording_forward(ids, cache, n_past):
+        logits = forward(ids, cache, n_past)
+        rows.append(cuda.model.backend.to_host(logits[-1]).astype(np.float64))
+        return logits
+
+    cuda.model.forward = recording_forward
+    prompt = cuda.prompt_ids(PROMPT)
+    for seed in SEEDS:
+        rows.clear()
+        params = SamplingParams(temperature=1.0, seed=seed, max_tokens=16)
+        ids = [e.id for e in cuda.generate(PROMPT, params) if isinstance(e, Token)]
+        sampler, history, replayed = Sampler(params, seed), list(prompt), []
+        for row in rows[: len(ids)]:
+            replayed.append(sampler.sample(row, history))
+            history.append(replayed[-1])
+        assert replayed == ids, f"seed {seed}: the CUDA run did not sample on the host from its own logits"
+        sequence = np.asarray(prompt + ids[:-1], np.int64)
+        reference = cpu.model.backend.to_host(cpu.model.forward(sequence, cpu.model.new_cache(len(sequence)), 0))
+        ours = np.stack(rows[: len(ids)])
+        error = relative_logit_error(ours, reference[len(prompt) - 1:])
+        assert error < 1e-4, f"seed {seed}: CUDA logits differ from the CPU reference by {error:.2e} of the range"
