@@ -85,10 +85,11 @@ def test_cuda_sampling_is_the_host_sampler_over_the_device_logits(record_model):
     boundaries across the draw (on the H200 all 10 seeds diverged from the CPU run within 5-7
     tokens at full vocabulary, and 2 of 10 with top_k=40). So, per seed, on the CUDA run: the ids
     are exactly what the seeded host sampler picks from the logits the device produced, and the
-    CPU reference's logits along the same tokens agree with them within 1e-4 of their range."""
+    CPU reference's logits along the same tokens agree with them (NMSE under FT-012's end-to-end
+    threshold, float16 KV cache)."""
     import numpy as np
 
-    from fixtures.hf_reference import relative_logit_error
+    from stories.foundation.test_ft012_cuda_end_to_end import LOGITS_NMSE
     from fixtures.tiny_models import tiny_model_path
     from worker.sampling import Sampler
 
@@ -117,5 +118,6 @@ def test_cuda_sampling_is_the_host_sampler_over_the_device_logits(record_model):
         sequence = np.asarray(prompt + ids[:-1], np.int64)
         reference = cpu.model.backend.to_host(cpu.model.forward(sequence, cpu.model.new_cache(len(sequence)), 0))
         ours = np.stack(rows[: len(ids)])
-        error = relative_logit_error(ours, reference[len(prompt) - 1:])
-        assert error < 1e-4, f"seed {seed}: CUDA logits differ from the CPU reference by {error:.2e} of the range"
+        reference = reference[len(prompt) - 1:]
+        nmse = float(np.sum((ours - reference) ** 2) / np.sum(reference ** 2))
+        assert nmse < LOGITS_NMSE, f"seed {seed}: CUDA logits NMSE {nmse:.2e} against the CPU reference"
