@@ -1,0 +1,56 @@
+"""How often a model passes the haiku test's word check: every minute word 0..59, greedy.
+
+    python benchmarks/haiku_sweep.py [--model PATH] [--max-tokens 48] [--out reports/haiku-sweep.json]
+
+Runs in-process on the CPU reference (engine, not HTTP), with the model's own chat template
+(worker.tokenizer) and fixtures.haiku's prompt and word rule. Writes the minutes that passed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fixtures.haiku import SEED, contains_word, haiku_prompt, minute_word  # noqa: E402
+
+
+def main() -> int:
+    from worker.default_model import default_model_path
+    from worker.engine import Engine
+    from worker.gguf import GGUFModelFile
+    from worker.models import load_model
+    from worker.sampling import SamplingParams
+    from worker.tokenizer import load_tokenizer
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--out", default="reports/haiku-sweep.json")
+    args = ap.parse_args()
+    path = args.model or default_model_path()
+    gf = GGUFModelFile.open(path)
+    tokenizer = load_tokenizer(gf)
+    engine = Engine(load_model(gf, "cpu"), tokenizer)
+    passed = []
+    for minute in range(60):
+        word = minute_word(minute)
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": haiku_prompt(word)}],
+                                               add_generation_prompt=True)
+        params = SamplingParams(temperature=0, seed=SEED, max_tokens=args.max_tokens)
+        text = "".join(getattr(ev, "text", "") or "" for ev in engine.generate(prompt, params))
+        if contains_word(text, word):
+            passed.append(minute)
+        print(f"{minute:2d} {word:14s} {'yes' if minute in passed else 'no '} {text[:70]!r}", flush=True)
+    report = {"model": str(path), "max_tokens": args.max_tokens, "seed": SEED, "minutes_passed": passed,
+              "passed": len(passed), "of": 60}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print(f"{len(passed)} of 60 minute words written -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
