@@ -84,6 +84,9 @@ def record(op: str, shape: str, value: float, threshold: float | None = None) ->
     with _lock:
         row = _table.setdefault(op, {"op": op, "shapes_tried": 0, "worst_nmse": 0.0, "worst_shape": "",
                                      "threshold": threshold, "failures": 0})
+        if row["threshold"] != threshold:    # one row, one threshold: otherwise the table misleads
+            raise ValueError(f"{op}: threshold {threshold} differs from the row's {row['threshold']}; "
+                             "give checks with different thresholds different op names")
         row["shapes_tried"] += 1
         if not value <= threshold:
             row["failures"] += 1

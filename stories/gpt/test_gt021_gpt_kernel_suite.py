@@ -126,8 +126,8 @@ def test_cuda_chain_matches_transformers_and_the_reference(qtype, kv_dtype):
     theirs = hf_outputs(qtype)
     shape = f"{qtype} kv={kv_dtype} prefill {PREFILL} + decode {DECODE}"
     for name, o, r, t in zip(NAMES, ours, reference, theirs):
-        check(f"gpt2_chain_vs_hf:{name}", shape, o, t, THRESHOLD[kv_dtype])
-        check(f"gpt2_chain_vs_numpy:{name}", shape, o, r, THRESHOLD[kv_dtype])
+        check(f"gpt2_chain_vs_hf[{kv_dtype} kv]:{name}", shape, o, t, THRESHOLD[kv_dtype])
+        check(f"gpt2_chain_vs_numpy[{kv_dtype} kv]:{name}", shape, o, r, THRESHOLD[kv_dtype])
     # Greedy choices agree with transformers wherever its top two logits are not a near-tie.
     top2 = np.sort(theirs[2], axis=-1)[:, -2:]
     clear = (top2[:, 1] - top2[:, 0]) > 1e-3 * (theirs[2].max(-1) - theirs[2].min(-1))
