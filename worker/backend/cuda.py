@@ -149,25 +149,32 @@ def _f32(v) -> np.float32:
 NULL = np.uint64(0)
 
 
+def require_cuda_device(device_index: int):
+    """CuPy, a working driver and GPU `device_index`, or CudaUnavailableError naming what is missing
+    (CUDA_UNAVAILABLE; CUDA_DEVICE_NOT_FOUND for an index beyond the GPUs there). Returns cupy."""
+    try:
+        import cupy as cp
+    except ImportError as exc:
+        raise CudaUnavailableError(f"CuPy is not installed: {exc}") from exc
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # noqa: BLE001 — driver missing or broken
+        raise CudaUnavailableError(f"no usable CUDA driver: {exc}") from exc
+    if count < 1:       # docs/errors.md: no GPU at all is CUDA_UNAVAILABLE, not a missing index
+        raise CudaUnavailableError("the CUDA driver reports no GPU (0 visible)")
+    if not 0 <= device_index < count:
+        raise CudaUnavailableError(f"CUDA device {device_index} does not exist ({count} visible)",
+                                   code="CUDA_DEVICE_NOT_FOUND")
+    return cp
+
+
 class CudaBackend(Backend):
     name = "cuda"
 
     def __init__(self, device_index: int = 0, memory_limit_bytes: int | None = None, *,
                  kv_dtype: str = "float16", staging_bytes: int = 16 << 20,
                  poison_outputs: bool = False, sync_each_op: bool = False):
-        try:
-            import cupy as cp
-        except ImportError as exc:
-            raise CudaUnavailableError(f"CuPy is not installed: {exc}") from exc
-        try:
-            count = cp.cuda.runtime.getDeviceCount()
-        except Exception as exc:  # noqa: BLE001 — driver missing or broken
-            raise CudaUnavailableError(f"no usable CUDA driver: {exc}") from exc
-        if count < 1:       # docs/errors.md: no GPU at all is CUDA_UNAVAILABLE, not a missing index
-            raise CudaUnavailableError("the CUDA driver reports no GPU (0 visible)")
-        if not 0 <= device_index < count:
-            raise CudaUnavailableError(f"CUDA device {device_index} does not exist ({count} visible)",
-                                       code="CUDA_DEVICE_NOT_FOUND")
+        cp = require_cuda_device(device_index)
         if kv_dtype not in ("float16", "float32"):
             raise ValueError(f"kv_dtype must be float16 or float32, got {kv_dtype!r}")
         self.cp = cp

@@ -94,15 +94,13 @@ def resolve_device(device: str) -> str:
 
 def _require_cuda_device(index: int) -> None:
     """A clear start-up error, not a traceback, when CuPy, the driver or the GPU is missing."""
-    try:
-        import cupy
+    from worker.backend.cuda import CudaUnavailableError, require_cuda_device
 
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # noqa: BLE001 — ImportError, or CUDA driver errors of any kind
-        raise StartupError("CUDA_UNAVAILABLE", f"--device cuda needs CuPy and a CUDA GPU: {type(exc).__name__}: "
-                           f"{exc} (install the gpu extra: pip install -e '.[gpu]')", 2)
-    if not 0 <= index < count:
-        raise StartupError("CUDA_DEVICE_NOT_FOUND", f"CUDA device {index} does not exist ({count} visible)", 2)
+    try:
+        require_cuda_device(index)
+    except CudaUnavailableError as exc:
+        raise StartupError(exc.code, f"--device cuda:{index}: {exc.message} (the gpu extra: pip install -e '.[gpu]')",
+                           2) from None
 
 
 def available_device_bytes(device: str) -> int:
