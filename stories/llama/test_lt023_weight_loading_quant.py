@@ -63,7 +63,15 @@ def test_raw_random_bytes_including_inf_and_nan_scales_are_bit_exact(qtype):
         _assert_bit_exact(dequantize_blocks(qtype, blocks), _oracle(blocks, qtype), qtype.name)
 
 
-_QUANTIZABLE = [q for q in ALL_TYPES if q not in (Q.Q4_K, Q.Q5_K, Q.Q6_K)]   # gguf-py 0.19 cannot quantize K
+def _gguf_py_quantizes(qtype: Q) -> bool:
+    try:
+        gguf.quants.quantize(np.zeros((1, 256), np.float32), qtype)
+    except NotImplementedError:
+        return False
+    return True
+
+
+_QUANTIZABLE = [q for q in ALL_TYPES if _gguf_py_quantizes(q)]   # gguf-py 0.19 quantizes no K- or IQ-type
 
 
 @pytest.mark.parametrize("qtype", _QUANTIZABLE, ids=[q.name for q in _QUANTIZABLE])
@@ -126,14 +134,34 @@ def test_large_tensor_is_dequantized_in_chunks_identically():
     _assert_bit_exact(dequantize(t).reshape(-1, 256), _oracle(blocks, Q.Q4_K), "Q4_K x70000")
 
 
-def test_format_doc_table_states_gguf_py_block_sizes():
+def test_format_doc_table_is_rendered_from_the_registry_with_gguf_py_block_sizes():
     from fixtures.paths import REPO_ROOT
+    from worker.quant.doc_table import BEGIN, END, render
 
+    text = (REPO_ROOT / "docs" / "gguf.md").read_text()
+    assert text.split(BEGIN, 1)[1].split(END, 1)[0].strip() == render(), \
+        "docs/gguf.md is stale: run python -m worker.quant.doc_table"
     rows = {}
-    for line in (REPO_ROOT / "docs" / "gguf.md").read_text().splitlines():
+    for line in render().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 6 and cells[0] in Q.__members__ and cells[1].isdigit():
+        if cells[0] in Q.__members__ and cells[1].isdigit():
             rows[cells[0]] = (int(cells[1]), int(cells[2]), int(cells[3]))
     assert set(rows) == {q.name for q in ALL_TYPES}
     for name, (type_id, block_size, type_size) in rows.items():
         assert (type_id, (block_size, type_size)) == (int(Q[name]), gguf.GGML_QUANT_SIZES[Q[name]]), name
+
+
+def test_cuda_format_list_is_the_registry():
+    """kernels/quant.cuh's FOR_EACH_FORMAT (which instantiates matvec_/dequant_rows_<fmt>) names
+    exactly the registry's kernel suffixes, each with its dq8_ and dq1_ device functions."""
+    import re
+
+    from fixtures.paths import REPO_ROOT
+
+    src = (REPO_ROOT / "worker" / "backend" / "kernels" / "quant.cuh").read_text()
+    macro = re.search(r"#define FOR_EACH_FORMAT\(X\)((?:.*\\\n)*.*)", src).group(1)
+    listed = re.findall(r"X\((\w+)\)", macro)
+    assert listed == [f.kernel for f in FORMATS.values()]
+    for name in listed:
+        assert re.search(rf"void dq8_{name}\(", src), f"dq8_{name} missing"
+        assert re.search(rf"float dq1_{name}\(|QUANT_DQ1\({name}\)", src), f"dq1_{name} missing"

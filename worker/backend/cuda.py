@@ -25,6 +25,7 @@ import numpy as np
 from worker.backend.base import Array, Backend, KVCache
 from worker.config import RopeConfig
 from worker.errors import DeviceOOMError, InvalidParamsError, PromptTooLongError, WorkerError
+from worker.quant import FORMATS as QUANT_FORMATS
 
 KERNEL_DIR = Path(__file__).with_name("kernels")
 MATVEC_MAX_T = 4                      # must match matmul.cu
@@ -33,8 +34,7 @@ TILE_MAX_BYTES = 64 << 20             # prefill dequantization workspace bound
 CUDA_MEMORY_TYPE_DEVICE = 2           # cudaMemoryTypeDevice (3 would be managed memory)
 
 # GGML type name -> kernel suffix
-_KERNEL_FORMAT = {"F32": "f32", "F16": "f16", "BF16": "bf16", "Q8_0": "q8_0", "Q4_0": "q4_0",
-                  "Q4_1": "q4_1", "Q4_K": "q4_k", "Q5_K": "q5_k", "Q6_K": "q6_k", "MXFP4": "mxfp4"}
+_KERNEL_FORMAT = {q.name: f.kernel for q, f in QUANT_FORMATS.items()}   # from the format registry
 
 
 class CudaUnavailableError(WorkerError):

@@ -12,43 +12,23 @@ CONTRACT (other modules rely on this; keep it):
                dimension is a whole number of quant blocks.
 
     dequantize(t: QuantTensor) -> np.ndarray[float32] of t.shape
-    FORMATS: dict[GGMLQuantizationType, QuantFormat]   (block_size, type_size, layout)
+    FORMATS: dict[GGMLQuantizationType, QuantFormat]   the registry (worker/quant/formats.py):
+             block_size, type_size, layout, dequantize_blocks, kernel suffix; one row per format
 
 Also: dequantize_blocks(qtype, blocks[n, type_size] uint8) -> float32 [n, block_size], and
-tensor_nbytes(qtype, shape). One module per format family: floats, legacy, kquants, mxfp4.
+tensor_nbytes(qtype, shape). One module per format family: floats, legacy, kquants, mxfp4, ...
 Every function is checked bit-for-bit against gguf-py (stories/llama/test_lt023_*).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from worker.quant.floats import dequantize_bf16, dequantize_f16, dequantize_f32
 from worker.quant.formats import FORMATS, QuantFormat
-from worker.quant.kquants import dequantize_q4_k, dequantize_q5_k, dequantize_q6_k
-from worker.quant.legacy import dequantize_q4_0, dequantize_q4_1, dequantize_q8_0
-from worker.quant.mxfp4 import dequantize_mxfp4
 
 __all__ = ["QuantTensor", "QuantFormat", "FORMATS", "dequantize", "dequantize_blocks", "tensor_nbytes"]
-
-Q = GGMLQuantizationType
-
-_DEQUANTIZERS: dict[GGMLQuantizationType, Callable[[np.ndarray], np.ndarray]] = {
-    Q.F32: dequantize_f32,
-    Q.F16: dequantize_f16,
-    Q.BF16: dequantize_bf16,
-    Q.Q8_0: dequantize_q8_0,
-    Q.Q4_0: dequantize_q4_0,
-    Q.Q4_1: dequantize_q4_1,
-    Q.Q4_K: dequantize_q4_k,
-    Q.Q5_K: dequantize_q5_k,
-    Q.Q6_K: dequantize_q6_k,
-    Q.MXFP4: dequantize_mxfp4,
-}
-assert set(_DEQUANTIZERS) == set(FORMATS)
 
 # Blocks per call: bounds the temporaries of one step to a few tens of MB.
 _CHUNK_BLOCKS = 1 << 16
@@ -83,7 +63,7 @@ def tensor_nbytes(qtype: GGMLQuantizationType, shape: tuple) -> int:
 
 def dequantize_blocks(qtype: GGMLQuantizationType, blocks: np.ndarray) -> np.ndarray:
     """uint8 [n, type_size] -> float32 [n, block_size]."""
-    return _DEQUANTIZERS[GGMLQuantizationType(qtype)](blocks)
+    return FORMATS[GGMLQuantizationType(qtype)].dequantize_blocks(blocks)
 
 
 def dequantize(t: QuantTensor) -> np.ndarray:
@@ -101,7 +81,7 @@ def dequantize(t: QuantTensor) -> np.ndarray:
         raise ValueError(f"{t.name}: {raw.size} bytes stored, {qtype.name} {shape} needs {expected}")
     blocks = raw.reshape(-1, fmt.type_size)
     out = np.empty((blocks.shape[0], fmt.block_size), dtype=np.float32)
-    fn = _DEQUANTIZERS[qtype]
+    fn = fmt.dequantize_blocks
     for start in range(0, blocks.shape[0], _CHUNK_BLOCKS):
         out[start:start + _CHUNK_BLOCKS] = fn(blocks[start:start + _CHUNK_BLOCKS])
     return out.reshape(shape)

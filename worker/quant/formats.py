@@ -1,13 +1,25 @@
-"""The quant formats this worker reads: block geometry and stored layout, one row per format.
+"""The registry of weight formats this worker reads: each format described once.
+
+One row per ggml type: block geometry, stored layout, the NumPy reference dequantizer and the
+CUDA kernel suffix. Everything else derives from this table: the GGUF reader's supported-type
+check, worker.quant.dequantize, the CUDA backend's kernel names (and a test that the
+FOR_EACH_FORMAT list in kernels/quant.cuh is this list), the table in docs/gguf.md and the tests.
+This mirrors gguf-py's quants.py, which registers each format once.
 
 Sizes are checked against gguf-py's GGML_QUANT_SIZES in the tests (the oracle), not copied
 from it here, so a disagreement shows up as a failure instead of being inherited.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
+import numpy as np
 from gguf import GGMLQuantizationType as Q
+
+from worker.quant import floats, kquants, legacy, mxfp4
+
+Dequantizer = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -16,10 +28,17 @@ class QuantFormat:
     block_size: int      # values per block
     type_size: int       # bytes per block
     layout: str          # the stored bytes of one block, in order
+    dequantize_blocks: Dequantizer = field(repr=False)   # uint8 [n, type_size] -> float32 [n, block_size]
+    f16_fields: tuple[int, ...] = ()   # byte offsets of the block's f16 scales (tests keep them finite)
 
     @property
     def name(self) -> str:
         return self.qtype.name
+
+    @property
+    def kernel(self) -> str:
+        """Suffix of the CUDA functions for this format: dq8_<kernel>, matvec_<kernel>, ..."""
+        return self.qtype.name.lower()
 
     @property
     def bits_per_value(self) -> float:
@@ -31,26 +50,41 @@ class QuantFormat:
 
 
 _TABLE = [
-    QuantFormat(Q.F32, 1, 4, "f32 value"),
-    QuantFormat(Q.F16, 1, 2, "f16 value"),
-    QuantFormat(Q.BF16, 1, 2, "bf16 value (upper 16 bits of an f32)"),
-    QuantFormat(Q.Q8_0, 32, 34, "d:f16 · q[32]:int8 ; x = d*q"),
+    # -- plain floats
+    QuantFormat(Q.F32, 1, 4, "f32 value", floats.dequantize_f32),
+    QuantFormat(Q.F16, 1, 2, "f16 value", floats.dequantize_f16),
+    QuantFormat(Q.BF16, 1, 2, "bf16 value (upper 16 bits of an f32)", floats.dequantize_bf16),
+    # -- legacy 32-value blocks
+    QuantFormat(Q.Q8_0, 32, 34, "d:f16 · q[32]:int8 ; x = d*q", legacy.dequantize_q8_0, (0,)),
     QuantFormat(Q.Q4_0, 32, 18,
-                "d:f16 · qs[16]:u8 ; x[i] = d*((qs[i] & 15) - 8), x[i+16] = d*((qs[i] >> 4) - 8)"),
+                "d:f16 · qs[16]:u8 ; x[i] = d*((qs[i] & 15) - 8), x[i+16] = d*((qs[i] >> 4) - 8)",
+                legacy.dequantize_q4_0, (0,)),
     QuantFormat(Q.Q4_1, 32, 20,
-                "d:f16 · m:f16 · qs[16]:u8 ; x[i] = d*(qs[i] & 15) + m, x[i+16] = d*(qs[i] >> 4) + m"),
-    QuantFormat(Q.Q4_K, 256, 144,
-                "d:f16 · dmin:f16 · scales[12] (8 x 6-bit scale, 8 x 6-bit min) · qs[128] ; "
-                "8 sub-blocks of 32: x = d*sc[j]*q - dmin*m[j]"),
-    QuantFormat(Q.Q5_K, 256, 176,
-                "d:f16 · dmin:f16 · scales[12] · qh[32] (5th bits) · qs[128] (low nibbles) ; "
-                "x = d*sc[j]*q - dmin*m[j], q in 0..31"),
-    QuantFormat(Q.Q6_K, 256, 210,
-                "ql[128] (low 4 bits) · qh[64] (high 2 bits) · scales[16]:int8 · d:f16 ; "
-                "16 sub-blocks of 16: x = d*sc[j]*(q - 32)"),
+                "d:f16 · m:f16 · qs[16]:u8 ; x[i] = d*(qs[i] & 15) + m, x[i+16] = d*(qs[i] >> 4) + m",
+                legacy.dequantize_q4_1, (0, 2)),
+    QuantFormat(Q.Q5_0, 32, 22,
+                "d:f16 · qh:u32 (bit j: 5th bit of value j) · qs[16]:u8 (low nibbles as Q4_0) ; x = d*(q - 16)",
+                legacy.dequantize_q5_0, (0,)),
+    QuantFormat(Q.Q5_1, 32, 24,
+                "d:f16 · m:f16 · qh:u32 (bit j: 5th bit of value j) · qs[16]:u8 ; x = d*q + m",
+                legacy.dequantize_q5_1, (0, 2)),
     QuantFormat(Q.MXFP4, 32, 17,
                 "e:E8M0 (u8) · qs[16]:u8 of E2M1 nibbles ; x[i] = 2^(e-127) * fp4(qs[i] & 15), "
-                "x[i+16] = 2^(e-127) * fp4(qs[i] >> 4)"),
+                "x[i+16] = 2^(e-127) * fp4(qs[i] >> 4)",
+                mxfp4.dequantize_mxfp4),
+    # -- K-quants: super-blocks of 256
+    QuantFormat(Q.Q4_K, 256, 144,
+                "d:f16 · dmin:f16 · scales[12] (8 x 6-bit scale, 8 x 6-bit min) · qs[128] ; "
+                "8 sub-blocks of 32: x = d*sc[j]*q - dmin*m[j]",
+                kquants.dequantize_q4_k, (0, 2)),
+    QuantFormat(Q.Q5_K, 256, 176,
+                "d:f16 · dmin:f16 · scales[12] · qh[32] (5th bits) · qs[128] (low nibbles) ; "
+                "x = d*sc[j]*q - dmin*m[j], q in 0..31",
+                kquants.dequantize_q5_k, (0, 2)),
+    QuantFormat(Q.Q6_K, 256, 210,
+                "ql[128] (low 4 bits) · qh[64] (high 2 bits) · scales[16]:int8 · d:f16 ; "
+                "16 sub-blocks of 16: x = d*sc[j]*(q - 32)",
+                kquants.dequantize_q6_k, (208,)),
 ]
 
 FORMATS: dict[Q, QuantFormat] = {f.qtype: f for f in _TABLE}

@@ -68,6 +68,29 @@ __device__ __forceinline__ void dq8_q4_1(const u8* r, int c, float* w) {
     for (int i = 0; i < 8; ++i) w[i] = __fadd_rn(__fmul_rn(d, (float)q[i]), m);
 }
 
+// Q5_0: d:f16 | qh:u32 | qs[16] ; q = nibble as Q4_0 | (bit j of qh) << 4, x = d*(q - 16).
+// Part p of a block holds values 8p..8p+7, whose fifth bits are exactly qh byte p.
+__device__ __forceinline__ void dq8_q5_0(const u8* r, int c, float* w) {
+    const u8* b = r + (c >> 2) * 22;
+    const float d = load_f16(b);
+    const u32 hb = b[2 + (c & 3)];
+    int q[8];
+    nibbles8(b + 6, c & 3, q);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = d * (float)((q[i] | (((hb >> i) & 1) << 4)) - 16);
+}
+
+// Q5_1: d:f16 | m:f16 | qh:u32 | qs[16] ; x = d*q + m
+__device__ __forceinline__ void dq8_q5_1(const u8* r, int c, float* w) {
+    const u8* b = r + (c >> 2) * 24;
+    const float d = load_f16(b), m = load_f16(b + 2);
+    const u32 hb = b[4 + (c & 3)];
+    int q[8];
+    nibbles8(b + 8, c & 3, q);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = __fadd_rn(__fmul_rn(d, (float)(q[i] | (((hb >> i) & 1) << 4))), m);
+}
+
 // MXFP4: e:E8M0 | qs[16] of E2M1 ; x = 2^(e-128) * (2*fp4)   (ggml's exact form)
 __device__ __forceinline__ float e8m0_half(u32 e) {
     return __uint_as_float(e >= 2 ? (e - 1) << 23 : 0x00400000u >> (1 - e));
@@ -152,10 +175,12 @@ __device__ __forceinline__ void dq8_q6_k(const u8* r, int c, float* w) {
 QUANT_DQ1(q8_0)
 QUANT_DQ1(q4_0)
 QUANT_DQ1(q4_1)
+QUANT_DQ1(q5_0)
+QUANT_DQ1(q5_1)
 QUANT_DQ1(mxfp4)
 QUANT_DQ1(q4_k)
 QUANT_DQ1(q5_k)
 QUANT_DQ1(q6_k)
 
 #define FOR_EACH_FORMAT(X) \
-    X(f32) X(f16) X(bf16) X(q8_0) X(q4_0) X(q4_1) X(q4_k) X(q5_k) X(q6_k) X(mxfp4)
+    X(f32) X(f16) X(bf16) X(q8_0) X(q4_0) X(q4_1) X(q5_0) X(q5_1) X(mxfp4) X(q4_k) X(q5_k) X(q6_k)
