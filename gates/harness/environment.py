@@ -34,4 +34,20 @@ def environment_properties(device: str, gpu: str | None, model) -> dict:
     if model and Path(model).is_file():
         props["model.file"] = str(model)
         props["model.sha256"] = file_sha256(str(model))
+    props.update(real_model_properties())
+    return props
+
+
+def real_model_properties() -> dict:
+    """Name each real model file the checks use by file name, sha256 and general.name, so that
+    e.g. the Qwen2.5-Coder file is not mistaken for Qwen2.5-0.5B-Instruct."""
+    from fixtures.real_models import describe_model_file
+    from gates.harness.plugin import MODEL_ENV, model_file
+
+    props = {}
+    for name in MODEL_ENV:
+        path = model_file(name)
+        if path is not None:
+            for key, value in describe_model_file(path).items():
+                props[f"{name}.{key}"] = value
     return props

@@ -6,7 +6,6 @@ every story test the gate requires (from gates/gate2/manifest.json), then prints
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -159,8 +158,11 @@ def model_file(name: str, config=None) -> Path | None:
 
         return smollm2_path()
     env = MODEL_ENV.get(name)
-    value = os.environ.get(env, "") if env else ""
-    return Path(value) if value and Path(value).is_file() else None
+    if not env:
+        return None
+    from fixtures.paths import user_model  # the variable's file, else the set-up's default file
+
+    return user_model(env)
 
 
 def _story_gate(state: GateState, story_id: str) -> int | None:
