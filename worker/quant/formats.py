@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from gguf import GGMLQuantizationType as Q
 
-from worker.quant import floats, kquants, legacy, mxfp4
+from worker.quant import floats, iquants, kquants, legacy, mxfp4
 
 Dequantizer = Callable[[np.ndarray], np.ndarray]
 
@@ -73,6 +73,14 @@ _TABLE = [
                 "x[i+16] = 2^(e-127) * fp4(qs[i] >> 4)",
                 mxfp4.dequantize_mxfp4),
     # -- K-quants: super-blocks of 256
+    QuantFormat(Q.Q2_K, 256, 84,
+                "scales[16] (low nibble: scale, high nibble: min) · qs[64] (2-bit) · d:f16 · dmin:f16 ; "
+                "16 sub-blocks of 16: x = d*sc[j]*q - dmin*m[j]",
+                kquants.dequantize_q2_k, (80, 82)),
+    QuantFormat(Q.Q3_K, 256, 110,
+                "hmask[32] (3rd bits) · qs[64] (low 2 bits) · scales[12] (16 x 6-bit) · d:f16 ; "
+                "16 sub-blocks of 16: x = d*(sc[j] - 32)*(q - 4*(1 - hbit))",
+                kquants.dequantize_q3_k, (108,)),
     QuantFormat(Q.Q4_K, 256, 144,
                 "d:f16 · dmin:f16 · scales[12] (8 x 6-bit scale, 8 x 6-bit min) · qs[128] ; "
                 "8 sub-blocks of 32: x = d*sc[j]*q - dmin*m[j]",
@@ -85,6 +93,14 @@ _TABLE = [
                 "ql[128] (low 4 bits) · qh[64] (high 2 bits) · scales[16]:int8 · d:f16 ; "
                 "16 sub-blocks of 16: x = d*sc[j]*(q - 32)",
                 kquants.dequantize_q6_k, (208,)),
+    # -- IQ4: 4-bit indices into a fixed non-linear table of 16 levels
+    QuantFormat(Q.IQ4_NL, 32, 18,
+                "d:f16 · qs[16]:u8 ; x[i] = d*iq4(qs[i] & 15), x[i+16] = d*iq4(qs[i] >> 4)",
+                iquants.dequantize_iq4_nl, (0,)),
+    QuantFormat(Q.IQ4_XS, 256, 136,
+                "d:f16 · scales_h:u16 · scales_l[4] · qs[128] ; 8 sub-blocks of 32 as IQ4_NL with "
+                "x = d*(ls - 32)*iq4(q), ls 6-bit",
+                iquants.dequantize_iq4_xs, (0,)),
 ]
 
 FORMATS: dict[Q, QuantFormat] = {f.qtype: f for f in _TABLE}

@@ -1,7 +1,7 @@
-"""K-quants: super-blocks of 256 values with per-sub-block scales (Q4_K, Q5_K, Q6_K).
+"""K-quants: super-blocks of 256 values with per-sub-block scales (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K).
 
 Each function takes blocks as uint8 [n_blocks, type_size] and returns float32 [n_blocks, 256],
-bit-exact with ggml's dequantize_row_q{4,5,6}_K (float32 arithmetic in the same order).
+bit-exact with ggml's dequantize_row_q{2,3,4,5,6}_K (float32 arithmetic in the same order).
 """
 from __future__ import annotations
 
@@ -70,3 +70,46 @@ def dequantize_q6_k(blocks: np.ndarray) -> np.ndarray:
     q = ((low | (high << 4)).astype(np.int8) - np.int8(32)).reshape(n, 16, 16)
     d_sub = (d * scales)[:, :, None]
     return (d_sub * q.astype(np.float32)).reshape(n, QK_K)
+
+
+def _two_bit_planes(qs: np.ndarray) -> np.ndarray:
+    """qs [n, 64] -> [n, 256] 2-bit values: value 128h + 32j + l is (qs[32h + l] >> 2j) & 3
+    (Q2_K and Q3_K share this order: ggml's dequantize_row_q2_K / q3_K loops)."""
+    halves = qs.reshape(-1, 2, 1, 32)
+    shifts = (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]
+    return ((halves >> shifts) & 3).reshape(-1, QK_K)
+
+
+def dequantize_q2_k(blocks: np.ndarray) -> np.ndarray:
+    """scales[16] (low nibble: scale, high nibble: min, one pair per 16 values) · qs[64] · d · dmin."""
+    n = blocks.shape[0]
+    scales = blocks[:, 0:16]
+    d, dmin = _f16(blocks, 80), _f16(blocks, 82)
+    dl = (d * (scales & 0x0F).astype(np.float32))[:, :, None]          # [n, 16, 1]
+    ml = (dmin * (scales >> 4).astype(np.float32))[:, :, None]
+    q = _two_bit_planes(blocks[:, 16:80]).reshape(n, 16, 16).astype(np.float32)
+    return (dl * q - ml).reshape(n, QK_K)
+
+
+def unpack_scales_q3_k(scales: np.ndarray) -> np.ndarray:
+    """12 packed bytes -> 16 six-bit scales minus 32, as int8 (ggml's kmask1/kmask2 shuffle).
+
+    Scale s: low 4 bits are nibble s >> 3 of byte s & 7; high 2 bits are bits 2(s >> 2) of byte 8 + (s & 3).
+    """
+    s = np.arange(16)
+    low = (scales[:, s & 7] >> (4 * (s >> 3)).astype(np.uint8)) & 0x0F
+    high = (scales[:, 8 + (s & 3)] >> (2 * (s >> 2)).astype(np.uint8)) & 0x03
+    return (low | (high << 4)).astype(np.int8) - np.int8(32)
+
+
+def dequantize_q3_k(blocks: np.ndarray) -> np.ndarray:
+    """hmask[32] · qs[64] · scales[12] · d. Value v = 128h + 32j + l: low 2 bits as Q2_K, and
+    4 is subtracted when bit 4h + j of hmask[l] is clear: x = d*(sc - 32) * (q - 4*(1 - hbit))."""
+    n = blocks.shape[0]
+    hmask = blocks[:, 0:32]
+    d = _f16(blocks, 108)
+    dl = (d * unpack_scales_q3_k(blocks[:, 96:108]).astype(np.float32))[:, :, None]   # [n, 16, 1]
+    hbit = (hmask[:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1        # [n, 8, 32]
+    low = _two_bit_planes(blocks[:, 32:96]).astype(np.int8)
+    q = low - ((1 - hbit.reshape(n, QK_K)) << 2).astype(np.int8)
+    return (dl * q.reshape(n, 16, 16).astype(np.float32)).reshape(n, QK_K)

@@ -73,7 +73,7 @@ __device__ __forceinline__ void dq8_q4_1(const u8* r, int c, float* w) {
 __device__ __forceinline__ void dq8_q5_0(const u8* r, int c, float* w) {
     const u8* b = r + (c >> 2) * 22;
     const float d = load_f16(b);
-    const u32 hb = b[2 + (c & 3)];
+    const int hb = b[2 + (c & 3)];
     int q[8];
     nibbles8(b + 6, c & 3, q);
 #pragma unroll
@@ -84,7 +84,7 @@ __device__ __forceinline__ void dq8_q5_0(const u8* r, int c, float* w) {
 __device__ __forceinline__ void dq8_q5_1(const u8* r, int c, float* w) {
     const u8* b = r + (c >> 2) * 24;
     const float d = load_f16(b), m = load_f16(b + 2);
-    const u32 hb = b[4 + (c & 3)];
+    const int hb = b[4 + (c & 3)];
     int q[8];
     nibbles8(b + 8, c & 3, q);
 #pragma unroll
@@ -105,6 +105,35 @@ __device__ __forceinline__ void dq8_mxfp4(const u8* r, int c, float* w) {
     for (int i = 0; i < 8; ++i) w[i] = s * fp4_doubled[q[i]];
 }
 
+// ---- IQ4: 4-bit indices into ggml's table of 16 non-linear levels (kvalues_iq4nl, ggml-common.h)
+#define IQ4_LEVELS {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113}
+
+// IQ4_NL: d:f16 | qs[16] ; nibble order as Q4_0, x = d * level
+__device__ __forceinline__ void dq8_iq4_nl(const u8* r, int c, float* w) {
+    const float levels[16] = IQ4_LEVELS;
+    const u8* b = r + (c >> 2) * 18;
+    const float d = load_f16(b);
+    int q[8];
+    nibbles8(b + 2, c & 3, q);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = __fmul_rn(d, levels[q[i]]);
+}
+
+// IQ4_XS: d:f16 | scales_h:u16 | scales_l[4] | qs[128] ; sub-block ib of 32 is an IQ4_NL block
+// (qs[16 ib ..]) scaled by d*(ls - 32), ls = nibble ib%2 of scales_l[ib/2] | bits 2ib of scales_h << 4
+__device__ __forceinline__ void dq8_iq4_xs(const u8* r, int c, float* w) {
+    const float levels[16] = IQ4_LEVELS;
+    const u8* b = r + (c >> 5) * 136;
+    const int ib = (c & 31) >> 2;
+    const int scales_h = b[2] | (b[3] << 8);
+    const int ls = ((b[4 + (ib >> 1)] >> (4 * (ib & 1))) & 15) | (((scales_h >> (2 * ib)) & 3) << 4);
+    const float dl = __fmul_rn(load_f16(b), (float)(ls - 32));
+    int q[8];
+    nibbles8(b + 8 + 16 * ib, c & 3, q);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = __fmul_rn(dl, levels[q[i]]);
+}
+
 // ---- K-quants: super-blocks of 256 ---------------------------------------------------------------
 // ggml's get_scale_min_k4: 8 six-bit scales and mins packed in 12 bytes.
 __device__ __forceinline__ void scale_min_k4(int j, const u8* q, int* sc, int* m) {
@@ -114,6 +143,38 @@ __device__ __forceinline__ void scale_min_k4(int j, const u8* q, int* sc, int* m
     } else {
         *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
         *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+// Q2_K and Q3_K store 2-bit planes: value v = 128n + 32j + l is (qs[32n + l] >> 2j) & 3, and
+// the 16 values of sub-block v / 16 share one scale.
+// Q2_K: scales[16] (low nibble scale, high nibble min) | qs[64] | d | dmin ; x = d*sc*q - dmin*m
+__device__ __forceinline__ void dq8_q2_k(const u8* r, int c, float* w) {
+    const u8* b = r + (c >> 5) * 84;
+    const int v = (c & 31) * 8, n = v >> 7, j = (v >> 5) & 3, l0 = v & 31;
+    const int sc = b[v >> 4];
+    const float dl = __fmul_rn(load_f16(b + 80), (float)(sc & 15));
+    const float ml = __fmul_rn(load_f16(b + 82), (float)(sc >> 4));
+    const u8* qs = b + 16 + 32 * n + l0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = __fsub_rn(__fmul_rn(dl, (float)((qs[i] >> (2 * j)) & 3)), ml);
+}
+
+// Q3_K: hmask[32] | qs[64] | scales[12] | d ; scale s: low 4 bits = nibble s >> 3 of scales[s & 7],
+// high 2 bits = bits 2(s >> 2) of scales[8 + (s & 3)]; x = d*(sc - 32) * (q - (bit 4n+j of hmask[l] ? 0 : 4))
+__device__ __forceinline__ void dq8_q3_k(const u8* r, int c, float* w) {
+    const u8* b = r + (c >> 5) * 110;
+    const int v = (c & 31) * 8, n = v >> 7, j = (v >> 5) & 3, l0 = v & 31, s = v >> 4;
+    const u8* sc_bytes = b + 96;
+    const int sc = (((sc_bytes[s & 7] >> (4 * (s >> 3))) & 15) | (((sc_bytes[8 + (s & 3)] >> (2 * (s >> 2))) & 3) << 4)) - 32;
+    const float dl = __fmul_rn(load_f16(b + 108), (float)sc);
+    const u8* qs = b + 32 + 32 * n + l0;
+    const u8* hm = b + l0;
+    const int hbit = 4 * n + j;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int q = ((qs[i] >> (2 * j)) & 3) - (((hm[i] >> hbit) & 1) ? 0 : 4);
+        w[i] = __fmul_rn(dl, (float)q);
     }
 }
 
@@ -177,10 +238,18 @@ QUANT_DQ1(q4_0)
 QUANT_DQ1(q4_1)
 QUANT_DQ1(q5_0)
 QUANT_DQ1(q5_1)
+QUANT_DQ1(q2_k)
+QUANT_DQ1(q3_k)
+QUANT_DQ1(iq4_nl)
+QUANT_DQ1(iq4_xs)
 QUANT_DQ1(mxfp4)
 QUANT_DQ1(q4_k)
 QUANT_DQ1(q5_k)
 QUANT_DQ1(q6_k)
 
-#define FOR_EACH_FORMAT(X) \
-    X(f32) X(f16) X(bf16) X(q8_0) X(q4_0) X(q4_1) X(q5_0) X(q5_1) X(mxfp4) X(q4_k) X(q5_k) X(q6_k)
+// One entry per format of the registry (worker/quant/formats.py), in its order; a test checks this.
+#define FOR_EACH_FORMAT(X)                                                   \
+    X(f32) X(f16) X(bf16)                                                    \
+    X(q8_0) X(q4_0) X(q4_1) X(q5_0) X(q5_1) X(mxfp4)                         \
+    X(q2_k) X(q3_k) X(q4_k) X(q5_k) X(q6_k)                                  \
+    X(iq4_nl) X(iq4_xs)
