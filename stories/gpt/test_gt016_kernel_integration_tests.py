@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from stories.foundation._cuda_conformance import examples, check, check_product, checking_backend, f32_tensor, random_weight
+from stories.foundation._cuda_conformance import (examples, check, check_product, checking_backend, f32_tensor,
+                                                  product_op, random_weight)
 from stories.llama.test_lt019_kernel_unit_tests import _attention_case
 from worker.backend.numpy import NumpyBackend
 
@@ -35,6 +36,39 @@ def test_layernorm(seed, T, D, scale, offset):
     out = b.to_host(b.layernorm(b.asarray(x), b.load_weight(w), b.load_weight(bias), 1e-5))
     ref = REF.layernorm(x, REF.load_weight(w), REF.load_weight(bias), 1e-5)
     check("layernorm", f"T={T} D={D} scale={scale} offset={offset}", out, ref)
+
+
+@pytest.mark.story("GT-016")
+@pytest.mark.parametrize("qtype", [Q.MXFP4, Q.Q8_0], ids=lambda q: q.name)
+@pytest.mark.parametrize("x_per_slot", [False, True], ids=["shared-input", "input-per-expert"])
+@settings(max_examples=examples(6), **SETTINGS)
+@given(seed=st.integers(0, 2**31), E=st.integers(2, 8), k_used=st.integers(1, 4))
+def test_chosen_experts_in_one_launch(qtype, x_per_slot, seed, E, k_used):
+    """One decode launch multiplies the k chosen experts, their ids read from device memory (a CUDA
+    graph can replay it): gate/up share the token's input, down takes each expert's own."""
+    from worker.backend.kernels import vecdot
+
+    b = checking_backend()
+    rng = np.random.default_rng(seed)
+    N, K = 80, 96
+    w = random_weight(qtype, (E, N, K), rng, "ffn_gate_exps.weight")
+    bias = f32_tensor(rng.standard_normal((E, N)), "ffn_gate_exps.bias")
+    chosen = rng.choice(E, size=min(k_used, E), replace=False).astype(np.int32)
+    rows = len(chosen) if x_per_slot else 1
+    x = rng.standard_normal((rows, K)).astype(np.float32)
+    bw, bb = b.load_weight(w), b.load_weight(bias)
+    xq, xds = vecdot.activation_buffers(b, rows, K)
+    vecdot.quantize(b, b.asarray(x), xq, xds, rows, K, terms=2)
+    y = b.cp.full((len(chosen), N), np.nan, dtype=np.float32)
+    vecdot.mmvq(b, bw.format, bw.raw, bw.row_bytes, xq, xds, y, N, K, 1, 2, bias=bb.raw.view(np.float32),
+                bias_per_expert=True, slots=len(chosen), expert_ids=b.cp.asarray(chosen),
+                expert_bytes=N * bw.row_bytes, x_per_slot=x_per_slot)
+    out = b.to_host(y)
+    rw, rb = REF.load_weight(w), REF.load_weight(bias)
+    for j, e in enumerate(chosen):
+        xe = x[j:j + 1] if x_per_slot else x
+        check_product("matmul_expert_q8x2", f"{qtype.name} E={E} slot={j} e={e} per_slot={x_per_slot}", out[j:j + 1],
+                      REF.matmul(xe, rw, rb, expert=int(e)), xe, rw.expert(int(e)), rb.dense()[e])
 
 
 @pytest.mark.story("GT-016", "GT-012", "GT-013")
@@ -140,7 +174,8 @@ def test_stacked_expert_products(qtype, seed, E, T, with_bias):
     bb, rb = (b.load_weight(bias), REF.load_weight(bias)) if with_bias else (None, None)
     for e in range(E):
         out = b.to_host(b.matmul(b.asarray(x), bw, bb, expert=e))
-        check_product("matmul_expert", f"{qtype.name} E={E} e={e} T={T} bias={with_bias}", out,
+        check_product(product_op(b, "matmul_expert", qtype, T), f"{qtype.name} E={E} e={e} T={T} bias={with_bias}",
+                      out,
                       REF.matmul(x, rw, rb, expert=e), x, rw.expert(e), rb.dense()[e] if with_bias else None)
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from stories.foundation._cuda_conformance import examples, check, check_product, checking_backend, f32_tensor, random_weight
+from stories.foundation._cuda_conformance import (examples, check, check_product, checking_backend, cuda_backend,
+                                                  f32_tensor, product_op, random_weight)
 from worker.backend.numpy import NumpyBackend
 from worker.config import RopeConfig
 
@@ -66,7 +67,8 @@ def test_fused_dequantize_matvec_matches_reference(qtype, seed, N, n_blocks, odd
     out = b.to_host(b.matmul(b.asarray(x), b.load_weight(w), b.load_weight(bias) if bias else None))
     ref_w = REF.load_weight(w)
     ref = REF.matmul(x, ref_w, REF.load_weight(bias) if bias else None)
-    check_product(f"matvec:{qtype.name}", f"T={T} N={N} K={K} bias={with_bias}", out, ref, x, ref_w.dense(),
+    check_product(f"{product_op(b, 'matvec', qtype, T)}:{qtype.name}", f"T={T} N={N} K={K} bias={with_bias}", out,
+                  ref, x, ref_w.dense(),
                   REF.load_weight(bias).dense() if bias else None)
 
 
@@ -99,8 +101,40 @@ def test_model_sized_products(qtype, N, K, T):
     x = rng.standard_normal((T, K)).astype(np.float32)
     out = b.to_host(b.matmul(b.asarray(x), b.load_weight(w)))
     ref_w = REF.load_weight(w)
-    check_product(f"{'matvec' if T <= 4 else 'matmul'}:{qtype.name}", f"T={T} N={N} K={K}", out,
+    op = product_op(b, "matvec", qtype, T) if T <= 4 else "matmul"
+    check_product(f"{op}:{qtype.name}", f"T={T} N={N} K={K}", out,
                   REF.matmul(x, ref_w), x, ref_w.dense())
+
+
+INT8_FORMATS = [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.MXFP4]     # vecdot.cuh
+
+
+@pytest.mark.story("LT-019")
+@pytest.mark.parametrize("qtype", INT8_FORMATS, ids=lambda q: q.name)
+@pytest.mark.parametrize("path", ["q8", "float"])
+@settings(max_examples=examples(6), **SETTINGS)
+@given(seed=st.integers(0, 2**31), N=st.integers(16, 300), n_blocks=st.integers(1, 6), T=st.sampled_from([1, 2, 4]),
+       with_bias=st.booleans())
+def test_selectable_matvec_paths(qtype, path, seed, N, n_blocks, T, with_bias):
+    """The other decode paths: llama.cpp's single-term Q8_1 activations, and the float matvec (no int8).
+
+    Shapes as test-backend-ops draws them for its 5e-4 bound (at least 16 rows of at least 256
+    values): a single short product's plain NMSE is dominated by cancellation, not by the kernel.
+    """
+    b = cuda_backend(poison_outputs=True, sync_each_op=True, matvec=path)
+    rng = np.random.default_rng(seed)
+    K = max(256, _k(qtype, n_blocks, 0))
+    w = random_weight(qtype, (N, K), rng)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    bias = f32_tensor(rng.standard_normal(N), "bias") if with_bias else None
+    out = b.to_host(b.matmul(b.asarray(x), b.load_weight(w), b.load_weight(bias) if bias else None))
+    ref_w = REF.load_weight(w)
+    ref = REF.matmul(x, ref_w, REF.load_weight(bias) if bias else None)
+    op, shape = f"{product_op(b, 'matvec', qtype, T)}:{qtype.name}", f"T={T} N={N} K={K} bias={with_bias}"
+    if path == "q8":            # llama.cpp's metric for this path: plain NMSE
+        check(op, shape, out, ref)
+    else:
+        check_product(op, shape, out, ref, x, ref_w.dense(), REF.load_weight(bias).dense() if bias else None)
 
 
 # -- norms, residual, activation ---------------------------------------------------------------------

@@ -1,0 +1,64 @@
+// Decode products on int8 activations (llama.cpp's MMVQ idea, our code): quantize_q8 turns the
+// activations into 32-value int8 blocks once per product input, mmvq_<fmt> multiplies them with a
+// weight kept in its stored format using __dp4a (vecdot.cuh). Launch geometry: vecdot.py.
+#include "vecdot.cuh"
+
+// x [T, K] float32 -> xq [terms, T, K] int8 (term stride T K), xds [T, K/32] (d0, d1, s, 0). One warp
+// per block of 32.
+// Term 0: q0 = round(x / d0), d0 = max|x| / 127 (ggml's quantize_q8_1); term 1 quantizes the residual
+// x - d0 q0 the same way, so that d0 q0 + d1 q1 carries x to about 1/32000 of the block's range.
+extern "C" __global__ void quantize_q8(const float* __restrict__ x, i8* __restrict__ xq, float4* __restrict__ xds,
+                                       int K, int T, int terms) {
+    const int lane = threadIdx.x & 31;
+    const i64 blk = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const i64 n_blocks = (i64)T * (K >> 5);
+    if (blk >= n_blocks) return;
+    const i64 i = 32 * blk + lane;                 // == t * K + 32 b + lane
+    const float v = x[i];
+    const float d0 = warp_max(fabsf(v)) / 127.0f;
+    const float q0 = d0 > 0.0f ? rintf(v / d0) : 0.0f;
+    const float s = warp_sum(v);
+    float d1 = 0.0f;
+    xq[i] = (i8)(int)q0;
+    if (terms > 1) {
+        const float r = fmaf(-q0, d0, v);
+        d1 = warp_max(fabsf(r)) / 127.0f;
+        xq[(i64)T * K + i] = (i8)(int)(d1 > 0.0f ? rintf(r / d1) : 0.0f);
+    }
+    if (lane == 0) xds[blk] = make_float4(d0, d1, s, 0.0f);
+}
+
+// y[slot][t, n] = sum_k x[t, k] W_e[n, k] (+ bias_e[n]) for t < T <= MMVQ_MAX_T, one warp per row.
+// Slots (blockIdx.y) run several weights of a stacked [E, N, K] tensor in one launch: slot j uses
+// expert e = expert_ids ? expert_ids[j] : j, read on the device (a CUDA graph can replay it); its
+// activations are rows [j T, j T + T) of the quantized input when x_per_slot, else rows [0, T). bias: [E, N] (expert_stride N) or [N].
+#define DEFINE_MMVQ(fmt)                                                                          \
+extern "C" __global__ void mmvq_##fmt(const u8* __restrict__ W, i64 row_bytes, i64 expert_bytes,  \
+                                      const int* __restrict__ expert_ids, const i8* __restrict__ xq, \
+                                      const float4* __restrict__ xds, i64 term_stride, int x_per_slot, \
+                                      const float* __restrict__ bias, int bias_per_expert,        \
+                                      float* __restrict__ y, int N, int K, int T, int terms) {    \
+    const int lane = threadIdx.x & 31;                                                            \
+    const int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);                            \
+    if (n >= N) return;                                                                           \
+    const int slot = blockIdx.y;                                                                  \
+    const int e = expert_ids ? expert_ids[slot] : slot;                                           \
+    const u8* row = W + (i64)e * expert_bytes + (i64)n * row_bytes;                               \
+    if (x_per_slot) {                                                                             \
+        xq += (i64)slot * T * K;                                                                  \
+        xds += (i64)slot * T * (K >> 5);                                                          \
+    }                                                                                             \
+    float acc[MMVQ_MAX_T];                                                                        \
+    _Pragma("unroll") for (int t = 0; t < MMVQ_MAX_T; ++t) acc[t] = 0.0f;                         \
+    const int units = K / MMVQ_UNIT_##fmt;                                                        \
+    for (int u = lane; u < units; u += 32) vdot_##fmt(row, u, xq, xds, K, T, term_stride, terms, acc); \
+    const float b = bias ? bias[(bias_per_expert ? (i64)e * N : 0) + n] : 0.0f;                   \
+    _Pragma("unroll") for (int t = 0; t < MMVQ_MAX_T; ++t) {                                      \
+        if (t < T) {                                                                              \
+            const float s = warp_sum(acc[t]);                                                     \
+            if (lane == 0) y[((i64)slot * T + t) * N + n] = s + b;                                \
+        }                                                                                         \
+    }                                                                                             \
+}
+
+FOR_EACH_VECDOT_FORMAT(DEFINE_MMVQ)

@@ -1,0 +1,63 @@
+"""Launchers of vecdot.cu: decode products (T <= 4 tokens) on int8-quantized activations.
+
+    xq, xds = activation_buffers(k, rows, K)          # or preallocated ones (a captured graph)
+    quantize(k, x, xq, xds, rows, K, terms)           # once per product input
+    mmvq(k, w.format, raw, w.row_bytes, xq, xds, y, N, K, T, terms, bias=b)
+
+`terms` is how many int8 terms carry the activations: 2 (the default path) keeps them to about
+1/32000 of each 32-value block's range, close to float32 products; 1 is llama.cpp's Q8_1 (its
+test-backend-ops holds quantized products to an NMSE of 5e-4).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from worker.backend.cuda_runtime import NULL, i32, i64
+
+VECDOT_FORMATS = frozenset({"q4_0", "q4_1", "q5_0", "q8_0", "mxfp4", "q4_k", "q5_k", "q6_k"})   # vecdot.cuh
+MMVQ_MAX_T = 4                        # must match vecdot.cuh
+MMVQ_ROWS_PER_BLOCK = 4               # one warp per output row
+QUANT_BLOCK = 32
+QUANTIZE_WARPS = 8                    # 32-value blocks quantized per thread block
+
+
+def activation_buffers(k, rows: int, K: int):
+    """Workspace for `rows` quantized activation rows of K values: xq (int8, two terms), xds (float32 x4)."""
+    xq = k._scratch("q8_activations", (2 * rows * K + 3) // 4).view(np.int8)[: 2 * rows * K]
+    xds = k._scratch("q8_scales", rows * (K // QUANT_BLOCK) * 4)
+    return xq, xds
+
+
+def _launch2d(k, name: str, grid: tuple[int, int], block: int, args) -> None:
+    k._fn("vecdot.cu", name)((int(grid[0]), int(grid[1])), (int(block),), args)
+    if k.sync_each_op:
+        k.synchronize()
+
+
+def quantize(k, x, xq, xds, rows: int, K: int, terms: int = 2) -> None:
+    """x [rows, K] float32 (K a multiple of 32) -> xq [terms, rows, K] int8 and xds [rows, K/32, 4]."""
+    n_blocks = rows * (K // QUANT_BLOCK)
+    if n_blocks:
+        _launch2d(k, "quantize_q8", ((n_blocks + QUANTIZE_WARPS - 1) // QUANTIZE_WARPS, 1), 32 * QUANTIZE_WARPS,
+                  (x, xq, xds, i32(K), i32(rows), i32(terms)))
+
+
+def mmvq(k, fmt: str, raw, row_bytes: int, xq, xds, y, N: int, K: int, T: int, terms: int = 2, *,
+         bias=None, bias_per_expert: bool = False, slots: int = 1, expert_ids=None, expert_bytes: int = 0,
+         x_per_slot: bool = False, quantized_rows: int | None = None) -> None:
+    """y[j, t, n] = xq[t (+ j T)] . W_e[n] (+ bias) for slots j < `slots`, e = expert_ids[j] (device int32)
+    or j; raw: the whole [E, N, K] (or [N, K]) weight bytes. quantized_rows: rows quantize() wrote
+    (the term stride; default T, or slots * T with x_per_slot)."""
+    if T > MMVQ_MAX_T:
+        raise ValueError(f"mmvq handles at most {MMVQ_MAX_T} tokens, got {T}")
+    rows = quantized_rows if quantized_rows is not None else (slots * T if x_per_slot else T)
+    _launch2d(k, f"mmvq_{fmt}", ((N + MMVQ_ROWS_PER_BLOCK - 1) // MMVQ_ROWS_PER_BLOCK, slots), 32 * MMVQ_ROWS_PER_BLOCK,
+              (raw, i64(row_bytes), i64(expert_bytes), NULL if expert_ids is None else expert_ids, xq, xds,
+               i64(rows * K), i32(1 if x_per_slot else 0), NULL if bias is None else bias,
+               i32(1 if bias_per_expert else 0), y, i32(N), i32(K), i32(T), i32(terms)))
+
+
+def uses_int8_activations(k, fmt: str, T: int) -> int:
+    """The int8 terms backend `k` uses for a product of format `fmt` at T tokens (0: the float matvec)."""
+    terms = int(getattr(k, "matvec_terms", 0))
+    return terms if fmt in VECDOT_FORMATS and T <= MMVQ_MAX_T else 0
