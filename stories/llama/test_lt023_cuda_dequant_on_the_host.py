@@ -43,6 +43,7 @@ static inline float __uint_as_float(u32 u) { float f; std::memcpy(&f, &u, 4); re
 static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline int __popc(u32 x) { return __builtin_popcount(x); }
 // IEEE half -> float by bit manipulation (exact; NaN payloads kept, as NumPy does).
 static inline float f16_bits_to_f32(u16 h) {
     u32 sign = (u32)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;

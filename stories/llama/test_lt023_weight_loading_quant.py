@@ -165,3 +165,43 @@ def test_cuda_format_list_is_the_registry():
     for name in listed:
         assert re.search(rf"void dq8_{name}\(", src), f"dq8_{name} missing"
         assert re.search(rf"float dq1_{name}\(|QUANT_DQ1\({name}\)", src), f"dq1_{name} missing"
+
+
+_GRIDS = {"IQ2_XXS": "IQ2XXS_GRID", "IQ2_XS": "IQ2XS_GRID", "IQ2_S": "IQ2S_GRID", "IQ3_XXS": "IQ3XXS_GRID",
+          "IQ3_S": "IQ3S_GRID", "IQ1_S": "IQ1S_GRID"}
+
+
+@pytest.mark.parametrize("qtype_name", sorted(_GRIDS))
+def test_iq_grids_are_gguf_py_grids(qtype_name):
+    """Our lattice grids (from ggml-common.h) are the grids gguf-py decodes with (the oracle's copy)."""
+    from worker.quant import iquants
+
+    oracle = getattr(gguf.quants, qtype_name)
+    oracle.init_grid()
+    theirs = np.asarray(oracle.grid, dtype=np.float32).reshape(oracle.grid_shape)
+    ours = getattr(iquants, _GRIDS[qtype_name])
+    assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
+
+
+def test_iq_sign_table_is_gguf_py_ksigns():
+    from worker.quant.iquants import KSIGNS
+
+    assert KSIGNS.tobytes() == gguf.quants.IQ2_XXS.ksigns
+
+
+def test_cuda_grid_header_holds_the_same_tables_as_the_python_module():
+    """kernels/iq_tables.cuh and worker/quant/iq_tables.py are both generated from ggml-common.h
+    (scripts/gen_iq_tables.py): the same integers, entry for entry."""
+    import re
+
+    from fixtures.paths import REPO_ROOT
+    from worker.quant import iq_tables
+
+    header = (REPO_ROOT / "worker" / "backend" / "kernels" / "iq_tables.cuh").read_text()
+    arrays = dict(re.findall(r"(\w+)\[\d+\] = \{(.*?)\};", header, re.S))
+    assert set(arrays) == {name.lower() for name in _GRIDS.values()}
+    for name, body in arrays.items():
+        values = [int(v, 16) for v in re.findall(r"0x([0-9a-f]+)", body)]
+        width = 4 if name.startswith("iq3") else 8
+        stored = np.frombuffer(bytes.fromhex(getattr(iq_tables, name.upper())), dtype=f"<u{width}")
+        assert values == stored.tolist(), name

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from gguf import GGMLQuantizationType as Q
 
-from worker.quant import floats, iquants, kquants, legacy, mxfp4
+from worker.quant import floats, iquants, kquants, legacy, mxfp4, ternary
 
 Dequantizer = Callable[[np.ndarray], np.ndarray]
 
@@ -101,6 +101,42 @@ _TABLE = [
                 "d:f16 · scales_h:u16 · scales_l[4] · qs[128] ; 8 sub-blocks of 32 as IQ4_NL with "
                 "x = d*(ls - 32)*iq4(q), ls 6-bit",
                 iquants.dequantize_iq4_xs, (0,)),
+    # -- IQ2 / IQ3 / IQ1: indices into lattice grids (worker/quant/iq_tables.py), sign bits, sub-block scales
+    QuantFormat(Q.IQ2_XXS, 256, 66,
+                "d:f16 · 8 x (grid index[4]:u8 · u32 = 4 x 7 sign bits + 4-bit scale ls) ; "
+                "x = d*(0.5 + ls)/4 * iq2xxs_grid[index][j] * sign",
+                iquants.dequantize_iq2_xxs, (0,)),
+    QuantFormat(Q.IQ2_XS, 256, 74,
+                "d:f16 · qs[32]:u16 (9-bit grid index, 7 sign bits) · scales[8] (4-bit ls per 16 values) ; "
+                "x = d*(0.5 + ls)/4 * iq2xs_grid[index][j] * sign",
+                iquants.dequantize_iq2_xs, (0,)),
+    QuantFormat(Q.IQ2_S, 256, 82,
+                "d:f16 · qs[32] (index low 8 bits) · signs[32] · qh[8] (2 high bits per index) · scales[8] ; "
+                "x = d*(0.5 + ls)/4 * iq2s_grid[index][j] * sign",
+                iquants.dequantize_iq2_s, (0,)),
+    QuantFormat(Q.IQ3_XXS, 256, 98,
+                "d:f16 · qs[64] (4-value grid index per byte) · 8 x u32 (4 x 7 sign bits + 4-bit ls) ; "
+                "x = d*(0.5 + ls)/2 * iq3xxs_grid[index][j] * sign",
+                iquants.dequantize_iq3_xxs, (0,)),
+    QuantFormat(Q.IQ3_S, 256, 110,
+                "d:f16 · qs[64] (index low 8 bits) · qh[8] (9th bits) · signs[32] · scales[4] (4-bit ls per 32) ; "
+                "x = d*(1 + 2*ls) * iq3s_grid[index][j] * sign",
+                iquants.dequantize_iq3_s, (0,)),
+    QuantFormat(Q.IQ1_S, 256, 50,
+                "d:f16 · qs[32] (index low 8 bits) · qh[8]:u16 (3 x 3 high bits, 3-bit ls, delta sign) ; "
+                "x = d*(2*ls + 1) * (iq1s_grid[index][j] ± 0.125)",
+                iquants.dequantize_iq1_s, (0,)),
+    QuantFormat(Q.IQ1_M, 256, 56,
+                "qs[32] (index low 8 bits) · qh[16] (3 high bits + delta sign per index) · scales[8] "
+                "(3-bit ls per 16 values; f16 d in the top nibbles of the 4 u16) ; x = d*(2*ls + 1) * (grid ± 0.125)",
+                iquants.dequantize_iq1_m),
+    # -- ternary: {-1, 0, 1} * d
+    QuantFormat(Q.TQ1_0, 256, 54,
+                "qs[48] (5 base-3 digits per byte) · qh[4] (4 digits per byte) · d:f16 ; x = (q - 1)*d",
+                ternary.dequantize_tq1_0, (52,)),
+    QuantFormat(Q.TQ2_0, 256, 66,
+                "qs[64] (2-bit codes, Q2_K's order) · d:f16 ; x = (q - 1)*d",
+                ternary.dequantize_tq2_0, (64,)),
 ]
 
 FORMATS: dict[Q, QuantFormat] = {f.qtype: f for f in _TABLE}

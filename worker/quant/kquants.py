@@ -72,7 +72,7 @@ def dequantize_q6_k(blocks: np.ndarray) -> np.ndarray:
     return (d_sub * q.astype(np.float32)).reshape(n, QK_K)
 
 
-def _two_bit_planes(qs: np.ndarray) -> np.ndarray:
+def two_bit_planes(qs: np.ndarray) -> np.ndarray:
     """qs [n, 64] -> [n, 256] 2-bit values: value 128h + 32j + l is (qs[32h + l] >> 2j) & 3
     (Q2_K and Q3_K share this order: ggml's dequantize_row_q2_K / q3_K loops)."""
     halves = qs.reshape(-1, 2, 1, 32)
@@ -87,7 +87,7 @@ def dequantize_q2_k(blocks: np.ndarray) -> np.ndarray:
     d, dmin = _f16(blocks, 80), _f16(blocks, 82)
     dl = (d * (scales & 0x0F).astype(np.float32))[:, :, None]          # [n, 16, 1]
     ml = (dmin * (scales >> 4).astype(np.float32))[:, :, None]
-    q = _two_bit_planes(blocks[:, 16:80]).reshape(n, 16, 16).astype(np.float32)
+    q = two_bit_planes(blocks[:, 16:80]).reshape(n, 16, 16).astype(np.float32)
     return (dl * q - ml).reshape(n, QK_K)
 
 
@@ -110,6 +110,6 @@ def dequantize_q3_k(blocks: np.ndarray) -> np.ndarray:
     d = _f16(blocks, 108)
     dl = (d * unpack_scales_q3_k(blocks[:, 96:108]).astype(np.float32))[:, :, None]   # [n, 16, 1]
     hbit = (hmask[:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1        # [n, 8, 32]
-    low = _two_bit_planes(blocks[:, 32:96]).astype(np.int8)
+    low = two_bit_planes(blocks[:, 32:96]).astype(np.int8)
     q = low - ((1 - hbit.reshape(n, QK_K)) << 2).astype(np.int8)
     return (dl * q.reshape(n, 16, 16).astype(np.float32)).reshape(n, QK_K)
