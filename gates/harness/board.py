@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 PASS, FAIL, NOT_RUN = "PASS", "FAIL", "NOT RUN"
 INCOMPLETE = "INCOMPLETE"
@@ -31,7 +32,12 @@ class CheckRow:
     reason: str
     tests: list[str]
     device: str
-    models: list[str]
+    models: list[str]             # paths of the model files the tests used
+    model_files: list[dict] = field(default_factory=list)  # their name, size and sha256
+
+    @property
+    def model_names(self) -> list[str]:
+        return [f"{m['file']} (sha256 {m['sha256'][:12]})" if "sha256" in m else m["file"] for m in self.model_files]
 
 
 @dataclass
@@ -40,6 +46,7 @@ class GateBoard:
     title: str
     verdict: str
     rows: list[CheckRow]
+    criteria: str = ""
 
     def counts(self) -> dict:
         return {s: sum(r.status == s for r in self.rows) for s in (PASS, FAIL, NOT_RUN)}
@@ -68,23 +75,30 @@ def gate_verdict(rows: list[CheckRow]) -> str:
     return INCOMPLETE
 
 
+def no_test_reason(kind: str, id_: str) -> str:
+    return "no test implements this check yet" if kind == "check" else "no test for this story yet"
+
+
+def name_only(path: str) -> dict:
+    return {"file": Path(path).name}
+
+
 def build_board(manifest: dict, story_titles: dict[str, str], by_story: dict[str, list[TestResult]],
-                by_check: dict[str, list[TestResult]], device: str) -> GateBoard:
+                by_check: dict[str, list[TestResult]], device: str,
+                missing_reason: Callable[[str, str], str] = no_test_reason,
+                describe_model: Callable[[str], dict] = name_only) -> GateBoard:
+    """`missing_reason(kind, id)` says why a row has no results (no test, or not selected in this run);
+    `describe_model(path)` names a model file (name, sha256) for the row."""
+    wanted = [("check", c["id"], c["title"], by_check) for c in manifest.get("checks", [])]
+    wanted += [("story", s, story_titles.get(s, ""), by_story) for s in manifest.get("stories", [])]
     rows = []
-    for check in manifest.get("checks", []):
-        results = by_check.get(check["id"], [])
-        status, reason = check_status(results, "no test implements this check yet")
-        rows.append(_row(check["id"], check["title"], "check", status, reason, results, device))
-    for story_id in manifest.get("stories", []):
-        results = by_story.get(story_id, [])
-        status, reason = check_status(results, "no test for this story yet")
-        rows.append(_row(story_id, story_titles.get(story_id, ""), "story", status, reason, results, device))
-    return GateBoard(manifest["gate"], manifest["title"], gate_verdict(rows), rows)
-
-
-def _row(id_, title, kind, status, reason, results, device) -> CheckRow:
-    models = sorted({m for r in results for m in r.models})
-    return CheckRow(id_, title, kind, status, reason, [r.nodeid for r in results], device, models)
+    for kind, id_, title, results_by_id in wanted:
+        results = results_by_id.get(id_, [])
+        status, reason = check_status(results, missing_reason(kind, id_))
+        models = sorted({m for r in results for m in r.models})
+        rows.append(CheckRow(id_, title, kind, status, reason, [r.nodeid for r in results], device, models,
+                             [describe_model(m) for m in models]))
+    return GateBoard(manifest["gate"], manifest["title"], gate_verdict(rows), rows, manifest.get("criteria", ""))
 
 
 def overall_verdict(boards: list[GateBoard]) -> str:
@@ -104,7 +118,7 @@ def render_text(boards: list[GateBoard], device: str) -> str:
         lines.append(f"Gate {b.gate}: {b.title}  ->  {b.verdict}   "
                      f"({c[PASS]} pass, {c[FAIL]} fail, {c[NOT_RUN]} not run)")
         for r in b.rows:
-            model = f"  [model: {', '.join(Path(m).name for m in r.models)}]" if r.models else ""
+            model = f"  [model: {', '.join(r.model_names)}]" if r.models else ""
             lines.append(f"  {r.status:<8} {r.id:<14} {r.title[:44]:<44} {r.reason[:110]}{model}")
     lines.append("")
     lines.append(f"OVERALL: {overall_verdict(boards)}")
@@ -120,7 +134,7 @@ def render_markdown(boards: list[GateBoard], device: str) -> str:
                 "| status | id | title | reason | device | model |", "|---|---|---|---|---|---|"]
         for r in b.rows:
             reason = r.reason.replace("|", "\\|")
-            models = ", ".join(Path(m).name for m in r.models)
+            models = ", ".join(r.model_names)
             out.append(f"| {r.status} | {r.id} | {r.title} | {reason} | {r.device} | {models} |")
         out.append("")
     return "\n".join(out)

@@ -1,19 +1,17 @@
-"""The run's environment for Allure's environment.properties: device, GPU, driver, CUDA, model."""
+"""The run's environment for Allure's environment.properties: device, GPU, driver, CUDA, models."""
 from __future__ import annotations
 
-import hashlib
 import platform
 from functools import lru_cache
 from pathlib import Path
 
 
-@lru_cache(maxsize=8)
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+@lru_cache(maxsize=64)
+def describe_model(path: str) -> dict:
+    """File name, size, sha256 and general.name of a model file (fixtures.real_models), once per path."""
+    from fixtures.real_models import describe_model_file
+
+    return describe_model_file(Path(path))
 
 
 def cuda_versions() -> dict:
@@ -32,8 +30,7 @@ def environment_properties(device: str, gpu: str | None, model) -> dict:
              "platform": platform.platform()}
     props.update(cuda_versions())
     if model and Path(model).is_file():
-        props["model.file"] = str(model)
-        props["model.sha256"] = file_sha256(str(model))
+        props.update({f"model.{k}": v for k, v in describe_model(str(model)).items()})
     props.update(real_model_properties())
     return props
 
@@ -41,13 +38,11 @@ def environment_properties(device: str, gpu: str | None, model) -> dict:
 def real_model_properties() -> dict:
     """Name each real model file the checks use by file name, sha256 and general.name, so that
     e.g. the Qwen2.5-Coder file is not mistaken for Qwen2.5-0.5B-Instruct."""
-    from fixtures.real_models import describe_model_file
     from gates.harness.plugin import MODEL_ENV, model_file
 
     props = {}
     for name in MODEL_ENV:
         path = model_file(name)
         if path is not None:
-            for key, value in describe_model_file(path).items():
-                props[f"{name}.{key}"] = value
+            props.update({f"{name}.{k}": v for k, v in describe_model(str(path)).items()})
     return props

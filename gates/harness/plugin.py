@@ -6,11 +6,16 @@ every story test the gate requires (from gates/gate2/manifest.json), then prints
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
-from gates.harness.board import FAIL, TestResult, build_board, render_text, write_reports
+from gates.harness.attach import attach_json, attach_text
+from gates.harness.board import FAIL, TestResult, build_board, render_text
+from gates.harness.environment import describe_model
+from gates.harness.labels import Shown, StoryIndex, behavior_labels, readable_bytes
+from gates.harness.run_reports import write_run_reports
 
 MARKERS = [
     "story(*ids): the story (FT-003, LT-012, ...) this test checks",
@@ -20,6 +25,9 @@ MARKERS = [
     "needs_model(name): needs a real model file (smollm2, qwen2.5, phi3, gpt-oss-20b)",
     "allure_label: set by the plugin (gate/team/story labels)",
 ]
+# A test records a reproducibility run for the board's plot with
+# record_property(REPRO_PROPERTY, {"label": str, "runs": {seed: [ids of run 1, ids of run 2]}}).
+REPRO_PROPERTY = "repro"
 # Real models a user may point at: name -> environment variable holding the GGUF path.
 MODEL_ENV = {"qwen2.5": "M0_QWEN25_GGUF", "phi3": "M0_PHI3_GGUF", "gpt-oss-20b": "M0_GPT_OSS_GGUF"}
 
@@ -52,13 +60,30 @@ class GateState:
         self.stories = json.loads(index_path.read_text()) if index_path.exists() else []
         self.selected_gates = self._gates_in_args(config.args)
         self.show_board = bool(self.selected_gates) or config.getoption("board")
+        self.index = StoryIndex.build(self.manifests, self.stories)
         self.results: dict[str, TestResult] = {}
         self.item_stories: dict[str, list[str]] = {}
         self.item_checks: dict[str, list[str]] = {}
+        self.deselected: set[str] = set()          # stories and checks whose tests -k/-m left out
+        self.repro_runs: dict[str, dict] = {}
+        self.final_boards = []
+        self.start_ms = int(time.time() * 1000)
         self._device = None
 
     def pytest_runtest_logreport(self, report):  # registered as a plugin object in pytest_configure
         record_report(self, report)
+
+    def pytest_deselected(self, items):
+        for item in items:
+            self.deselected.update(self.item_stories.get(item.nodeid, []), self.item_checks.get(item.nodeid, []))
+
+    def missing_reason(self, kind: str, id_: str) -> str:
+        """Why a board row has no result: its tests were left out of this run, or it has none."""
+        if id_ in self.deselected:
+            return "not selected in this run (deselected by -k, -m or a node id)"
+        if not self.selected_gates:
+            return "not in this run (only part of the suite ran; run the gate folder for its board)"
+        return "no test implements this check yet" if kind == "check" else "no test for this story yet"
 
     def _gates_in_args(self, args) -> list[int]:
         """Gates named by their folder (gates/gate2): a file or test inside one runs just itself."""
@@ -105,12 +130,17 @@ def gpu_name() -> str | None:
     return _gpu_name_cache[0]
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     state = GateState(config)
     config._m0 = state
     config.pluginmanager.register(state, "m0-gate-state")
+    if state.show_board and hasattr(config.option, "clean_alluredir"):
+        # One run, one report: allure-pytest empties the results folder in its own pytest_configure,
+        # which runs after this one, so the report shows exactly the run the board describes.
+        config.option.clean_alluredir = True
     if state.selected_gates:
         # A gate run also runs the story tests the gate requires (deselected below if not).
         stories_dir = config.rootpath / "stories"
@@ -165,34 +195,45 @@ def model_file(name: str, config=None) -> Path | None:
     return user_model(env)
 
 
-def _story_gate(state: GateState, story_id: str) -> int | None:
-    for gate, manifest in state.manifests.items():
-        if story_id in manifest.get("stories", []):
-            return gate
+def _add_allure_labels(item, state: GateState, stories, checks) -> None:
+    # allure-pytest reads labels from `allure_label` marks; adding them here labels every test by
+    # gate (epic), feature and story without decorating each test by hand.
+    for label_type, value in behavior_labels(state.index, stories, checks):
+        item.add_marker(pytest.mark.allure_label(value, label_type=label_type))
+
+
+def pytest_make_parametrize_id(config, val, argname):
+    """Readable ids for bytes parameters (b'\\x00'...(64 bytes)), not the whole escaped value."""
+    if isinstance(val, (bytes, bytearray)):
+        return readable_bytes(val)
     return None
 
 
-def _allure_label(item, label_type: str, value: str) -> None:
-    # allure-pytest reads labels from `allure_label` marks; adding them here labels every test
-    # by gate (epic), team (feature) and story without decorating each test by hand.
-    item.add_marker(pytest.mark.allure_label(value, label_type=label_type))
-
-
-def _add_allure_labels(item, state: GateState, stories, checks) -> None:
-    teams = {s["id"]: s["team"] for s in state.stories}
-    for story_id in stories:
-        gate = _story_gate(state, story_id)
-        if gate is not None:
-            _allure_label(item, "epic", f"Gate {gate}")
-        _allure_label(item, "feature", teams.get(story_id, "unknown team"))
-        _allure_label(item, "story", story_id)
-    for check in checks:
-        gate = next((g for g, m in state.manifests.items()
-                     if check in [c["id"] for c in m.get("checks", [])]), None)
-        if gate is not None:
-            _allure_label(item, "epic", f"Gate {gate}")
-        _allure_label(item, "feature", "Gate checks")
-        _allure_label(item, "story", check)
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item):
+    """While allure-pytest still holds the test's result: show bytes parameters readably, name each
+    model file the test used (name, sha256) and attach what the test recorded (haiku text, ...)."""
+    try:
+        import allure
+    except ImportError:
+        return
+    for name, value in getattr(getattr(item, "callspec", None), "params", {}).items():
+        if isinstance(value, (bytes, bytearray)):
+            allure.dynamic.parameter(name, Shown(readable_bytes(value)))
+    models = list(dict.fromkeys(v for k, v in item.user_properties if k == "model"))
+    for n, path in enumerate(models, 1):
+        info = describe_model(path) if Path(path).is_file() else {"file": Path(path).name, "missing": path}
+        label = "model file" if len(models) == 1 else f"model file {n}"
+        allure.dynamic.parameter(label, Shown(f"{info['file']} sha256:{info.get('sha256', '?')[:16]}"),
+                                 excluded=True)
+        attach_json(f"{label}: {info['file']}", info)
+    for key, value in item.user_properties:
+        if key == "model":
+            continue
+        if isinstance(value, str):
+            attach_text(key, value)
+        else:
+            attach_json(key, value)
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -200,9 +241,11 @@ def _add_allure_labels(item, state: GateState, stories, checks) -> None:
 def record_report(state: "GateState", report) -> None:
     """Fold one phase report (setup/call/teardown) into the test's result."""
     models = [v for k, v in report.user_properties if k == "model"]
+    if report.when == "teardown":
+        state.repro_runs.update({v["label"]: v["runs"] for k, v in report.user_properties if k == REPRO_PROPERTY})
     previous = state.results.get(report.nodeid)
     if report.failed:
-        reason = str(report.longrepr).strip().splitlines()[-1][:200] if report.longrepr else "failed"
+        reason = _failure_reason(report)
         state.results[report.nodeid] = TestResult(report.nodeid, "failed", reason, models)
     elif report.skipped and getattr(report, "wasxfail", None) is not None:
         # An expected failure ran and failed: the board says FAIL (known, with its reason), never NOT RUN.
@@ -217,6 +260,13 @@ def record_report(state: "GateState", report) -> None:
         previous.models = sorted(set(previous.models) | set(models))
 
 
+def _failure_reason(report) -> str:
+    """The failure's own message (pytest's crash line: 'AssertionError: ...'), not its file:line."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(report.longrepr or "failed")
+    return " ".join(text.split())[:200]
+
+
 def boards_for(state: GateState):
     gates = state.selected_gates or sorted(state.manifests)
     titles = {s["id"]: s["title"] for s in state.stories}
@@ -227,43 +277,37 @@ def boards_for(state: GateState):
             by_story.setdefault(story_id, []).append(result)
         for check in state.item_checks.get(nodeid, []):
             by_check.setdefault(check, []).append(result)
-    return [build_board(state.manifests[g], titles, by_story, by_check, state.device_label) for g in gates]
+    return [build_board(state.manifests[g], titles, by_story, by_check, state.device_label,
+                        missing_reason=state.missing_reason, describe_model=_describe_for_board)
+            for g in gates]
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    state: GateState = config._m0
-    if not state.show_board or not state.manifests:
-        return
-    boards = boards_for(state)
-    write_reports(boards, state.device_label, state.reports_dir)
-    terminalreporter.write_sep("=", "gate board")
-    terminalreporter.write_line(render_text(boards, state.device_label))
-    terminalreporter.write_line(f"(written to {state.reports_dir / 'gate-board.md'} and gate-board.json)")
-    state.final_boards = boards
+def _describe_for_board(path: str) -> dict:
+    return describe_model(path) if Path(path).is_file() else {"file": Path(path).name}
 
 
 def pytest_sessionfinish(session, exitstatus):
+    """Write the board and the report files (the terminal summary, printed after this, shows the board)."""
     config = session.config
     state: GateState = config._m0
-    _write_allure_environment(config, state)
-    boards = getattr(state, "final_boards", None)
-    if boards is None and state.show_board and state.manifests:
-        boards = boards_for(state)
-    if boards and any(b.verdict == FAIL for b in boards) and session.exitstatus == 0:
+    alluredir = getattr(config.option, "allure_report_dir", None)
+    boards = boards_for(state) if state.show_board and state.manifests else []
+    state.final_boards = boards
+    model = config.getoption("model") or model_file("smollm2")
+    write_run_reports(boards, state.device_label, gpu_name(), model, state.reports_dir,
+                      Path(alluredir) if alluredir else None, config.rootpath, state.repro_runs, state.start_ms)
+    if any(b.verdict == FAIL for b in boards) and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def _write_allure_environment(config, state: GateState) -> None:
-    alluredir = getattr(config.option, "allure_report_dir", None)
-    if not alluredir:
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    boards = getattr(config._m0, "final_boards", None)
+    if not boards:
         return
-    from gates.harness.environment import environment_properties
-
-    model = config.getoption("model") or model_file("smollm2")
-    props = environment_properties(state.device_label, gpu_name(), model)
-    Path(alluredir).mkdir(parents=True, exist_ok=True)
-    (Path(alluredir) / "environment.properties").write_text(
-        "".join(f"{k}={v}\n" for k, v in props.items()))
+    state: GateState = config._m0
+    terminalreporter.write_sep("=", "gate board")
+    terminalreporter.write_line(render_text(boards, state.device_label))
+    terminalreporter.write_line(f"(written to {state.reports_dir / 'gate-board.md'}, .json and .html)")
 
 
 # -- fixtures --------------------------------------------------------------------------------
