@@ -4,13 +4,14 @@ The plan's story is "Rust FFI bindings": Rust declarations of the C++ functions 
 lock. Our worker is Python + CuPy, so the honest equivalent is the Python <-> CUDA boundary:
 
 * the kernels live in worker/backend/kernels/*.cu and are loaded at run time by CuPy's RawModule
-  (NVRTC); worker/backend/cuda.py launches them by name with a tuple of arguments. A binding is
+  (NVRTC); each file's launcher beside it (worker/backend/kernels/<name>.py) launches them by name
+  with a tuple of arguments. A binding is
   correct when every launched name exists in the module it is looked up in, and every argument has
   the kernel parameter's width and kind (device pointer / 32-bit int / 64-bit int / float): CuPy
   passes a Python value with the size of its NumPy dtype, so an int32 where the kernel reads a
   long long is silent memory corruption, not an error. Checked here on the CPU by reading the
   kernel signatures from the preprocessed sources (the C preprocessor expands the per-format
-  macros) and the launch sites from cuda.py's syntax tree (Python's ast);
+  macros) and the launch sites from the launchers' syntax trees (Python's ast);
 * the Python side of the boundary, the Backend interface (worker/backend/base.py): both the NumPy
   reference and the CUDA backend implement every method of it with the same signature, and the
   CUDA backend overrides the methods whose default only makes sense on the host;
@@ -32,6 +33,7 @@ import numpy as np
 import pytest
 
 from worker.backend import cuda as cuda_module
+from worker.backend import cuda_runtime
 from worker.backend.base import Backend
 from worker.backend.cuda import KERNEL_DIR, CudaBackend, kernel_source
 from worker.backend.numpy import NumpyBackend
@@ -46,8 +48,10 @@ needs_cpp = pytest.mark.skipif(shutil.which("cpp") is None, reason="the C prepro
 # C parameter type (after `const`, `__restrict__`) -> the argument kind it needs.
 C_SCALARS = {"int": "i32", "unsigned": "i32", "unsigned int": "i32", "u32": "i32",
              "i64": "i64", "long long": "i64", "float": "f32"}
-# Python-side helpers of cuda.py -> the argument kind they produce.
-PY_SCALARS = {"_i32": "i32", "_i64": "i64", "_f32": "f32"}
+# Python-side helpers of worker/backend/cuda_runtime.py -> the argument kind they produce.
+PY_SCALARS = {"i32": "i32", "i64": "i64", "f32": "f32"}
+# Where kernels are launched: the op boundary and the launcher beside each .cu file.
+LAUNCH_FILES = [Path(cuda_module.__file__)] + sorted(KERNEL_DIR.glob("*.py"))
 
 
 # -- kernel side: signatures from the preprocessed sources --------------------------------------
@@ -73,7 +77,7 @@ def kernel_signatures(module: str) -> dict[str, list[str]]:
     return signatures
 
 
-# -- Python side: launch sites in cuda.py -----------------------------------------------------------
+# -- Python side: launch sites in the launchers ------------------------------------------------
 
 def _name_variants(node: ast.expr) -> list[str]:
     """Every kernel name a launch's name expression can take (f-strings expanded)."""
@@ -110,16 +114,16 @@ def _argument_kind(node: ast.expr) -> str:
 
 @lru_cache(maxsize=1)
 def launch_sites() -> list[dict]:
-    tree = ast.parse(Path(cuda_module.__file__).read_text())
     sites = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "_launch":
-            module, name, _grid, _block, args = node.args
-            assert isinstance(module, ast.Constant), ast.unparse(node)
-            assert isinstance(args, ast.Tuple), f"line {node.lineno}: arguments must be a literal tuple"
-            sites.append({"line": node.lineno, "module": module.value, "names": _name_variants(name),
-                          "kinds": [_argument_kind(a) for a in args.elts],
-                          "source": [ast.unparse(a) for a in args.elts]})
+    for path in LAUNCH_FILES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "_launch":
+                module, name, _grid, _block, args = node.args
+                assert isinstance(module, ast.Constant), ast.unparse(node)
+                assert isinstance(args, ast.Tuple), f"{path.name}:{node.lineno}: arguments must be a literal tuple"
+                sites.append({"line": f"{path.name}:{node.lineno}", "module": module.value,
+                              "names": _name_variants(name), "kinds": [_argument_kind(a) for a in args.elts],
+                              "source": [ast.unparse(a) for a in args.elts]})
     return sites
 
 
@@ -128,22 +132,22 @@ def launch_sites() -> list[dict]:
 @pytest.mark.story("FT-007")
 def test_the_backend_launches_kernels():
     sites = launch_sites()
-    assert len(sites) >= 15, "fewer launch sites than ops: the parser no longer sees cuda.py's launches"
+    assert len(sites) >= 15, "fewer launch sites than ops: the parser no longer sees the launchers"
     assert {s["module"] for s in sites} == set(KERNEL_FILES), "a kernel file is never launched, or a launch names a missing file"
 
 
 @pytest.mark.story("FT-007")
 @needs_cpp
-@pytest.mark.parametrize("site", launch_sites(), ids=lambda s: f"line{s['line']}-{s['names'][0]}")
+@pytest.mark.parametrize("site", launch_sites(), ids=lambda s: f"{s['line']}-{s['names'][0]}")
 def test_every_launch_matches_the_kernel_signature(site):
     signatures = kernel_signatures(site["module"])
     for name in site["names"]:
-        assert name in signatures, f"cuda.py line {site['line']} launches {name!r}, not in {site['module']}"
+        assert name in signatures, f"{site['line']} launches {name!r}, not in {site['module']}"
         expected = signatures[name]
         assert len(site["kinds"]) == len(expected), \
             f"{name}: {len(site['kinds'])} arguments passed, the kernel takes {len(expected)}"
         for i, (passed, wanted) in enumerate(zip(site["kinds"], expected)):
-            assert passed == wanted, (f"{name} parameter {i}: kernel wants {wanted}, cuda.py line {site['line']} "
+            assert passed == wanted, (f"{name} parameter {i}: kernel wants {wanted}, {site['line']} "
                                       f"passes {site['source'][i]!r} ({passed})")
 
 
@@ -182,10 +186,10 @@ def test_every_declared_kernel_is_bound_by_the_backend():
 @pytest.mark.story("FT-007")
 def test_scalar_helpers_have_the_c_widths():
     # int = 4 bytes, long long = 8, float = 4, a device pointer = 8 (NULL must be pointer-sized)
-    assert cuda_module._i32(7).dtype == np.int32
-    assert cuda_module._i64(7).dtype == np.int64
-    assert cuda_module._f32(0.5).dtype == np.float32
-    assert cuda_module.NULL.dtype.itemsize == 8 and int(cuda_module.NULL) == 0
+    assert cuda_runtime.i32(7).dtype == np.int32
+    assert cuda_runtime.i64(7).dtype == np.int64
+    assert cuda_runtime.f32(0.5).dtype == np.float32
+    assert cuda_runtime.NULL.dtype.itemsize == 8 and int(cuda_runtime.NULL) == 0
 
 
 @pytest.mark.story("FT-007")
@@ -213,7 +217,8 @@ def test_both_backends_implement_the_interface_with_its_signature(backend, metho
 @pytest.mark.story("FT-007")
 @pytest.mark.parametrize("method", HOST_DEFAULTS)
 def test_cuda_backend_overrides_the_host_defaults(method):
-    assert method in vars(CudaBackend), f"CudaBackend inherits base.{method}, which ignores device memory"
+    assert getattr(CudaBackend, method) is not getattr(Backend, method), \
+        f"CudaBackend inherits base.{method}, which ignores device memory"
 
 
 # -- tests: GPU ---------------------------------------------------------------------------------
@@ -223,7 +228,7 @@ def test_cuda_backend_overrides_the_host_defaults(method):
 @pytest.mark.parametrize("module", KERNEL_FILES)
 def test_every_launched_kernel_loads_through_rawmodule(module):
     """NVRTC compiles the file and every name the backend launches from it can be looked up
-    (the names come from cuda.py's launch sites, so this needs no preprocessor on the GPU host)."""
+    (the names come from the launch sites, so this needs no preprocessor on the GPU host)."""
     from stories.foundation._cuda_conformance import cuda_backend
 
     cuda_backend()                                   # skips without a usable GPU

@@ -139,3 +139,8 @@ class Backend(ABC):
 
     def synchronize(self) -> None:
         """Wait for queued device work (no-op on CPU)."""
+
+    def run_forward(self, forward, ids: np.ndarray, cache: KVCache, start_pos: int) -> Array:
+        """A model's forward pass `forward(ids, cache, start_pos)` -> logits, run as this backend runs
+        it best: here, directly; the CUDA backend replays a captured graph for single-token steps."""
+        return forward(ids, cache, start_pos)

@@ -74,12 +74,16 @@ class GPT2Model:
 
     def forward(self, ids, cache, start_pos: int):
         """Logits [T, vocab] for tokens `ids` at positions start_pos.. (their K/V go to `cache`)."""
-        b, cfg = self.backend, self.config
         ids = _token_ids(ids)
-        positions = np.arange(start_pos, start_pos + len(ids))
-        if positions[-1] >= cfg.context_length:
+        last = start_pos + len(ids) - 1
+        if last >= self.config.context_length:
             raise PromptTooLongError(
-                f"position {positions[-1]} is beyond the {cfg.context_length} learned positions", field="n_ctx")
+                f"position {last} is beyond the {self.config.context_length} learned positions", field="n_ctx")
+        return self.backend.run_forward(self._forward, ids, cache, start_pos)
+
+    def _forward(self, ids, cache, start_pos: int):
+        b, cfg = self.backend, self.config
+        positions = np.arange(start_pos, start_pos + len(ids))
         x = b.add(b.embedding(self.token_embd, ids), b.embedding(self.position_embd, positions))
         for layer, blk in enumerate(self.blocks):
             x = b.add(x, self._attention(blk, b.layernorm(x, blk.attn_norm, blk.attn_norm_b, cfg.norm_eps), cache, layer, start_pos))

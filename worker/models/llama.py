@@ -88,8 +88,10 @@ class LlamaModel:
 
     def forward(self, ids, cache, start_pos: int):
         """Logits [T, vocab] for tokens `ids` at positions start_pos.. (their K/V go to `cache`)."""
+        return self.backend.run_forward(self._forward, _token_ids(ids), cache, start_pos)
+
+    def _forward(self, ids, cache, start_pos: int):
         b, cfg = self.backend, self.config
-        ids = _token_ids(ids)
         positions = np.arange(start_pos, start_pos + len(ids))
         x = b.embedding(self.token_embd, ids)
         for layer, blk in enumerate(self.blocks):

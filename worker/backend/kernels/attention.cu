@@ -14,27 +14,31 @@ __device__ __forceinline__ float kv_load_f32(const void* p, i64 i) { return ((co
 __device__ __forceinline__ void kv_store_f16(void* p, i64 i, float v) { ((u16*)p)[i] = f32_to_f16_bits(v); }
 __device__ __forceinline__ void kv_store_f32(void* p, i64 i, float v) { ((float*)p)[i] = v; }
 
-// cache[start_pos + i] = src[i] for the n = T * n_kv_heads * head_dim new values
+// cache[start * row + i] = src[i] for the n = T * row new values (row = n_kv_heads * head_dim);
+// start = *start_pos_dev when given (a captured decode graph reads the position there), else start_pos.
 #define DEFINE_KV_STORE(kvt)                                                                      \
-extern "C" __global__ void kv_store_##kvt(const float* __restrict__ src, void* cache, i64 offset, i64 n) { \
+extern "C" __global__ void kv_store_##kvt(const float* __restrict__ src, void* cache,             \
+                                          const int* __restrict__ start_pos_dev, i64 start_pos, i64 row, i64 n) { \
+    const i64 offset = (start_pos_dev ? (i64)start_pos_dev[0] : start_pos) * row;                 \
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) \
         kv_store_##kvt(cache, offset + i, src[i]);                                                \
 }
 
 // q: [T, H, hd] float32; k_cache, v_cache: [n_ctx, KVH, hd]; out: [T, H * hd].
 // Query t sits at position start_pos + t and sees keys [lo, pos], lo = pos - window + 1 when
-// window > 0. sinks: [H] float32 or null.
+// window > 0; start_pos is *start_pos_dev when that is not null. sinks: [H] float32 or null.
 #define DEFINE_ATTENTION(kvt)                                                                     \
 extern "C" __global__ void attention_##kvt(const float* __restrict__ q, const void* __restrict__ k_cache, \
                                            const void* __restrict__ v_cache, const float* __restrict__ sinks, \
                                            float* __restrict__ out, int T, int H, int KVH, int hd,  \
-                                           int start_pos, int window, float scale) {               \
+                                           int start_pos, const int* __restrict__ start_pos_dev,   \
+                                           int window, float scale) {                              \
     __shared__ float sm_m[ATT_MAX_WARPS], sm_s[ATT_MAX_WARPS];                                    \
     __shared__ float sm_acc[ATT_MAX_WARPS][ATT_MAX_HEAD_DIM];                                     \
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;        \
     const int t = blockIdx.x / H, h = blockIdx.x % H;                                             \
     const int kvh = h / (H / KVH);                                                                \
-    const int pos = start_pos + t;                                                                \
+    const int pos = (start_pos_dev ? start_pos_dev[0] : start_pos) + t;                           \
     const int lo = window > 0 ? max(0, pos - window + 1) : 0;                                     \
     const float* qv = q + ((i64)t * H + h) * hd;                                                  \
     float qr[ATT_REGS], acc[ATT_REGS];                                                            \

@@ -1,0 +1,141 @@
+"""The CUDA runtime side of the backend: the device check, kernel modules (NVRTC) and the memory pool.
+
+    cp = require_cuda_device(0)              # CuPy, a driver and GPU 0, or CudaUnavailableError
+    pool = device_pool()                     # one MemoryPool over plain cudaMalloc, CuPy's allocator
+    fn = kernel_function(0, "norm.cu", "rmsnorm")
+    fn((grid,), (block,), (x, w, y, i32(D), f32(eps)))
+
+Kernel arguments are passed with the width of the C parameter: `i32`, `i64`, `f32` and `NULL`
+(a pointer-sized zero). CuPy sizes a bare Python number itself, which for a `long long` parameter
+would be silent memory corruption.
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from worker.errors import WorkerError
+
+KERNEL_DIR = Path(__file__).with_name("kernels")
+
+
+class CudaUnavailableError(WorkerError):
+    """CuPy, the driver or the requested device is missing (codes CUDA_UNAVAILABLE, CUDA_DEVICE_NOT_FOUND)."""
+
+    code = "CUDA_UNAVAILABLE"
+
+
+def require_cuda_device(device_index: int):
+    """CuPy, a working driver and GPU `device_index`, or CudaUnavailableError naming what is missing
+    (CUDA_UNAVAILABLE; CUDA_DEVICE_NOT_FOUND for an index beyond the GPUs there). Returns cupy."""
+    try:
+        import cupy as cp
+    except ImportError as exc:
+        raise CudaUnavailableError(f"CuPy is not installed: {exc}") from exc
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        raise CudaUnavailableError(f"no usable CUDA driver: {exc}") from exc
+    if count < 1:       # docs/errors.md: no GPU at all is CUDA_UNAVAILABLE, not a missing index
+        raise CudaUnavailableError("the CUDA driver reports no GPU (0 visible)")
+    if not 0 <= device_index < count:
+        raise CudaUnavailableError(f"CUDA device {device_index} does not exist ({count} visible)",
+                                   code="CUDA_DEVICE_NOT_FOUND")
+    return cp
+
+
+# -- kernel arguments ----------------------------------------------------------------------------
+
+def i32(v) -> np.int32:
+    return np.int32(v)
+
+
+def i64(v) -> np.int64:
+    return np.int64(v)
+
+
+def f32(v) -> np.float32:
+    return np.float32(v)
+
+
+NULL = np.uint64(0)
+
+
+def elementwise_grid(n: int, block: int = 256) -> int:
+    """Blocks for a grid-stride loop over n values (bounded: the loop covers the rest)."""
+    return max(1, min((n + block - 1) // block, 65536))
+
+
+# -- kernel modules --------------------------------------------------------------------------------
+
+def kernel_source(name: str) -> str:
+    """A .cu file with its local #include "x.cuh" lines replaced by the header text (once each).
+
+    NVRTC then needs no include path, and CuPy's compile cache sees header edits.
+    """
+    seen: set[str] = set()
+
+    def expand(text: str) -> str:
+        def include(m):
+            header = m.group(1)
+            if header in seen:
+                return ""
+            seen.add(header)
+            return expand((KERNEL_DIR / header).read_text())
+        return re.sub(r'^\s*#include\s+"([^"]+)"\s*$', include, text, flags=re.MULTILINE).replace("#pragma once", "")
+
+    return expand((KERNEL_DIR / name).read_text())
+
+
+_MODULES: dict[tuple[int, str], object] = {}
+_MODULES_LOCK = threading.Lock()
+
+
+def _module(device_index: int, name: str):
+    """The compiled RawModule of one .cu file on one GPU (compiled once per process)."""
+    import cupy as cp
+
+    key = (device_index, name)
+    with _MODULES_LOCK:
+        if key not in _MODULES:
+            _MODULES[key] = cp.RawModule(code=kernel_source(name), options=("-std=c++17",))
+        return _MODULES[key]
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+_POOL = None
+_ALLOCATOR = None
+
+
+def device_pool():
+    """The process's CuPy memory pool over plain cudaMalloc, installed as CuPy's allocator."""
+    global _POOL, _ALLOCATOR
+    import cupy as cp
+
+    if _POOL is None:
+        _POOL = cp.cuda.MemoryPool()             # default: cudaMalloc (not malloc_managed)
+        _ALLOCATOR = _POOL.malloc
+        if os.environ.get("M0_CUDA_DIRECT_MALLOC"):
+            # one cudaMalloc per buffer, no pooling: exact bounds for compute-sanitizer memcheck
+            _ALLOCATOR = _direct_malloc
+        cp.cuda.set_allocator(_ALLOCATOR)
+    return _POOL
+
+
+def _direct_malloc(size: int):
+    import cupy as cp
+
+    return cp.cuda.memory.MemoryPointer(cp.cuda.memory.Memory(size), 0)
+
+
+def allocator_is_device_pool() -> bool:
+    """True while CuPy still allocates through our plain-device-memory pool."""
+    import cupy as cp
+
+    current = cp.cuda.get_allocator()
+    return current is _ALLOCATOR or current == _ALLOCATOR

@@ -1,0 +1,18 @@
+"""Launchers of norm.cu: RMSNorm and LayerNorm, one block per row."""
+from __future__ import annotations
+
+from worker.backend.cuda_runtime import f32, i32
+
+
+def _block(D: int) -> int:
+    return 256 if D >= 256 else 32 * max(1, min(8, (D + 31) // 32))
+
+
+def rmsnorm(k, x, w, y, rows: int, D: int, eps: float) -> None:
+    if rows:
+        k._launch("norm.cu", "rmsnorm", rows, _block(D), (x, w, y, i32(D), f32(eps)))
+
+
+def layernorm(k, x, w, b, y, rows: int, D: int, eps: float) -> None:
+    if rows:
+        k._launch("norm.cu", "layernorm", rows, _block(D), (x, w, b, y, i32(D), f32(eps)))
