@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from worker.backend.numpy import NumpyBackend
 from worker.errors import InvalidParamsError
-from worker.quant import QuantTensor
+from worker.quant import FORMATS, QuantTensor
 
 B = NumpyBackend()
 
@@ -30,13 +30,18 @@ def test_embedding_matches_torch(seed, V, D, ids):
 
 
 @pytest.mark.story("FT-015")
-@pytest.mark.parametrize("qtype", ["F16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("qtype", [f.name for f in FORMATS.values() if f.name != "F32"])   # the registry
 def test_embedding_of_a_quantized_table_matches_gguf_py(qtype):
+    from fixtures.gguf_corrupt import random_blocks
     from fixtures.tiny_models import _quantize
 
     q = gguf.GGMLQuantizationType[qtype]
     table = np.random.default_rng(15).standard_normal((300, 256)).astype(np.float32)
-    raw = table.astype(np.float16).view(np.uint8) if qtype == "F16" else _quantize(table, q)
+    try:
+        raw = table.astype(np.float16).view(np.uint8) if qtype == "F16" else _quantize(table, q)
+    except NotImplementedError:    # no encoder for this format here: random valid blocks of the same size
+        n_blocks = table.size // FORMATS[q].block_size
+        raw = random_blocks(q, n_blocks, np.random.default_rng(15))
     weight = B.load_weight(QuantTensor("token_embd.weight", q, (300, 256), np.ascontiguousarray(raw).reshape(-1)))
     ids = np.array([0, 299, 17, 17, 150])
     reference = gguf.quants.dequantize(raw, q).reshape(300, 256)[ids]

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from stories.foundation._cuda_conformance import examples, check_product, checking_backend, random_weight
 from worker.backend.numpy import NumpyBackend
+from worker.quant import FORMATS
 
 Q = gguf.GGMLQuantizationType
 REF = NumpyBackend()
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.mark.story("FT-016")
-@pytest.mark.parametrize("qtype", [Q.F32, Q.BF16, Q.Q4_0, Q.Q5_K, Q.MXFP4], ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", list(FORMATS), ids=lambda q: q.name)   # every format of the registry
 @settings(max_examples=examples(6), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**31), T=st.integers(5, 200), N=st.integers(1, 700), n_blocks=st.integers(1, 3))
 def test_tiled_gemm_matches_reference_with_many_tiles(qtype, seed, T, N, n_blocks):

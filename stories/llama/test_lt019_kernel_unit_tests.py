@@ -3,8 +3,8 @@
 Acceptance: on hypothesis-drawn shapes (odd sizes, sizes that are not a multiple of the block,
 long contexts) each CUDA kernel matches worker.backend.numpy within its stated NMSE threshold
 (stories/foundation/_cuda_conformance.py), outputs are NaN-poisoned before each run and NaN
-never passes; weights are read in every stored format (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K,
-Q5_K, Q6_K, MXFP4) without being expanded in device memory.
+never passes; weights are read in every stored format of the registry (worker/quant/formats.py:
+floats, legacy, K-, IQ- and ternary quants, MXFP4) without being expanded in device memory.
 Also covers the kernel stories LT-012 (rope), LT-013 (rmsnorm), LT-014 (residual),
 LT-015/LT-016 (GQA attention prefill/decode), LT-017 (SwiGLU).
 """
@@ -17,10 +17,11 @@ from stories.foundation._cuda_conformance import (examples, check, check_product
                                                   f32_tensor, product_op, random_weight)
 from worker.backend.numpy import NumpyBackend
 from worker.config import RopeConfig
+from worker.quant import FORMATS
 
 Q = gguf.GGMLQuantizationType
 REF = NumpyBackend()
-ALL_FORMATS = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.MXFP4]
+ALL_FORMATS = list(FORMATS)   # every format of the registry (worker/quant/formats.py)
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 pytestmark = pytest.mark.gpu
