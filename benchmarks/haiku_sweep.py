@@ -1,6 +1,9 @@
 """How often a model passes the haiku test's word check: every minute word 0..59, greedy.
 
     python benchmarks/haiku_sweep.py [--model PATH] [--max-tokens 48] [--out reports/haiku-sweep.json]
+    python benchmarks/haiku_sweep.py --model qwen2.5 --max-tokens 64 --out reports/haiku-sweep-qwen2.5.json
+
+--model qwen2.5 is the suite's "qwen2.5" file (M0_QWEN25_GGUF, else the set-up's Qwen2.5-Coder file).
 
 Runs in-process on the CPU reference (engine, not HTTP), with the model's own chat template
 (worker.tokenizer) and fixtures.haiku's prompt and word rule. Writes the minutes that passed.
@@ -15,6 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures.haiku import SEED, contains_word, haiku_prompt, minute_word  # noqa: E402
+from fixtures.paths import user_model  # noqa: E402
+from fixtures.real_models import describe_model_file  # noqa: E402
 
 
 def main() -> int:
@@ -31,21 +36,26 @@ def main() -> int:
     ap.add_argument("--out", default="reports/haiku-sweep.json")
     args = ap.parse_args()
     path = args.model or default_model_path()
+    if path == "qwen2.5":
+        path = user_model("M0_QWEN25_GGUF")
+        if path is None:
+            sys.exit("no qwen2.5 file: set M0_QWEN25_GGUF or run scripts/bootstrap.sh")
     gf = GGUFModelFile.open(path)
     tokenizer = load_tokenizer(gf)
     engine = Engine(load_model(gf, "cpu"), tokenizer)
-    passed = []
+    passed, texts = [], {}
     for minute in range(60):
         word = minute_word(minute)
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": haiku_prompt(word)}],
                                                add_generation_prompt=True)
         params = SamplingParams(temperature=0, seed=SEED, max_tokens=args.max_tokens)
         text = "".join(getattr(ev, "text", "") or "" for ev in engine.generate(prompt, params))
+        texts[minute] = text
         if contains_word(text, word):
             passed.append(minute)
         print(f"{minute:2d} {word:14s} {'yes' if minute in passed else 'no '} {text[:70]!r}", flush=True)
-    report = {"model": str(path), "max_tokens": args.max_tokens, "seed": SEED, "minutes_passed": passed,
-              "passed": len(passed), "of": 60}
+    report = {"model": describe_model_file(Path(path)), "max_tokens": args.max_tokens, "seed": SEED,
+              "minutes_passed": passed, "passed": len(passed), "of": 60, "texts": texts}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(f"{len(passed)} of 60 minute words written -> {args.out}")
