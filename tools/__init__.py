@@ -1,0 +1,1 @@
+"""Programs that sit beside the worker and are not part of it."""
