@@ -11,6 +11,7 @@ def token_ids(events) -> list[int]:
     return [data["id"] for name, data in events if name == "token"]
 
 
+@pytest.mark.worker_http
 @pytest.mark.slow
 @pytest.mark.needs_model("qwen2.5")
 @pytest.mark.gate_check("G2-QWEN-HAIKU")
@@ -25,6 +26,7 @@ def test_qwen25_haiku(device, record_model):
     assert result.minute_word_present, f"{result.minute_word!r} not in {result.text!r}"
 
 
+@pytest.mark.worker_http
 @pytest.mark.slow
 @pytest.mark.needs_model("qwen2.5")
 @pytest.mark.gate_check("G2-QWEN-REPRO")
@@ -59,6 +61,7 @@ def test_smollm2_over_http_matches_transformers_greedy(smollm2_server, model_pat
     assert ours == theirs, f"ours {ours}\ntransformers {theirs}"
 
 
+@pytest.mark.worker_http
 @pytest.mark.gate_check("G2-GPT-GENERATES")
 def test_gpt2_architecture_generates_over_http(record_model):
     from fixtures.tiny_models import tiny_model_path

@@ -56,6 +56,7 @@ def test_an_unknown_architecture_is_refused_with_a_clear_error(tmp_path):
     assert "mamba" in result.stdout + result.stderr
 
 
+@pytest.mark.worker_http
 @pytest.mark.slow
 @pytest.mark.needs_model("phi3")
 @pytest.mark.gate_check("G3-PHI3-REAL")
@@ -70,6 +71,7 @@ def test_real_phi3_generates_greedy_text(device, record_model):
     assert "Paris" in text, text
 
 
+@pytest.mark.worker_http
 @pytest.mark.gate_check("G3-GPT-OSS-TINY")
 def test_gpt_oss_generates_over_http(record_model):
     from fixtures.tiny_gpt_oss import tiny_gpt_oss_path
@@ -84,6 +86,7 @@ def test_gpt_oss_generates_over_http(record_model):
     assert events[-1][0] == "end" and events[-1][1]["tokens_out"] == 6
 
 
+@pytest.mark.worker_http
 @pytest.mark.slow
 @pytest.mark.needs_model("gpt-oss-20b")
 @pytest.mark.gate_check("G3-GPT-OSS-REAL")

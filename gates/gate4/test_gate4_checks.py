@@ -29,6 +29,7 @@ def assert_serves_a_request(url: str, job_id: str) -> None:
     assert names.count("token") == events[-1][1]["tokens_out"] >= 1
 
 
+@pytest.mark.worker_http
 @pytest.mark.gate_check("G4-ALL-MODELS")
 @pytest.mark.parametrize("arch", TINY)
 def test_every_tiny_architecture_serves_a_request(arch, device, record_model):
@@ -43,6 +44,7 @@ def test_smollm2_serves_a_request(smollm2_server, model_path):
     assert_serves_a_request(smollm2_server.url, "all-smollm2")
 
 
+@pytest.mark.worker_http
 @pytest.mark.slow
 @pytest.mark.gate_check("G4-ALL-MODELS")
 @pytest.mark.parametrize("name", sorted(REAL))

@@ -16,7 +16,7 @@ import pytest
 from fixtures import integration as it
 
 pytest_plugins = ["fixtures.server_fixtures"]
-pytestmark = pytest.mark.story("FT-041")
+pytestmark = [pytest.mark.story("FT-041"), pytest.mark.worker_http]
 
 PROMPT = "The three primary colours are"
 TINY = [f"tiny-{a}" for a in it.LLAMA_TINY + it.GPT_TINY]
@@ -32,7 +32,7 @@ def server(request, device):
 
 def test_health_reports_the_model_file(server, record_model):
     record_model(server.case.path())
-    it.assert_health_reports_the_file(server.url, server.case.path(), ctx=server.ctx)
+    it.assert_health_reports_the_file(server.url, server.case.path(), server.launch_ctx)
 
 
 def test_greedy_request_streams_the_oracles_ids(server):

@@ -15,7 +15,7 @@ import pytest
 
 from fixtures import integration as it
 
-pytestmark = pytest.mark.story("GT-042")
+pytestmark = [pytest.mark.story("GT-042"), pytest.mark.worker_http]
 
 MODELS = ["tiny-gpt2", "tiny-gpt2-Q8_0", "tiny-gpt-oss",
           pytest.param("gpt-oss-20b", marks=[pytest.mark.slow, pytest.mark.needs_model("gpt-oss-20b")])]
@@ -41,7 +41,7 @@ def check_greedy(server, prompt, n, job_id):
 
 
 def test_health_reports_architecture_vocab_context_and_quant_kind(server):
-    health = it.assert_health_reports_the_file(server.url, server.case.path())
+    health = it.assert_health_reports_the_file(server.url, server.case.path(), server.launch_ctx)
     assert health["quant_kind"] == it.gguf_facts(server.case.path())["quant_kind"]
 
 

@@ -16,7 +16,7 @@ import pytest
 from fixtures import integration as it
 
 pytest_plugins = ["fixtures.server_fixtures"]
-pytestmark = pytest.mark.story("LT-035")
+pytestmark = [pytest.mark.story("LT-035"), pytest.mark.worker_http]
 
 MODELS = ["tiny-qwen2-Q4_K", "tiny-phi3-Q4_K", "tiny-llama-Q6_K",
           pytest.param("smollm2", marks=pytest.mark.needs_model("smollm2")),
@@ -32,7 +32,7 @@ def server(request, device):
 
 
 def test_health_reports_architecture_vocab_context_and_quant_kind(server):
-    health = it.assert_health_reports_the_file(server.url, server.case.path(), ctx=server.ctx)
+    health = it.assert_health_reports_the_file(server.url, server.case.path(), server.launch_ctx)
     assert health["quant_kind"] == it.gguf_facts(server.case.path())["quant_kind"]
 
 
