@@ -30,7 +30,7 @@ def test_qwen25_haiku(device, record_model):
 @pytest.mark.slow
 @pytest.mark.needs_model("qwen2.5")
 @pytest.mark.gate_check("G2-QWEN-REPRO")
-def test_qwen25_same_seed_same_tokens_for_10_seeds(device, record_model):
+def test_qwen25_same_seed_same_tokens_for_10_seeds(device, record_model, record_property):
     path = user_model("M0_QWEN25_GGUF")
     record_model(path)
     with worker_server(path, device=device) as server:
@@ -40,6 +40,7 @@ def test_qwen25_same_seed_same_tokens_for_10_seeds(device, record_model):
                     "temperature": 1.0, "seed": seed}
             runs[seed] = [token_ids(execute(server.url, {**body, "job_id": f"{body['job_id']}-{k}"})[1])
                           for k in range(2)]
+    record_property("repro", {"label": f"G2-QWEN-REPRO {path.name} over HTTP", "runs": runs})
     assert all(a == b for a, b in runs.values()), {s: r for s, r in runs.items() if r[0] != r[1]}
     assert len({tuple(r[0]) for r in runs.values()}) > 1, "all seeds produced the same continuation"
 

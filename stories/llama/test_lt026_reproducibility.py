@@ -43,8 +43,10 @@ def generate_ids(engine, seed: int, max_tokens: int) -> list[int]:
     return [e.id for e in events if isinstance(e, Token)]
 
 
-def check_reproducible(engine, seeds, max_tokens) -> dict[int, list[int]]:
+def check_reproducible(engine, seeds, max_tokens, record_property=None, label="") -> dict[int, list[int]]:
     runs = {seed: [generate_ids(engine, seed, max_tokens) for _ in range(2)] for seed in seeds}
+    if record_property is not None:  # the gate board plots the runs (gates.harness.plugin.REPRO_PROPERTY)
+        record_property("repro", {"label": label, "runs": {str(s): r for s, r in runs.items()}})
     differing = {seed: r for seed, r in runs.items() if r[0] != r[1]}
     assert not differing, f"seeds whose two runs differ: {differing}"
     firsts = {seed: r[0] for seed, r in runs.items()}
@@ -52,12 +54,12 @@ def check_reproducible(engine, seeds, max_tokens) -> dict[int, list[int]]:
     return firsts
 
 
-def test_tiny_llama_family_model_10_seeds_twice_each(device, record_model):
+def test_tiny_llama_family_model_10_seeds_twice_each(device, record_model, record_property):
     from fixtures.tiny_models import tiny_model_path
 
     path = tiny_model_path("qwen2")
     record_model(path)
-    firsts = check_reproducible(load_engine(path, device), SEEDS, 16)
+    firsts = check_reproducible(load_engine(path, device), SEEDS, 16, record_property, f"LT-026 {path.name}")
     assert len({tuple(ids) for ids in firsts.values()}) == len(SEEDS), "two seeds gave the same 16 tokens"
 
 
@@ -69,12 +71,12 @@ def test_real_smollm2_seeds_reproduce(device, model_path):
 
 @pytest.mark.slow
 @pytest.mark.needs_model("qwen2.5")
-def test_real_qwen25_10_seeds_twice_each(device, record_model):
+def test_real_qwen25_10_seeds_twice_each(device, record_model, record_property):
     from fixtures.paths import user_model
 
     path = user_model("M0_QWEN25_GGUF")
     record_model(path)
-    check_reproducible(load_engine(path, device), SEEDS, 16)
+    check_reproducible(load_engine(path, device), SEEDS, 16, record_property, f"LT-026 {path.name}")
 
 
 @pytest.mark.gpu
