@@ -21,6 +21,7 @@ from gguf import GGMLQuantizationType as Q
 
 from fixtures.gguf_corrupt import ALL_TYPES, random_blocks
 from fixtures.paths import REPO_ROOT
+from fixtures.quant_blocks import differ, hard_blocks
 from worker.quant import FORMATS
 
 pytestmark = [pytest.mark.story("LT-023"),
@@ -117,13 +118,6 @@ def _run(exe, qtype: Q, blocks: np.ndarray, rows: int) -> np.ndarray:
     return np.frombuffer(result.stdout, dtype=np.float32).reshape(rows, K)
 
 
-def _same(ours: np.ndarray, theirs: np.ndarray) -> int:
-    """Values that differ: bit patterns must match, except that any NaN matches any NaN."""
-    a, b = ours.astype(np.float32).view(np.uint32), theirs.astype(np.float32).view(np.uint32)
-    both_nan = np.isnan(ours) & np.isnan(theirs)
-    return int(np.count_nonzero((a != b) & ~both_nan))
-
-
 def _blocks_per_row(qtype: Q) -> int:
     return 37 if FORMATS[qtype].block_size == 1 else 3    # floats: K = 37 exercises the dq1 tail
 
@@ -139,10 +133,20 @@ def test_every_cuda_dequantizer_matches_gguf_py_bit_for_bit(host_dq8, qtype, san
         theirs = np.asarray(gguf.quants.dequantize(blocks.copy(), qtype)).reshape(rows, -1)
         ours = _run(host_dq8, qtype, blocks, rows)
     assert ours.shape == theirs.shape
-    diff = _same(ours, theirs)
+    diff = differ(ours, theirs)
     assert diff == 0, f"{qtype.name}: {diff} of {ours.size} values differ from gguf-py"
 
 
 def test_the_host_build_refuses_a_format_outside_the_list(host_dq8):
     result = subprocess.run([str(host_dq8), "q4_2", "32", "1", "18"], input=bytes(18), capture_output=True)
     assert result.returncode == 4
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=[q.name for q in ALL_TYPES])
+def test_hand_picked_hard_blocks_match_gguf_py(host_dq8, qtype):
+    blocks = hard_blocks(qtype, np.random.default_rng(int(qtype)))
+    rows = blocks.shape[0] if FORMATS[qtype].block_size > 1 else 1
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        theirs = np.asarray(gguf.quants.dequantize(blocks.copy(), qtype)).reshape(rows, -1)
+    assert differ(_run(host_dq8, qtype, blocks, rows), theirs) == 0, qtype.name

@@ -63,6 +63,19 @@ def test_raw_random_bytes_including_inf_and_nan_scales_are_bit_exact(qtype):
         _assert_bit_exact(dequantize_blocks(qtype, blocks), _oracle(blocks, qtype), qtype.name)
 
 
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=[q.name for q in ALL_TYPES])
+def test_hand_picked_hard_blocks_match_gguf_py(qtype):
+    """Uniform byte patterns, and scales at float16's (or E8M0's) edges: max, subnormal, -0, +-inf,
+    NaN. Same values as gguf-py; a NaN may differ from gguf-py's NaN only in payload."""
+    from fixtures.quant_blocks import differ, hard_blocks
+
+    blocks = hard_blocks(qtype, np.random.default_rng(int(qtype)))
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        ours, theirs = dequantize_blocks(qtype, blocks), _oracle(blocks, qtype)
+    assert differ(ours, theirs) == 0, qtype.name
+
+
 def _gguf_py_quantizes(qtype: Q) -> bool:
     try:
         gguf.quants.quantize(np.zeros((1, 256), np.float32), qtype)

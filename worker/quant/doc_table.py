@@ -15,7 +15,8 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "gguf.md"
 
 
 def render() -> str:
-    rows = ["| type | ggml id | values per block | bytes per block | bits per value | kernel | block layout (in order) |",
+    rows = ["| type | ggml id | values per block | bytes per block | bits per value | kernel "
+            "| block layout (in order) |",
             "|---|---|---|---|---|---|---|"]
     for fmt in FORMATS.values():
         rows.append(f"| {fmt.name} | {int(fmt.qtype)} | {fmt.block_size} | {fmt.type_size} | "
