@@ -19,7 +19,7 @@ GGUF_CODES: dict[str, str] = {
     "GGUF_DUPLICATE_KEY": "the same metadata key twice",
     "GGUF_DUPLICATE_TENSOR": "the same tensor name twice",
     "GGUF_UNKNOWN_TENSOR_TYPE": "a tensor type id that ggml does not define",
-    "GGUF_UNSUPPORTED_TENSOR_TYPE": "a ggml tensor type this worker cannot dequantize (e.g. Q2_K, IQ4_XS)",
+    "GGUF_UNSUPPORTED_TENSOR_TYPE": "a ggml tensor type outside the worker's format registry (worker/quant/formats.py), e.g. Q8_K or NVFP4",
     "GGUF_TENSOR_SIZE_MISMATCH": "a tensor's rows are not a whole number of quant blocks, so shape and type give no valid byte size",
     "GGUF_MISALIGNED": "a tensor's data offset is not a multiple of general.alignment",
     "GGUF_TENSORS_OVERLAP": "two tensors' byte ranges overlap",
