@@ -21,9 +21,17 @@ Rules (docs/sampling.md has the full statement):
 - EOS / end-of-turn tokens (tokenizer.eos_ids) end the job and are not emitted.
 - End.text: text released only at the end (held-back text that turned out not to be a stop
   string, or U+FFFD for a dangling partial character). Almost always "".
-- `cancel` is checked before every token; a cancelled job ends with End("cancelled").
-  The KV cache is freed when the job ends, however it ends (also when the consumer closes
-  the generator early).
+- `cancel` is checked before every token, and during prefill between chunks of PREFILL_CHUNK
+  prompt tokens (a long prompt's prefill stops within one chunk); a cancelled job ends with
+  End("cancelled"). The KV cache is freed when the job ends, however it ends (also when the
+  consumer closes the generator early).
+- End(stop_reason="error") is the error event: error_code and error say what failed. A
+  WorkerError keeps its code (VRAM_OOM, ...); an InvalidParamsError raised after Started is a
+  bug of ours, not the client's bad input, and so is INTERNAL; anything else is INFERENCE_FAILED.
+
+`prepare(prompt, params)` runs every input check (tokenizing the prompt) without touching the
+model, so a server can refuse a bad request before it claims the model; `run(prepared)` then
+generates. `generate(prompt, params)` is the two in one.
 """
 from __future__ import annotations
 
@@ -38,8 +46,10 @@ import numpy as np
 from worker.errors import InvalidParamsError, PromptTooLongError, WorkerError
 from worker.sampling import DEFAULT_MAX_TOKENS, Sampler, SamplingParams, random_seed
 
-STOP_REASONS = ("max_tokens", "eos", "stop_sequence", "cancelled", "context_full", "error")
+STOP_REASONS = ("max_tokens", "eos", "stop_sequence", "cancelled", "context_full")   # how a job ends well
+ERROR_STOP = "error"        # End.stop_reason of a job that failed after Started
 DEFAULT_CTX_CAP = 4096      # the engine's context when none is given: the model's, at most this
+PREFILL_CHUNK = 64          # prompt tokens per prefill forward: the cancel flag is checked between chunks
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,16 @@ class End:
 
 
 Event = Started | Token | End
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A job that passed every input check: its prompt ids and token budget."""
+
+    ids: tuple[int, ...]
+    params: SamplingParams
+    budget: int                # how many tokens the job may generate
+    limit_reason: str          # the stop reason when it uses them all
 
 
 class StopMatcher:
@@ -165,13 +185,21 @@ class Engine:
             return self.default_max_tokens, "max_tokens"
         return room, "context_full"
 
+    def prepare(self, prompt: str | Sequence[int], params: SamplingParams | None = None) -> Prepared:
+        """Every input check, before the model is touched (InvalidParamsError / PromptTooLongError)."""
+        params = params if params is not None else SamplingParams()
+        ids = self.prompt_ids(prompt)
+        budget, limit_reason = self.token_budget(len(ids), params)
+        return Prepared(tuple(ids), params, budget, limit_reason)
+
     # -- the loop --------------------------------------------------------------------------------
     def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
                  cancel: threading.Event | None = None, job_id: str | None = None) -> Iterator[Event]:
-        params = params if params is not None else SamplingParams()
+        yield from self.run(self.prepare(prompt, params), cancel=cancel, job_id=job_id)
+
+    def run(self, job: Prepared, cancel: threading.Event | None = None, job_id: str | None = None) -> Iterator[Event]:
         cancel = cancel if cancel is not None else threading.Event()
-        ids = self.prompt_ids(prompt)
-        budget, limit_reason = self.token_budget(len(ids), params)
+        ids, params, budget, limit_reason = list(job.ids), job.params, job.budget, job.limit_reason
         seed = params.seed if params.seed is not None else random_seed()
         sampler = Sampler(params, seed)
         yield Started(seed=seed, prompt_tokens=len(ids), max_tokens=budget, n_ctx=self.n_ctx, job_id=job_id)
@@ -186,7 +214,13 @@ class Engine:
             # The last generated token is never fed back: the cache needs prompt + budget - 1.
             cache = self.model.new_cache(len(ids) + budget - 1)
             t0 = time.perf_counter()
-            logits = self.model.forward(np.asarray(ids, dtype=np.int64), cache, 0)
+            prompt = np.asarray(ids, dtype=np.int64)
+            for start in range(0, len(ids), PREFILL_CHUNK):
+                if start and cancel.is_set():
+                    run.prefill_s = time.perf_counter() - t0
+                    yield run.end("cancelled")
+                    return
+                logits = self.model.forward(prompt[start:start + PREFILL_CHUNK], cache, start)
             row = backend.to_host(logits[-1])
             run.prefill_s = time.perf_counter() - t0
             run.decode_t0 = time.perf_counter()
@@ -224,10 +258,9 @@ class Engine:
         except GeneratorExit:
             raise
         except Exception as exc:  # noqa: BLE001 — after Started, a failure is an End event
-            code = exc.code if isinstance(exc, WorkerError) else "INFERENCE_FAILED"
-            message = exc.message if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
+            code, message = _failure(exc)
             _narrate_failure(code, message, exc)
-            yield run.end("error", error_code=code, error=message)
+            yield run.end(ERROR_STOP, error_code=code, error=message)
         finally:
             if cache is not None:
                 backend.free_kv_cache(cache)
@@ -247,6 +280,16 @@ class _Run:
         return End(stop_reason=stop_reason, tokens_out=self.tokens_out, prompt_tokens=self.prompt_tokens,
                    decode_time_ms=round(decode_s * 1000, 3), prefill_time_ms=round(self.prefill_s * 1000, 3),
                    **extra)
+
+
+def _failure(exc: Exception) -> tuple[str, str]:
+    """(code, message) of a failure after Started. The input was checked before Started, so an
+    InvalidParamsError now is an internal inconsistency, not the client's fault."""
+    if isinstance(exc, InvalidParamsError):
+        return "INTERNAL", f"internal error ({exc.code}: {exc.message})"
+    if isinstance(exc, WorkerError):
+        return exc.code, exc.message
+    return "INFERENCE_FAILED", f"{type(exc).__name__}: {exc}"
 
 
 def _release_rest(decoder, stops: StopMatcher) -> str:

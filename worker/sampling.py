@@ -8,7 +8,9 @@ The pipeline for one token (docs/sampling.md is the full statement):
 
 1. repetition penalty (llama.cpp semantics) on the last `repeat_last_n` tokens of the sequence
    (prompt and generated tokens alike);
-2. temperature 0 -> greedy: argmax, ties to the lowest id. Otherwise logits / temperature;
+2. temperature 0 -> greedy: argmax, ties to the lowest id. Otherwise logits / temperature; a
+   temperature so small that logits / temperature overflows float64 takes the limit T -> 0 of
+   the softmax, which is greedy too (no NaN probabilities);
 3. filters, in this order, each over what the previous one kept: top-k, top-p, min-p
    (the semantics of transformers' TopK / TopP / MinP logits warpers);
 4. softmax over the kept tokens in float64, then ONE uniform draw u in [0, 1) from
@@ -28,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from worker.errors import InvalidParamsError
+from worker.errors import InvalidParamsError, quote
 
 U64_MAX = (1 << 64) - 1
 MAX_STOP_SEQUENCES = 4
@@ -100,7 +102,16 @@ def _is_number(v) -> bool:
 
 def _need(ok: bool, name: str, rule: str, value) -> None:
     if not ok:
-        raise InvalidParamsError(f"{name} must be {rule}, got {value!r}", field=name)
+        raise InvalidParamsError(f"{name} must be {rule}, got {quote(value)}", field=name)
+
+
+def is_unicode_text(s: str) -> bool:
+    """A str that is real Unicode text: no lone surrogate (JSON lets "\\udc00" through)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _stop_list(value) -> tuple[str, ...]:
@@ -110,6 +121,7 @@ def _stop_list(value) -> tuple[str, ...]:
     for s in value:
         _need(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS, "stop",
               f"a list of non-empty strings of at most {MAX_STOP_CHARS} characters", value)
+        _need(is_unicode_text(s), "stop", "a list of Unicode strings (a lone surrogate is not text)", value)
     return tuple(value)
 
 
@@ -229,6 +241,15 @@ def sampling_distribution(logits: np.ndarray, params: SamplingParams, history: S
     return _softmax(filtered_scores(logits, params, history))
 
 
+def _scaling_overflows(logits: np.ndarray, temperature: float) -> bool:
+    """Whether logits / temperature leaves float64 (a temperature like 1e-308): the softmax of
+    such scores would be inf - inf = NaN. Its limit as T -> 0 is the argmax, which we take."""
+    if temperature <= 0.0:
+        return True
+    largest = float(np.max(np.abs(np.asarray(logits, dtype=np.float64))))
+    return largest / np.finfo(np.float64).max > temperature * (1.0 - 1e-12)
+
+
 def greedy_pick(logits: np.ndarray) -> int:
     """The most likely token; ties go to the lowest id."""
     return int(np.argmax(logits))
@@ -263,7 +284,9 @@ class Sampler:
             bad = int(np.count_nonzero(~np.isfinite(row)))
             raise FloatingPointError(f"{bad} of {row.size} logits are NaN or infinite")
         p = self.params
-        if p.greedy:
-            return greedy_pick(apply_repetition_penalty(row, history, p.repetition_penalty, p.repeat_last_n))
+        with np.errstate(over="ignore"):          # an overflow is handled below, not printed on stderr
+            penalised = apply_repetition_penalty(row, history, p.repetition_penalty, p.repeat_last_n)
+        if p.greedy or _scaling_overflows(penalised, p.temperature):
+            return greedy_pick(penalised)
         probs = sampling_distribution(row, p, history)
         return inverse_cdf_pick(probs, float(self.rng.random()))

@@ -5,7 +5,12 @@ integer >= 1 within the context; temperature 0-2; seed unsigned 64-bit; top_p (0
 min_p [0, 1); repetition_penalty > 0; stop at most 4 non-empty strings; unknown fields rejected;
 non-JSON 400 INVALID_JSON; a body over the limit 413 BODY_TOO_LARGE; a prompt over the context
 400 PROMPT_TOO_LONG. The values at each boundary are accepted. Invalid requests start no job.
+A body is one RFC 8259 JSON text in UTF-8 (no BOM, no UTF-16, at most 32 levels deep) or it is
+INVALID_JSON; a lone surrogate anywhere in a string is INVALID_PARAMS naming the field; an error
+quotes a bounded part of the offending value (the answer and its log line stay small).
 """
+import json
+
 import httpx
 import pytest
 
@@ -151,3 +156,83 @@ def test_cancel_validates_its_body(tiny_server, body, field):
     response = httpx.post(tiny_server.url + "/cancel", json=body)
     assert response.status_code == 400
     assert response.json()["field"] == field
+
+
+# -- what a hostile client tried (each once answered 200 with a broken stream, or 500) ----------
+
+def _post_raw(url, path, raw: bytes):
+    return httpx.post(url + path, content=raw, headers={"Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize("path, raw, field", [
+    ("/execute", b'{"job_id": "x\\udc00", "prompt": "Hi", "max_tokens": 1}', "job_id"),
+    ("/execute", b'{"job_id": "x", "prompt": "Hi", "max_tokens": 1, "stop": ["\\ud800"]}', "stop"),
+    ("/execute", b'{"job_id": "x", "prompt": "Hi \\udfff", "max_tokens": 1}', "prompt"),
+    ("/cancel", b'{"job_id": "x\\udc00"}', "job_id"),
+])
+def test_a_lone_surrogate_in_any_string_is_refused_naming_the_field(tiny_server, path, raw, field):
+    response = _post_raw(tiny_server.url, path, raw)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "INVALID_PARAMS" and response.json()["field"] == field
+    assert "surrogate" in response.json()["message"]
+    health = httpx.get(tiny_server.url + "/health")
+    assert health.status_code == 200 and health.json()["job"] is None
+
+
+def test_a_lone_surrogate_in_a_field_name_is_refused_and_the_answer_is_valid_json(tiny_server):
+    response = _post_raw(tiny_server.url, "/execute", b'{"job_id": "x", "prompt": "Hi", "\\udc00": 1}')
+    assert response.status_code == 400
+    response.content.decode("utf-8")                      # the answer itself is valid UTF-8
+    assert response.json()["code"] == "INVALID_PARAMS" and response.json()["field"] == "\\udc00"
+
+
+@pytest.mark.parametrize("path", ["/execute", "/cancel"])
+@pytest.mark.parametrize("depth", [40, 1000, 100_000])
+def test_deeply_nested_json_is_invalid_json(tiny_server, path, depth):
+    raw = b'{"job_id": ' + b"[" * depth + b"]" * depth + b', "prompt": "Hi"}'
+    response = _post_raw(tiny_server.url, path, raw)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "INVALID_JSON" and "nested" in response.json()["message"]
+
+
+@pytest.mark.parametrize("raw, why", [
+    ('{"job_id": "a", "prompt": "b"}'.encode("utf-16"), "UTF-16 with a byte order mark"),
+    ('{"job_id": "a", "prompt": "b"}'.encode("utf-16-le"), "UTF-16 without one"),
+    (b'\xef\xbb\xbf{"job_id": "a", "prompt": "b"}', "a UTF-8 byte order mark"),
+    (b'{"job_id": "a", "prompt": "\xff\xfe"}', "bytes that are not UTF-8 inside a string"),
+    (b'{"job_id": "a", "prompt": "\xed\xa0\x80"}', "an encoded surrogate (CESU-8), not UTF-8"),
+])
+def test_a_body_that_is_not_utf8_json_is_invalid_json(tiny_server, raw, why):
+    response = _post_raw(tiny_server.url, "/execute", raw)
+    assert response.status_code == 400, why
+    assert response.json()["code"] == "INVALID_JSON", (why, response.json())
+
+
+def test_a_huge_integer_is_refused_without_python_internals(tiny_server):
+    raw = b'{"job_id": "a", "prompt": "b", "max_tokens": ' + b"9" * 5000 + b"}"
+    response = _post_raw(tiny_server.url, "/execute", raw)
+    assert response.status_code == 400
+    answer = response.json()
+    assert answer["code"] == "INVALID_JSON"
+    assert "sys." not in answer["message"] and "set_int_max_str_digits" not in answer["message"]
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"stop": ["s" * 1000] * 830}, "stop"),                      # about 830 KB of stop strings
+    ({"max_tokens": "9" * 500_000}, "max_tokens"),
+    ({"x" * 500_000: 1}, "x" * 64 + "..."),                       # an unknown field with a huge name
+    ({"prompt": [[["deep"] * 1000] * 100]}, "prompt"),
+])
+def test_an_error_quotes_a_bounded_part_of_the_offending_value(tiny_server, change, field):
+    job_id = f"ft005-big-{len(tiny_server.narration())}"
+    response = httpx.post(tiny_server.url + "/execute", json={**VALID, "job_id": job_id, **change})
+    assert response.status_code == 400
+    assert response.json()["field"] == field
+    assert len(response.content) < 2048, len(response.content)
+    rejected = tiny_server.wait_for(lambda r: r["event"] == "request_rejected" and r.get("field") == field)
+    assert len(json.dumps(rejected)) < 2048
+
+
+def test_validation_and_the_answer_leave_the_worker_healthy(tiny_server):
+    response, events = execute(tiny_server.url, {**VALID, "job_id": "ft005-after-hostile"})
+    assert response.status_code == 200 and check_stream(events)["terminal"] == "end"

@@ -59,3 +59,23 @@ def test_null_means_default():
 
 def test_a_non_object_is_refused():
     refused(["temperature", 1.0])
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 1e-308, 1e-320, 5e-324])
+def test_a_vanishing_temperature_samples_as_greedy_without_nan_or_warnings(temperature):
+    """The limit T -> 0 of softmax(logits / T) is the argmax: where logits / T leaves float64 the
+    sampler takes that limit instead of NaN probabilities (docs/sampling.md)."""
+    import warnings
+
+    import numpy as np
+
+    from worker.sampling import Sampler
+
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        logits = (rng.standard_normal(1000) * 8).astype(np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")              # a NumPy overflow warning fails the test
+            ids = [Sampler(SamplingParams(temperature=temperature, top_p=0.9, min_p=0.05), seed).sample(logits)
+                   for seed in range(5)]
+        assert ids == [int(np.argmax(logits))] * 5

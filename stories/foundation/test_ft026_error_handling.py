@@ -4,13 +4,22 @@ Acceptance: a corrupt model file makes `python -m worker serve` exit non-zero wi
 `error: <CODE>: <message>` naming the problem and no Python traceback; a model that does not fit
 the memory available (here a --max-memory cap, which also works on cpu) is refused before any
 weight is allocated, with the required bytes, available bytes, device and model path in the
-message, exit status 1; a missing file is named. None of these ever binds the port.
+message, exit status 1; a path that is not a model file (missing, a directory, a FIFO, a device)
+is refused with the code `inspect` gives it (one check for both). None of these ever binds the port.
+On the cpu the cap counts what the NumPy backend really holds: each tensor as stored plus its
+float32 copy.
 """
+import json
+import os
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from fixtures.paths import REPO_ROOT
 from fixtures.server_process import start_worker
 
 pytest_plugins = ["fixtures.server_fixtures"]
@@ -53,10 +62,30 @@ def test_a_corrupt_model_exits_cleanly_naming_the_error(tmp_path, corruption):
     assert failed["code"] in line and str(path) in line
 
 
-def test_a_missing_model_file_is_named(tmp_path):
-    worker = start_worker(tmp_path / "nowhere.gguf")
+def _not_a_model_file(kind, tmp_path):
+    if kind == "missing":
+        return tmp_path / "nowhere.gguf"
+    if kind == "directory":
+        return tmp_path
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "pipe.gguf")        # opening it would block: it must be refused unopened
+        return tmp_path / "pipe.gguf"
+    return Path("/dev/zero")                     # a device: endless zeros, never a GGUF file
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "fifo", "device"])
+def test_a_path_that_is_not_a_model_file_is_refused_as_inspect_refuses_it(tmp_path, kind):
+    """serve and inspect run one check: the same code (GGUF_UNREADABLE) and the path named."""
+    path = _not_a_model_file(kind, tmp_path)
+    inspected = subprocess.run([sys.executable, "-m", "worker", "inspect", str(path), "--json"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=60)
+    assert inspected.returncode == 2
+    inspect_code = json.loads(inspected.stdout)["error"]["code"]
+    worker = start_worker(path)
     failed, line = _assert_clean_refusal(worker, 2)
-    assert failed["code"] == "MODEL_NOT_FOUND" and "nowhere.gguf" in line
+    assert failed["code"] == inspect_code == "GGUF_UNREADABLE"
+    assert line.startswith("error: GGUF_UNREADABLE: ") and str(path) in line
+    assert ("does not exist" if kind == "missing" else "is not a regular file") in line
 
 
 def _cuda_device_count() -> int:
@@ -100,3 +129,25 @@ def test_a_cap_that_fits_starts_normally(tiny_server):
     check = next(r for r in tiny_server.narration() if r["event"] == "memory_check")
     assert check["max_memory"] == 4 << 30
     assert check["required_bytes"] <= check["available_bytes"] <= 4 << 30
+
+
+def test_on_the_cpu_the_cap_counts_the_float32_copies_of_the_weights(tiny_server, tmp_path):
+    """The NumPy backend keeps every tensor as stored and its float32 copy: the estimate, the
+    refusal and /health all count both (the file's sizes read with gguf-py, the oracle)."""
+    import httpx
+    from gguf import GGUFReader
+
+    from fixtures.server_process import execute
+
+    tensors = GGUFReader(str(_tiny())).tensors
+    expected_weights = sum(int(t.n_bytes) for t in tensors) + 4 * sum(int(t.n_elements) for t in tensors)
+    check = next(r for r in tiny_server.narration() if r["event"] == "memory_check")
+    assert check["estimate"]["weights"] == expected_weights
+    execute(tiny_server.url, {"job_id": "ft026-mem", "prompt": "Hello", "max_tokens": 2})
+    assert httpx.get(tiny_server.url + "/health").json()["memory_bytes"]["weights"] == expected_weights
+    # A cap that holds the stored weights, the KV cache and the workspace, but not the copies.
+    path = tmp_path / "tiny.gguf"
+    shutil.copy(_tiny(), path)
+    cap = check["required_bytes"] - 2 * sum(int(t.n_elements) for t in tensors)
+    failed, _ = _assert_clean_refusal(start_worker(path, extra=["--max-memory", str(cap)]), 1)
+    assert failed["code"] == "VRAM_OOM" and failed["required_bytes"] == check["required_bytes"]

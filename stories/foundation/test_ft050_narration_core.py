@@ -90,3 +90,15 @@ def test_worker_stderr_is_only_narration_and_covers_the_lifecycle(tiny_server):
     positions = [events.index(e) for e in lifecycle]
     assert positions == sorted(positions), list(zip(lifecycle, positions))
     assert {"request_received", "job_accepted", "job_started", "job_finished", "request_finished"} <= set(events)
+
+
+def test_a_vanishing_temperature_keeps_stderr_json_and_samples_greedily(tiny_server):
+    from fixtures.server_process import check_stream, execute
+
+    body = {"prompt": "Once upon a time", "max_tokens": 12, "seed": 3}
+    _, tiny = execute(tiny_server.url, {**body, "job_id": "ft050-tiny-t", "temperature": 1e-308})
+    _, greedy = execute(tiny_server.url, {**body, "job_id": "ft050-greedy", "temperature": 0})
+    assert check_stream(tiny)["ids"] == check_stream(greedy)["ids"]
+    for line in tiny_server.stderr_lines():
+        if line.strip():
+            assert isinstance(json.loads(line), dict), line     # no raw NumPy warning among the lines

