@@ -1,7 +1,10 @@
-"""LT-023 weight loading, quant formats: the NumPy reference dequantization of F32, F16, BF16,
-Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K and MXFP4 is bit-for-bit what gguf-py's dequantization gives
-(the oracle) on random blocks, on values quantized by gguf-py, on every tensor of the real
-SmolLM2 file and on a file holding every type; the format table agrees with gguf-py's sizes."""
+"""LT-023 weight loading, quant formats: the NumPy reference dequantization of every format of the
+registry (worker/quant/formats.py: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4, Q2_K .. Q6_K,
+IQ4_NL, IQ4_XS, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M, TQ1_0, TQ2_0) is bit-for-bit what
+gguf-py's dequantization gives (the oracle) on random blocks, on raw bytes (NaN/Inf scales included),
+on hand-picked hard blocks, on values quantized by gguf-py, on every tensor of the real SmolLM2 file
+and on a file holding every type; the registry's sizes, grids and sign table agree with gguf-py's,
+and the docs table and the CUDA format list are the registry."""
 from __future__ import annotations
 
 import warnings
