@@ -221,3 +221,35 @@ def test_cuda_grid_header_holds_the_same_tables_as_the_python_module():
         width = 4 if name.startswith("iq3") else 8
         stored = np.frombuffer(bytes.fromhex(getattr(iq_tables, name.upper())), dtype=f"<u{width}")
         assert values == stored.tolist(), name
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1),
+       tensors=st.lists(st.tuples(st.sampled_from(ALL_TYPES), st.integers(1, 4), st.integers(1, 3),
+                                  st.integers(1, 2)), min_size=1, max_size=6))
+def test_random_blocks_round_trip_through_a_file_written_by_gguf_py(tmp_path_factory, seed, tensors):
+    """GGUFWriter writes tensors of any formats and shapes (2-D and 3-D); our reader maps each one,
+    with its type, shape and bytes, and dequantizes it as gguf-py dequantizes what it wrote."""
+    rng = np.random.default_rng(seed)
+    path = tmp_path_factory.mktemp("roundtrip") / "t.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    written = {}
+    for i, (qtype, rows, n_blocks, depth) in enumerate(tensors):
+        fmt = FORMATS[qtype]
+        cols = n_blocks * max(fmt.block_size, 32)
+        shape = (rows, cols) if depth == 1 else (depth, rows, cols)
+        blocks = random_blocks(qtype, int(np.prod(shape)) // fmt.block_size, rng)
+        stored = blocks.reshape(*shape[:-1], -1)
+        writer.add_tensor(f"t{i}.{qtype.name}", stored, raw_dtype=qtype)
+        written[f"t{i}.{qtype.name}"] = (qtype, shape, stored)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with GGUFModelFile.open(path, detect=False) as gf:
+        for name, (qtype, shape, stored) in written.items():
+            t = gf.tensor(name)
+            assert (t.qtype, tuple(t.shape)) == (qtype, shape), name
+            assert np.array_equal(np.asarray(t.raw).reshape(-1), stored.reshape(-1)), name
+            theirs = np.asarray(gguf.quants.dequantize(stored, qtype), np.float32).reshape(shape)
+            _assert_bit_exact(dequantize(t), theirs, name)
