@@ -13,12 +13,13 @@ COLOURS = {PASS: "#4caf50", FAIL: "#e53935", NOT_RUN: "#9e9e9e", INCOMPLETE: "#f
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }
 h1 { margin: 0 0 4px; font-size: 22px; } .meta { color: #555; margin-bottom: 16px; }
-.badge { display: inline-block; white-space: nowrap; padding: 2px 10px; border-radius: 4px; color: #fff; font-weight: 600; }
+.badge { display: inline-block; white-space: nowrap; padding: 2px 10px; border-radius: 4px; color: #fff;
+         font-weight: 600; }
 .gate { display: flex; align-items: center; gap: 12px; margin: 6px 0; }
 .gate .name { width: 270px; font-weight: 600; }
 .cells { display: flex; flex-wrap: wrap; gap: 3px; max-width: 1100px; }
-.cell { min-width: 58px; padding: 0 4px; white-space: nowrap; height: 22px; border-radius: 3px; color: #fff; font-size: 10px; text-align: center;
-        line-height: 22px; overflow: hidden; text-decoration: none; }
+.cell { min-width: 58px; padding: 0 4px; white-space: nowrap; height: 22px; border-radius: 3px; color: #fff;
+        font-size: 10px; text-align: center; line-height: 22px; overflow: hidden; text-decoration: none; }
 .legend span { margin-right: 14px; } table { border-collapse: collapse; margin: 8px 0 24px; }
 td, th { border: 1px solid #ddd; padding: 3px 6px; vertical-align: top; font-size: 12px; text-align: left; }
 img { max-width: 720px; border: 1px solid #ddd; margin: 6px 12px 6px 0; }

@@ -1,8 +1,9 @@
 """FT-023 Integration test framework: the story/gate plugin itself, tested with pytester.
 
 Acceptance: a gate run collects the gate's checks and the stories it requires; a failing story
-(or one that fails as a known, xfail-marked failure) flips its gate to FAIL; a skipped required check makes it INCOMPLETE; all passing is PASS; a
-required story with no test is NOT RUN; the board is written as JSON and Markdown.
+(or one that fails as a known, xfail-marked failure) flips its gate to FAIL; a skipped required check
+makes it INCOMPLETE; all passing is PASS; a required story with no test is NOT RUN; the board is written
+as JSON and Markdown.
 """
 import json
 import textwrap

@@ -26,7 +26,7 @@ def test_ci_runs_the_readme_test_command():
     assert len(commands) == 2, f"README must keep exactly two set-up commands, found {commands}"
     test_command = next(c for c in commands if "pytest" in c)
     ci = (ROOT / ".ci" / "run").read_text()
-    ci_commands = [l.strip() for l in ci.splitlines() if l.strip() and not l.strip().startswith("#")]
+    ci_commands = [line.strip() for line in ci.splitlines() if line.strip() and not line.strip().startswith("#")]
     assert test_command in ci_commands, f".ci/run does not run the README test command {test_command!r}"
     assert "set -euo pipefail" in ci or "set -e" in ci, ".ci/run must stop on the first failure"
     assert os.access(ROOT / ".ci" / "run", os.X_OK)

@@ -86,7 +86,8 @@ class GPT2Model:
         positions = np.arange(start_pos, start_pos + len(ids))
         x = b.add(b.embedding(self.token_embd, ids), b.embedding(self.position_embd, positions))
         for layer, blk in enumerate(self.blocks):
-            x = b.add(x, self._attention(blk, b.layernorm(x, blk.attn_norm, blk.attn_norm_b, cfg.norm_eps), cache, layer, start_pos))
+            normed = b.layernorm(x, blk.attn_norm, blk.attn_norm_b, cfg.norm_eps)
+            x = b.add(x, self._attention(blk, normed, cache, layer, start_pos))
             x = b.add(x, self._feed_forward(blk, b.layernorm(x, blk.ffn_norm, blk.ffn_norm_b, cfg.norm_eps)))
         return b.matmul(b.layernorm(x, self.output_norm, self.output_norm_b, cfg.norm_eps), self.output)
 

@@ -104,7 +104,8 @@ class GptOssModel:
                 gate_exps, up_exps = _split_experts(w, p + "ffn_gate_up_exps.weight", (E, 2 * F, D))
                 gate_bias, up_bias = _split_experts(w, p + "ffn_gate_up_exps.bias", (E, 2 * F))
             else:
-                gate_exps, up_exps = w.load(p + "ffn_gate_exps.weight", (E, F, D)), w.load(p + "ffn_up_exps.weight", (E, F, D))
+                gate_exps = w.load(p + "ffn_gate_exps.weight", (E, F, D))
+                up_exps = w.load(p + "ffn_up_exps.weight", (E, F, D))
                 gate_bias, up_bias = w.load(p + "ffn_gate_exps.bias", (E, F)), w.load(p + "ffn_up_exps.bias", (E, F))
             self.blocks.append(GptOssBlock(
                 attn_norm=w.load(p + "attn_norm.weight", (D,)),

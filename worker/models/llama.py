@@ -95,7 +95,8 @@ class LlamaModel:
         positions = np.arange(start_pos, start_pos + len(ids))
         x = b.embedding(self.token_embd, ids)
         for layer, blk in enumerate(self.blocks):
-            x = b.add(x, self._attention(blk, b.rmsnorm(x, blk.attn_norm, cfg.norm_eps), positions, cache, layer, start_pos))
+            normed = b.rmsnorm(x, blk.attn_norm, cfg.norm_eps)
+            x = b.add(x, self._attention(blk, normed, positions, cache, layer, start_pos))
             x = b.add(x, self._feed_forward(blk, b.rmsnorm(x, blk.ffn_norm, cfg.norm_eps)))
         return b.matmul(b.rmsnorm(x, self.output_norm, cfg.norm_eps), self.output)
 
@@ -117,5 +118,6 @@ class LlamaModel:
 def _token_ids(ids) -> np.ndarray:
     ids = np.asarray(ids)
     if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
-        raise InvalidParamsError(f"forward needs a non-empty 1-D array of integer token ids, got {ids.dtype} {ids.shape}", field="ids")
+        raise InvalidParamsError(
+            f"forward needs a non-empty 1-D array of integer token ids, got {ids.dtype} {ids.shape}", field="ids")
     return ids.astype(np.int64)

@@ -131,7 +131,8 @@ def _check_encodable(text: str) -> None:
             code="INVALID_PARAMS", field="prompt") from None
 
 
-def end_of_generation_ids(token_text: list[str], eos_id: int | None, extra: Iterable[int | None] = ()) -> frozenset[int]:
+def end_of_generation_ids(token_text: list[str], eos_id: int | None,
+                          extra: Iterable[int | None] = ()) -> frozenset[int]:
     """EOS, EOT/EOM and FIM ids from metadata, plus tokens whose text ends a turn (as llama.cpp)."""
     ids = {i for i in (eos_id, *extra) if i is not None}
     by_text = {t: i for i, t in enumerate(token_text) if t in EOG_TEXTS}
