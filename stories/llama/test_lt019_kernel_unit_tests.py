@@ -138,6 +138,36 @@ def test_selectable_matvec_paths(qtype, path, seed, N, n_blocks, T, with_bias):
         check_product(op, shape, out, ref, x, ref_w.dense(), REF.load_weight(bias).dense() if bias else None)
 
 
+@pytest.mark.story("LT-019", "LT-013", "LT-017")
+@pytest.mark.parametrize("producer", ["rmsnorm", "swiglu", "swiglu_clamped"])
+@pytest.mark.parametrize("qtype", [Q.Q4_1, Q.Q5_0, Q.Q8_0, Q.Q4_K, Q.Q6_K, Q.MXFP4], ids=lambda q: q.name)
+@settings(max_examples=examples(4), **SETTINGS)
+@given(seed=st.integers(0, 2**31), T=st.sampled_from([1, 2, 4]), n_blocks=st.integers(1, 4), N=st.integers(1, 200))
+def test_producer_writes_the_next_products_int8_input(producer, qtype, seed, T, n_blocks, N):
+    """rmsnorm and SwiGLU also write their decode output as the products' int8 blocks; the products
+    that read it (q/k/v, gate/up, down) take those blocks instead of quantizing again."""
+    b = checking_backend()
+    rng = np.random.default_rng(seed)
+    K = max(256, _k(qtype, n_blocks, 0))
+    a, c = (rng.standard_normal((T, K)).astype(np.float32) * 3 for _ in range(2))
+    if producer == "rmsnorm":
+        nw = f32_tensor(1 + 0.3 * rng.standard_normal(K))
+        h = b.rmsnorm(b.asarray(a), b.load_weight(nw), 1e-5)
+        ref_h = REF.rmsnorm(a, REF.load_weight(nw), 1e-5)
+    else:
+        clamp = dict(limit=7.0, alpha=1.702) if producer == "swiglu_clamped" else {}
+        h = b.swiglu(b.asarray(a), b.asarray(c), **clamp)
+        ref_h = REF.swiglu(a, c, **clamp)
+    check(producer, f"T={T} D={K} (int8 side output)", b.to_host(h), ref_h)
+    fused = getattr(b, "_q8_last", None)
+    w = random_weight(qtype, (N, K), rng)
+    out = b.to_host(b.matmul(h, b.load_weight(w)))
+    assert b._q8_last is fused and fused is not None and fused[0] is h, "the product quantized its input again"
+    ref_w = REF.load_weight(w)
+    check_product(f"{product_op(b, 'matvec', qtype, T)}:{qtype.name}", f"after {producer} T={T} N={N} K={K}", out,
+                  REF.matmul(ref_h, ref_w), ref_h, ref_w.dense())
+
+
 # -- norms, residual, activation ---------------------------------------------------------------------
 
 @pytest.mark.story("LT-019", "LT-013")

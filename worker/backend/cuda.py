@@ -33,7 +33,7 @@ from worker.backend.cuda_runtime import (
     require_cuda_device,
 )
 from worker.backend.kernels import attention as attention_kernels
-from worker.backend.kernels import elementwise, matmul, norm
+from worker.backend.kernels import elementwise, matmul, norm, vecdot
 from worker.backend.kernels import rope as rope_kernels
 from worker.backend.kernels import softmax as softmax_kernels
 from worker.backend.kernels.attention import ATT_MAX_HEAD_DIM
@@ -42,6 +42,7 @@ from worker.config import RopeConfig
 from worker.errors import InvalidParamsError, PromptTooLongError
 
 TILE_MAX_BYTES = 64 << 20             # prefill dequantization workspace bound
+MATVEC_PATHS = {"q8x2": 2, "q8": 1, "float": 0}     # decode product path -> int8 activation terms
 
 __all__ = [
     "ATT_MAX_HEAD_DIM",
@@ -67,7 +68,8 @@ class CudaBackend(CudaMemory, Backend):
 
     def __init__(self, device_index: int = 0, memory_limit_bytes: int | None = None, *,
                  kv_dtype: str = "float16", staging_bytes: int = 16 << 20,
-                 poison_outputs: bool = False, sync_each_op: bool = False, decode_graphs: bool | None = None):
+                 poison_outputs: bool = False, sync_each_op: bool = False, decode_graphs: bool | None = None,
+                 matvec: str | None = None):
         cp = require_cuda_device(device_index)
         if kv_dtype not in ("float16", "float32"):
             raise ValueError(f"kv_dtype must be float16 or float32, got {kv_dtype!r}")
@@ -83,6 +85,13 @@ class CudaBackend(CudaMemory, Backend):
         self.kv_dtype = np.dtype(kv_dtype)
         self.poison_outputs = poison_outputs
         self.sync_each_op = sync_each_op
+        # Decode products: "q8x2" (int8 activations in two terms, float-like), "q8" (llama.cpp's
+        # single Q8_1 term) or "float" (the dequantize-to-float matvec); kernels/vecdot.py.
+        matvec = matvec or os.environ.get("M0_CUDA_MATVEC", "q8x2")
+        if matvec not in MATVEC_PATHS:
+            raise ValueError(f"matvec must be one of {sorted(MATVEC_PATHS)}, got {matvec!r}")
+        self.matvec_terms = MATVEC_PATHS[matvec]
+        self.launch_serial = 0
         self._init_memory(staging_bytes)
         self._functions: dict[tuple[str, str], object] = {}
         # A synchronize after every launch cannot be captured; M0_CUDA_GRAPHS=1 turns graphs on.
@@ -116,6 +125,7 @@ class CudaBackend(CudaMemory, Backend):
 
     def _launch(self, module: str, name: str, grid, block, args) -> None:
         self._fn(module, name)((int(grid),), (int(block),), args)
+        self.launch_serial += 1         # kernels/vecdot.py: a quantized input is reused only until a kernel runs
         if self.sync_each_op:
             self.synchronize()
 
@@ -207,7 +217,11 @@ class CudaBackend(CudaMemory, Backend):
             if b.size != N:
                 raise InvalidParamsError(f"bias of {b.size} values for {N} outputs", field="bias")
         y = self._out((T, N))
-        if T <= MATVEC_MAX_T:
+        terms = vecdot.uses_int8_activations(self, w.format, T)
+        if terms:
+            xq, xds = vecdot.quantized_input(self, x, x2, T, K, terms)
+            vecdot.mmvq(self, w.format, raw, w.row_bytes, xq, xds, y, N, K, T, terms, bias=b)
+        elif T <= MATVEC_MAX_T:
             matmul.matvec(self, w, raw, x2, b if b is not None else NULL, y, N, K, T)
         else:
             rows = max(1, min(N, TILE_MAX_BYTES // (4 * K)))
@@ -261,7 +275,12 @@ class CudaBackend(CudaMemory, Backend):
         rows, D = self._rows(x)
         w = self._vector(weight, "norm weight")
         y = self._out(x.shape)
-        norm.rmsnorm(self, x, w, y, rows, D, eps)
+        q8 = vecdot.fused_output_buffers(self, rows, D)       # decode: the next products' int8 input too
+        if q8:
+            norm.rmsnorm_q8(self, x, w, y, *q8, rows, D, eps)
+            vecdot.remember_quantized(self, y, rows, D, *q8)
+        else:
+            norm.rmsnorm(self, x, w, y, rows, D, eps)
         return y
 
     def layernorm(self, x: Array, weight, bias, eps: float) -> Array:
@@ -346,7 +365,12 @@ class CudaBackend(CudaMemory, Backend):
         if g.shape != u.shape:
             raise ValueError(f"gate {g.shape} and up {u.shape} differ")
         y = self._out(g.shape)
-        if limit is None and alpha is None:
+        rows, F = self._rows(g)
+        q8 = vecdot.fused_output_buffers(self, rows, F)       # decode: the down product's int8 input too
+        if q8:
+            elementwise.swiglu_q8(self, g, u, y, *q8, g.size, not (limit is None and alpha is None), limit, alpha)
+            vecdot.remember_quantized(self, y, rows, F, *q8)
+        elif limit is None and alpha is None:
             elementwise.swiglu(self, g, u, y, g.size)
         else:
             elementwise.swiglu_clamped(self, g, u, y, g.size, limit, alpha)

@@ -23,6 +23,7 @@ from worker.errors import DeviceOOMError, InvalidParamsError
 from worker.quant import FORMATS as QUANT_FORMATS
 
 CUDA_MEMORY_TYPE_DEVICE = 2           # cudaMemoryTypeDevice (3 would be managed memory)
+WEIGHT_TAIL_PAD = 16                  # bytes allocated past each weight (kernels/vecdot.cuh: load16_any)
 
 # GGML type name -> kernel suffix (dq8_<suffix>, matvec_<suffix>, ...), from the format registry
 _KERNEL_FORMAT = {q.name: f.kernel for q, f in QUANT_FORMATS.items()}
@@ -146,7 +147,10 @@ class CudaMemory:
         if raw.size != tensor_nbytes(qtype, shape):
             raise InvalidParamsError(f"{tensor.name}: {raw.size} bytes stored, {qtype.name} {shape} needs "
                                      f"{tensor_nbytes(qtype, shape)}", field="raw")
-        dst = self._allocate(f"weight {tensor.name}", (max(1, raw.size),), np.uint8)
+        # WEIGHT_TAIL_PAD bytes past the data: vecdot.cuh's unaligned 16-byte loads read up to 4 bytes
+        # beyond a row's last block. They are not the tensor's: CudaWeight.raw and its accounting exclude them.
+        padded = self._allocate(f"weight {tensor.name}", (max(1, raw.size) + WEIGHT_TAIL_PAD,), np.uint8)
+        dst = padded[:max(1, raw.size)]
         if self._stager is None:
             self._stager = PinnedStager(self._staging_bytes)
         started = time.perf_counter()

@@ -1,5 +1,6 @@
 // Elementwise ops: residual add, product, SwiGLU (plain and GPT-OSS clamped), GELU (tanh).
 #include "common.cuh"
+#include "vecdot.cuh"
 
 #define GRID_STRIDE(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 
@@ -47,6 +48,30 @@ extern "C" __global__ void swiglu_clamped(const float* __restrict__ g, const flo
         }
         y[i] = (float)(gi * sigmoid_d((double)alpha * gi) * (ui + 1.0));
     }
+}
+
+// swiglu / swiglu_clamped (clamped != 0) of [T, F] values, F % 32 == 0, and the output as the int8
+// activation blocks of the decode product that reads it (vecdot.cuh's layout, term stride T F).
+// One warp per block of 32 values.
+extern "C" __global__ void swiglu_q8(const float* __restrict__ g, const float* __restrict__ u, float* __restrict__ y,
+                                     i8* __restrict__ xq, float4* __restrict__ xds, i64 n, int terms, int clamped,
+                                     int has_limit, float limit, float alpha) {
+    const i64 blk = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (blk >= (n >> 5)) return;
+    const i64 i = 32 * blk + (threadIdx.x & 31);
+    double gi = g[i], ui = u[i];
+    float v;
+    if (clamped) {
+        if (has_limit) {
+            gi = fmin(gi, (double)limit);
+            ui = fmin(fmax(ui, -(double)limit), (double)limit);
+        }
+        v = (float)(gi * sigmoid_d((double)alpha * gi) * (ui + 1.0));
+    } else {
+        v = (float)(gi * sigmoid_d(gi) * ui);
+    }
+    y[i] = v;
+    quantize_block_warp(v, xq + i, n, xds + blk, terms);
 }
 
 // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))

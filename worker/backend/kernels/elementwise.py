@@ -31,5 +31,14 @@ def swiglu_clamped(k, g, u, y, n: int, limit: float | None, alpha: float | None)
               (g, u, y, i64(n), i32(limit is not None), f32(limit or 0.0), f32(1.0 if alpha is None else alpha)))
 
 
+def swiglu_q8(k, g, u, y, xq, xds, terms: int, n: int, clamped: bool = False, limit: float | None = None,
+              alpha: float | None = None) -> None:
+    """swiglu (or swiglu_clamped) of n values (n % 32 == 0), also writing y as int8 activation blocks."""
+    blocks = n // 32
+    k._launch("elementwise.cu", "swiglu_q8", (blocks + 7) // 8, 256,
+              (g, u, y, xq, xds, i64(n), i32(terms), i32(clamped), i32(limit is not None), f32(limit or 0.0),
+               f32(1.0 if alpha is None else alpha)))
+
+
 def gelu_tanh(k, x, y, n: int) -> None:
     k._launch("elementwise.cu", "gelu_tanh", elementwise_grid(n), 256, (x, y, i64(n)))

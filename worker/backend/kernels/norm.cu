@@ -1,6 +1,7 @@
 // Row normalisations over the last axis: one block per row. The reductions run in double
 // (cheap next to reading the row) so that a large common offset or a wide row costs no accuracy.
 #include "common.cuh"
+#include "vecdot.cuh"
 
 // y = x / sqrt(mean(x^2) + eps) * w
 extern "C" __global__ void rmsnorm(const float* __restrict__ x, const float* __restrict__ w,
@@ -13,6 +14,27 @@ extern "C" __global__ void rmsnorm(const float* __restrict__ x, const float* __r
     ss = block_sum_d(ss, scratch);
     const double inv = 1.0 / sqrt(ss / D + (double)eps);
     for (int i = threadIdx.x; i < D; i += blockDim.x) yr[i] = (float)(xr[i] * inv * w[i]);
+}
+
+// rmsnorm, and its output as the int8 activation blocks of the decode products (vecdot.cuh's layout,
+// term stride T D): the product that reads y needs no quantize_q8 launch. D % 32 == 0.
+extern "C" __global__ void rmsnorm_q8(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
+                                      i8* __restrict__ xq, float4* __restrict__ xds, int D, float eps, int T,
+                                      int terms) {
+    __shared__ double scratch[32];
+    const float* xr = x + (i64)blockIdx.x * D;
+    float* yr = y + (i64)blockIdx.x * D;
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) ss += (double)xr[i] * xr[i];
+    ss = block_sum_d(ss, scratch);
+    const double inv = 1.0 / sqrt(ss / D + (double)eps);
+    const int lane = threadIdx.x & 31;
+    for (int c = threadIdx.x >> 5; c < (D >> 5); c += blockDim.x >> 5) {
+        const int i = 32 * c + lane;
+        const float v = (float)(xr[i] * inv * w[i]);
+        yr[i] = v;
+        quantize_block_warp(v, xq + (i64)blockIdx.x * D + i, (i64)T * D, xds + (i64)blockIdx.x * (D >> 5) + c, terms);
+    }
 }
 
 // y = (x - mean) / sqrt(var + eps) * w + b   (two passes: the variance of centred values)

@@ -16,3 +16,9 @@ def rmsnorm(k, x, w, y, rows: int, D: int, eps: float) -> None:
 def layernorm(k, x, w, b, y, rows: int, D: int, eps: float) -> None:
     if rows:
         k._launch("norm.cu", "layernorm", rows, _block(D), (x, w, b, y, i32(D), f32(eps)))
+
+
+def rmsnorm_q8(k, x, w, y, xq, xds, terms: int, rows: int, D: int, eps: float) -> None:
+    """rmsnorm, also writing y as int8 activation blocks (vecdot.py's layout); D % 32 == 0."""
+    if rows:
+        k._launch("norm.cu", "rmsnorm_q8", rows, _block(D), (x, w, y, xq, xds, i32(D), f32(eps), i32(rows), i32(terms)))

@@ -3,32 +3,19 @@
 // weight kept in its stored format using __dp4a (vecdot.cuh). Launch geometry: vecdot.py.
 #include "vecdot.cuh"
 
-// x [T, K] float32 -> xq [terms, T, K] int8 (term stride T K), xds [T, K/32] (d0, d1, s, 0). One warp
-// per block of 32.
-// Term 0: q0 = round(x / d0), d0 = max|x| / 127 (ggml's quantize_q8_1); term 1 quantizes the residual
-// x - d0 q0 the same way, so that d0 q0 + d1 q1 carries x to about 1/32000 of the block's range.
+// x [T, K] float32 -> xq [terms, T, K] int8 (term stride T K), xds [T, K/32] (d0, d1, s, 0):
+// vecdot.cuh's quantize_block_warp, one warp per block of 32.
 extern "C" __global__ void quantize_q8(const float* __restrict__ x, i8* __restrict__ xq, float4* __restrict__ xds,
                                        int K, int T, int terms) {
-    const int lane = threadIdx.x & 31;
     const i64 blk = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    const i64 n_blocks = (i64)T * (K >> 5);
-    if (blk >= n_blocks) return;
-    const i64 i = 32 * blk + lane;                 // == t * K + 32 b + lane
-    const float v = x[i];
-    const float d0 = warp_max(fabsf(v)) / 127.0f;
-    const float q0 = d0 > 0.0f ? rintf(v / d0) : 0.0f;
-    const float s = warp_sum(v);
-    float d1 = 0.0f;
-    xq[i] = (i8)(int)q0;
-    if (terms > 1) {
-        const float r = fmaf(-q0, d0, v);
-        d1 = warp_max(fabsf(r)) / 127.0f;
-        xq[(i64)T * K + i] = (i8)(int)(d1 > 0.0f ? rintf(r / d1) : 0.0f);
-    }
-    if (lane == 0) xds[blk] = make_float4(d0, d1, s, 0.0f);
+    if (blk >= (i64)T * (K >> 5)) return;
+    const i64 i = 32 * blk + (threadIdx.x & 31);   // == t * K + 32 b + lane
+    quantize_block_warp(x[i], xq + i, (i64)T * K, xds + blk, terms);
 }
 
 // y[slot][t, n] = sum_k x[t, k] W_e[n, k] (+ bias_e[n]) for t < T <= MMVQ_MAX_T, one warp per row.
+// (Splitting a long row over the 4 warps of a block, as llama.cpp's mmvq does, measured slower here:
+// benchmarks/bench_matvec.py on the H200, e.g. MXFP4 2880 x 2880 7.7 -> 9.2 us.)
 // Slots (blockIdx.y) run several weights of a stacked [E, N, K] tensor in one launch: slot j uses
 // expert e = expert_ids ? expert_ids[j] : j, read on the device (a CUDA graph can replay it); its
 // activations are rows [j T, j T + T) of the quantized input when x_per_slot, else rows [0, T). bias: [E, N] (expert_stride N) or [N].

@@ -19,6 +19,24 @@
 
 typedef signed char i8;
 
+// One warp quantizes one 32-value block, lane i holding value i (quantize_q8 in vecdot.cu, and the
+// fused producers rmsnorm_q8 / swiglu_q8). Term 0: q0 = round(v / d0), d0 = max|v| / 127 (ggml's
+// quantize_q8_1); term 1 quantizes the residual v - d0 q0 the same way, so that d0 q0 + d1 q1 carries
+// v to about 1/32000 of the block's range. q: this value's term-0 byte; ds: the block's scales.
+__device__ __forceinline__ void quantize_block_warp(float v, i8* q, i64 term_stride, float4* ds, int terms) {
+    const float d0 = warp_max(fabsf(v)) / 127.0f;
+    const float q0 = d0 > 0.0f ? rintf(v / d0) : 0.0f;
+    const float s = warp_sum(v);
+    float d1 = 0.0f;
+    q[0] = (i8)(int)q0;
+    if (terms > 1) {
+        const float r = fmaf(-q0, d0, v);
+        d1 = warp_max(fabsf(r)) / 127.0f;
+        q[term_stride] = (i8)(int)(d1 > 0.0f ? rintf(r / d1) : 0.0f);
+    }
+    if ((threadIdx.x & 31) == 0) *ds = make_float4(d0, d1, s, 0.0f);
+}
+
 // 16 bytes from any byte address as four words: aligned word loads and funnel shifts. Reads up to
 // 4 bytes past p + 15, which is why weight buffers carry WEIGHT_TAIL_PAD bytes (cuda_memory.py).
 __device__ __forceinline__ void load16_any(const u8* p, int* v) {

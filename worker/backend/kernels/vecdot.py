@@ -22,9 +22,18 @@ QUANTIZE_WARPS = 8                    # 32-value blocks quantized per thread blo
 
 
 def activation_buffers(k, rows: int, K: int):
-    """Workspace for `rows` quantized activation rows of K values: xq (int8, two terms), xds (float32 x4)."""
+    """Workspace for `rows` quantized activation rows of K values: xq (int8, two terms), xds (float32 x4).
+
+    The views are kept per shape while the workspace buffers stay the same (a decode step asks
+    for them a few hundred times; slicing a CuPy array costs microseconds of host time)."""
+    views = k.__dict__.setdefault("_q8_views", {})
+    hit = views.get((rows, K))
+    if hit is not None and k._workspace.get("q8_activations") is hit[0] and k._workspace.get("q8_scales") is hit[1]:
+        k.graphs.hold(hit[0], hit[1])             # as _scratch does: a captured graph keeps what it reads
+        return hit[2], hit[3]
     xq = k._scratch("q8_activations", (2 * rows * K + 3) // 4).view(np.int8)[: 2 * rows * K]
     xds = k._scratch("q8_scales", rows * (K // QUANT_BLOCK) * 4)
+    views[(rows, K)] = (k._workspace["q8_activations"], k._workspace["q8_scales"], xq, xds)
     return xq, xds
 
 
@@ -55,6 +64,34 @@ def mmvq(k, fmt: str, raw, row_bytes: int, xq, xds, y, N: int, K: int, T: int, t
               (raw, i64(row_bytes), i64(expert_bytes), NULL if expert_ids is None else expert_ids, xq, xds,
                i64(rows * K), i32(1 if x_per_slot else 0), NULL if bias is None else bias,
                i32(1 if bias_per_expert else 0), y, i32(N), i32(K), i32(T), i32(terms)))
+
+
+def fused_output_buffers(k, rows: int, D: int):
+    """(xq, xds, terms) for a producer kernel (rmsnorm_q8, swiglu_q8) that also writes its [rows, D]
+    output as int8 activation blocks, or None where the decode products would not use them."""
+    terms = int(getattr(k, "matvec_terms", 0))
+    if not terms or not 0 < rows <= MMVQ_MAX_T or D % QUANT_BLOCK:
+        return None
+    return (*activation_buffers(k, rows, D), terms)
+
+
+def remember_quantized(k, y, rows: int, D: int, xq, xds, terms: int) -> None:
+    """Record that (xq, xds) hold y [rows, D] quantized (written by the launch just made)."""
+    k._q8_last = (y, y.data.ptr, rows, D, terms, getattr(k, "launch_serial", None), xq, xds)
+
+
+def quantized_input(k, x, x2, T: int, K: int, terms: int):
+    """(xq, xds) for activations x [T, K] (x2: its 2-D view): quantized now, or the buffers of the
+    previous call when x is the same array and no other kernel has run since (the q, k, v products
+    of one normed input; gate and up). `k.launch_serial` counts the backend's other launches."""
+    last = getattr(k, "_q8_last", None)
+    serial = getattr(k, "launch_serial", None)
+    if last is not None and serial is not None and last[0] is x and last[1:6] == (x2.data.ptr, T, K, terms, serial):
+        return last[-2], last[-1]
+    xq, xds = activation_buffers(k, T, K)
+    quantize(k, x2, xq, xds, T, K, terms)
+    k._q8_last = (x, x2.data.ptr, T, K, terms, serial, xq, xds)
+    return xq, xds
 
 
 def uses_int8_activations(k, fmt: str, T: int) -> int:
