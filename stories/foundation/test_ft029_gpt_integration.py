@@ -17,7 +17,7 @@ import pytest
 
 from fixtures import integration as it
 
-pytestmark = pytest.mark.story("FT-029")
+pytestmark = [pytest.mark.story("FT-029"), pytest.mark.worker_http]
 CTX = 40
 PROMPT = "The capital of France is Paris, and the capital of Italy is"
 
@@ -29,7 +29,7 @@ def server(request, device):
 
 
 def test_health_reports_the_file_as_gguf_py_reads_it(server):
-    it.assert_health_reports_the_file(server.url, server.case.path(), ctx=CTX)
+    it.assert_health_reports_the_file(server.url, server.case.path(), server.launch_ctx)
 
 
 def test_greedy_ids_over_http_equal_transformers(server):

@@ -139,13 +139,13 @@ def test_selectable_matvec_paths(qtype, path, seed, N, n_blocks, T, with_bias):
 
 
 @pytest.mark.story("LT-019", "LT-013", "LT-017")
-@pytest.mark.parametrize("producer", ["rmsnorm", "swiglu", "swiglu_clamped"])
+@pytest.mark.parametrize("producer", ["rmsnorm", "swiglu", "swiglu_clamped", "attention"])
 @pytest.mark.parametrize("qtype", [Q.Q4_1, Q.Q5_0, Q.Q8_0, Q.Q4_K, Q.Q6_K, Q.MXFP4], ids=lambda q: q.name)
 @settings(max_examples=examples(4), **SETTINGS)
 @given(seed=st.integers(0, 2**31), T=st.sampled_from([1, 2, 4]), n_blocks=st.integers(1, 4), N=st.integers(1, 200))
 def test_producer_writes_the_next_products_int8_input(producer, qtype, seed, T, n_blocks, N):
-    """rmsnorm and SwiGLU also write their decode output as the products' int8 blocks; the products
-    that read it (q/k/v, gate/up, down) take those blocks instead of quantizing again."""
+    """rmsnorm, SwiGLU and attention also write their decode output as the products' int8 blocks; the
+    products that read it (q/k/v, gate/up, down, output) take those blocks instead of quantizing again."""
     b = checking_backend()
     rng = np.random.default_rng(seed)
     K = max(256, _k(qtype, n_blocks, 0))
@@ -154,11 +154,19 @@ def test_producer_writes_the_next_products_int8_input(producer, qtype, seed, T, 
         nw = f32_tensor(1 + 0.3 * rng.standard_normal(K))
         h = b.rmsnorm(b.asarray(a), b.load_weight(nw), 1e-5)
         ref_h = REF.rmsnorm(a, REF.load_weight(nw), 1e-5)
+    elif producer == "attention":               # heads of 64 (K // 64 of them, two per KV head)
+        H, hd = K // 64, 64
+        q, kk, v = (rng.standard_normal((T, n, hd)).astype(np.float32) for n in (H, H // 2, H // 2))
+        cache, ref_cache = b.new_kv_cache(1, T + 3, H // 2, hd), REF.new_kv_cache(1, T + 3, H // 2, hd)
+        h = b.attention(b.asarray(q), b.asarray(kk), b.asarray(v), cache, 0, 0)
+        ref_h = REF.attention(q, kk, v, ref_cache, 0, 0)
+        b.free_kv_cache(cache)
     else:
         clamp = dict(limit=7.0, alpha=1.702) if producer == "swiglu_clamped" else {}
         h = b.swiglu(b.asarray(a), b.asarray(c), **clamp)
         ref_h = REF.swiglu(a, c, **clamp)
-    check(producer, f"T={T} D={K} (int8 side output)", b.to_host(h), ref_h)
+    check("attention_f16kv" if producer == "attention" else producer, f"T={T} D={K} (int8 side output)",
+          b.to_host(h), ref_h)
     fused = getattr(b, "_q8_last", None)
     w = random_weight(qtype, (N, K), rng)
     out = b.to_host(b.matmul(h, b.load_weight(w)))

@@ -51,6 +51,7 @@ def test_haiku_smollm2(smollm2_server, record_property):
         pytest.xfail(f"SmolLM2-135M did not write the minute word {result.minute_word!r}: {result.text!r}")
 
 
+@pytest.mark.worker_http
 @pytest.mark.slow
 @pytest.mark.needs_model("qwen2.5")
 def test_haiku_qwen25_instruct(request, record_property):

@@ -348,16 +348,17 @@ class CudaBackend(CudaMemory, Backend):
             raise ValueError(f"k/v shapes {k.shape}/{v.shape} do not match q {q.shape} and the cache")
         kvt = "f16" if cache.k[layer].dtype == np.float16 else "f32"
         dev_start = self.graphs.device_start(start_pos)
-        row = KVH * hd
-        attention_kernels.kv_store(self, kvt, k, cache.k[layer], dev_start, start_pos, row, T * row)
-        attention_kernels.kv_store(self, kvt, v, cache.v[layer], dev_start, start_pos, row, T * row)
         sink = self._vector(sinks, "sinks") if sinks is not None else None
         if sink is not None and sink.size != H:
             raise ValueError(f"{sink.size} sinks for {H} heads")
         scale = 1.0 / math.sqrt(hd) if scale is None else scale
         out = self._out((T, H * hd))
-        attention_kernels.attention(self, kvt, q, cache.k[layer], cache.v[layer], sink if sink is not None else NULL,
-                                    out, T, H, KVH, hd, start_pos, dev_start, max(0, sliding_window), scale)
+        q8 = vecdot.fused_output_buffers(self, T, H * hd) if hd % 32 == 0 else None   # the output product's input
+        attention_kernels.attention(self, kvt, q, k, v, cache.k[layer], cache.v[layer],
+                                    sink if sink is not None else NULL, out, T, H, KVH, hd, start_pos, dev_start,
+                                    max(0, sliding_window), scale, q8=q8)
+        if q8:
+            vecdot.remember_quantized(self, out, T, H * hd, *q8)
         return out
 
     def swiglu(self, gate: Array, up: Array, *, limit: float | None = None, alpha: float | None = None) -> Array:
