@@ -94,9 +94,10 @@ class CudaBackend(CudaMemory, Backend):
         self.launch_serial = 0
         self._init_memory(staging_bytes)
         self._functions: dict[tuple[str, str], object] = {}
-        # A synchronize after every launch cannot be captured; M0_CUDA_GRAPHS=1 turns graphs on.
+        # Single-token steps replay a captured graph (cuda_graph.py); M0_CUDA_GRAPHS=0 turns that off.
+        # A synchronize after every launch cannot be captured.
         if decode_graphs is None:
-            decode_graphs = os.environ.get("M0_CUDA_GRAPHS", "0") != "0"
+            decode_graphs = os.environ.get("M0_CUDA_GRAPHS", "1") != "0"
         self.graphs = DecodeGraphs(self, enabled=decode_graphs and not sync_each_op)
 
     def asarray(self, host: np.ndarray) -> Array:
@@ -124,7 +125,9 @@ class CudaBackend(CudaMemory, Backend):
         return fn
 
     def _launch(self, module: str, name: str, grid, block, args) -> None:
-        self._fn(module, name)((int(grid),), (int(block),), args)
+        """Launch kernel `name` of `module` (grid: blocks, or a tuple of them per dimension)."""
+        grid = tuple(int(g) for g in grid) if isinstance(grid, tuple) else (int(grid),)
+        self._fn(module, name)(grid, (int(block),), args)
         self.launch_serial += 1         # kernels/vecdot.py: a quantized input is reused only until a kernel runs
         if self.sync_each_op:
             self.synchronize()
@@ -348,17 +351,16 @@ class CudaBackend(CudaMemory, Backend):
             raise ValueError(f"k/v shapes {k.shape}/{v.shape} do not match q {q.shape} and the cache")
         kvt = "f16" if cache.k[layer].dtype == np.float16 else "f32"
         dev_start = self.graphs.device_start(start_pos)
+        row = KVH * hd
+        attention_kernels.kv_store(self, kvt, k, cache.k[layer], dev_start, start_pos, row, T * row)
+        attention_kernels.kv_store(self, kvt, v, cache.v[layer], dev_start, start_pos, row, T * row)
         sink = self._vector(sinks, "sinks") if sinks is not None else None
         if sink is not None and sink.size != H:
             raise ValueError(f"{sink.size} sinks for {H} heads")
         scale = 1.0 / math.sqrt(hd) if scale is None else scale
         out = self._out((T, H * hd))
-        q8 = vecdot.fused_output_buffers(self, T, H * hd) if hd % 32 == 0 else None   # the output product's input
-        attention_kernels.attention(self, kvt, q, k, v, cache.k[layer], cache.v[layer],
-                                    sink if sink is not None else NULL, out, T, H, KVH, hd, start_pos, dev_start,
-                                    max(0, sliding_window), scale, q8=q8)
-        if q8:
-            vecdot.remember_quantized(self, out, T, H * hd, *q8)
+        attention_kernels.attention(self, kvt, q, cache.k[layer], cache.v[layer], sink if sink is not None else NULL,
+                                    out, T, H, KVH, hd, start_pos, dev_start, max(0, sliding_window), scale)
         return out
 
     def swiglu(self, gate: Array, up: Array, *, limit: float | None = None, alpha: float | None = None) -> Array:

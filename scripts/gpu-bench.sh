@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Our worker beside llama.cpp (llama-bench) on the GPU machine, same GPU, same files, one call.
+#
+#   scripts/gpu-bench.sh prepare   here: llama.cpp's source (from the llama-cpp-python sdist) into
+#                                  .peer/llama.cpp, the real files' headers into .peer/twins (timing
+#                                  twins: real tensor tables, random weights) and .peer/commit.txt
+#   scripts/gpu-bench.sh run       there (carry .peer and .whl): builds llama-bench (CUDA, sm_90) in
+#                                  the background while the models are written and ours is measured,
+#                                  then runs llama-bench on the same files and writes the table
+#
+# Models: SmolLM2-135M Q4_1 and Qwen2.5-Coder-0.5B Q4_K_M as timing twins of the real files
+# (scripts/make_twin.py), and a GPT-OSS-20B-shaped MXFP4 model written there
+# (benchmarks/bench_vs_llama_cpp.py write-gpt-oss; BENCH_MODELS="smollm2 qwen2.5" skips it).
+# Writes under $OUT (default reports/gpu): bench_vs_llama_cpp.json (also reports/), ours.json,
+# peer.json, llama_build.log, bench.log. Exit status non-zero if a step failed.
+set -uo pipefail
+mode="${1:-run}"
+OUT="${OUT:-reports/gpu}"
+PEER=.peer
+LLAMA_CPP_PYTHON_VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
+
+prepare() {
+  set -e
+  mkdir -p "$PEER/twins"
+  if [ ! -f "$PEER/llama.cpp/CMakeLists.txt" ]; then
+    tmp=$(mktemp -d)
+    sdist=$(ls .cache/llama-cpp-sdist/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION".tar.gz 2>/dev/null || true)
+    if [ -z "$sdist" ]; then
+      python3 -m pip download -q --no-deps --no-binary :all: -d "$tmp" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
+      sdist=$(ls "$tmp"/llama_cpp_python-*.tar.gz)
+    fi
+    tar xzf "$sdist" -C "$tmp"
+    src=$(echo "$tmp"/llama_cpp_python-*/vendor/llama.cpp)
+    mkdir -p "$PEER/llama.cpp"
+    # stripped to what the CUDA build of llama-bench needs (about 32 MiB)
+    (cd "$src" && tar cf - --exclude=./models --exclude=./docs --exclude=./media --exclude=./benches \
+       --exclude=./tools/ui --exclude=./tests --exclude=./gguf-py --exclude=./examples --exclude=./conversion \
+       --exclude=./ggml/src/ggml-et --exclude=./ggml/src/ggml-metal --exclude=./ggml/src/ggml-hexagon \
+       --exclude=./ggml/src/ggml-sycl --exclude=./ggml/src/ggml-vulkan --exclude=./ggml/src/ggml-opencl .) \
+      | (cd "$PEER/llama.cpp" && tar xf -)
+    rm -rf "$tmp"
+    echo "llama.cpp vendored in llama-cpp-python $LLAMA_CPP_PYTHON_VERSION" > "$PEER/llama_cpp_version.txt"
+  fi
+  py=python3; [ -x .venv/bin/python ] && py=.venv/bin/python
+  smol=$($py -c "from fixtures.paths import smollm2_path; print(smollm2_path() or '')")
+  qwen=$($py -c "from fixtures.paths import qwen25_coder_path; print(qwen25_coder_path() or '')")
+  [ -n "$smol" ] && $py scripts/make_twin.py header "$smol" "$PEER/twins/smollm2.header" > "$PEER/twins/smollm2.size"
+  [ -n "$qwen" ] && $py scripts/make_twin.py header "$qwen" "$PEER/twins/qwen2.5.header" > "$PEER/twins/qwen2.5.size"
+  echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- worker benchmarks || echo '+uncommitted')" \
+    > "$PEER/commit.txt"
+  du -sh "$PEER"; ls -l "$PEER/twins"; cat "$PEER/commit.txt"
+}
+
+run() {
+  mkdir -p "$OUT" reports /tmp/models
+  log="$OUT/bench.log"
+  status=0
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      || exit 1
+  fi
+  export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 M0_COMMIT="$(cat $PEER/commit.txt 2>/dev/null || echo unknown)"
+  { echo "== device"; nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader;
+    date -u; } 2>&1 | tee -a "$log"
+
+  # 1. llama-bench: configure and build in the background, niced so that our timings keep their CPU
+  lb=/tmp/llb/bin/llama-bench
+  if [ -f "$PEER/llama.cpp/CMakeLists.txt" ]; then
+    setsid nohup nice -n 19 bash -c "cmake -S $PEER/llama.cpp -B /tmp/llb -G Ninja -DGGML_CUDA=ON \
+      -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+      -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF && cmake --build /tmp/llb --target llama-bench -j 14; \
+      echo \$? > /tmp/llb.rc" > "$OUT/llama_build.log" 2>&1 < /dev/null &
+  else
+    echo "no llama.cpp source in $PEER (run scripts/gpu-bench.sh prepare): llama.cpp NOT RUN" | tee -a "$log"
+  fi
+
+  # 2. the model files
+  models=()
+  for m in ${BENCH_MODELS:-smollm2 qwen2.5 gpt-oss-20b}; do
+    case "$m" in
+      smollm2|qwen2.5)
+        if [ -f "$PEER/twins/$m.header" ]; then
+          python3 scripts/make_twin.py build "$PEER/twins/$m.header" "$(cat $PEER/twins/$m.size)" "/tmp/models/$m.gguf" \
+            && models+=("$m=/tmp/models/$m.gguf") || status=1
+        else
+          echo "$m: no header in $PEER/twins: NOT RUN" | tee -a "$log"
+        fi ;;
+      gpt-oss-20b)
+        tok=/tmp/models/smollm2.gguf
+        [ -f "$tok" ] || python3 scripts/make_twin.py build "$PEER/twins/smollm2.header" "$(cat $PEER/twins/smollm2.size)" "$tok"
+        timeout "${GPT_OSS_WRITE_TIMEOUT:-200}" python3 benchmarks/bench_vs_llama_cpp.py write-gpt-oss \
+          /tmp/models/gpt-oss-20b.gguf --tokenizer-from "$tok" 2>&1 | tee -a "$log" \
+          && models+=("gpt-oss-20b=/tmp/models/gpt-oss-20b.gguf") || status=1 ;;
+    esac
+  done
+  margs=(); for m in "${models[@]}"; do margs+=(--model "$m"); done
+
+  # 3. ours
+  echo "== ours" | tee -a "$log"
+  timeout "${OURS_TIMEOUT:-240}" python3 benchmarks/bench_vs_llama_cpp.py ours "${margs[@]}" --repeats "${REPEATS:-3}" \
+    --out "$OUT/ours.json" 2>&1 | tee -a "$log" || status=1
+
+  # 4. llama.cpp, once its build is done
+  echo "== llama.cpp build" | tee -a "$log"
+  for _ in $(seq 1 "${BUILD_WAIT_S:-300}"); do [ -f /tmp/llb.rc ] && break; sleep 1; done
+  tail -3 "$OUT/llama_build.log" | tee -a "$log"
+  if [ -x "$lb" ]; then
+    echo "== llama-bench" | tee -a "$log"
+    timeout "${PEER_TIMEOUT:-240}" python3 benchmarks/bench_vs_llama_cpp.py peer --llama-bench "$lb" "${margs[@]}" \
+      --repeats "${REPEATS:-3}" --out "$OUT/peer.json" 2>&1 | tee -a "$log" || status=1
+  else
+    echo "llama-bench not built (see llama_build.log): llama.cpp NOT RUN" | tee -a "$log"; status=1
+    echo '{"tool": "peer", "rows": []}' > "$OUT/peer.json"
+  fi
+
+  # 5. the table
+  meta=$(python3 - "$PEER" <<'PY'
+import json, subprocess, sys, pathlib
+peer = pathlib.Path(sys.argv[1])
+gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                     capture_output=True, text=True).stdout.strip()
+import cupy
+version = (peer / "llama_cpp_version.txt").read_text().strip() if (peer / "llama_cpp_version.txt").exists() else "?"
+print(json.dumps({"device": gpu, "cupy": cupy.__version__, "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
+                  "llama_cpp": version, "llama_cpp_build": "CUDA, sm_90, flash attention on (-fa 1), -ngl 99"}))
+PY
+)
+  python3 benchmarks/bench_vs_llama_cpp.py table "$OUT/ours.json" "$OUT/peer.json" --meta "$meta" \
+    --out "$OUT/bench_vs_llama_cpp.json" 2>&1 | tee -a "$log" || status=1
+  cp "$OUT/bench_vs_llama_cpp.json" reports/ 2>/dev/null
+  echo "gpu-bench status: $status" | tee -a "$log"
+  return $status
+}
+
+case "$mode" in
+  prepare) prepare ;;
+  run) run ;;
+  *) echo "usage: scripts/gpu-bench.sh prepare|run" >&2; exit 2 ;;
+esac

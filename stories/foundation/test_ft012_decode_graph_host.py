@@ -1,0 +1,193 @@
+"""FT-012: the host side of the decode graph (worker/backend/cuda_graph.py), without a GPU.
+
+A stand-in for CuPy records what the graph machinery does: a capture runs the model's forward
+once with the step's token and position read from the device buffer, a replay writes
+[token, position] there and launches the graph without running the forward, a failed capture falls
+back to the op-by-op forward (once more after an eager step, then for good), graphs follow their
+KV cache, and a replay refuses what the op-by-op step would refuse. The GPU half (the same tokens
+and logits as op by op, memory) is test_ft012_decode_graph.py.
+"""
+import contextlib
+import types
+
+import numpy as np
+import pytest
+
+from worker.backend.base import KVCache
+from worker.backend.cuda_graph import CAPTURE_ATTEMPTS, MAX_GRAPHS, DecodeGraphs
+from worker.errors import InvalidParamsError, PromptTooLongError
+
+pytestmark = pytest.mark.story("FT-012")
+VOCAB = 50
+
+
+class _Buffer(np.ndarray):
+    """A host array standing in for a device array: `data.copy_from_host_async` writes into it."""
+
+    @property
+    def data(self):
+        arr = self
+
+        def copy_from_host_async(ptr, nbytes, stream):
+            import ctypes
+
+            src = np.frombuffer((ctypes.c_char * nbytes).from_address(ptr), dtype=arr.dtype)
+            arr[...] = src
+        return types.SimpleNamespace(copy_from_host_async=copy_from_host_async)
+
+
+class _Graph:
+    def __init__(self, recorded):
+        self.recorded, self.launches = recorded, 0
+
+    def launch(self, stream):
+        self.launches += 1
+        for op in self.recorded:
+            op()
+
+
+class _FakeCupy:
+    """Streams that record the ops a capture makes (as callables) into a graph."""
+
+    def __init__(self):
+        self.capturing = None
+        self.captures = 0
+        pool = types.SimpleNamespace
+
+        def memory_pool():
+            return pool(malloc=lambda n: None, total_bytes=lambda: 1024, free_all_blocks=lambda: None)
+
+        cp = self
+
+        class Stream:
+            def __init__(self, non_blocking=False):
+                pass
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def begin_capture(self):
+                cp.capturing = []
+
+            def end_capture(self):
+                recorded, cp.capturing = cp.capturing, None
+                if recorded is None:
+                    raise RuntimeError("not capturing")
+                cp.captures += 1
+                return _Graph(recorded)
+
+        self.cuda = types.SimpleNamespace(MemoryPool=memory_pool, Stream=Stream,
+                                          using_allocator=lambda fn: contextlib.nullcontext(),
+                                          get_current_stream=lambda: None)
+
+    def zeros(self, n, dtype):
+        return np.zeros(n, dtype).view(_Buffer)
+
+
+class _Model:
+    """forward(ids, cache, start_pos): one 'kernel' that writes logits from the device token and position."""
+
+    def __init__(self, graphs, fail_captures=0):
+        self.graphs, self.fail_captures, self.calls = graphs, fail_captures, []
+
+    def forward(self, ids, cache, start_pos):
+        self.calls.append((int(ids[0]), start_pos, self.graphs._capturing is not None))
+        dev_ids = self.graphs.device_ids(np.asarray(ids), VOCAB)
+        dev_pos = self.graphs.device_positions(np.array([start_pos]))
+        logits = np.zeros((1, VOCAB), np.float32)
+        if dev_ids is None:                                  # op by op: host values
+            logits[0, 0], logits[0, 1] = ids[0], start_pos
+            return logits
+        if self.fail_captures:
+            self.fail_captures -= 1
+            raise RuntimeError("an op that needs the host")
+
+        def kernel():
+            logits[0, 0], logits[0, 1] = dev_ids[0], dev_pos[0]
+        self.graphs.backend.cp.capturing.append(kernel)
+        return logits
+
+
+def _graphs(memory_limit=None):
+    backend = types.SimpleNamespace(cp=_FakeCupy(), _workspace={}, memory_limit_bytes=memory_limit,
+                                    _in_use=lambda: 4096)
+    graphs = DecodeGraphs(backend)
+    backend.graphs = graphs
+    return graphs
+
+
+def _cache(n_ctx=16):
+    return KVCache(1, n_ctx, 1, 4, [], [])
+
+
+def test_one_capture_then_replays_that_read_token_and_position_from_the_device():
+    graphs = _graphs()
+    model, cache = _Model(graphs), _cache()
+    outs = [graphs.step(model.forward, np.array([tok]), cache, pos).copy() for pos, tok in [(5, 9), (6, 3), (7, 5)]]
+    assert [(o[0, 0], o[0, 1]) for o in outs] == [(9, 5), (3, 6), (5, 7)]
+    assert model.calls == [(0, 5, True)]                  # captured once, with a token that is not the position
+    assert graphs.stats["captures"] == 1 and graphs.stats["replays"] == 3
+
+
+def test_a_failed_capture_runs_the_step_op_by_op_and_is_tried_once_more():
+    graphs = _graphs()
+    model, cache = _Model(graphs, fail_captures=1), _cache()
+    first = graphs.step(model.forward, np.array([9]), cache, 5)
+    second = graphs.step(model.forward, np.array([3]), cache, 6)
+    assert (first[0, 0], first[0, 1]) == (9, 5) and (second[0, 0], second[0, 1]) == (3, 6)
+    assert graphs.stats["eager_steps"] == 1 and graphs.stats["captures"] == 1
+    assert "needs the host" in graphs.stats["failures"][0]
+
+
+def test_captures_that_keep_failing_leave_the_cache_op_by_op():
+    graphs = _graphs()
+    model, cache = _Model(graphs, fail_captures=99), _cache()
+    for pos in range(5, 10):
+        out = graphs.step(model.forward, np.array([7]), cache, pos)
+        assert (out[0, 0], out[0, 1]) == (7, pos)
+    assert len(graphs.stats["failures"]) == CAPTURE_ATTEMPTS
+    assert graphs.stats["eager_steps"] == 5 and graphs.stats["replays"] == 0
+
+
+def test_a_memory_cap_without_room_for_the_graph_keeps_the_step_op_by_op():
+    graphs = _graphs(memory_limit=2048)
+    model, cache = _Model(graphs), _cache()
+    out = graphs.step(model.forward, np.array([7]), cache, 5)
+    assert (out[0, 0], out[0, 1]) == (7, 5)
+    assert graphs.stats["captures"] == 0 and "memory cap" in graphs.stats["failures"][0]
+
+
+def test_graphs_follow_their_cache_and_stay_few():
+    graphs = _graphs()
+    model = _Model(graphs)
+    caches = [_cache() for _ in range(MAX_GRAPHS + 2)]
+    for cache in caches:
+        graphs.step(model.forward, np.array([7]), cache, 5)
+    assert graphs.stats["captures"] == len(caches)
+    live = [g for n, g in graphs.backend._workspace.items() if n.startswith("decode_graph")]
+    assert len(live) == MAX_GRAPHS and all(g.serves(c) for g, c in zip(live, caches[-MAX_GRAPHS:]))
+    other = _Model(graphs)                                  # another model on the same cache: its own graph
+    graphs.step(other.forward, np.array([7]), caches[-1], 6)
+    assert other.calls and graphs.stats["captures"] == len(caches) + 1
+
+
+def test_a_replay_refuses_what_the_op_by_op_step_refuses():
+    graphs = _graphs()
+    model, cache = _Model(graphs), _cache(n_ctx=8)
+    graphs.step(model.forward, np.array([7]), cache, 5)
+    with pytest.raises(InvalidParamsError):
+        graphs.step(model.forward, np.array([VOCAB]), cache, 6)
+    with pytest.raises(PromptTooLongError):
+        graphs.step(model.forward, np.array([7]), cache, 8)
+    out = graphs.step(model.forward, np.array([4]), cache, 7)
+    assert (out[0, 0], out[0, 1]) == (4, 7)
+
+
+def test_outside_a_capture_the_ops_get_host_values():
+    graphs = _graphs()
+    assert graphs.device_ids(np.array([3]), VOCAB) is None
+    assert graphs.device_positions(np.array([3])) is None
+    assert int(graphs.device_start(3)) == 0               # NULL: the kernel takes the value argument
