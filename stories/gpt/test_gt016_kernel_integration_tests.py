@@ -10,10 +10,18 @@ NaN-poisoned outputs.
 import gguf
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from stories.foundation._cuda_conformance import (examples, check, check_product, checking_backend, f32_tensor,
-                                                  product_op, random_weight)
+from stories.foundation._cuda_conformance import (
+    check,
+    check_product,
+    checking_backend,
+    examples,
+    f32_tensor,
+    product_op,
+    random_weight,
+)
 from stories.llama.test_lt019_kernel_unit_tests import _attention_case
 from worker.backend.numpy import NumpyBackend
 
@@ -136,7 +144,8 @@ def test_gpt_oss_attention_sinks_and_sliding_window(seed, T, start, window, sink
 @pytest.mark.story("GT-016")
 @settings(max_examples=examples(25), **SETTINGS)
 @given(seed=st.integers(0, 2**31), T=st.integers(1, 20), F=st.sampled_from([1, 33, 2880]),
-       limit=st.sampled_from([None, 7.0, 0.5]), alpha=st.sampled_from([None, 1.702]), scale=st.sampled_from([1.0, 20.0]))
+       limit=st.sampled_from([None, 7.0, 0.5]), alpha=st.sampled_from([None, 1.702]),
+       scale=st.sampled_from([1.0, 20.0]))
 def test_clamped_swiglu(seed, T, F, limit, alpha, scale):
     b = checking_backend()
     rng = np.random.default_rng(seed)

@@ -11,10 +11,19 @@ LT-015/LT-016 (GQA attention prefill/decode), LT-017 (SwiGLU).
 import gguf
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from stories.foundation._cuda_conformance import (examples, check, check_product, checking_backend, cuda_backend,
-                                                  f32_tensor, product_op, random_weight)
+from stories.foundation._cuda_conformance import (
+    check,
+    check_product,
+    checking_backend,
+    cuda_backend,
+    examples,
+    f32_tensor,
+    product_op,
+    random_weight,
+)
 from worker.backend.numpy import NumpyBackend
 from worker.config import RopeConfig
 from worker.quant import FORMATS
@@ -180,7 +189,8 @@ def test_producer_writes_the_next_products_int8_input(producer, qtype, seed, T, 
 
 @pytest.mark.story("LT-019", "LT-013")
 @settings(max_examples=examples(30), **SETTINGS)
-@given(seed=st.integers(0, 2**31), T=st.integers(1, 70), D=st.sampled_from([1, 7, 31, 64, 65, 576, 896, 1000, 2880, 4097]),
+@given(seed=st.integers(0, 2**31), T=st.integers(1, 70),
+       D=st.sampled_from([1, 7, 31, 64, 65, 576, 896, 1000, 2880, 4097]),
        eps=st.sampled_from([1e-5, 1e-6]), scale=st.sampled_from([1e-3, 1.0, 300.0]))
 def test_rmsnorm(seed, T, D, eps, scale):
     b = checking_backend()
@@ -227,7 +237,8 @@ ROPES = [
 @pytest.mark.story("LT-019", "LT-012")
 @pytest.mark.parametrize("rope", ROPES, ids=lambda r: f"{r.style}-{r.scaling}-{r.dim}")
 @settings(max_examples=examples(8), **SETTINGS)
-@given(seed=st.integers(0, 2**31), T=st.integers(1, 50), H=st.integers(1, 14), start=st.sampled_from([0, 1, 7, 511, 4095, 70000]),
+@given(seed=st.integers(0, 2**31), T=st.integers(1, 50), H=st.integers(1, 14),
+       start=st.sampled_from([0, 1, 7, 511, 4095, 70000]),
        contiguous=st.booleans())
 def test_rope(rope, seed, T, H, start, contiguous):
     b = checking_backend()
@@ -236,7 +247,8 @@ def test_rope(rope, seed, T, H, start, contiguous):
     x = rng.standard_normal((T, H, head_dim)).astype(np.float32)
     positions = np.arange(start, start + T) if contiguous else np.sort(rng.integers(0, start + T + 1, size=T))
     out = b.to_host(b.rope(b.asarray(x), positions, rope))
-    check("rope", f"{rope.style}/{rope.scaling} T={T} H={H} hd={head_dim} start={start}", out, REF.rope(x, positions, rope))
+    check("rope", f"{rope.style}/{rope.scaling} T={T} H={H} hd={head_dim} start={start}", out,
+          REF.rope(x, positions, rope))
 
 
 # -- attention ----------------------------------------------------------------------------------------
@@ -274,7 +286,8 @@ def _attention_case(b, seed, T, start, H, KVH, hd, window, sinks, kv_dtype):
 @pytest.mark.story("LT-019", "LT-015", "LT-016")
 @pytest.mark.parametrize("kv_dtype", ["float16", "float32"])
 @settings(max_examples=examples(25), **SETTINGS)
-@given(seed=st.integers(0, 2**31), T=st.sampled_from([1, 1, 2, 5, 17, 64, 130]), start=st.sampled_from([0, 0, 1, 31, 200, 1000]),
+@given(seed=st.integers(0, 2**31), T=st.sampled_from([1, 1, 2, 5, 17, 64, 130]),
+       start=st.sampled_from([0, 0, 1, 31, 200, 1000]),
        kv_heads=st.sampled_from([1, 2, 3, 4]), group=st.sampled_from([1, 2, 3, 7, 8]),
        hd=st.sampled_from([16, 32, 64, 80, 128, 256]))
 def test_gqa_attention_prefill_and_decode(kv_dtype, seed, T, start, kv_heads, group, hd):
@@ -338,6 +351,7 @@ def test_swiglu_saturated_gates_keep_relative_accuracy():
     u = np.array([[3.0, -2.0, 0.5, 1.0, 7.0, 4.0, -1.0, 0.25, 1.0]], np.float32)
     out = b.to_host(b.swiglu(b.asarray(g), b.asarray(u)))
     ref = REF.swiglu(g, u)
-    assert np.all(np.abs(out.astype(np.float64) - ref) <= 1e-6 * np.abs(ref) + 1e-15 * np.abs(g * u) + 1e-44), (out, ref)
+    bound = 1e-6 * np.abs(ref) + 1e-15 * np.abs(g * u) + 1e-44
+    assert np.all(np.abs(out.astype(np.float64) - ref) <= bound), (out, ref)
     assert np.all((out != 0) | (np.abs(ref) < 1e-30)), "a clearly non-zero value was flushed to zero"
     check("swiglu", "hand-picked saturation (1, 9)", out, ref)
