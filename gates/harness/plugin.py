@@ -5,6 +5,7 @@ every story test the gate requires (from gates/gate2/manifest.json), then prints
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -98,10 +99,11 @@ class GateState:
 
     @property
     def device(self) -> str:
-        """'cuda' or 'cpu', resolved once from --device."""
+        """'cuda' or 'cpu', resolved once from --device (worker.backend.resolve_device, as the worker does)."""
         if self._device is None:
-            wanted = self.config.getoption("device")
-            self._device = "cuda" if wanted == "cuda" or (wanted == "auto" and gpu_name()) else "cpu"
+            from worker.backend import resolve_device
+
+            self._device = resolve_device(self.config.getoption("device")).split(":")[0]
         return self._device
 
     @property
@@ -112,22 +114,12 @@ class GateState:
         return {s for g in gates for s in self.manifests[g].get("stories", [])}
 
 
-_gpu_name_cache: list = []
-
-
+@functools.cache
 def gpu_name() -> str | None:
-    """The first GPU's name as CuPy sees it, or None (no CuPy, no driver, no device)."""
-    if not _gpu_name_cache:
-        name = None
-        try:
-            import cupy
+    """The first GPU's name as CuPy sees it, or None; asked once per run."""
+    from worker.backend import visible_gpu
 
-            if cupy.cuda.runtime.getDeviceCount() > 0:
-                name = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
-        except Exception:
-            name = None
-        _gpu_name_cache.append(name)
-    return _gpu_name_cache[0]
+    return visible_gpu()
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -2,7 +2,8 @@
 
 Runs pytest over gates/gate1..gate4 (each gate's own checks plus the story tests it requires) in
 one session, so shared fixtures are built once; the plugin prints one board per gate, in order,
-and writes reports/gate-board.{json,md} and reports/allure-results.
+and writes reports/gate-board.{json,md,html}, reports/plots/ and reports/allure-results (emptied
+first, so the report shows this run only).
 """
 from __future__ import annotations
 
@@ -37,4 +38,6 @@ def run(args) -> int:
         cmd += ["--model", args.model]
     cmd += args.pytest_args
     print("+", " ".join(cmd), flush=True)
-    return subprocess.call(cmd, cwd=root)
+    status = subprocess.call(cmd, cwd=root)
+    print("board page: reports/gate-board.html; HTML report: bash scripts/allure-report.sh", flush=True)
+    return status

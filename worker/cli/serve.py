@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from worker.engine import DEFAULT_CTX_CAP as DEFAULT_MAX_CTX  # one context cap: the engine's
 from worker.errors import StartupError
 
 
@@ -48,7 +49,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-DEFAULT_MAX_CTX = 4096
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 

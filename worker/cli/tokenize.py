@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-EXIT_INVALID = 2
-EXIT_INTERNAL = 1
+from worker.cli import run_guarded
 
 
 def register(sub) -> None:
@@ -54,24 +53,6 @@ def _load(args):
     return load_tokenizer(args.model, tokenizer_json=args.tokenizer_json)
 
 
-def _guarded(args, body) -> int:
-    from worker.errors import WorkerError
-
-    try:
-        return body()
-    except WorkerError as e:
-        return _fail(args, e.code, e.message, EXIT_INVALID)
-    except Exception as e:  # a bug of ours, still reported without a traceback
-        return _fail(args, "INTERNAL", f"{type(e).__name__}: {e}", EXIT_INTERNAL)
-
-
-def _fail(args, code: str, message: str, status: int) -> int:
-    if args.json:
-        print(json.dumps({"error": {"code": code, "message": message}}))
-    print(f"error {code}: {message}", file=sys.stderr)
-    return status
-
-
 def run_tokenize(args) -> int:
     def body() -> int:
         text = sys.stdin.read() if args.text == "-" else args.text
@@ -88,7 +69,7 @@ def run_tokenize(args) -> int:
                 print(f"{i:>8}  {_shown(tok.token_bytes(i))}")
         return 0
 
-    return _guarded(args, body)
+    return run_guarded(args, body)
 
 
 def run_detokenize(args) -> int:
@@ -108,4 +89,4 @@ def run_detokenize(args) -> int:
             sys.stdout.write(text + "\n")
         return 0
 
-    return _guarded(args, body)
+    return run_guarded(args, body)
