@@ -39,11 +39,10 @@ def rope_inv_freq(rope: RopeConfig, truncate: bool | None = None) -> tuple[np.nd
     """Per-pair angular frequencies [dim // 2] (float64) and the cos/sin magnitude scale.
 
     `truncate` (YaRN only) rounds the correction range to whole pairs: llama.cpp always does,
-    transformers does unless the config says `truncate: false` (GPT-OSS). Default: a
-    `truncate` attribute on the config if it has one, else True.
+    transformers does unless the config says `truncate: false` (GPT-OSS). Default: the config's.
     """
     if truncate is None:
-        truncate = getattr(rope, "truncate", True)
+        truncate = rope.truncate
     inv_freq = 1.0 / (rope.base ** (np.arange(0, rope.dim, 2, dtype=np.float64) / rope.dim))
     scaling = rope.scaling or "none"
     if scaling == "none" or rope.factor == 1.0 and scaling == "linear":
@@ -63,7 +62,8 @@ def rope_inv_freq(rope: RopeConfig, truncate: bool | None = None) -> tuple[np.nd
     raise ValueError(f"unknown rope scaling {scaling!r}: expected none, linear or yarn")
 
 
-def rope_cos_sin(positions: np.ndarray, rope: RopeConfig, truncate: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+def rope_cos_sin(positions: np.ndarray, rope: RopeConfig,
+                 truncate: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """cos and sin of the rotation angles: two float32 arrays [T, dim // 2] for positions [T].
 
     Angles are computed in float64 (positions can reach 1e5+), then rounded once.

@@ -36,7 +36,7 @@ def test_unknown_architecture_is_refused_clearly():
 
 @pytest.mark.story("FT-034")
 def test_missing_adapter_module_does_not_break_the_others(monkeypatch):
-    monkeypatch.setitem(registry._ADAPTERS, "gpt-oss", ("worker.models.no_such_module", ("Model",)))
+    monkeypatch.setitem(registry._ADAPTERS, "gpt-oss", ("worker.models.no_such_module", "GptOssModel"))
     with pytest.raises(UnsupportedModelError, match="gpt-oss"):
         model_class("gpt-oss")
     assert model_class("llama") is LlamaModel

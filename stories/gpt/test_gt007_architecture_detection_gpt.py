@@ -48,8 +48,8 @@ def test_gpt_oss_config_follows_llama_cpp_conventions():
     assert cfg.head_dim == TINY["oss_head_dim"] != cfg.hidden_size // cfg.n_heads
     assert cfg.ffn_size == TINY["expert_ffn"]                 # expert_feed_forward_length
     assert (cfg.n_experts, cfg.n_experts_per_token) == (TINY["experts"], TINY["experts_used"])
-    assert cfg.sliding_window == TINY["window"] and cfg.extra["sliding_window_pattern"] == 2
-    assert cfg.extra["attention_sinks"] is True and cfg.extra["fused_gate_up_exps"] is False
+    assert cfg.sliding_window == TINY["window"] and cfg.sliding_window_pattern == 2
+    assert cfg.attention_sinks is True and cfg.fused_gate_up_exps is False
     rope = cfg.rope
     assert (rope.style, rope.scaling, rope.factor, rope.original_context, rope.base) == (
         "neox", "yarn", 32.0, 4096, 150000.0)
@@ -86,7 +86,7 @@ def test_gpt_oss_fused_gate_up_experts_are_recognised(tmp_path):
     writer.write_tensors_to_file()
     writer.close()
     with GGUFModelFile.open(writer_path) as gf:
-        assert gf.config.extra["fused_gate_up_exps"] is True
+        assert gf.config.fused_gate_up_exps is True
         assert gf.tensors["blk.0.ffn_gate_up_exps.weight"].shape == (E, 2 * FE, D)
 
 

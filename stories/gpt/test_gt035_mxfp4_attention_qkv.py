@@ -17,15 +17,15 @@ import torch
 
 from stories.gpt._mxfp4_helpers import gguf_dequantized, mxfp4_grid_weights, mxfp4_tensor, record, relative_error
 from worker.backend.numpy import NumpyBackend
-from worker.models.gpt_oss import YarnRopeConfig
+from worker.config import RopeConfig
 
 pytestmark = pytest.mark.story("GT-035")
 
 D, HEADS, KV_HEADS, HEAD_DIM, WINDOW, T = 128, 4, 2, 32, 4, 12
 ROPE = dict(rope_type="yarn", rope_theta=150000.0, factor=32.0, beta_fast=32.0, beta_slow=1.0,
             truncate=False, original_max_position_embeddings=4096)
-OUR_ROPE = YarnRopeConfig(dim=HEAD_DIM, base=150000.0, style="neox", scaling="yarn", factor=32.0,
-                          original_context=4096, beta_fast=32.0, beta_slow=1.0, truncate=False)
+OUR_ROPE = RopeConfig(dim=HEAD_DIM, base=150000.0, style="neox", scaling="yarn", factor=32.0,
+                      original_context=4096, beta_fast=32.0, beta_slow=1.0, truncate=False)
 
 
 def float_weights(kind: str, seed: int = 35) -> dict:
@@ -33,7 +33,8 @@ def float_weights(kind: str, seed: int = 35) -> dict:
     shapes = {"q": (HEADS * HEAD_DIM, D), "k": (KV_HEADS * HEAD_DIM, D), "v": (KV_HEADS * HEAD_DIM, D),
               "o": (D, HEADS * HEAD_DIM)}
     if kind == "gaussian":
-        weights = {n: rng.standard_normal(s).astype(np.float32) * np.float32(1.5 / s[1] ** 0.5) for n, s in shapes.items()}
+        weights = {n: rng.standard_normal(s).astype(np.float32) * np.float32(1.5 / s[1] ** 0.5)
+                   for n, s in shapes.items()}
     else:                                   # values MXFP4 represents exactly
         weights = {n: mxfp4_grid_weights(s, rng) for n, s in shapes.items()}
     weights.update({f"b{n}": (0.2 * rng.standard_normal(s[0])).astype(np.float32) for n, s in shapes.items()})

@@ -72,7 +72,7 @@ def test_rope_style_follows_llama_cpp(arch, style):
 
 def test_phi3_fused_projections_are_noted():
     with GGUFModelFile.open(tiny_model_path("phi3")) as gf:
-        assert gf.config.extra["fused_qkv"] is True
+        assert gf.config.fused_qkv is True
 
 
 @pytest.mark.parametrize("tied", [True, False])

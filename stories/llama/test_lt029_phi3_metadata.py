@@ -139,7 +139,7 @@ def test_config_equals_the_phi3config_the_file_was_converted_from():
 def test_phi3_is_read_as_llama_family_with_fused_projections():
     cfg = _config(tiny_model_path("phi3"))
     assert cfg.rope is not None and cfg.n_experts == 0 and cfg.n_experts_per_token == 0
-    assert cfg.extra["fused_qkv"] is True
+    assert cfg.fused_qkv is True
 
 
 # -- keys transformers' GGUF loader ignores: llama.cpp's converter mapping --------------------------

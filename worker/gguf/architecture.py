@@ -162,6 +162,9 @@ def _rope(meta: _Meta, arch: str, head_dim: int) -> RopeConfig | None:
         beta_fast=meta.float("rope.scaling.yarn_beta_fast", 32.0),
         beta_slow=meta.float("rope.scaling.yarn_beta_slow", 1.0),
         attn_factor=meta.float("rope.scaling.attn_factor", meta.float("rope.scaling.yarn_attn_factor", 1.0)),
+        # GPT-OSS: its reference and transformers' published config (`truncate: false`) do not round the
+        # YaRN ramp to whole pairs; llama.cpp rounds for every model.
+        truncate=arch != "gpt-oss",
     )
 
 
@@ -238,18 +241,10 @@ def detect_config(metadata: dict, types: dict, tensors: dict) -> ModelConfig:
         _refuse_longrope(meta, tensors)
 
     sliding_window = meta.int("attention.sliding_window", 0, required=moe, minimum=0 if not moe else 1)
-    extra: dict = {}
-    if moe:
-        extra.update(
-            sliding_window_pattern=2,            # layer i uses the window when i % 2 == 0 (llama.cpp)
-            attention_sinks=True,
-            fused_gate_up_exps="blk.0.ffn_gate_up_exps.weight" in tensors,
-            expert_gating="softmax over the top-k router logits",
-            swiglu_limit=7.0,                    # llama.cpp's constant for gpt-oss
-            swiglu_alpha=1.702,
-        )
-    if arch == "phi3":
-        extra["fused_qkv"] = "blk.0.attn_qkv.weight" in tensors
+    # GPT-OSS specifics GGUF has no keys for: llama.cpp's constants for the architecture (swa pattern 2:
+    # layer i uses the window when i % 2 == 0; SwiGLU clamped at 7 with alpha 1.702), as transformers' config.
+    gpt_oss = {"sliding_window_pattern": 2, "attention_sinks": True, "swiglu_limit": 7.0, "swiglu_alpha": 1.702,
+               "fused_gate_up_exps": "blk.0.ffn_gate_up_exps.weight" in tensors} if moe else {}
 
     tok_model = meta.str("tokenizer.ggml.model", "")
     return ModelConfig(
@@ -269,5 +264,6 @@ def detect_config(metadata: dict, types: dict, tensors: dict) -> ModelConfig:
         n_experts_per_token=n_used,
         tied_embeddings="output.weight" not in tensors,
         tokenizer_model=tok_model,
-        extra=extra,
+        fused_qkv=arch == "phi3" and "blk.0.attn_qkv.weight" in tensors,
+        **gpt_oss,
     )

@@ -15,19 +15,14 @@ from pathlib import Path
 
 from worker.errors import UnsupportedModelError
 
-# architecture -> (module, class names to look for, in order)
-_ADAPTERS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "llama": ("worker.models.llama", ("LlamaModel",)),
-    "qwen2": ("worker.models.llama", ("LlamaModel",)),
-    "phi3": ("worker.models.llama", ("LlamaModel",)),
-    "gpt2": ("worker.models.gpt2", ("GPT2Model",)),
-    "gpt-oss": ("worker.models.gpt_oss", ("GptOssModel", "GPTOSSModel", "GPTOssModel", "Model")),
+# GGUF general.architecture -> (module, adapter class)
+_ADAPTERS: dict[str, tuple[str, str]] = {
+    "llama": ("worker.models.llama", "LlamaModel"),
+    "qwen2": ("worker.models.llama", "LlamaModel"),
+    "phi3": ("worker.models.llama", "LlamaModel"),
+    "gpt2": ("worker.models.gpt2", "GPT2Model"),
+    "gpt-oss": ("worker.models.gpt_oss", "GptOssModel"),
 }
-
-
-def register(architecture: str, module: str, class_name: str) -> None:
-    """Add (or replace) the adapter for a GGUF architecture."""
-    _ADAPTERS[architecture] = (module, (class_name,))
 
 
 def supported_architectures() -> list[str]:
@@ -41,17 +36,14 @@ def model_class(architecture: str) -> type:
             f"unsupported model architecture {architecture!r}; supported: "
             f"{', '.join(supported_architectures())}"
         )
-    module_name, class_names = _ADAPTERS[architecture]
+    module_name, class_name = _ADAPTERS[architecture]
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UnsupportedModelError(
             f"the {architecture!r} adapter ({module_name}) is not available: {exc}"
         ) from exc
-    for name in class_names:
-        if hasattr(module, name):
-            return getattr(module, name)
-    raise UnsupportedModelError(f"{module_name} defines none of {', '.join(class_names)}")
+    return getattr(module, class_name)
 
 
 def load_model(gguf_file, backend, progress=None):

@@ -37,7 +37,6 @@ class GPT2Block:
 
 
 class GPT2Model:
-    architectures = ("gpt2",)
 
     def __init__(self, gguf_file, backend, progress=None):
         cfg = self.config = gguf_file.config

@@ -18,25 +18,13 @@ done on the host.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from worker.config import ModelConfig, RopeConfig
 from worker.errors import UnsupportedModelError
 from worker.models.llama import _token_ids
 from worker.models.weights import WeightLoader
-
-SWIGLU_LIMIT = 7.0        # llama.cpp and transformers' defaults for gpt-oss (no GGUF key)
-SWIGLU_ALPHA = 1.702
-
-
-@dataclass(frozen=True)
-class YarnRopeConfig(RopeConfig):
-    """RopeConfig plus `truncate` (read by worker.rope.rope_inv_freq)."""
-
-    truncate: bool = True
 
 
 @dataclass
@@ -63,34 +51,17 @@ class GptOssBlock:
     down_bias: object            # [E, D]
 
 
-def gpt_oss_rope(cfg: ModelConfig) -> RopeConfig:
-    """NEOX-style YaRN without rounding the ramp ends (the reference implementation's rope)."""
-    if cfg.rope is None:
-        raise UnsupportedModelError("gpt-oss config has no rope settings")
-    fields = {f.name: getattr(cfg.rope, f.name) for f in dataclasses.fields(cfg.rope)}
-    fields.update(style="neox", truncate=False)
-    return YarnRopeConfig(**fields)
-
-
-def is_sliding_layer(cfg: ModelConfig, layer: int) -> bool:
-    """llama.cpp's swa pattern 2 and transformers' layer_types: even layers use the window."""
-    pattern = int(cfg.extra.get("sliding_window_pattern", 2)) if cfg.extra else 2
-    return cfg.sliding_window > 0 and layer % pattern < pattern - 1
-
-
 class GptOssModel:
-    architectures = ("gpt-oss",)
-
     def __init__(self, gguf_file, backend, progress=None):
         cfg = self.config = gguf_file.config
         self.backend = backend
         if cfg.n_experts < 1 or not 1 <= cfg.n_experts_per_token <= cfg.n_experts:
             raise UnsupportedModelError(
                 f"gpt-oss needs experts: expert_count {cfg.n_experts}, expert_used_count {cfg.n_experts_per_token}")
-        self.rope = gpt_oss_rope(cfg)
-        extra = cfg.extra or {}
-        self.swiglu_limit = float(extra.get("swiglu_limit", SWIGLU_LIMIT))
-        self.swiglu_alpha = float(extra.get("swiglu_alpha", SWIGLU_ALPHA))
+        if cfg.rope is None:
+            raise UnsupportedModelError("gpt-oss config has no rope settings")
+        self.rope = cfg.rope                # NEOX YaRN, ramp not rounded (worker.gguf.architecture)
+        self.swiglu_limit, self.swiglu_alpha = cfg.swiglu_limit, cfg.swiglu_alpha
 
         w = WeightLoader(gguf_file, backend, progress)
         D, V, F, E = cfg.hidden_size, cfg.vocab_size, cfg.ffn_size, cfg.n_experts
@@ -114,7 +85,7 @@ class GptOssModel:
                 wv=w.load(p + "attn_v.weight", (kv_dim, D)), bv=w.load(p + "attn_v.bias", (kv_dim,)),
                 wo=w.load(p + "attn_output.weight", (D, q_dim)), bo=w.load(p + "attn_output.bias", (D,)),
                 sinks=w.load(p + "attn_sinks.weight", (cfg.n_heads,)),
-                sliding_window=cfg.sliding_window if is_sliding_layer(cfg, i) else 0,
+                sliding_window=cfg.sliding_window if cfg.uses_sliding_window(i) else 0,
                 ffn_norm=w.load(p + "post_attention_norm.weight", (D,)),
                 router=w.load(p + "ffn_gate_inp.weight", (E, D)), router_bias=w.load(p + "ffn_gate_inp.bias", (E,)),
                 gate_exps=gate_exps, gate_bias=gate_bias, up_exps=up_exps, up_bias=up_bias,

@@ -35,7 +35,6 @@ class LlamaBlock:
 
 
 class LlamaModel:
-    architectures = ("llama", "qwen2", "phi3")
 
     def __init__(self, gguf_file, backend, progress=None):
         cfg = self.config = gguf_file.config
