@@ -39,12 +39,13 @@ class ScriptedModel:
     """Predicts `script[k]` as the k-th generated token (greedy), whatever the prompt."""
 
     def __init__(self, script, vocab_size: int, context_length: int = 512, fail_at: int | None = None,
-                 nan_at: int | None = None):
+                 nan_at: int | None = None, prompt_len: int | None = None):
         self.script = list(script)
         self.vocab_size = vocab_size
         self.config = SimpleNamespace(context_length=context_length)
         self.backend = FakeBackend()
-        self.prompt_len = None
+        self.prompt_len = prompt_len            # None: the first forward (start_pos 0) is the whole prompt
+        self._fixed_prompt_len = prompt_len is not None
         self.forward_calls: list[tuple[int, int]] = []      # (start_pos, n_ids)
         self.fail_at = fail_at
         self.nan_at = nan_at
@@ -59,13 +60,13 @@ class ScriptedModel:
         assert not cache.freed
         assert start_pos + len(ids) <= cache.size, "forward past the end of the KV cache"
         self.forward_calls.append((start_pos, len(ids)))
-        if start_pos == 0:
+        if start_pos == 0 and not self._fixed_prompt_len:
             self.prompt_len = len(ids)
         step = start_pos + len(ids) - self.prompt_len          # tokens generated so far
         if self.fail_at is not None and step >= self.fail_at:
             raise RuntimeError("simulated kernel failure")
         logits = np.zeros((len(ids), self.vocab_size), np.float32)
-        if step < len(self.script):
+        if 0 <= step < len(self.script):           # step < 0: a prefill chunk before the prompt's end
             logits[-1, self.script[step]] = 10.0
         if self.nan_at is not None and step >= self.nan_at:
             logits[-1, 0] = np.nan

@@ -93,7 +93,37 @@ def test_a_second_job_while_one_runs_is_refused_busy(smollm2_server):
     assert response.status_code == 200 and check_stream(events)["terminal"] == "end"
 
 
-def test_a_busy_refusal_still_validates_first(smollm2_server):
-    """Validation comes before the busy check: a bad request is told what is wrong."""
-    response = httpx.post(smollm2_server.url + "/execute", json={"job_id": "x", "prompt": ""})
-    assert response.status_code == 400 and response.json()["field"] == "prompt"
+def test_while_a_job_runs_an_invalid_request_gets_400_not_busy(smollm2_server):
+    """Validation comes before the busy check, the engine's checks (which tokenize the prompt)
+    included: a bad request is told what is wrong even while another job runs."""
+    url = smollm2_server.url
+    token_seen = threading.Event()
+
+    def first_job():
+        with httpx.Client(timeout=300) as client:
+            with client.stream("POST", url + "/execute", json={**LONG_JOB, "job_id": "ft002-runs"}) as response:
+                for name, _ in sse_events(response):
+                    if name == "token":
+                        token_seen.set()
+
+    runner = threading.Thread(target=first_job)
+    runner.start()
+    try:
+        assert token_seen.wait(120)
+        n_ctx = httpx.get(url + "/health").json()["context_length"]
+        for body, code, field in [
+            ({"prompt": ""}, "INVALID_PARAMS", "prompt"),
+            ({"prompt": "Hi", "max_tokens": 5000}, "INVALID_PARAMS", "max_tokens"),
+            ({"prompt": "Hi", "max_tokens": n_ctx}, "INVALID_PARAMS", "max_tokens"),
+            ({"prompt": " word" * (n_ctx + 10)}, "PROMPT_TOO_LONG", "prompt"),
+            ({"prompt": "Hi", "temperature": 9}, "INVALID_PARAMS", "temperature"),
+        ]:
+            response = httpx.post(url + "/execute", json={"job_id": "ft002-bad", **body})
+            assert response.status_code == 400, (body, response.text)
+            assert (response.json()["code"], response.json()["field"]) == (code, field)
+        valid = httpx.post(url + "/execute", json={"job_id": "ft002-good", "prompt": "Hi", "max_tokens": 2})
+        assert valid.status_code == 503 and valid.json()["code"] == "WORKER_BUSY"
+        assert httpx.get(url + "/health").json()["job"]["job_id"] == "ft002-runs"
+    finally:
+        httpx.post(url + "/cancel", json={"job_id": "ft002-runs"})
+        runner.join(300)

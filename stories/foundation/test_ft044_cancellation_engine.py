@@ -6,7 +6,10 @@ Acceptance:
   emits no token after i and ends with End(stop_reason="cancelled", tokens_out=i+1);
 - cancelled before the first token (even before prefill): Started, then End("cancelled"), 0 tokens;
 - cancelled from another thread while generating: the job ends with End("cancelled");
-- in every case the KV cache is freed: on the real NumPy backend its KV bytes go back to 0.
+- in every case the KV cache is freed: on the real NumPy backend its KV bytes go back to 0;
+- prefill runs in chunks of PREFILL_CHUNK prompt tokens, the cancel flag checked between them: a
+  cancel during a long prompt's prefill stops it within one chunk; the chunks (at offsets in the
+  KV cache) give the logits transformers gives for the whole prompt (on the suite's --device).
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import threading
 import pytest
 
 from stories.foundation._engine_fakes import FakeTokenizer, ScriptedModel, byte_vocab
-from worker.engine import End, Engine, Started, Token
+from worker.engine import PREFILL_CHUNK, End, Engine, Started, Token
 from worker.sampling import SamplingParams
 
 pytestmark = pytest.mark.story("FT-044")
@@ -103,3 +106,60 @@ def test_after_a_cancelled_job_the_next_job_runs_normally(device):
     assert list(engine.generate("Hello", SamplingParams(max_tokens=5), cancel=cancel))[-1].stop_reason == "cancelled"
     events = list(engine.generate("Hello", SamplingParams(max_tokens=5, temperature=0.0)))
     assert events[-1].stop_reason in ("max_tokens", "eos") and kv_bytes(model) == 0
+
+
+# -- prefill in chunks: a long prompt's prefill can be cancelled -------------------------------------
+
+class CancelDuringPrefill(ScriptedModel):
+    """Sets the cancel flag while the first prefill chunk runs (as /cancel would, from another thread)."""
+
+    def __init__(self, cancel, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cancel = cancel
+
+    def forward(self, ids, cache, start_pos):
+        self.cancel.set()
+        return super().forward(ids, cache, start_pos)
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_at_increasing_offsets():
+    tok = FakeTokenizer(byte_vocab())
+    prompt = [5] * 300
+    model = ScriptedModel([97, 98], tok.vocab_size, prompt_len=len(prompt))
+    events = list(Engine(model, tok).generate(prompt, SamplingParams(max_tokens=2, temperature=0.0)))
+    chunk = PREFILL_CHUNK
+    expected = [(start, min(chunk, len(prompt) - start)) for start in range(0, len(prompt), chunk)]
+    assert model.forward_calls == expected + [(len(prompt), 1)]
+    assert [e.id for e in events if isinstance(e, Token)] == [97, 98]
+
+
+def test_cancel_during_prefill_stops_before_the_next_chunk():
+    tok = FakeTokenizer(byte_vocab())
+    cancel = threading.Event()
+    prompt = [5] * 300
+    model = CancelDuringPrefill(cancel, [97] * 10, tok.vocab_size, prompt_len=len(prompt))
+    events = list(Engine(model, tok).generate(prompt, SamplingParams(max_tokens=10), cancel=cancel))
+    assert [type(e) for e in events] == [Started, End]
+    assert events[-1].stop_reason == "cancelled" and events[-1].tokens_out == 0
+    assert model.forward_calls == [(0, PREFILL_CHUNK)]          # one chunk, not the whole prompt
+    assert model.backend.live_caches == 0
+
+
+def test_chunked_prefill_gives_transformers_logits(device):
+    """The chunks (each at its offset in the KV cache) give the logits transformers computes for the
+    whole prompt at once: attention of a chunk at start_pos > 0 over the cached positions."""
+    import numpy as np
+
+    from fixtures.hf_reference import hf_logits, relative_logit_error
+    from fixtures.tiny_models import tiny_hf_model
+
+    _, model = real_tiny_engine(device)
+    ids = np.random.default_rng(44).integers(0, 49152, size=2 * PREFILL_CHUNK + 37)
+    cache = model.new_cache(len(ids))
+    try:
+        chunks = [model.backend.to_host(model.forward(ids[a:a + PREFILL_CHUNK], cache, a))
+                  for a in range(0, len(ids), PREFILL_CHUNK)]
+    finally:
+        model.backend.free_kv_cache(cache)
+    error = relative_logit_error(np.concatenate(chunks), hf_logits(tiny_hf_model("llama"), ids))
+    assert error < 1e-4, f"chunked prefill: relative logit error {error:.2e}"

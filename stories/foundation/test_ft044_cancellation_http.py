@@ -5,8 +5,11 @@ far; the stream then ends with `end` stop_reason `cancelled` at most one token l
 again, cancelling a finished job and cancelling an unknown job all answer 200 (idempotent); a
 client that disconnects mid-stream cancels its job (narrated, slot freed), and the worker takes
 the next job. Runs on the real SmolLM2, whose tokens take long enough to cancel between.
+A long prompt's prefill is cancellable too (by /cancel or a disconnect, before its first token).
+SIGTERM and SIGINT end the running job (its stream still ends with `end`), narrate `shutdown`
+and exit 0.
 """
-import threading
+import signal
 import time
 
 import httpx
@@ -88,3 +91,88 @@ def test_a_client_disconnect_cancels_the_job(smollm2_server):
     assert health["job"] is None and health["status"] == "ready"
     response, events = execute(url, {"job_id": "ft044-next", "prompt": "Hi", "max_tokens": 1})
     assert response.status_code == 200 and check_stream(events)["terminal"] == "end"
+
+
+# A prompt of several prefill chunks (about 450 SmolLM2 tokens): its prefill takes seconds on a CPU.
+LONG_PROMPT = "The history of the village, told by its oldest inhabitant, goes like this. " * 30
+
+
+def test_cancel_during_prefill_ends_the_job_before_its_first_token(smollm2_server):
+    url = smollm2_server.url
+    events, answers = [], []
+    began = time.monotonic()
+    with httpx.Client(timeout=300) as client:
+        body = {"job_id": "ft044-prefill", "prompt": LONG_PROMPT, "max_tokens": 50, "temperature": 0}
+        with client.stream("POST", url + "/execute", json=body) as response:
+            for name, data in sse_events(response):
+                events.append((name, data))
+                if name == "started" and not answers:
+                    answers.append(httpx.post(url + "/cancel", json={"job_id": "ft044-prefill"}))
+    summary = check_stream(events)
+    assert summary["started"]["prompt_tokens"] > 4 * 64, summary["started"]
+    assert answers[0].json()["status"] == "cancelling"
+    assert summary["end"]["stop_reason"] == "cancelled" and summary["end"]["tokens_out"] == 0
+    print(f"cancel during prefill of {summary['started']['prompt_tokens']} tokens: stream ended after "
+          f"{time.monotonic() - began:.2f} s, prefill_time_ms {summary['end']['prefill_time_ms']}")
+
+
+def test_a_disconnect_during_prefill_frees_the_worker(smollm2_server):
+    url = smollm2_server.url
+    with httpx.Client(timeout=300) as client:
+        body = {"job_id": "ft044-prefill-gone", "prompt": LONG_PROMPT, "max_tokens": 50, "temperature": 0}
+        with client.stream("POST", url + "/execute", json=body) as response:
+            for name, _ in sse_events(response):
+                if name == "started":
+                    break                               # gone before the first token
+    gone = time.monotonic()
+    finished = smollm2_server.wait_for(
+        lambda r: r["event"] == "job_finished" and r.get("job_id") == "ft044-prefill-gone", timeout=120)
+    assert finished["stop_reason"] == "cancelled" and finished["tokens_out"] == 0
+    print(f"worker free {time.monotonic() - gone:.2f} s after the disconnect during prefill")
+    response, events = execute(url, {"job_id": "ft044-after-prefill", "prompt": "Hi", "max_tokens": 1})
+    assert response.status_code == 200 and check_stream(events)["terminal"] == "end"
+
+
+# -- shutdown: SIGTERM / SIGINT cancel the running job, say `shutdown`, exit 0 -------------------
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_a_job_ends_it_and_shuts_down_cleanly(sig):
+    from fixtures.server_process import start_worker
+    from fixtures.tiny_models import tiny_model_path
+
+    worker = start_worker(tiny_model_path("llama"))
+    try:
+        url = worker.wait_ready(120)
+        events = []
+        with httpx.Client(timeout=120) as client:
+            body = {"job_id": f"ft044-{sig.name}", "prompt": "Once upon a time", "max_tokens": 250, "temperature": 0}
+            with client.stream("POST", url + "/execute", json=body) as response:
+                for name, data in sse_events(response):
+                    events.append((name, data))
+                    if name == "token" and data["i"] == 0:
+                        worker.proc.send_signal(sig)
+        summary = check_stream(events)                  # the stream still ends with its terminal event
+        assert summary["terminal"] == "end"
+        assert summary["end"]["stop_reason"] in ("cancelled", "max_tokens", "eos")
+        assert worker.wait_exit(60) == 0
+    finally:
+        worker.stop()
+    shutdown = [r for r in worker.narration() if r["event"] == "shutdown"]
+    assert len(shutdown) == 1 and shutdown[0]["exit_status"] == 0 and shutdown[0]["signal"] == sig.name
+    finished = [r for r in worker.narration() if r["event"] == "job_finished"]
+    assert finished and finished[-1]["stop_reason"] == summary["end"]["stop_reason"]
+    assert "Traceback" not in worker.stderr_text()
+
+
+def test_a_signal_while_idle_exits_0():
+    from fixtures.server_process import start_worker
+    from fixtures.tiny_models import tiny_model_path
+
+    worker = start_worker(tiny_model_path("llama"))
+    try:
+        worker.wait_ready(120)
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.wait_exit(60) == 0
+    finally:
+        worker.stop()
+    assert [r["exit_status"] for r in worker.narration() if r["event"] == "shutdown"] == [0]
