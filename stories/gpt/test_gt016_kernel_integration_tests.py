@@ -79,6 +79,29 @@ def test_chosen_experts_in_one_launch(qtype, x_per_slot, seed, E, k_used):
                       REF.matmul(xe, rw, rb, expert=int(e)), xe, rw.expert(int(e)), rb.dense()[e])
 
 
+@pytest.mark.story("GT-016")
+@pytest.mark.parametrize("qtype", [Q.MXFP4, Q.Q8_0], ids=lambda q: q.name)
+@settings(max_examples=examples(6), **SETTINGS)
+@given(seed=st.integers(0, 2**31), E=st.integers(2, 8), k_used=st.integers(1, 4), T=st.sampled_from([1, 1, 3]))
+def test_mixture_of_experts(qtype, seed, E, k_used, T):
+    """The whole expert FFN: a decode token (T = 1) is routed and combined on the device, longer inputs
+    on the host; both match the reference's host routing."""
+    b = checking_backend()
+    rng = np.random.default_rng(seed)
+    D, F, k_used = 96, 64, min(k_used, E)
+    router, router_b = f32_tensor(rng.standard_normal((E, D)), "router"), f32_tensor(rng.standard_normal(E), "rb")
+    mats = [random_weight(qtype, shape, rng, name) for name, shape in
+            (("gate", (E, F, D)), ("up", (E, F, D)), ("down", (E, D, F)))]
+    biases = [f32_tensor(rng.standard_normal((E, n)) * 0.1, f"{name}_b") for name, n in (("g", F), ("u", F), ("d", D))]
+    x = rng.standard_normal((T, D)).astype(np.float32)
+
+    def run(be, xx):
+        ws = [be.load_weight(t) for t in (router, router_b, mats[0], biases[0], mats[1], biases[1], mats[2], biases[2])]
+        return be.mixture_of_experts(xx, *ws, k_used, limit=7.0, alpha=1.702)
+
+    check("moe", f"{qtype.name} E={E} k={k_used} T={T}", b.to_host(run(b, b.asarray(x))), run(REF, x))
+
+
 @pytest.mark.story("GT-016", "GT-012", "GT-013")
 @settings(max_examples=examples(30), **SETTINGS)
 @given(seed=st.integers(0, 2**31), shape=st.sampled_from([(1,), (5, 3), (7, 3072), (64, 1024), (1, 6400)]),

@@ -125,6 +125,30 @@ class Backend(ABC):
         out = gate * sigmoid(alpha * gate) * (up + 1).
         """
 
+    def mixture_of_experts(self, x: Array, router: Weight, router_bias: Weight | None, gate: Weight,
+                           gate_bias: Weight | None, up: Weight, up_bias: Weight | None, down: Weight,
+                           down_bias: Weight | None, n_used: int, *, limit: float | None = None,
+                           alpha: float | None = None) -> Array:
+        """GPT-OSS's expert FFN for x [T, D]: per token the n_used experts with the largest router logits
+        (Wrouter x + b), weighted by the softmax over those logits, each expert e giving
+        Wdown_e swiglu(Wgate_e x + bgate_e, Wup_e x + bup_e; limit, alpha) + bdown_e. Expert weights are
+        stacked [E, N, K], biases [E, N].
+
+        This definition routes on the host (top_k_softmax) and runs each chosen expert through the
+        ops above; the CUDA backend routes a decode token on the device instead.
+        """
+        logits = self.to_host(self.matmul(x, router, router_bias)).astype(np.float64)
+        experts, weights = top_k_softmax(logits, n_used)
+        out = self.asarray(np.zeros(x.shape, np.float32))
+        for e in np.unique(experts):
+            tokens, slot = np.nonzero(experts == e)                        # each token at most once
+            xe = x[tokens]
+            g = self.matmul(xe, gate, gate_bias, expert=int(e))
+            u = self.matmul(xe, up, up_bias, expert=int(e))
+            y = self.matmul(self.swiglu(g, u, limit=limit, alpha=alpha), down, down_bias, expert=int(e))
+            out[tokens] = self.add(out[tokens], self.mul(y, self.asarray(weights[tokens, slot][:, None])))
+        return out
+
     @abstractmethod
     def gelu(self, x: Array) -> Array:
         """GELU, tanh approximation (GPT-2)."""
@@ -144,3 +168,12 @@ class Backend(ABC):
         """A model's forward pass `forward(ids, cache, start_pos)` -> logits, run as this backend runs
         it best: here, directly; the CUDA backend replays a captured graph for single-token steps."""
         return forward(ids, cache, start_pos)
+
+
+def top_k_softmax(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of logits [T, E]: the k largest (ties: lower index first, a stable argsort of -logits)
+    and the softmax over those k alone. Returns (experts [T, k] int, weights [T, k] float32)."""
+    experts = np.argsort(-logits, axis=-1, kind="stable")[:, :k]
+    chosen = np.take_along_axis(logits, experts, axis=-1)
+    weights = np.exp(chosen - chosen.max(axis=-1, keepdims=True))
+    return experts, (weights / weights.sum(axis=-1, keepdims=True)).astype(np.float32)

@@ -34,6 +34,7 @@ from worker.backend.cuda_runtime import (
 )
 from worker.backend.kernels import attention as attention_kernels
 from worker.backend.kernels import elementwise, matmul, norm, vecdot
+from worker.backend.kernels import moe as moe_kernels
 from worker.backend.kernels import rope as rope_kernels
 from worker.backend.kernels import softmax as softmax_kernels
 from worker.backend.kernels.attention import ATT_MAX_HEAD_DIM
@@ -351,17 +352,68 @@ class CudaBackend(CudaMemory, Backend):
             raise ValueError(f"k/v shapes {k.shape}/{v.shape} do not match q {q.shape} and the cache")
         kvt = "f16" if cache.k[layer].dtype == np.float16 else "f32"
         dev_start = self.graphs.device_start(start_pos)
-        row = KVH * hd
-        attention_kernels.kv_store(self, kvt, k, cache.k[layer], dev_start, start_pos, row, T * row)
-        attention_kernels.kv_store(self, kvt, v, cache.v[layer], dev_start, start_pos, row, T * row)
         sink = self._vector(sinks, "sinks") if sinks is not None else None
         if sink is not None and sink.size != H:
             raise ValueError(f"{sink.size} sinks for {H} heads")
         scale = 1.0 / math.sqrt(hd) if scale is None else scale
         out = self._out((T, H * hd))
-        attention_kernels.attention(self, kvt, q, cache.k[layer], cache.v[layer], sink if sink is not None else NULL,
-                                    out, T, H, KVH, hd, start_pos, dev_start, max(0, sliding_window), scale)
+        q8 = vecdot.fused_output_buffers(self, T, H * hd) if hd % 32 == 0 else None   # the output product's input
+        attention_kernels.attention(self, kvt, q, k, v, cache.k[layer], cache.v[layer],
+                                    sink if sink is not None else NULL, out, T, H, KVH, hd, start_pos, dev_start,
+                                    max(0, sliding_window), scale, q8=q8)
+        if q8:
+            vecdot.remember_quantized(self, out, T, H * hd, *q8)
         return out
+
+    def mixture_of_experts(self, x: Array, router, router_bias, gate, gate_bias, up, up_bias, down, down_bias,
+                           n_used: int, *, limit: float | None = None, alpha: float | None = None) -> Array:
+        """A decode token's experts chosen and run on the device (kernels/moe.py, vecdot.py's expert slots):
+        no host round trip, so a captured decode graph holds the whole step. Other cases: the host routing
+        of Backend.mixture_of_experts."""
+        x = self._act(x)
+        experts_w = (gate, up, down)
+        T, D = self._rows(x)
+        E, F = (gate.shape[0], gate.shape[1]) if isinstance(gate, CudaWeight) and gate.ndim == 3 else (0, 0)
+        if not (T == 1 and self.matvec_terms and n_used <= 32 and D % 32 == 0 and F % 32 == 0 and E
+                and all(isinstance(w, CudaWeight) and w.ndim == 3 and w.format in vecdot.VECDOT_FORMATS
+                        for w in experts_w)
+                and up.shape == gate.shape and down.shape == (E, D, F) and gate.shape[2] == D):
+            return super().mixture_of_experts(x, router, router_bias, gate, gate_bias, up, up_bias, down, down_bias,
+                                              n_used, limit=limit, alpha=alpha)
+        terms = self.matvec_terms
+        logits = self.matmul(x, router, router_bias)
+        x2 = x.reshape(1, D)
+        xq, xds = vecdot.quantized_input(self, x, x2, 1, D, terms)     # before the routing launch
+        experts = self.cp.empty((n_used,), dtype=np.int32)
+        weights = self.cp.empty((n_used,), dtype=np.float32)
+        moe_kernels.route(self, logits, experts, weights, 1, E, n_used)
+        biases = [self._vector(b, "expert bias") if b is not None else None for b in (gate_bias, up_bias, down_bias)]
+        g, u = self._out((n_used, F)), self._out((n_used, F))
+        for w, b, y in ((gate, biases[0], g), (up, biases[1], u)):
+            vecdot.mmvq(self, w.format, w.raw, w.row_bytes, xq, xds, y, F, D, 1, terms, bias=b, bias_per_expert=True,
+                        slots=n_used, expert_ids=experts, expert_bytes=F * w.row_bytes)
+        h = self._out((n_used, F))
+        clamped = not (limit is None and alpha is None)
+        q8 = vecdot.fused_output_buffers(self, n_used, F)
+        if q8:
+            elementwise.swiglu_q8(self, g, u, h, *q8, n_used * F, clamped, limit, alpha)
+            hq, hds = q8[0], q8[1]
+            vecdot.remember_quantized(self, h, n_used, F, *q8)
+        else:                                   # more than MMVQ_MAX_T experts a token
+            if clamped:
+                elementwise.swiglu_clamped(self, g, u, h, n_used * F, limit, alpha)
+            else:
+                elementwise.swiglu(self, g, u, h, n_used * F)
+            hq, hds = vecdot.activation_buffers(self, n_used, F)
+            vecdot.quantize(self, h, hq, hds, n_used, F, terms)
+            vecdot.remember_quantized(self, h, n_used, F, hq, hds, terms)
+        y = self._out((n_used, D))
+        vecdot.mmvq(self, down.format, down.raw, down.row_bytes, hq, hds, y, D, F, 1, terms, bias=biases[2],
+                    bias_per_expert=True, slots=n_used, expert_ids=experts, expert_bytes=D * down.row_bytes,
+                    x_per_slot=True)
+        out = self._out((1, D))
+        moe_kernels.combine(self, y, weights, out, n_used, D)
+        return out.reshape(x.shape)
 
     def swiglu(self, gate: Array, up: Array, *, limit: float | None = None, alpha: float | None = None) -> Array:
         g, u = self._act(gate), self._act(up)

@@ -12,9 +12,9 @@ that only enlarges the denominator. swiglu_oai(g, u) = min(g, 7)·σ(1.702·min(
 RoPE: NEOX pairing with YaRN; the YaRN ramp is not rounded to whole pairs (transformers'
 `truncate: false` in the published config and OpenAI's reference; llama.cpp rounds).
 
-Experts are stacked [E, N, K] tensors (MXFP4 in the published file) used through
-`backend.matmul(x, w, bias, expert=e)`; the routing (top-k of E router logits per token) is
-done on the host.
+Experts are stacked [E, N, K] tensors (MXFP4 in the published file), run by the backend's
+`mixture_of_experts` op (routing: top-k of E router logits per token, on the host in the
+reference, on the device for a CUDA decode token).
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from worker.backend.base import top_k_softmax
 from worker.errors import UnsupportedModelError
 from worker.models.llama import _token_ids
 from worker.models.weights import WeightLoader
@@ -127,25 +128,13 @@ class GptOssModel:
         Returns (experts [T, k] int, weights [T, k] float32), on the host.
         """
         logits = self.backend.to_host(self.backend.matmul(x, blk.router, blk.router_bias)).astype(np.float64)
-        k = self.config.n_experts_per_token
-        experts = np.argsort(-logits, axis=-1, kind="stable")[:, :k]     # ties: lower expert index first
-        chosen = np.take_along_axis(logits, experts, axis=-1)
-        weights = np.exp(chosen - chosen.max(axis=-1, keepdims=True))
-        return experts, (weights / weights.sum(axis=-1, keepdims=True)).astype(np.float32)
+        return top_k_softmax(logits, self.config.n_experts_per_token)
 
     def _mixture_of_experts(self, blk: GptOssBlock, x):
-        b = self.backend
-        experts, weights = self.route(blk, x)
-        out = b.asarray(np.zeros(x.shape, np.float32))
-        for e in np.unique(experts):
-            tokens, slot = np.nonzero(experts == e)                        # each token at most once
-            xe = x[tokens]
-            gate = b.matmul(xe, blk.gate_exps, blk.gate_bias, expert=int(e))
-            up = b.matmul(xe, blk.up_exps, blk.up_bias, expert=int(e))
-            y = b.matmul(b.swiglu(gate, up, limit=self.swiglu_limit, alpha=self.swiglu_alpha),
-                         blk.down_exps, blk.down_bias, expert=int(e))
-            out[tokens] = b.add(out[tokens], b.mul(y, b.asarray(weights[tokens, slot][:, None])))
-        return out
+        return self.backend.mixture_of_experts(x, blk.router, blk.router_bias, blk.gate_exps, blk.gate_bias,
+                                               blk.up_exps, blk.up_bias, blk.down_exps, blk.down_bias,
+                                               self.config.n_experts_per_token, limit=self.swiglu_limit,
+                                               alpha=self.swiglu_alpha)
 
 
 def _split_experts(w: WeightLoader, name: str, shape: tuple[int, ...]) -> list:

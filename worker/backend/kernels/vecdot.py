@@ -44,7 +44,9 @@ def _launch2d(k, name: str, grid: tuple[int, int], block: int, args) -> None:
 
 
 def quantize(k, x, xq, xds, rows: int, K: int, terms: int = 2) -> None:
-    """x [rows, K] float32 (K a multiple of 32) -> xq [terms, rows, K] int8 and xds [rows, K/32, 4]."""
+    """x [rows, K] float32 (K a multiple of 32) -> xq [terms, rows, K] int8 and xds [rows, K/32, 4].
+    Forgets what the workspace held (quantized_input registers the new contents)."""
+    k._q8_last = None
     n_blocks = rows * (K // QUANT_BLOCK)
     if n_blocks:
         _launch2d(k, "quantize_q8", ((n_blocks + QUANTIZE_WARPS - 1) // QUANTIZE_WARPS, 1), 32 * QUANTIZE_WARPS,
