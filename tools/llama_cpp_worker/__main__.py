@@ -33,13 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from tools.llama_cpp_worker.app import WorkerState, make_app, narrate
-    from tools.llama_cpp_worker.facts import read_facts
+    from tools.llama_cpp_worker.facts import read_file
     from tools.llama_cpp_worker.upstream import LlamaServer
 
     if not args.model.is_file():
         narrate("startup_failed", code="MODEL_NOT_FOUND", message=f"no such file: {args.model}")
         return 2
-    facts = read_facts(args.model)
+    facts, vocabulary = read_file(args.model)
     n_ctx = args.ctx or min(facts.context_length, DEFAULT_MAX_CTX)
     try:
         binary = llama_server_binary(args.llama_server)
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     sock.bind((args.host, args.port))
     host, port = sock.getsockname()[:2]
     upstream = LlamaServer(binary, args.model, n_ctx, args.threads)
-    state = WorkerState(facts, upstream, args.max_body_bytes)
+    state = WorkerState(facts, vocabulary, upstream, args.max_body_bytes)
     narrate("listening", host=host, port=port, url=f"http://{host}:{port}", engine=str(binary), n_ctx=n_ctx)
     server = uvicorn.Server(uvicorn.Config(make_app(state), log_level="warning", lifespan="on"))
     server.run(sockets=[sock])

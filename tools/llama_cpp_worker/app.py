@@ -31,6 +31,7 @@ from tools.llama_cpp_worker.contract import (
 from tools.llama_cpp_worker.facts import FileFacts
 from tools.llama_cpp_worker.textstream import TextStream
 from tools.llama_cpp_worker.upstream import LlamaServer, UpstreamError
+from tools.llama_cpp_worker.vocab import Vocabulary
 
 METRICS_EVERY = 16
 REMEMBERED_JOBS = 256
@@ -61,8 +62,9 @@ class RunningJob:
 
 
 class WorkerState:
-    def __init__(self, facts: FileFacts, upstream: LlamaServer, max_body_bytes: int):
-        self.facts, self.upstream, self.max_body_bytes = facts, upstream, max_body_bytes
+    def __init__(self, facts: FileFacts, vocabulary: Vocabulary, upstream: LlamaServer, max_body_bytes: int):
+        self.facts, self.vocabulary, self.upstream = facts, vocabulary, upstream
+        self.max_body_bytes = max_body_bytes
         self.status, self.status_detail = "loading", None
         self.n_ctx: int | None = None
         self.engine = "llama.cpp llama-server"
@@ -93,6 +95,12 @@ class WorkerState:
             self.finished.popitem(last=False)
 
 
+def memory_bytes(logged: dict[str, int]) -> dict:
+    weights, kv = logged.get("model", 0), logged.get("KV", 0)
+    workspace = logged.get("compute", 0) + logged.get("output", 0)
+    return {"weights": weights, "kv_cache": kv, "workspace": workspace, "total": weights + kv + workspace}
+
+
 def error_response(err: ContractError, correlation_id: str | None = None) -> JSONResponse:
     headers = {"Retry-After": "1"} if err.code in ("WORKER_BUSY", "WORKER_LOADING") else {}
     narrate("request_rejected", correlation_id, status=err.status, code=err.code, field=err.field)
@@ -116,16 +124,14 @@ async def read_body(request: Request, limit: int) -> bytes:
 def make_app(state: WorkerState) -> Starlette:
     async def health(request: Request) -> JSONResponse:
         facts, ready = state.facts, state.status == "ready"
-        kv = facts.kv_bytes_per_token * state.n_ctx if state.n_ctx else None
+        logged = state.upstream.buffer_bytes        # what llama.cpp allocated, as it logs it
         body = {
             "status": state.status, "status_detail": state.status_detail,
             "model": facts.name, "model_path": facts.path, "architecture": facts.architecture,
             "quant_kind": facts.quant_kind, "tokenizer_kind": facts.tokenizer_kind, "vocab_size": facts.vocab_size,
             "context_length": state.n_ctx, "model_context_length": facts.context_length,
             "device": "cpu", "device_name": state.engine,
-            # weights: the file's tensor bytes; kv_cache: llama.cpp's F16 cache at this context
-            "memory_bytes": {"weights": facts.weight_bytes, "kv_cache": kv, "workspace": None,
-                             "total": facts.weight_bytes + (kv or 0)},
+            "memory_bytes": memory_bytes(logged) if ready else None,
             "residency": {"status": "not_applicable", "checked_at": None,
                           "detail": "llama.cpp on the CPU: no device memory to watch"},
             "uptime_s": round(time.monotonic() - state.started, 3),
@@ -175,13 +181,14 @@ def make_app(state: WorkerState) -> Starlette:
                     end["stop_reason"] = "cancelled"
                     break
                 step = await state.upstream.step(ids, job, run.tokens_out, run.seed)
+                piece = step.piece if step.piece is not None else state.vocabulary.piece(step.token_id)
                 if first_token_at is None:
                     first_token_at, prefill_ms = time.monotonic(), step.prompt_ms
                 if step.eog:
                     end["stop_reason"] = "eos"
                     break
                 ids.append(step.token_id)
-                piece, stop = text.push(step.piece)
+                piece, stop = text.push(piece)
                 last = stop is None and run.tokens_out + 1 == run.budget
                 if last:
                     rest, stop = text.finish()

@@ -5,8 +5,7 @@ import dataclasses
 from collections import Counter
 from pathlib import Path
 
-# llama.cpp's default KV cache type is F16 (common/common.h: cache_type_k/v = GGML_TYPE_F16).
-KV_BYTES_PER_VALUE = 2
+from tools.llama_cpp_worker.vocab import Vocabulary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,7 +18,6 @@ class FileFacts:
     vocab_size: int
     context_length: int          # the model's training context
     weight_bytes: int
-    kv_bytes_per_token: int      # K and V over every layer at F16
 
 
 def _value(reader, key: str, default=None):
@@ -27,7 +25,8 @@ def _value(reader, key: str, default=None):
     return default if field is None else field.contents()
 
 
-def read_facts(path: Path) -> FileFacts:
+def read_file(path: Path) -> tuple[FileFacts, Vocabulary]:
+    """The file's facts and its vocabulary, from one read of the file by gguf-py."""
     import gguf
 
     reader = gguf.GGUFReader(path)
@@ -35,17 +34,12 @@ def read_facts(path: Path) -> FileFacts:
     by_type: Counter = Counter()
     for tensor in reader.tensors:
         by_type[tensor.tensor_type.name] += int(tensor.n_bytes)
-    n_layer = int(_value(reader, f"{arch}.block_count", 0))
-    n_embd = int(_value(reader, f"{arch}.embedding_length", 0))
-    n_head = int(_value(reader, f"{arch}.attention.head_count", 1) or 1)
-    n_head_kv = int(_value(reader, f"{arch}.attention.head_count_kv", n_head) or n_head)
-    head_dim = int(_value(reader, f"{arch}.attention.key_length", n_embd // n_head) or n_embd // n_head)
-    return FileFacts(
+    facts = FileFacts(
         name=path.name, path=str(path), architecture=arch,
         quant_kind=by_type.most_common(1)[0][0],
         tokenizer_kind=str(_value(reader, "tokenizer.ggml.model", "")),
         vocab_size=len(reader.get_field("tokenizer.ggml.tokens").data),
         context_length=int(_value(reader, f"{arch}.context_length")),
         weight_bytes=sum(by_type.values()),
-        kv_bytes_per_token=2 * n_layer * n_head_kv * head_dim * KV_BYTES_PER_VALUE,
     )
+    return facts, Vocabulary(reader)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import signal
 import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import httpx
@@ -17,6 +19,9 @@ SAMPLERS = ["penalties", "temperature", "top_k", "top_p", "min_p"]
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF    # llama.cpp: this seed means "pick a random one" (LLAMA_DEFAULT_SEED)
 
 
+BUFFER_LINE = re.compile(r"\b(model|KV|compute|output) buffer size =\s*([0-9.]+) MiB")
+
+
 class UpstreamError(RuntimeError):
     """llama-server failed or answered something unexpected."""
 
@@ -24,9 +29,8 @@ class UpstreamError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class Step:
     token_id: int
-    piece: bytes         # the token's bytes as llama.cpp detokenizes it
+    piece: bytes | None  # the token's bytes as llama.cpp detokenizes it (None: not returned)
     eog: bool            # an end-of-generation token (llama_vocab_is_eog): not part of the text
-    logprob: float
     prompt_ms: float     # time llama-server spent on the (uncached part of the) prompt
 
 
@@ -61,13 +65,28 @@ class LlamaServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
-                "-c", str(n_ctx), "-np", "1", "--no-webui", "--log-disable"]
+                "-c", str(n_ctx), "-np", "1", "--no-webui",
+                # no host-memory copies of earlier prompts' KV state (one job at a time needs none)
+                "--cache-ram", "0",
+                # the buffer sizes (for /health's memory_bytes) are logged only above the default verbosity
+                "-lv", "4"]
         if threads:
             args += ["-t", str(threads)]
         self.args = args
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                     stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+        self.buffer_bytes: dict[str, int] = {}
+        threading.Thread(target=self._read_log, daemon=True).start()
         self.client = httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(600.0, connect=10.0))
+
+    def _read_log(self) -> None:
+        """Keep the buffer sizes llama.cpp logs at load (llama-model.cpp, llama-kv-cache.cpp,
+        llama-context.cpp: "... model|KV|compute|output buffer size = X MiB"); drop the rest."""
+        for raw in self.proc.stderr:
+            match = BUFFER_LINE.search(raw.decode(errors="replace"))
+            if match:
+                kind = match.group(1)
+                self.buffer_bytes[kind] = self.buffer_bytes.get(kind, 0) + round(float(match.group(2)) * 2 ** 20)
 
     def exited(self) -> int | None:
         return self.proc.poll()
@@ -115,13 +134,15 @@ class LlamaServer:
         }
         answer = await self._post("/completion", body)
         tokens = answer.get("tokens") or []
-        probs = answer.get("completion_probabilities") or []
-        if len(tokens) != 1 or len(probs) != 1 or probs[0].get("id") != tokens[0]:
+        if len(tokens) != 1:
             raise UpstreamError(f"llama-server /completion gave no single token: tokens={tokens}, "
                                 f"stop_type={answer.get('stop_type')}")
         eog = answer.get("stop_type") == "eos"
-        return Step(token_id=int(tokens[0]), piece=b"" if eog else bytes(probs[0].get("bytes") or []), eog=eog,
-                    logprob=float(probs[0].get("logprob", 0.0)),
+        # The bytes come only when the token's text is whole UTF-8 on its own (server-context.cpp,
+        # process_token); otherwise None, and the caller takes them from the vocabulary.
+        probs = [p for p in answer.get("completion_probabilities") or [] if p.get("id") == tokens[0]]
+        piece = b"" if eog else bytes(probs[0]["bytes"]) if probs else None
+        return Step(token_id=int(tokens[0]), piece=piece, eog=eog,
                     prompt_ms=float((answer.get("timings") or {}).get("prompt_ms", 0.0)))
 
     async def close(self) -> None:
