@@ -16,7 +16,7 @@
 set -uo pipefail
 mode="${1:-run}"
 OUT="${OUT:-reports/gpu}"
-PEER=.peer
+PEER="${PEER:-.peer}"
 LLAMA_CPP_PYTHON_VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
 
 prepare() {
@@ -51,6 +51,10 @@ prepare() {
   du -sh "$PEER"; ls -l "$PEER/twins"; cat "$PEER/commit.txt"
 }
 
+# seconds left before the whole run must be done (the device tool stops a command at 600 s), less a reserve
+left() { local l=$(( ${BENCH_DEADLINE_S:-570} - SECONDS - $1 )); [ $l -gt 10 ] && echo $l || echo 10; }
+cap() { [ "$1" -lt "$2" ] && echo "$1" || echo "$2"; }
+
 run() {
   mkdir -p "$OUT" reports /tmp/models
   log="$OUT/bench.log"
@@ -59,13 +63,17 @@ run() {
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
       || exit 1
   fi
-  export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 M0_COMMIT="$(cat $PEER/commit.txt 2>/dev/null || echo unknown)"
+  commit=$(git rev-parse --short HEAD 2>/dev/null || cat "$PEER/commit.txt" 2>/dev/null || echo unknown)
+  export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 M0_COMMIT="$commit"
   { echo "== device"; nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader;
     date -u; } 2>&1 | tee -a "$log"
 
   # 1. llama-bench: configure and build in the background, niced so that our timings keep their CPU
   lb=/tmp/llb/bin/llama-bench
+  rm -f /tmp/llb.rc
+  building=0
   if [ -f "$PEER/llama.cpp/CMakeLists.txt" ]; then
+    building=1
     setsid nohup nice -n 19 bash -c "cmake -S $PEER/llama.cpp -B /tmp/llb -G Ninja -DGGML_CUDA=ON \
       -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
       -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF && cmake --build /tmp/llb --target llama-bench -j 14; \
@@ -88,7 +96,7 @@ run() {
       gpt-oss-20b)
         tok=/tmp/models/smollm2.gguf
         [ -f "$tok" ] || python3 scripts/make_twin.py build "$PEER/twins/smollm2.header" "$(cat $PEER/twins/smollm2.size)" "$tok"
-        timeout "${GPT_OSS_WRITE_TIMEOUT:-200}" python3 benchmarks/bench_vs_llama_cpp.py write-gpt-oss \
+        timeout "$(cap 150 "$(left 300)")" python3 benchmarks/bench_vs_llama_cpp.py write-gpt-oss \
           /tmp/models/gpt-oss-20b.gguf --tokenizer-from "$tok" 2>&1 | tee -a "$log" \
           && models+=("gpt-oss-20b=/tmp/models/gpt-oss-20b.gguf") || status=1 ;;
     esac
@@ -97,16 +105,17 @@ run() {
 
   # 3. ours
   echo "== ours" | tee -a "$log"
-  timeout "${OURS_TIMEOUT:-240}" python3 benchmarks/bench_vs_llama_cpp.py ours "${margs[@]}" --repeats "${REPEATS:-3}" \
+  timeout "$(cap 240 "$(left 150)")" python3 benchmarks/bench_vs_llama_cpp.py ours "${margs[@]}" --repeats "${REPEATS:-3}" \
     --out "$OUT/ours.json" 2>&1 | tee -a "$log" || status=1
 
   # 4. llama.cpp, once its build is done
   echo "== llama.cpp build" | tee -a "$log"
-  for _ in $(seq 1 "${BUILD_WAIT_S:-300}"); do [ -f /tmp/llb.rc ] && break; sleep 1; done
+  while [ $building = 1 ] && [ ! -f /tmp/llb.rc ] && [ "$(left 100)" -gt 10 ]; do sleep 1; done
+  echo "llama-bench build: $(cat /tmp/llb.rc 2>/dev/null || echo 'not finished') after ${SECONDS}s" | tee -a "$log"
   tail -3 "$OUT/llama_build.log" | tee -a "$log"
   if [ -x "$lb" ]; then
     echo "== llama-bench" | tee -a "$log"
-    timeout "${PEER_TIMEOUT:-240}" python3 benchmarks/bench_vs_llama_cpp.py peer --llama-bench "$lb" "${margs[@]}" \
+    timeout "$(cap 200 "$(left 15)")" python3 benchmarks/bench_vs_llama_cpp.py peer --llama-bench "$lb" "${margs[@]}" \
       --repeats "${REPEATS:-3}" --out "$OUT/peer.json" 2>&1 | tee -a "$log" || status=1
   else
     echo "llama-bench not built (see llama_build.log): llama.cpp NOT RUN" | tee -a "$log"; status=1
@@ -114,15 +123,21 @@ run() {
   fi
 
   # 5. the table
+  [ -f "$OUT/ours.json" ] || echo '{"tool": "ours", "rows": []}' > "$OUT/ours.json"
   meta=$(python3 - "$PEER" <<'PY'
 import json, subprocess, sys, pathlib
 peer = pathlib.Path(sys.argv[1])
-gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                     capture_output=True, text=True).stdout.strip()
-import cupy
-version = (peer / "llama_cpp_version.txt").read_text().strip() if (peer / "llama_cpp_version.txt").exists() else "?"
-print(json.dumps({"device": gpu, "cupy": cupy.__version__, "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
-                  "llama_cpp": version, "llama_cpp_build": "CUDA, sm_90, flash attention on (-fa 1), -ngl 99"}))
+meta = {"llama_cpp_build": "CUDA, sm_90, flash attention on (-fa 1), -ngl 99"}
+try:
+    meta["device"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                                    capture_output=True, text=True).stdout.strip()
+    import cupy
+    meta.update(cupy=cupy.__version__, cuda_runtime=cupy.cuda.runtime.runtimeGetVersion())
+except Exception as exc:  # noqa: BLE001 — the table is still written, without these fields
+    meta["meta_error"] = repr(exc)
+version = peer / "llama_cpp_version.txt"
+meta["llama_cpp"] = version.read_text().strip() if version.exists() else "?"
+print(json.dumps(meta))
 PY
 )
   python3 benchmarks/bench_vs_llama_cpp.py table "$OUT/ours.json" "$OUT/peer.json" --meta "$meta" \
