@@ -93,6 +93,18 @@ class WorkerNotReadyError(WorkerError):
     http_status = 503
 
 
+class CudaUnavailableError(WorkerError):
+    """CuPy, the driver or the requested device is missing (codes CUDA_UNAVAILABLE, CUDA_DEVICE_NOT_FOUND)."""
+
+    code = "CUDA_UNAVAILABLE"
+
+
+class TokenizerJSONError(WorkerError):
+    """A tokenizer.json that is missing, not UTF-8, not JSON, or refused by the tokenizers library."""
+
+    code = "TOKENIZER_JSON_INVALID"
+
+
 class DeviceOOMError(WorkerError):
     """Device memory does not suffice (model at start-up, or a request's KV cache)."""
 

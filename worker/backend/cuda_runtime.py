@@ -18,15 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.errors import WorkerError
+from worker.errors import CudaUnavailableError
 
 KERNEL_DIR = Path(__file__).with_name("kernels")
-
-
-class CudaUnavailableError(WorkerError):
-    """CuPy, the driver or the requested device is missing (codes CUDA_UNAVAILABLE, CUDA_DEVICE_NOT_FOUND)."""
-
-    code = "CUDA_UNAVAILABLE"
 
 
 def require_cuda_device(device_index: int):

@@ -15,16 +15,12 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 
-from worker.errors import WorkerError
+from worker.errors import TokenizerJSONError
 from worker.tokenizer.base import Tokenizer, end_of_generation_ids
 from worker.tokenizer.byte_level import piece_to_bytes
 from worker.tokenizer.spm import SPACE
 
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
-
-
-class TokenizerJSONError(WorkerError):
-    code = "TOKENIZER_JSON_INVALID"
 
 
 def _load_json(source) -> str:
