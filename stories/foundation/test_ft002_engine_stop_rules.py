@@ -275,3 +275,22 @@ def test_a_consumer_that_stops_reading_still_frees_the_cache():
     assert model.backend.live_caches == 1
     gen.close()
     assert model.backend.live_caches == 0
+
+
+class ModelRefusingItsOwnInput(ScriptedModel):
+    """A model that raises InvalidParamsError mid-job: after Started that is our bug, not bad input."""
+
+    def forward(self, ids, cache, start_pos):
+        if start_pos > 0:
+            raise InvalidParamsError("positions do not fit the KV cache", field="n_ctx")
+        return super().forward(ids, cache, start_pos)
+
+
+def test_an_invalid_params_error_after_started_is_internal_not_the_clients_fault():
+    tok = FakeTokenizer(VOCAB)
+    model = ModelRefusingItsOwnInput([97] * 10, tok.vocab_size)
+    events = list(Engine(model, tok).generate([1, 2], SamplingParams(max_tokens=5, **GREEDY)))
+    _, tokens, end = split(events)
+    assert len(tokens) == 1
+    assert end.stop_reason == "error" and end.error_code == "INTERNAL", end
+    assert model.backend.live_caches == 0

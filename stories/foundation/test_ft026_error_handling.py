@@ -151,3 +151,27 @@ def test_on_the_cpu_the_cap_counts_the_float32_copies_of_the_weights(tiny_server
     cap = check["required_bytes"] - 2 * sum(int(t.n_elements) for t in tensors)
     failed, _ = _assert_clean_refusal(start_worker(path, extra=["--max-memory", str(cap)]), 1)
     assert failed["code"] == "VRAM_OOM" and failed["required_bytes"] == check["required_bytes"]
+
+
+def test_a_bug_in_the_server_is_a_json_500_internal_never_a_client_error():
+    """An exception that is no WorkerError (here: the engine's input check itself breaks) is our bug:
+    500 INTERNAL as JSON with the correlation id, and the next request is served."""
+    from types import SimpleNamespace
+
+    from fastapi.testclient import TestClient
+
+    from worker.jobs import WorkerState
+    from worker.server import create_app
+
+    def broken_prepare(prompt, params):
+        raise KeyError("a bug")
+
+    state = WorkerState(model_path="model.gguf", device="cpu", n_ctx=64, info={"name": "model.gguf"})
+    state.ready(backend=None, model=None, tokenizer=None, engine=SimpleNamespace(prepare=broken_prepare))
+    with TestClient(create_app(state), raise_server_exceptions=False) as client:
+        response = client.post("/execute", json={"job_id": "bug", "prompt": "Hi"}, headers={"X-Correlation-Id": "b-1"})
+        assert response.status_code == 500
+        assert response.json()["code"] == "INTERNAL" and "KeyError" in response.json()["message"]
+        assert response.headers["x-correlation-id"] == "b-1"
+        assert state.job is None                            # the slot was never claimed
+        assert client.get("/health").status_code == 200
