@@ -1,9 +1,9 @@
 """FT-012 / FT-013: the single-token decode step replayed from a captured CUDA graph.
 
 Acceptance:
-- on every Llama-family and GPT-2 fixture, 64 greedy steps through the captured graph give the
-  same tokens and bit-identical logits as the same steps launched op by op (the graph holds the
-  same kernels; only the position and token are read from device memory instead of arguments),
+- on every fixture architecture (llama, qwen2, phi3, gpt2, gpt-oss), 64 greedy steps through the
+  captured graph give the same tokens and bit-identical logits as the same steps launched op by op
+  (the graph holds the same kernels; only the position and token are read from device memory),
   and the graph is captured once and then replayed for every later step;
 - the graph's buffers are workspace in memory_report while the graph lives and are freed with
   the KV cache it serves: device memory returns to where it was before the request;
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.story("FT-012")]
 
 STEPS = 64
 PROMPT = [1, 7, 3, 12, 5]
-GRAPH_ARCHS = ["llama", "qwen2", "phi3", "gpt2"]
+GRAPH_ARCHS = ["llama", "qwen2", "phi3", "gpt2", "gpt-oss"]
 
 
 def _backend(**options):

@@ -103,8 +103,10 @@ class GptOssModel:
 
     def forward(self, ids, cache, start_pos: int):
         """Logits [T, vocab] for tokens `ids` at positions start_pos.. (their K/V go to `cache`)."""
+        return self.backend.run_forward(self._forward, _token_ids(ids), cache, start_pos)
+
+    def _forward(self, ids, cache, start_pos: int):
         b, eps = self.backend, self.config.norm_eps
-        ids = _token_ids(ids)
         positions = np.arange(start_pos, start_pos + len(ids))
         x = b.embedding(self.token_embd, ids)
         for layer, blk in enumerate(self.blocks):
