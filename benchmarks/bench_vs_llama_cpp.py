@@ -60,6 +60,34 @@ def _tokenizer_fields(path: Path) -> list:
     return fields
 
 
+def gpt_oss_20b_tensors(vocab: int) -> list[tuple[str, tuple, object, float]]:
+    """(name, shape rows-first, GGML type, F32 base value) of every tensor of the GPT-OSS-20B-shaped file."""
+    import gguf
+
+    c, Q = GPT_OSS_20B, gguf.GGMLQuantizationType
+    D, E, F, hd = c["hidden"], c["experts"], c["expert_ffn"], c["head_dim"]
+    q_dim, kv_dim = c["heads"] * hd, c["kv_heads"] * hd
+    tensors: list[tuple[str, tuple, object, float]] = [      # name, shape (GGUF order reversed), type, F32 base
+        ("token_embd.weight", (vocab, D), Q.Q8_0, 0.0)]
+    for i in range(c["layers"]):
+        p = f"blk.{i}."
+        tensors += [
+            (p + "attn_norm.weight", (D,), Q.F32, 1.0),
+            (p + "attn_q.weight", (q_dim, D), Q.Q8_0, 0.0), (p + "attn_q.bias", (q_dim,), Q.F32, 0.0),
+            (p + "attn_k.weight", (kv_dim, D), Q.Q8_0, 0.0), (p + "attn_k.bias", (kv_dim,), Q.F32, 0.0),
+            (p + "attn_v.weight", (kv_dim, D), Q.Q8_0, 0.0), (p + "attn_v.bias", (kv_dim,), Q.F32, 0.0),
+            (p + "attn_output.weight", (D, q_dim), Q.Q8_0, 0.0), (p + "attn_output.bias", (D,), Q.F32, 0.0),
+            (p + "attn_sinks.weight", (c["heads"],), Q.F32, 0.0),
+            (p + "post_attention_norm.weight", (D,), Q.F32, 1.0),
+            (p + "ffn_gate_inp.weight", (E, D), Q.F32, 0.0), (p + "ffn_gate_inp.bias", (E,), Q.F32, 0.0),
+            (p + "ffn_gate_exps.weight", (E, F, D), Q.MXFP4, 0.0), (p + "ffn_gate_exps.bias", (E, F), Q.F32, 0.0),
+            (p + "ffn_up_exps.weight", (E, F, D), Q.MXFP4, 0.0), (p + "ffn_up_exps.bias", (E, F), Q.F32, 0.0),
+            (p + "ffn_down_exps.weight", (E, D, F), Q.MXFP4, 0.0), (p + "ffn_down_exps.bias", (E, D), Q.F32, 0.0),
+        ]
+    tensors += [("output_norm.weight", (D,), Q.F32, 1.0), ("output.weight", (vocab, D), Q.Q8_0, 0.0)]
+    return tensors
+
+
 def write_gpt_oss_20b_shaped(path: Path, tokenizer_from: Path, seed: int = 0) -> Path:
     """GPT-OSS-20B's shape in our tiny GPT-OSS fixture's tensor layout (fixtures/tiny_gpt_oss.py:
     llama.cpp's converter names, stacked [E, N, K] experts): experts MXFP4, the other matrices Q8_0,
@@ -74,7 +102,6 @@ def write_gpt_oss_20b_shaped(path: Path, tokenizer_from: Path, seed: int = 0) ->
     fields = _tokenizer_fields(tokenizer_from)
     vocab = next(len(v) for k, v, _, _ in fields if k == "tokenizer.ggml.tokens")
     D, E, F, hd = c["hidden"], c["experts"], c["expert_ffn"], c["head_dim"]
-    q_dim, kv_dim = c["heads"] * hd, c["kv_heads"] * hd
     w = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GPT_OSS])
     w.add_name("random-gpt-oss-20b-shape")
     w.add_context_length(c["ctx"])
@@ -99,24 +126,7 @@ def write_gpt_oss_20b_shaped(path: Path, tokenizer_from: Path, seed: int = 0) ->
     for key, value, vtype, sub_type in fields:
         w.add_key_value(key, value, vtype, sub_type)
 
-    tensors: list[tuple[str, tuple, object, float]] = [      # name, shape (GGUF order reversed), type, F32 base
-        ("token_embd.weight", (vocab, D), Q.Q8_0, 0.0)]
-    for i in range(c["layers"]):
-        p = f"blk.{i}."
-        tensors += [
-            (p + "attn_norm.weight", (D,), Q.F32, 1.0),
-            (p + "attn_q.weight", (q_dim, D), Q.Q8_0, 0.0), (p + "attn_q.bias", (q_dim,), Q.F32, 0.0),
-            (p + "attn_k.weight", (kv_dim, D), Q.Q8_0, 0.0), (p + "attn_k.bias", (kv_dim,), Q.F32, 0.0),
-            (p + "attn_v.weight", (kv_dim, D), Q.Q8_0, 0.0), (p + "attn_v.bias", (kv_dim,), Q.F32, 0.0),
-            (p + "attn_output.weight", (D, q_dim), Q.Q8_0, 0.0), (p + "attn_output.bias", (D,), Q.F32, 0.0),
-            (p + "attn_sinks.weight", (c["heads"],), Q.F32, 0.0),
-            (p + "post_attention_norm.weight", (D,), Q.F32, 1.0),
-            (p + "ffn_gate_inp.weight", (E, D), Q.F32, 0.0), (p + "ffn_gate_inp.bias", (E,), Q.F32, 0.0),
-            (p + "ffn_gate_exps.weight", (E, F, D), Q.MXFP4, 0.0), (p + "ffn_gate_exps.bias", (E, F), Q.F32, 0.0),
-            (p + "ffn_up_exps.weight", (E, F, D), Q.MXFP4, 0.0), (p + "ffn_up_exps.bias", (E, F), Q.F32, 0.0),
-            (p + "ffn_down_exps.weight", (E, D, F), Q.MXFP4, 0.0), (p + "ffn_down_exps.bias", (E, D), Q.F32, 0.0),
-        ]
-    tensors += [("output_norm.weight", (D,), Q.F32, 1.0), ("output.weight", (vocab, D), Q.Q8_0, 0.0)]
+    tensors = gpt_oss_20b_tensors(vocab)
     for name, shape, qtype, _ in tensors:
         block, size = gguf.GGML_QUANT_SIZES[qtype]
         nbytes = int(np.prod(shape)) // block * size
@@ -130,8 +140,11 @@ def write_gpt_oss_20b_shaped(path: Path, tokenizer_from: Path, seed: int = 0) ->
     align = w.data_alignment
     # 8 distinct random chunks, cycled: drawing 11 GB of random bytes would take longer than the
     # benchmark itself, and the kernels' speed does not depend on the weights' values
-    chunk = 1 << 26
-    pool = [rng.integers(0, 0x30, size=chunk, dtype=np.uint8).tobytes() for _ in range(8)]
+    quantized = [int(np.prod(shape)) // gguf.GGML_QUANT_SIZES[q][0] * gguf.GGML_QUANT_SIZES[q][1]
+                 for _, shape, q, _ in tensors if q != Q.F32]
+    chunk = min(1 << 26, max(quantized))
+    pool = [rng.integers(0, 0x30, size=chunk, dtype=np.uint8).tobytes()
+            for _ in range(min(8, -(-sum(quantized) // chunk)))]
     written = 0
     with open(path, "ab") as f:
         f.write(b"\0" * (-f.tell() % align))
