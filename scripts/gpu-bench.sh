@@ -11,6 +11,7 @@
 # Models: SmolLM2-135M Q4_1 and Qwen2.5-Coder-0.5B Q4_K_M as timing twins of the real files
 # (scripts/make_twin.py), and a GPT-OSS-20B-shaped MXFP4 model written there
 # (benchmarks/bench_vs_llama_cpp.py write-gpt-oss; BENCH_MODELS="smollm2 qwen2.5" skips it).
+# BENCH_LLAMA_CPP=0 measures ours only (no build, no llama-bench).
 # Writes under $OUT (default reports/gpu): bench_vs_llama_cpp.json (also reports/), ours.json,
 # peer.json, llama_build.log, bench.log. Exit status non-zero if a step failed.
 set -uo pipefail
@@ -72,7 +73,9 @@ run() {
   lb=/tmp/llb/bin/llama-bench
   rm -f /tmp/llb.rc
   building=0
-  if [ -f "$PEER/llama.cpp/CMakeLists.txt" ]; then
+  if [ "${BENCH_LLAMA_CPP:-1}" = 0 ]; then
+    echo "BENCH_LLAMA_CPP=0: ours only" | tee -a "$log"
+  elif [ -f "$PEER/llama.cpp/CMakeLists.txt" ]; then
     building=1
     setsid nohup nice -n 19 bash -c "cmake -S $PEER/llama.cpp -B /tmp/llb -G Ninja -DGGML_CUDA=ON \
       -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
