@@ -94,6 +94,9 @@ def _name_variants(node: ast.expr) -> list[str]:
             values = sorted(set(cuda_module._KERNEL_FORMAT.values()))
         elif expr == "kvt":                          # KV cache element type
             values = ["f16", "f32"]
+        elif expr == "fmt":                          # a format with an int8 decode product (kernels/vecdot.py)
+            from worker.backend.kernels.vecdot import VECDOT_FORMATS
+            values = sorted(VECDOT_FORMATS)
         else:
             raise AssertionError(f"unknown kernel-name pattern {{{expr}}}: teach this test its values")
         names = [n + v for n in names for v in values]

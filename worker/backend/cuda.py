@@ -125,11 +125,14 @@ class CudaBackend(CudaMemory, Backend):
             fn = self._functions[(module, name)] = _module(self.device_index, module).get_function(name)
         return fn
 
-    def _launch(self, module: str, name: str, grid, block, args) -> None:
-        """Launch kernel `name` of `module` (grid: blocks, or a tuple of them per dimension)."""
+    def _launch(self, module: str, name: str, grid, block, args, *, keeps_quantized_input: bool = False) -> None:
+        """Launch kernel `name` of `module` (grid: blocks, or a tuple of them per dimension).
+        keeps_quantized_input: the kernel writes nothing a quantized product input could be
+        (kernels/vecdot.py reuses one only until another kernel runs)."""
         grid = tuple(int(g) for g in grid) if isinstance(grid, tuple) else (int(grid),)
         self._fn(module, name)(grid, (int(block),), args)
-        self.launch_serial += 1         # kernels/vecdot.py: a quantized input is reused only until a kernel runs
+        if not keeps_quantized_input:
+            self.launch_serial += 1
         if self.sync_each_op:
             self.synchronize()
 

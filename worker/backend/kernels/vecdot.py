@@ -37,20 +37,14 @@ def activation_buffers(k, rows: int, K: int):
     return xq, xds
 
 
-def _launch2d(k, name: str, grid: tuple[int, int], block: int, args) -> None:
-    k._fn("vecdot.cu", name)((int(grid[0]), int(grid[1])), (int(block),), args)
-    if k.sync_each_op:
-        k.synchronize()
-
-
 def quantize(k, x, xq, xds, rows: int, K: int, terms: int = 2) -> None:
     """x [rows, K] float32 (K a multiple of 32) -> xq [terms, rows, K] int8 and xds [rows, K/32, 4].
     Forgets what the workspace held (quantized_input registers the new contents)."""
     k._q8_last = None
     n_blocks = rows * (K // QUANT_BLOCK)
     if n_blocks:
-        _launch2d(k, "quantize_q8", ((n_blocks + QUANTIZE_WARPS - 1) // QUANTIZE_WARPS, 1), 32 * QUANTIZE_WARPS,
-                  (x, xq, xds, i32(K), i32(rows), i32(terms)))
+        k._launch("vecdot.cu", "quantize_q8", (n_blocks + QUANTIZE_WARPS - 1) // QUANTIZE_WARPS, 32 * QUANTIZE_WARPS,
+                  (x, xq, xds, i32(K), i32(rows), i32(terms)), keeps_quantized_input=True)
 
 
 def mmvq(k, fmt: str, raw, row_bytes: int, xq, xds, y, N: int, K: int, T: int, terms: int = 2, *,
@@ -62,10 +56,11 @@ def mmvq(k, fmt: str, raw, row_bytes: int, xq, xds, y, N: int, K: int, T: int, t
     if T > MMVQ_MAX_T:
         raise ValueError(f"mmvq handles at most {MMVQ_MAX_T} tokens, got {T}")
     rows = quantized_rows if quantized_rows is not None else (slots * T if x_per_slot else T)
-    _launch2d(k, f"mmvq_{fmt}", ((N + MMVQ_ROWS_PER_BLOCK - 1) // MMVQ_ROWS_PER_BLOCK, slots), 32 * MMVQ_ROWS_PER_BLOCK,
+    k._launch("vecdot.cu", f"mmvq_{fmt}", ((N + MMVQ_ROWS_PER_BLOCK - 1) // MMVQ_ROWS_PER_BLOCK, slots),
+              32 * MMVQ_ROWS_PER_BLOCK,
               (raw, i64(row_bytes), i64(expert_bytes), NULL if expert_ids is None else expert_ids, xq, xds,
                i64(rows * K), i32(1 if x_per_slot else 0), NULL if bias is None else bias,
-               i32(1 if bias_per_expert else 0), y, i32(N), i32(K), i32(T), i32(terms)))
+               i32(1 if bias_per_expert else 0), y, i32(N), i32(K), i32(T), i32(terms)), keeps_quantized_input=True)
 
 
 def fused_output_buffers(k, rows: int, D: int):
@@ -85,7 +80,7 @@ def remember_quantized(k, y, rows: int, D: int, xq, xds, terms: int) -> None:
 def quantized_input(k, x, x2, T: int, K: int, terms: int):
     """(xq, xds) for activations x [T, K] (x2: its 2-D view): quantized now, or the buffers of the
     previous call when x is the same array and no other kernel has run since (the q, k, v products
-    of one normed input; gate and up). `k.launch_serial` counts the backend's other launches."""
+    of one normed input; gate and up). `k.launch_serial` counts the launches that may write one."""
     last = getattr(k, "_q8_last", None)
     serial = getattr(k, "launch_serial", None)
     if last is not None and serial is not None and last[0] is x and last[1:6] == (x2.data.ptr, T, K, terms, serial):
