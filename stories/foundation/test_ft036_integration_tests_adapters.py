@@ -9,9 +9,9 @@ continuations of 12 tokens agree token for token.
 import numpy as np
 import pytest
 
+from fixtures.engine_greedy import engine_greedy
 from fixtures.hf_reference import hf_greedy, hf_logits, relative_logit_error
-from fixtures.tiny_models import ARCHS, QTYPES, tiny_hf_model, tiny_worker_model
-from worker.models.generate import greedy_generate
+from fixtures.tiny_models import ARCHS, QTYPES, tiny_hf_model, tiny_model_path, tiny_worker_model
 
 PROMPT = np.random.default_rng(36).integers(0, 49152, 20)
 THRESHOLD = 1e-4
@@ -33,4 +33,5 @@ def test_adapter_logits_match_transformers(arch, qtype):
 @pytest.mark.story("FT-036")
 @pytest.mark.parametrize("arch", ARCHS)
 def test_adapter_greedy_tokens_match_transformers(arch):
-    assert greedy_generate(tiny_worker_model(arch), PROMPT[:6], 12) == hf_greedy(tiny_hf_model(arch), PROMPT[:6], 12)
+    ours = engine_greedy(tiny_worker_model(arch), tiny_model_path(arch), PROMPT[:6], 12)
+    assert ours == hf_greedy(tiny_hf_model(arch), PROMPT[:6], 12)

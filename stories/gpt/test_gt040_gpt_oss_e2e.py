@@ -18,10 +18,10 @@ import functools
 import numpy as np
 import pytest
 
+from fixtures.engine_greedy import engine_greedy
 from fixtures.hf_reference import hf_greedy, hf_logits, relative_logit_error
-from fixtures.tiny_gpt_oss import tiny_gpt_oss_hf
+from fixtures.tiny_gpt_oss import tiny_gpt_oss_hf, tiny_gpt_oss_path
 from stories.gpt._mxfp4_helpers import record, tiny_worker_gpt_oss
-from worker.models.generate import greedy_generate
 
 pytestmark = pytest.mark.story("GT-040")
 THRESHOLD = 1e-4
@@ -51,9 +51,9 @@ def test_logits_match_transformers_on_random_ids():
 
 
 def test_logits_match_transformers_on_a_text_prompt():
+    from fixtures.tiny_gpt_oss import tiny_gpt_oss_path
     from worker.gguf import GGUFModelFile
     from worker.tokenizer import load_tokenizer
-    from fixtures.tiny_gpt_oss import tiny_gpt_oss_path
 
     tokenizer = load_tokenizer(GGUFModelFile.open(tiny_gpt_oss_path()))
     ids = tokenizer.encode("The capital of France is Paris, and the capital of Italy is")
@@ -67,7 +67,7 @@ def test_logits_match_transformers_on_a_text_prompt():
 def test_32_greedy_tokens_equal_transformers():
     model = tiny_worker_gpt_oss()
     prompt = IDS[:6]
-    ours = greedy_generate(model, prompt, 32)
+    ours = engine_greedy(model, tiny_gpt_oss_path(), prompt, 32)
     reference = hf_greedy(tiny_gpt_oss_hf(), prompt, 32)
     record("GT-040 greedy tokens", ours=ours, transformers=reference)
     assert ours == reference

@@ -7,9 +7,9 @@ same weights dequantized by gguf-py. Greedy continuations agree token for token.
 import numpy as np
 import pytest
 
+from fixtures.engine_greedy import engine_greedy
 from fixtures.hf_reference import hf_greedy, hf_logits, relative_logit_error
-from fixtures.tiny_models import tiny_hf_model, tiny_worker_model
-from worker.models.generate import greedy_generate
+from fixtures.tiny_models import tiny_hf_model, tiny_model_path, tiny_worker_model
 
 PROMPT = np.random.default_rng(24).integers(0, 49152, 24)
 THRESHOLD = 1e-4
@@ -28,5 +28,5 @@ def test_qwen2_logits_match_transformers(qtype):
 
 @pytest.mark.story("LT-024")
 def test_qwen2_greedy_continuation_matches_transformers():
-    ours = greedy_generate(tiny_worker_model("qwen2"), PROMPT[:8], 16)
+    ours = engine_greedy(tiny_worker_model("qwen2"), tiny_model_path("qwen2"), PROMPT[:8], 16)
     assert ours == hf_greedy(tiny_hf_model("qwen2"), PROMPT[:8], 16)

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
+from fixtures.engine_greedy import engine_greedy
 from fixtures.text_strategies import mixed_text
 from fixtures.tokenizer_data import hard_corpus
 from fixtures.tokenizer_testing import CONFORMANCE, describe_mismatches
@@ -203,12 +204,11 @@ def test_logits_match_transformers(qwen, reference, model, prompt, record_proper
 @pytest.mark.slow
 @pytest.mark.parametrize("prompt", _prompts())
 def test_greedy_64_tokens_match_transformers(qwen, reference, model, prompt, record_property):
-    from worker.models.generate import greedy_generate
 
     entry = reference["prompts"][prompt]
     logits = entry["logits"]
     tolerance = LOGIT_TOLERANCE * float(logits.max() - logits.min())  # the logit test's bound, in logits
-    ours = greedy_generate(model, entry["ids"], N_GREEDY)
+    ours = engine_greedy(model, qwen, entry["ids"], N_GREEDY)
     theirs = entry["greedy"]
     record_property("greedy_ours", ours)
     record_property("greedy_transformers", theirs)
@@ -229,14 +229,13 @@ def test_greedy_64_tokens_match_transformers(qwen, reference, model, prompt, rec
 @pytest.mark.slow
 @pytest.mark.parametrize("prompt", _prompts())
 def test_greedy_agreement_with_llama_cpp_is_reported(qwen, reference, model, prompt, record_property):
-    from worker.models.generate import greedy_generate
 
     llama_cpp = _llama_cpp()
     entry = reference["prompts"][prompt]
     tokenizer = _ours_tokenizer(qwen)
     assert tokenizer.encode(entry["text"]) == llama_cpp.tokenize(qwen, entry["text"])  # same prompt ids
     theirs = llama_cpp.complete_greedy(qwen, entry["text"], N_GREEDY)
-    ours = greedy_generate(model, entry["ids"], N_GREEDY)
+    ours = engine_greedy(model, tokenizer, entry["ids"], N_GREEDY)
     # Agreement: how many of our tokens, in order, spell the start of llama.cpp's output.
     agreed, text = 0, b""
     for token in ours:

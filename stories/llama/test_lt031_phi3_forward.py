@@ -6,9 +6,9 @@ threshold 1e-4 (quantized files: transformers holds the gguf-py-dequantized weig
 import numpy as np
 import pytest
 
+from fixtures.engine_greedy import engine_greedy
 from fixtures.hf_reference import hf_greedy, hf_logits, relative_logit_error
-from fixtures.tiny_models import tiny_hf_model, tiny_worker_model
-from worker.models.generate import greedy_generate
+from fixtures.tiny_models import tiny_hf_model, tiny_model_path, tiny_worker_model
 
 PROMPT = np.random.default_rng(31).integers(0, 49152, 24)
 THRESHOLD = 1e-4
@@ -26,4 +26,5 @@ def test_phi3_logits_match_transformers(qtype):
 
 @pytest.mark.story("LT-031")
 def test_phi3_greedy_continuation_matches_transformers():
-    assert greedy_generate(tiny_worker_model("phi3"), PROMPT[:8], 16) == hf_greedy(tiny_hf_model("phi3"), PROMPT[:8], 16)
+    ours = engine_greedy(tiny_worker_model("phi3"), tiny_model_path("phi3"), PROMPT[:8], 16)
+    assert ours == hf_greedy(tiny_hf_model("phi3"), PROMPT[:8], 16)

@@ -9,13 +9,13 @@ reader (dequantizing with gguf-py and undoing the permutation); logits on a prom
 import numpy as np
 import pytest
 
+from fixtures.engine_greedy import engine_greedy
 from fixtures.hf_reference import hf_greedy, hf_logits, relative_logit_error, smollm2_hf_model, smollm2_hf_tokenizer
 from fixtures.paths import smollm2_path
 from fixtures.tiny_models import tiny_hf_model, tiny_worker_model
 from worker.backend.numpy import NumpyBackend
 from worker.gguf import GGUFModelFile
 from worker.models import load_model
-from worker.models.generate import greedy_generate
 
 THRESHOLD = 1e-4
 PROMPT = np.random.default_rng(33).integers(0, 49152, 24)
@@ -50,8 +50,9 @@ def test_smollm2_logits_match_transformers(smollm2):
 @pytest.mark.needs_model("smollm2")
 def test_smollm2_64_greedy_tokens_match_transformers(smollm2):
     ids = smollm2_hf_tokenizer()("The capital of France is").input_ids
-    ours = greedy_generate(smollm2, ids, 64)
+    ours = engine_greedy(smollm2, smollm2_path(), ids, 64)
     theirs = hf_greedy(smollm2_hf_model(), ids, 64)
     agreement = sum(a == b for a, b in zip(ours, theirs))
-    assert ours == theirs, f"{agreement}/64 tokens agree; first difference at {next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)}"
+    first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
+    assert ours == theirs, f"{agreement}/64 tokens agree; first difference at {first}"
     assert "Paris" in smollm2_hf_tokenizer().decode(ours)
