@@ -136,3 +136,24 @@ def test_unreadable_files_are_refused_with_a_gguf_error(tmp_path):
     junk.write_bytes(b"this is not a gguf file at all")
     with pytest.raises(GGUFError):
         load_tokenizer(junk)
+
+
+
+def test_a_file_our_reader_refuses_is_refused_with_its_reason_not_read_another_way(tmp_path):
+    """A vocabulary file whose one tensor's data is cut short: our validated reader refuses it, and the
+    tokenizer says why (the reader's code and message), rather than reading it through gguf-py."""
+    import gguf
+
+    path = tmp_path / "vocab-with-a-cut-tensor.gguf"
+    writer = gguf.GGUFWriter(str(path), "gpt2")
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(gguf.GGUFReader(need_vocab("gpt-2")).fields["tokenizer.ggml.tokens"].contents())
+    writer.add_tensor("blk.0.x.weight", np.ones(64, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    path.write_bytes(path.read_bytes()[:-128])
+    with pytest.raises(GGUFError) as info:
+        load_tokenizer(path)
+    assert info.value.code != "GGUF_INVALID" and "truncated" in info.value.message

@@ -75,25 +75,15 @@ def read_metadata(source) -> dict:
 
 
 def _read_gguf_file(path: Path) -> dict:
+    """The file's metadata through our validated reader (worker.gguf), which also reads vocabulary-only
+    files (no tensors). A file it refuses is refused here with its reason: never read another way."""
+    from worker.gguf import GGUFModelFile
+
     if not path.is_file():
         raise GGUFError(f"{path}: no such file", code="GGUF_UNREADABLE")
-    try:
-        from worker.gguf import GGUFModelFile
-
-        with GGUFModelFile.open(path, detect=False) as gf:
-            # Copy arrays: they may be views of the file map, which closes here.
-            return {k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in gf.metadata.items()}
-    except (GGUFError, IndexError):
-        # worker.gguf refuses some vocabulary-only files (no tensors, no data padding) that the
-        # gguf package reads; fall back to it, and report the first error if that fails too.
-        first = GGUFError(f"{path}: not a readable GGUF file", code="GGUF_INVALID")
-    try:
-        from gguf import GGUFReader
-
-        reader = GGUFReader(path)
-        return {name: f.contents() for name, f in reader.fields.items() if not name.startswith("GGUF.")}
-    except Exception as exc:  # the gguf package raises ValueError/struct.error/... on bad files
-        raise first from exc
+    with GGUFModelFile.open(path, detect=False) as gf:
+        # Copy arrays: they may be views of the file map, which closes here.
+        return {k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in gf.metadata.items()}
 
 
 def _as_list(value, key: str) -> list:
