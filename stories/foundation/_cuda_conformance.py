@@ -62,7 +62,6 @@ THRESHOLDS = {
     "swiglu": 1e-10,
     "swiglu_clamped": 1e-10,
     "gelu": 1e-10,
-    "softmax": 1e-10,
     "argmax": 0.0,               # index mismatches / rows
 }
 

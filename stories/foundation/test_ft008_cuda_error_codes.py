@@ -70,9 +70,6 @@ def test_bad_inputs_name_the_field():
     with pytest.raises(InvalidParamsError) as info:
         b.embedding(table, np.array([3, 10]))
     assert info.value.field == "ids" and "10" in info.value.message
-    with pytest.raises(InvalidParamsError) as info:
-        b.softmax(b.asarray(np.ones((1, 3))), temperature=0.0)
-    assert info.value.field == "temperature"
     w = b.load_weight(f32_tensor(np.ones((2, 3, 4))))
     with pytest.raises(InvalidParamsError) as info:
         b.matmul(b.asarray(np.ones((1, 4))), w, expert=5)

@@ -316,17 +316,6 @@ def _f32_cache_backend():
 
 @pytest.mark.story("LT-019")
 @settings(max_examples=examples(25), **SETTINGS)
-@given(seed=st.integers(0, 2**31), rows=st.integers(1, 9), N=st.sampled_from([1, 2, 40, 1000, 49152, 151936]),
-       temperature=st.sampled_from([0.1, 0.7, 1.0, 2.0]), scale=st.sampled_from([1.0, 30.0]))
-def test_softmax_with_temperature(seed, rows, N, temperature, scale):
-    b = checking_backend()
-    x = (np.random.default_rng(seed).standard_normal((rows, N)) * scale).astype(np.float32)
-    out = b.to_host(b.softmax(b.asarray(x), temperature))
-    check("softmax", f"rows={rows} N={N} temp={temperature}", out, REF.softmax(x, temperature))
-
-
-@pytest.mark.story("LT-019")
-@settings(max_examples=examples(25), **SETTINGS)
 @given(seed=st.integers(0, 2**31), rows=st.integers(1, 9), N=st.sampled_from([1, 3, 40, 257, 49152, 151936]),
        ties=st.booleans())
 def test_argmax_first_index_on_ties(seed, rows, N, ties):

@@ -154,10 +154,6 @@ class Backend(ABC):
         """GELU, tanh approximation (GPT-2)."""
 
     @abstractmethod
-    def softmax(self, x: Array, temperature: float = 1.0) -> Array:
-        """softmax(x / temperature) over the last axis."""
-
-    @abstractmethod
     def argmax(self, x: Array) -> np.ndarray:
         """Index of the max over the last axis (first index on ties), on the host."""
 

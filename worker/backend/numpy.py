@@ -257,12 +257,5 @@ class NumpyBackend(Backend):
         inner = math.sqrt(2.0 / math.pi) * (x64 + 0.044715 * x64**3)
         return (0.5 * x64 * (1.0 + np.tanh(inner))).astype(np.float32)
 
-    def softmax(self, x: Array, temperature: float = 1.0) -> Array:
-        if not temperature > 0:
-            raise InvalidParamsError(f"softmax temperature must be > 0, got {temperature}", field="temperature")
-        z = np.asarray(x, np.float64) / temperature
-        z = np.exp(z - z.max(axis=-1, keepdims=True))
-        return (z / z.sum(axis=-1, keepdims=True)).astype(np.float32)
-
     def argmax(self, x: Array) -> np.ndarray:
         return np.asarray(np.argmax(np.asarray(x), axis=-1))
