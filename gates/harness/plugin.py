@@ -60,7 +60,8 @@ class GateState:
         index_path = self.gates_dir / "stories.json"
         self.stories = json.loads(index_path.read_text()) if index_path.exists() else []
         self.selected_gates = self._gates_in_args(config.args)
-        self.show_board = bool(self.selected_gates) or config.getoption("board")
+        # --collect-only runs nothing: it must not overwrite the board (or empty the results) of a real run
+        self.show_board = (bool(self.selected_gates) or config.getoption("board")) and not config.option.collectonly
         self.index = StoryIndex.build(self.manifests, self.stories)
         self.results: dict[str, TestResult] = {}
         self.item_stories: dict[str, list[str]] = {}

@@ -1,0 +1,33 @@
+"""FT-038 Gate 3 checkpoint: the gate board decides it, by the honesty rules.
+
+Acceptance:
+- gates/gate3/manifest.json names real stories once each, accounts for every gate-3 story of the
+  plan (required, or set aside with a reason), and every required story and gate check has a test;
+- on gate 3's own rows, the verdict is PASS only when every required row ran and passed; one row
+  not run (skipped, or no test ran) makes it INCOMPLETE; one failure makes it FAIL, even beside a skip.
+The verdict of a real run is the board's (reports/gate-board.json) and Allure's "Gate 3 verdict" result.
+"""
+from pathlib import Path
+
+import pytest
+
+from gates.harness.checkpoint import manifest, manifest_problems, verdict_for
+
+pytestmark = pytest.mark.story("FT-038")
+
+ROOT = Path(__file__).resolve().parents[2]
+GATE = 3
+
+
+def test_the_manifest_is_complete_and_every_required_row_has_a_test():
+    assert manifest_problems(ROOT, GATE) == []
+
+
+def test_the_verdict_follows_the_honesty_rules():
+    m = manifest(ROOT, GATE)
+    check, story = m["checks"][0]["id"], m["stories"][-1]
+    assert verdict_for(ROOT, GATE, {}) == "PASS"
+    assert verdict_for(ROOT, GATE, {story: "skipped"}) == "INCOMPLETE"
+    assert verdict_for(ROOT, GATE, {check: None}) == "INCOMPLETE"
+    assert verdict_for(ROOT, GATE, {story: "failed"}) == "FAIL"
+    assert verdict_for(ROOT, GATE, {check: "failed", story: "skipped"}) == "FAIL"
