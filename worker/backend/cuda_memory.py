@@ -18,7 +18,7 @@ import weakref
 import numpy as np
 
 from worker.backend.base import KVCache
-from worker.backend.cuda_runtime import allocator_is_device_pool
+from worker.backend.cuda_runtime import allocator_is_device_pool, process_allocations
 from worker.errors import DeviceOOMError, InvalidParamsError
 from worker.quant import FORMATS as QUANT_FORMATS
 
@@ -111,7 +111,8 @@ class CudaMemory:
         buf = self._workspace.get(name)
         if buf is None or buf.size < n_floats:
             self._workspace.pop(name, None)
-            buf = self._allocate(f"workspace {name}", (n_floats,), np.float32)
+            with process_allocations():              # persistent: never from a captured graph's pool
+                buf = self._allocate(f"workspace {name}", (n_floats,), np.float32)
             self._workspace[name] = buf
         self.graphs.hold(buf)                        # a captured graph keeps it even if it grows later
         return buf[:n_floats]

@@ -133,3 +133,11 @@ def allocator_is_device_pool() -> bool:
 
     current = cp.cuda.get_allocator()
     return current is _ALLOCATOR or current == _ALLOCATOR
+
+
+def process_allocations():
+    """A context in which this thread allocates from the process pool again: for buffers that must
+    outlive a captured decode graph whose private pool is this thread's allocator meanwhile."""
+    import cupy as cp
+
+    return cp.cuda.using_allocator(_ALLOCATOR)
