@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tools.llama_cpp_worker.app import WorkerState, make_app, narrate
     from tools.llama_cpp_worker.facts import read_file
+    from tools.llama_cpp_worker.http11 import ContractH11Protocol
     from tools.llama_cpp_worker.upstream import LlamaServer
 
     if not args.model.is_file():
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     upstream = LlamaServer(binary, args.model, n_ctx, args.threads)
     state = WorkerState(facts, vocabulary, upstream, args.max_body_bytes)
     narrate("listening", host=host, port=port, url=f"http://{host}:{port}", engine=str(binary), n_ctx=n_ctx)
-    server = uvicorn.Server(uvicorn.Config(make_app(state), log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(make_app(state), log_level="warning", lifespan="on",
+                                           http=ContractH11Protocol))
     server.run(sockets=[sock])
     return 0
 

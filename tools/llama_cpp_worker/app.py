@@ -45,8 +45,8 @@ def narrate(event: str, correlation_id: str | None = None, **fields) -> None:
     print(json.dumps(record, default=str), file=sys.stderr, flush=True)
 
 
-def sse(event: str, data: dict) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+def sse(event: str, data: dict) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
 @dataclasses.dataclass
@@ -58,7 +58,7 @@ class RunningJob:
     correlation_id: str
     accepted_at: float
     tokens_out: int = 0
-    cancel_requested: bool = False
+    cancel_requested: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
 
 class WorkerState:
@@ -93,6 +93,29 @@ class WorkerState:
         self.finished[job_id] = outcome
         while len(self.finished) > REMEMBERED_JOBS:
             self.finished.popitem(last=False)
+
+
+async def until_cancelled(call, cancel: asyncio.Event):
+    """The upstream call's result, or None when `cancel` is set first: the call is then abandoned,
+    which closes its connection, and llama-server stops a task whose client has gone (prefill
+    included), so a cancel takes effect within one token even in a long prompt."""
+    if cancel.is_set():
+        call.close()
+        return None
+    work, stop = asyncio.ensure_future(call), asyncio.ensure_future(cancel.wait())
+    try:
+        done, _ = await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:        # our own client went away: abandon the upstream call too
+        work.cancel()
+        stop.cancel()
+        raise
+    if work in done:
+        stop.cancel()
+        return work.result()
+    work.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await work
+    return None
 
 
 def memory_bytes(logged: dict[str, int]) -> dict:
@@ -177,10 +200,11 @@ def make_app(state: WorkerState) -> Starlette:
                                   "seed": run.seed, "prompt_tokens": n_prompt, "max_tokens": run.budget,
                                   "n_ctx": state.n_ctx})
             while True:
-                if run.cancel_requested:
+                step = await until_cancelled(state.upstream.step(ids, job, run.tokens_out, run.seed),
+                                             run.cancel_requested)
+                if step is None:
                     end["stop_reason"] = "cancelled"
                     break
-                step = await state.upstream.step(ids, job, run.tokens_out, run.seed)
                 piece = step.piece if step.piece is not None else state.vocabulary.piece(step.token_id)
                 if first_token_at is None:
                     first_token_at, prefill_ms = time.monotonic(), step.prompt_ms
@@ -243,7 +267,7 @@ def make_app(state: WorkerState) -> Starlette:
             return error_response(err, cid)
         run = state.job
         if run is not None and run.job.job_id == job_id:
-            run.cancel_requested = True
+            run.cancel_requested.set()
             narrate("job_cancel_requested", cid, job_id=job_id)
             return JSONResponse({"job_id": job_id, "status": "cancelling", "tokens_out": run.tokens_out})
         if job_id in state.finished:
@@ -263,7 +287,7 @@ def make_app(state: WorkerState) -> Starlette:
         yield
         watcher.cancel()
         if state.job is not None:
-            state.job.cancel_requested = True
+            state.job.cancel_requested.set()
         await state.upstream.close()
         narrate("shutdown")
 

@@ -9,6 +9,7 @@ import math
 DEFAULT_MAX_TOKENS = 256
 MAX_STOPS, MAX_STOP_CHARS, MAX_JOB_ID_CHARS = 4, 256, 256
 U64_MAX = 2 ** 64 - 1
+MAX_JSON_DEPTH = 32
 
 
 class ContractError(Exception):
@@ -24,6 +25,12 @@ class ContractError(Exception):
 
 def invalid(field: str | None, message: str) -> ContractError:
     return ContractError(400, "INVALID_PARAMS", message, field)
+
+
+def shown(name: str, limit: int = 64) -> str:
+    """A field name as an answer can carry it: a lone surrogate escaped, at most `limit` characters."""
+    text = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,11 +54,28 @@ def parse_json_object(raw: bytes) -> dict:
         raise ValueError(f"{name} is not valid JSON")
     try:
         body = json.loads(raw.decode("utf-8"), parse_constant=no_constants)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ContractError(400, "INVALID_JSON", f"the body is not valid JSON: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ContractError(400, "INVALID_JSON", f"the body is not valid JSON: {exc.msg} at byte {exc.pos}") from None
+    except UnicodeDecodeError as exc:
+        raise ContractError(400, "INVALID_JSON", f"the body is not UTF-8 (byte {exc.start})") from None
+    except RecursionError:
+        raise ContractError(400, "INVALID_JSON", f"the body is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    except ValueError:                       # NaN/Infinity, a number of more than 4300 digits
+        raise ContractError(400, "INVALID_JSON", "the body is not valid JSON (RFC 8259: no NaN or Infinity; "
+                            "numbers of at most 4300 digits)") from None
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise ContractError(400, "INVALID_JSON", f"the body is nested more than {MAX_JSON_DEPTH} levels deep")
     if not isinstance(body, dict):
         raise invalid(None, f"the body must be a JSON object, not {type(body).__name__}")
     return body
+
+
+def _depth(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
 
 
 def _string(body: dict, field: str, limit: int | None = None) -> str:
@@ -74,7 +98,7 @@ def _integer(body: dict, field: str, low: int | None, high: int | None = None) -
     if isinstance(value, bool) or not isinstance(value, int):
         raise invalid(field, f"{field} must be an integer")
     if (low is not None and value < low) or (high is not None and value > high):
-        raise invalid(field, f"{field}={value} is out of range")
+        raise invalid(field, f"{field}={shown(repr(value))} is out of range")
     return value
 
 
@@ -85,7 +109,7 @@ def _number(body: dict, field: str, ok, rule: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise invalid(field, f"{field} must be a number")
     if not ok(value):
-        raise invalid(field, f"{field}={value} is out of range: {rule}")
+        raise invalid(field, f"{field}={shown(repr(value))} is out of range: {rule}")
     return float(value)
 
 
@@ -116,8 +140,9 @@ def parse_job(body: dict) -> Job:
     fields = {f.name for f in dataclasses.fields(Job)}
     for name in body:
         if name not in fields:
-            raise invalid(name, f"unknown field {name!r}")
+            raise invalid(shown(name), f"unknown field {shown(name)!r}")
     job_id = _string(body, "job_id", MAX_JOB_ID_CHARS)
+    _encodable("job_id", job_id)
     prompt = _string(body, "prompt")
     _encodable("prompt", prompt)
     values = {
@@ -138,8 +163,10 @@ def parse_job(body: dict) -> Job:
 def parse_cancel(body: dict) -> str:
     for name in body:
         if name != "job_id":
-            raise invalid(name, f"unknown field {name!r}")
-    return _string(body, "job_id", MAX_JOB_ID_CHARS)
+            raise invalid(shown(name), f"unknown field {shown(name)!r}")
+    job_id = _string(body, "job_id", MAX_JOB_ID_CHARS)
+    _encodable("job_id", job_id)
+    return job_id
 
 
 def check_lengths(job: Job, prompt_tokens: int, n_ctx: int) -> int:
