@@ -34,7 +34,28 @@ def _models(boards: list[GateBoard]) -> list[str]:
     return sorted({name for b in boards for r in b.rows for name in r.model_names})
 
 
-def render_html(boards: list[GateBoard], device: str, commit: str = "", plots: list[Path] = ()) -> str:
+# What each plot needs, said on the page when a run had none of it.
+PLOT_SOURCES = {
+    "benchmark ratios": "no benchmark JSON in reports/ (benchmarks/*.py write it, side by side with a peer)",
+    "reproducibility runs": "no reproducibility check ran (LT-026, G2-QWEN-REPRO record their seeds' runs)",
+}
+
+
+def _plots_section(plots: dict[str, Path]) -> str:
+    e = html.escape
+    parts = []
+    for name, missing in PLOT_SOURCES.items():
+        path = plots.get(name)
+        if path is None:
+            parts.append(f"<p><b>{e(name.capitalize())}</b>: no plot, {e(missing)}.</p>")
+        else:
+            parts.append(f'<p><b>{e(name.capitalize())}</b><br><a href="{e(path.as_posix())}">'
+                         f'<img src="{e(path.as_posix())}" alt="{e(name)}"></a></p>')
+    return "".join(parts)
+
+
+def render_html(boards: list[GateBoard], device: str, commit: str = "", plots: dict[str, Path] | None = None) -> str:
+    """`plots`: name (a key of PLOT_SOURCES) -> PNG path relative to the page."""
     e = html.escape
     grid, details = [], []
     for b in boards:
@@ -53,8 +74,7 @@ def render_html(boards: list[GateBoard], device: str, commit: str = "", plots: l
                        f"<th>model file</th></tr>{rows}</table>")
     legend = "".join(f'<span>{_badge(s)}</span>' for s in (PASS, FAIL, NOT_RUN))
     models = ", ".join(_models(boards)) or "none recorded"
-    pictures = "".join(f'<a href="{e(p.as_posix())}"><img src="{e(p.as_posix())}" alt="{e(p.stem)}"></a>'
-                       for p in plots) or "<p>No plots: no benchmark or reproducibility data in this run.</p>"
+    pictures = _plots_section(plots or {})
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Gate board</title>"
             f"<style>{STYLE}</style></head><body>"
             f"<h1>Gate board {_badge(overall_verdict(boards))}</h1>"

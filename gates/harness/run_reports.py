@@ -59,7 +59,7 @@ def write_run_reports(boards: list[GateBoard], device: str, gpu: str | None, mod
     if boards:
         write_reports(boards, device, reports_dir)
         plots = write_plots(reports_dir, repro_runs)
-        relative = [p.relative_to(reports_dir) for p in plots.values()]
+        relative = {name: p.relative_to(reports_dir) for name, p in plots.items()}
         (reports_dir / "gate-board.html").write_text(render_html(boards, device, commit, relative))
     if alluredir is None:
         return
