@@ -36,7 +36,7 @@ from worker.backend.kernels import attention as attention_kernels
 from worker.backend.kernels import elementwise, matmul, norm, vecdot
 from worker.backend.kernels import moe as moe_kernels
 from worker.backend.kernels import rope as rope_kernels
-from worker.backend.kernels import softmax as softmax_kernels
+from worker.backend.kernels import softmax as argmax_kernels
 from worker.backend.kernels.attention import ATT_MAX_HEAD_DIM
 from worker.backend.kernels.matmul import MATVEC_MAX_T
 from worker.config import RopeConfig
@@ -440,21 +440,12 @@ class CudaBackend(CudaMemory, Backend):
         elementwise.gelu_tanh(self, x, y, x.size)
         return y
 
-    def softmax(self, x: Array, temperature: float = 1.0) -> Array:
-        if not temperature > 0:
-            raise InvalidParamsError(f"softmax temperature must be > 0, got {temperature}", field="temperature")
-        x = self._act(x)
-        rows, N = self._rows(x)
-        y = self._out(x.shape)
-        softmax_kernels.softmax(self, x, y, rows, N, temperature)
-        return y
-
     def argmax(self, x: Array) -> np.ndarray:
         x = self._act(x)
         rows, N = self._rows(x)
         if N == 0:
             raise ValueError("argmax of an empty axis")
         out = self.cp.empty((rows,), dtype=np.int64)
-        softmax_kernels.argmax(self, x, out, rows, N)
+        argmax_kernels.argmax(self, x, out, rows, N)
         host = self.cp.asnumpy(out).reshape(x.shape[:-1])
         return np.asarray(host)

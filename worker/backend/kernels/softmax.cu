@@ -1,18 +1,5 @@
-// Row-wise softmax with temperature and argmax: one block per row.
+// Row argmax: one block per row (greedy decoding picks on the device; sampling runs on the host).
 #include "common.cuh"
-
-extern "C" __global__ void softmax(const float* __restrict__ x, float* __restrict__ y, int N, float inv_temperature) {
-    __shared__ float scratch[32];
-    const float* xr = x + (i64)blockIdx.x * N;
-    float* yr = y + (i64)blockIdx.x * N;
-    float m = -__int_as_float(0x7f800000);
-    for (int i = threadIdx.x; i < N; i += blockDim.x) m = fmaxf(m, xr[i] * inv_temperature);
-    m = block_max(m, scratch);
-    float s = 0.0f;
-    for (int i = threadIdx.x; i < N; i += blockDim.x) s += expf(xr[i] * inv_temperature - m);
-    const float inv = 1.0f / block_sum(s, scratch);
-    for (int i = threadIdx.x; i < N; i += blockDim.x) yr[i] = expf(xr[i] * inv_temperature - m) * inv;
-}
 
 // (a, ia) beats (b, ib): NaN first (as NumPy's argmax), then the larger value, then the lower index.
 __device__ __forceinline__ bool beats(float a, int ia, float b, int ib) {

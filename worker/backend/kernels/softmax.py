@@ -1,12 +1,7 @@
-"""Launchers of softmax.cu: row softmax with temperature, row argmax."""
+"""Launcher of softmax.cu: row argmax (sampling runs on the host; greedy decoding asks the device)."""
 from __future__ import annotations
 
-from worker.backend.cuda_runtime import f32, i32
-
-
-def softmax(k, x, y, rows: int, N: int, temperature: float) -> None:
-    if rows and N:
-        k._launch("softmax.cu", "softmax", rows, 256, (x, y, i32(N), f32(1.0 / temperature)))
+from worker.backend.cuda_runtime import i32
 
 
 def argmax(k, x, out, rows: int, N: int) -> None:
