@@ -19,7 +19,8 @@ from worker.models.llama import LlamaModel
 
 
 @pytest.mark.story("FT-034")
-@pytest.mark.parametrize("arch, cls", [("llama", LlamaModel), ("qwen2", LlamaModel), ("phi3", LlamaModel), ("gpt2", GPT2Model)])
+@pytest.mark.parametrize("arch, cls", [("llama", LlamaModel), ("qwen2", LlamaModel), ("phi3", LlamaModel),
+                                       ("gpt2", GPT2Model)])
 def test_factory_maps_architecture_to_adapter(arch, cls):
     assert model_class(arch) is cls
     assert arch in registry.supported_architectures()

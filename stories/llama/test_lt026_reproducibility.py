@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.engine import Engine, End, Token
+from worker.engine import End, Engine, Token
 from worker.sampling import SamplingParams
 
 pytestmark = pytest.mark.story("LT-026")
@@ -91,8 +91,8 @@ def test_cuda_sampling_is_the_host_sampler_over_the_device_logits(record_model):
     threshold, float16 KV cache)."""
     import numpy as np
 
-    from stories.foundation.test_ft012_cuda_end_to_end import LOGITS_NMSE
     from fixtures.tiny_models import tiny_model_path
+    from stories.foundation.test_ft012_cuda_end_to_end import LOGITS_NMSE
     from worker.sampling import Sampler
 
     path = tiny_model_path("qwen2")
