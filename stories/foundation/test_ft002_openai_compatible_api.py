@@ -16,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from fixtures.external_worker import require_extension
 from fixtures.server_process import check_stream, execute
 
 pytest_plugins = ["fixtures.server_fixtures"]
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.story("FT-002")
 
 
 def client_for(server) -> openai.OpenAI:
+    require_extension(server, "/v1/models", "the OpenAI-compatible API")
     # max_retries=0: a 503 must be seen, not retried away by the client.
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300)
 
