@@ -191,3 +191,45 @@ def test_outside_a_capture_the_ops_get_host_values():
     assert graphs.device_ids(np.array([3]), VOCAB) is None
     assert graphs.device_positions(np.array([3])) is None
     assert int(graphs.device_start(3)) == 0               # NULL: the kernel takes the value argument
+
+
+def test_scratch_grown_during_a_capture_comes_from_the_process_pool(monkeypatch):
+    """Workspace scratch outlives the graph whose capture first asked for it, so it must not come
+    from the graph's private pool (this thread's allocator while the step is captured)."""
+    import sys
+
+    from worker.backend import cuda_runtime
+    from worker.backend.cuda_memory import CudaMemory
+
+    allocators, allocated_with = [], []
+
+    @contextlib.contextmanager
+    def using_allocator(fn):
+        allocators.append(fn)
+        try:
+            yield
+        finally:
+            allocators.pop()
+
+    def empty(shape, dtype):
+        allocated_with.append(allocators[-1] if allocators else "the global allocator")
+        return np.zeros(shape, dtype)
+
+    cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(using_allocator=using_allocator), empty=empty)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setattr(cuda_runtime, "_ALLOCATOR", "the process pool")
+
+    class Memory(CudaMemory):
+        cp = cupy
+
+        def available_bytes(self):
+            return 1 << 30
+
+    memory = Memory()
+    memory._init_memory(staging_bytes=1 << 20)
+    held = []
+    memory.graphs = types.SimpleNamespace(hold=held.append)
+    with using_allocator("the graph's pool"):                  # what a capture does
+        buf = memory._scratch("q8_activations", 64)
+    assert allocated_with == ["the process pool"] and buf.size == 64
+    assert held[-1] is memory._workspace["q8_activations"]      # and the graph keeps it alive
