@@ -10,6 +10,7 @@ the concatenated token texts equal the ids decoded by transformers' tokenizer (t
 import httpx
 import pytest
 
+from fixtures.external_worker import NOT_RUN, external_worker
 from fixtures.server_process import STOP_REASONS, check_stream, execute
 
 pytest_plugins = ["fixtures.server_fixtures"]
@@ -72,8 +73,12 @@ def test_multibyte_text_arrives_as_whole_characters(smollm2_server, prompt):
     _, events = execute(smollm2_server.url, {"job_id": "ft003-utf8", "prompt": prompt, "max_tokens": 24,
                                              "temperature": 0, "seed": 1})
     summary = check_stream(events)          # also: strict UTF-8 decode of every line, no broken character
-    assert any(ord(c) > 127 for c in summary["text"]), f"no multi-byte output to check: {summary['text']!r}"
     split = [t for t in summary["tokens"] if t["t"] == ""]
+    external = external_worker()
+    if external is not None and not split:  # the prompts were picked from our worker's greedy output
+        pytest.skip(f"{NOT_RUN}: its greedy continuation {summary['text']!r} splits no character across tokens, "
+                    "so the case this check is about did not occur (it differs from ours at a near-tie)")
+    assert any(ord(c) > 127 for c in summary["text"]), f"no multi-byte output to check: {summary['text']!r}"
     assert split, "no token ended inside a character: the case this test is about did not occur"
     # A character the job ended in the middle of comes out as U+FFFD, as in the reference decode.
     assert summary["text"] == smollm2_hf_tokenizer().decode(summary["ids"], skip_special_tokens=True)
