@@ -69,7 +69,7 @@ run() {
   { echo "== device"; nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader;
     date -u; } 2>&1 | tee -a "$log"
 
-  # 1. llama-bench: configure and build in the background, niced so that our timings keep their CPU
+  # 1. llama-bench: configure and build in the background while the model files are written
   lb=/tmp/llb/bin/llama-bench
   rm -f /tmp/llb.rc
   building=0
@@ -79,7 +79,7 @@ run() {
     building=1
     setsid nohup nice -n 19 bash -c "cmake -S $PEER/llama.cpp -B /tmp/llb -G Ninja -DGGML_CUDA=ON \
       -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
-      -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF && cmake --build /tmp/llb --target llama-bench -j 14; \
+      -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF && cmake --build /tmp/llb --target llama-bench -j $(nproc); \
       echo \$? > /tmp/llb.rc" > "$OUT/llama_build.log" 2>&1 < /dev/null &
   else
     echo "no llama.cpp source in $PEER (run scripts/gpu-bench.sh prepare): llama.cpp NOT RUN" | tee -a "$log"
