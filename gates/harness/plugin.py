@@ -195,6 +195,17 @@ def _add_allure_labels(item, state: GateState, stories, checks) -> None:
         item.add_marker(pytest.mark.allure_label(value, label_type=label_type))
 
 
+def _tiny_llama_path():
+    from fixtures.tiny_models import tiny_model_path
+
+    return tiny_model_path("llama")
+
+
+# Session fixtures that serve one model file (fixtures/server_fixtures.py): they cannot record it per
+# test, so a test that uses one is named with that file here.
+SERVED_MODELS = {"smollm2_server": lambda: model_file("smollm2"), "tiny_server": _tiny_llama_path}
+
+
 def pytest_make_parametrize_id(config, val, argname):
     """Readable ids for bytes parameters (b'\\x00'...(64 bytes)), not the whole escaped value."""
     if isinstance(val, (bytes, bytearray)):
@@ -206,6 +217,10 @@ def pytest_make_parametrize_id(config, val, argname):
 def pytest_runtest_teardown(item):
     """While allure-pytest still holds the test's result: show bytes parameters readably, name each
     model file the test used (name, sha256) and attach what the test recorded (haiku text, ...)."""
+    recorded = {v for k, v in item.user_properties if k == "model"}
+    for fixture, path_of in SERVED_MODELS.items():
+        if fixture in getattr(item, "fixturenames", ()) and (path := path_of()) and str(path) not in recorded:
+            item.user_properties.append(("model", str(path)))
     try:
         import allure
     except ImportError:
