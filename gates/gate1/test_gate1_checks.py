@@ -6,15 +6,16 @@ complete on both backends, and model weights living in device memory only.
 """
 import pytest
 
-from fixtures.server_process import execute, worker_server
-
+from fixtures.server_process import execute
 
 
 @pytest.mark.gate_check("G1-HTTP-SSE")
 def test_a_real_worker_process_streams_started_tokens_and_one_end(tiny_server, record_model):
+    from fixtures.external_worker import external_worker
     from fixtures.tiny_models import tiny_model_path
 
-    record_model(tiny_model_path("llama"))
+    external = external_worker()      # --worker-url: the file that worker says it serves
+    record_model(tiny_model_path("llama") if external is None else external.model_file() or external.model_name)
     response, events = execute(tiny_server.url, {"job_id": "gate1-sse", "prompt": "Hello", "max_tokens": 5,
                                                  "temperature": 0})
     assert response.status_code == 200
