@@ -31,6 +31,7 @@ from worker.backend.cuda_runtime import (
     device_pool,
     kernel_source,
     require_cuda_device,
+    sgemm_nt,
 )
 from worker.backend.kernels import attention as attention_kernels
 from worker.backend.kernels import elementwise, matmul, norm, vecdot
@@ -188,7 +189,6 @@ class CudaBackend(CudaMemory, Backend):
         return out
 
     def matmul(self, x: Array, w, bias=None, expert: int | None = None) -> Array:
-        cp = self.cp
         x = self._act(x)
         squeeze = x.ndim == 1
         x2 = x.reshape(1, -1) if squeeze else x.reshape(-1, x.shape[-1])
@@ -237,10 +237,9 @@ class CudaBackend(CudaMemory, Backend):
                 n = min(rows, N - n0)
                 t = tile[: n * K].reshape(n, K)
                 self._dequantize(w, n0, n, out=t, raw=raw)
-                if n == N:
-                    cp.matmul(x2, t.T, out=y)
-                else:
-                    y[:, n0:n0 + n] = x2 @ t.T
+                sgemm_nt(y, n0, x2, t)
+            if self.sync_each_op:
+                self.synchronize()
             if b is not None:
                 matmul.add_bias(self, y, b, T, N)
         return y.reshape(N) if squeeze else y.reshape(x.shape[:-1] + (N,))

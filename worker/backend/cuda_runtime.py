@@ -141,3 +141,29 @@ def process_allocations():
     import cupy as cp
 
     return cp.cuda.using_allocator(_ALLOCATOR)
+
+
+# -- cuBLAS ----------------------------------------------------------------------------------------
+
+_ONE, _ZERO = np.ones(1, np.float32), np.zeros(1, np.float32)
+
+
+def sgemm_nt(y, col0: int, x, w) -> None:
+    """y[:, col0:col0 + n] = x @ w.T in float32 through cuBLAS, on the current stream.
+
+    x [T, K], w [n, K] and y [T, N] are C-contiguous float32 device arrays. One cuBLAS call
+    with no temporary: the column block of y is a sub-matrix with leading dimension N. (cupy.matmul
+    costs tens of microseconds of host time a call; prefill makes a few hundred of them.)
+    Row-major y = x w^T is column-major y' = w'^T x', hence op(A) = T on w and op(B) = N on x.
+    """
+    import cupy as cp
+    from cupy_backends.cuda.libs import cublas
+
+    (T, K), n, N = x.shape, w.shape[0], y.shape[1]
+    if not (T and n and K):
+        return
+    handle = cp.cuda.device.get_cublas_handle()
+    cublas.setStream(handle, cp.cuda.get_current_stream().ptr)
+    cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
+    cublas.sgemm(handle, cublas.CUBLAS_OP_T, cublas.CUBLAS_OP_N, n, T, K, _ONE.ctypes.data, w.data.ptr, K,
+                 x.data.ptr, K, _ZERO.ctypes.data, y.data.ptr + 4 * col0, N)
