@@ -111,7 +111,8 @@ run() {
   #    as long as that leaves it and llama-bench their time
   wait_build() { while [ $building = 1 ] && [ ! -f /tmp/llb.rc ] && [ "$(left "$1")" -gt 10 ]; do sleep 1; done; }
   wait_build 220
-  echo "== ours (llama.cpp build $([ -f /tmp/llb.rc ] && echo done || echo 'still running')) at ${SECONDS}s" | tee -a "$log"
+  state=$([ $building = 0 ] && echo 'not built' || { [ -f /tmp/llb.rc ] && echo done || echo 'still running'; })
+  echo "== ours (llama.cpp build: $state) at ${SECONDS}s" | tee -a "$log"
   timeout "$(cap 240 "$(left 100)")" python3 benchmarks/bench_vs_llama_cpp.py ours "${margs[@]}" --repeats "${REPEATS:-3}" \
     --out "$OUT/ours.json" 2>&1 | tee -a "$log" || status=1
 
