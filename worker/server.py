@@ -49,8 +49,6 @@ SAMPLING_FIELDS = tuple(SamplingParams.FIELDS)
 REQUEST_FIELDS = ("job_id", "prompt") + SAMPLING_FIELDS
 HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "BODY_TOO_LARGE"}
 
-__all__ = ["MAX_BODY_BYTES", "WorkerState", "create_app", "utc_now"]
-
 
 def error_body(code: str, message: str, field: str | None = None) -> dict:
     return {"code": code, "message": message, "field": field}

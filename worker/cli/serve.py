@@ -30,7 +30,8 @@ from worker.errors import StartupError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="serve one model over HTTP (POST /execute with SSE, /cancel, GET /health)")
+    p = sub.add_parser("serve", help="serve one model over HTTP (POST /execute with SSE, /cancel, GET /health, "
+                                      "and the OpenAI-compatible /v1 routes)")
     p.add_argument("--model", default=None,
                    help="GGUF model file (default: the embedded SmolLM2-135M-Instruct Q4_1)")
     p.add_argument("--device", default="auto",
@@ -259,7 +260,8 @@ def _serve(args) -> int:
     except WorkerError as exc:
         raise StartupError(exc.code, f"{model_path}: tokenizer: {exc.message}", 2, model_path=str(model_path))
 
-    from worker.server import MAX_BODY_BYTES, WorkerState, create_app
+    from worker.jobs import MAX_BODY_BYTES, WorkerState
+    from worker.server import create_app
 
     facts = model_facts(gf, tokenizer)
     narrate("model_validated", model_path=str(model_path), n_ctx=n_ctx, estimate_bytes=estimate, **facts)
@@ -390,8 +392,8 @@ def _load(state, gf, tokenizer, device, n_ctx, server, exit_status, residency_in
 
 def _check_residency(state) -> None:
     """Ask the backend whether every weight is in device memory; a violation makes us unhealthy."""
+    from worker.jobs import utc_now
     from worker.narration import narrate
-    from worker.server import utc_now
 
     check = getattr(state.backend, "check_residency", None)
     if check is None:
