@@ -9,7 +9,8 @@ lives beside it:
 
 Products: T <= 4 tokens (decode) use the fused dequantize + matrix-vector kernel; longer inputs
 (prefill) dequantize the weight tile by tile into a bounded float32 workspace and multiply with
-cuBLAS (cupy.matmul). The KV cache is float16 by default (kv_dtype="float32" for exactness).
+cuBLAS (one sgemm per tile, cuda_runtime.sgemm_nt). The KV cache is float16 by default
+(kv_dtype="float32" for exactness).
 A forward pass over one token runs through a captured CUDA graph (`run_forward`).
 """
 from __future__ import annotations
