@@ -63,7 +63,7 @@ class StreamOptions(_Strict):
 
 
 class _OpenAIFields(SamplingFields):
-    model: str = Field(description="any name: the worker serves one model (GET /v1/models)")
+    model: str = Field(min_length=1, description="any name: the worker serves one model (GET /v1/models)")
     stop: Union[str, list[str], None] = Field(None, description=f"at most {MAX_STOP_SEQUENCES}")
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -77,7 +77,7 @@ class _OpenAIFields(SamplingFields):
 class CompletionRequest(_OpenAIFields):
     prompt: Union[str, list[str]] = Field(description="one prompt (a list must hold exactly one string)")
     echo: Literal[False] | None = None
-    logprobs: None = None
+    logprobs: Literal[0] | None = None
     best_of: Literal[1] | None = None
 
 

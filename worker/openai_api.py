@@ -46,7 +46,8 @@ COMPLETION_FIELDS = COMMON_FIELDS + ("prompt", "echo", "logprobs", "best_of")
 CHAT_FIELDS = COMMON_FIELDS + ("messages", "max_completion_tokens", "logprobs")
 # Accepted only at the value that changes nothing (the worker samples one sequence, no logprobs).
 NEUTRAL = {"n": (1,), "best_of": (1,), "presence_penalty": (0,), "frequency_penalty": (0,), "echo": (False,),
-           "logprobs": (False, 0), "logit_bias": ({},)}
+           "logit_bias": ({},)}
+LOGPROBS_OFF = {False: 0, True: False}      # chat: logprobs is a flag; completions: a count
 CHAT_ROLES = ("system", "user", "assistant")
 ERROR_TYPES = {400: "invalid_request_error", 413: "invalid_request_error", 503: "server_error",
                500: "server_error"}
@@ -90,6 +91,10 @@ def _common(body: dict, accepted: tuple[str, ...]) -> tuple[SamplingParams, bool
     for name in NEUTRAL:
         if name in accepted:
             _neutral(body, name)
+    logprobs, off = body.get("logprobs"), LOGPROBS_OFF["messages" in accepted]
+    if logprobs is not None and not (logprobs == off and isinstance(logprobs, bool) == isinstance(off, bool)):
+        raise InvalidParamsError(f"logprobs is supported only as {json.dumps(off)} (or null), got {quote(logprobs)}",
+                                 field="logprobs")
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise InvalidParamsError(f"user must be a string, got {quote(user)}", field="user")
@@ -101,7 +106,10 @@ def _common(body: dict, accepted: tuple[str, ...]) -> tuple[SamplingParams, bool
             raise InvalidParamsError("stream_options is only allowed when stream is true", field="stream_options")
         if not isinstance(options, dict) or set(options) - {"include_usage"}:
             raise InvalidParamsError("stream_options must be {\"include_usage\": true|false}", field="stream_options")
-        include_usage = _flag(options, "include_usage")
+        include_usage = options.get("include_usage")
+        if include_usage is not None and not isinstance(include_usage, bool):
+            raise InvalidParamsError("stream_options.include_usage must be true or false", field="stream_options")
+        include_usage = bool(include_usage)
     sampling = {name: body.get(name) for name in ("max_tokens", "temperature", "top_p", "seed") + EXTENSIONS}
     stop = body.get("stop")
     sampling["stop"] = [stop] if isinstance(stop, str) else stop
