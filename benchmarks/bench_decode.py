@@ -9,7 +9,9 @@ Peer, in the same process on the same GPU: a plain PyTorch implementation of the
 forward with the weights dequantized to float16 (eager mode, SDPA attention, float16 KV cache).
 Reported: ratios ours/peer (>1 means we are faster), greedy-token agreement between the two, model
 load seconds and peak host RSS while loading (bounded pinned staging). Writes JSON (--out).
-Never asserts a time.
+Never asserts a time. Each timed run starts a new KV cache, so its first decode step captures the
+decode graph (worker/backend/cuda_graph.py). The comparison with llama.cpp on the same files is
+benchmarks/bench_vs_llama_cpp.py (scripts/gpu-bench.sh).
 """
 from __future__ import annotations
 
