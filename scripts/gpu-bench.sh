@@ -136,7 +136,13 @@ run() {
   meta=$(python3 - "$PEER" <<'PY'
 import json, subprocess, sys, pathlib
 peer = pathlib.Path(sys.argv[1])
-meta = {"llama_cpp_build": "CUDA, sm_90, flash attention on (-fa 1), -ngl 99"}
+meta = {"llama_cpp_build": "CUDA, sm_90, flash attention on (-fa 1), -ngl 99",
+        "models": {"smollm2": "SmolLM2-135M-Instruct Q4_1: timing twin (the real header and tensor table, "
+                              "random weights)",
+                   "qwen2.5": "Qwen2.5-Coder-0.5B-Instruct Q4_K_M: timing twin (the real header and tensor "
+                              "table, random weights)",
+                   "gpt-oss-20b": "GPT-OSS-20B shape, MXFP4 experts, Q8_0 matrices, F32 vectors, SmolLM2's "
+                                  "49,152-token vocabulary, random weights"}}
 try:
     meta["device"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
                                     capture_output=True, text=True).stdout.strip()
