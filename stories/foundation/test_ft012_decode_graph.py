@@ -139,3 +139,20 @@ def test_a_replayed_step_refuses_bad_tokens_and_positions():
         assert np.isfinite(b.to_host(logits)).all()
     finally:
         b.free_kv_cache(cache)
+
+
+def test_engine_jobs_one_after_another_each_capture_and_free_their_graph():
+    """The served loop: each job's KV cache gets its own graph (captured at its first single-token
+    step, a one-token prompt included) and loses it when the job ends; tokens equal op by op."""
+    from fixtures.engine_greedy import IdsOnly, engine_greedy
+
+    graphed = _model("llama", _backend(decode_graphs=True))
+    eager = _model("llama", _backend(decode_graphs=False))
+    prompts = [[1, 7, 3], [5, 2, 9, 4, 11, 6], [8]]
+    for prompt in prompts:
+        ids = engine_greedy(graphed, IdsOnly(), prompt, 12)
+        assert ids == engine_greedy(eager, IdsOnly(), prompt, 12)
+        assert not any(n.startswith("decode_graph") for n in graphed.backend._workspace)
+        assert graphed.backend.memory_report()["kv_cache"] == 0
+    stats = graphed.backend.graphs.stats
+    assert stats["captures"] == len(prompts) and stats["failures"] == [], stats
