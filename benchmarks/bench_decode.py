@@ -127,7 +127,9 @@ class TorchLlama:
         self.layers = []
         for i in range(cfg.n_layers):
             p = f"blk.{i}."
-            opt = (lambda n: t(p + n) if p + n in gf.tensors else None)
+
+            def opt(n, p=p):
+                return t(p + n) if p + n in gf.tensors else None
             self.layers.append(dict(
                 an=t(p + "attn_norm.weight", torch.float32), fn=t(p + "ffn_norm.weight", torch.float32),
                 q=t(p + "attn_q.weight"), k=t(p + "attn_k.weight"), v=t(p + "attn_v.weight"),
@@ -139,7 +141,7 @@ class TorchLlama:
     def new_cache(self, n_ctx):
         c, torch = self.cfg, self.torch
         shape = (c.n_layers, 1, c.n_kv_heads, n_ctx, c.head_dim)
-        return torch.zeros(shape, dtype=torch.float16, device=self.device), torch.zeros(shape, dtype=torch.float16, device=self.device)
+        return tuple(torch.zeros(shape, dtype=torch.float16, device=self.device) for _ in range(2))
 
     def _rope(self, x, cos, sin):
         # x [1, H, T, hd]; cos/sin [T, dim/2]
@@ -154,7 +156,8 @@ class TorchLlama:
         from worker.rope import rope_cos_sin
 
         T = len(ids)
-        cos, sin = (torch.from_numpy(a).to(self.device, torch.float16) for a in rope_cos_sin(np.arange(start, start + T), c.rope))
+        cos, sin = (torch.from_numpy(a).to(self.device, torch.float16)
+                    for a in rope_cos_sin(np.arange(start, start + T), c.rope))
         x = self.embd[torch.as_tensor(ids, device=self.device)]
         kc, vc = cache
         for i, L in enumerate(self.layers):
@@ -222,18 +225,19 @@ def bench_model(name, path, prompt_len, steps, repeats, peer=True):
     def ours_argmax(logits):
         return int(backend.argmax(logits[-1]))
 
-    def ours_cache(n):
-        return model.new_cache(n)
-
     runs = []
     for _ in range(repeats + 1):                    # first run: warm-up (kernel compilation)
-        cache_holder = []
-        ttft, pre, dec, toks = run_generation(model.forward, lambda n: cache_holder.append(ours_cache(n)) or cache_holder[-1],
-                                              ours_argmax, backend.synchronize, prompt, steps)
-        backend.free_kv_cache(cache_holder[-1])
-        runs.append((ttft, pre, dec, toks))
+        caches = []
+
+        def new_cache(n, caches=caches):
+            caches.append(model.new_cache(n))
+            return caches[-1]
+
+        runs.append(run_generation(model.forward, new_cache, ours_argmax, backend.synchronize, prompt, steps))
+        backend.free_kv_cache(caches[-1])
     runs = runs[1:]
-    ours = {"ttft_s": statistics.median(r[0] for r in runs), "prefill_tok_s": prompt_len / statistics.median(r[1] for r in runs),
+    ours = {"ttft_s": statistics.median(r[0] for r in runs),
+            "prefill_tok_s": prompt_len / statistics.median(r[1] for r in runs),
             "decode_tok_s": steps / statistics.median(r[2] for r in runs)}
     row["ours"] = ours
     our_tokens = runs[0][3]
@@ -265,7 +269,7 @@ def bench_model(name, path, prompt_len, steps, repeats, peer=True):
         row["greedy_tokens_compared"] = len(our_tokens)
         del tm
         torch.cuda.empty_cache()
-    del model
+    model = None                                    # its weights go back to the device with the pool's blocks
     backend.release_cached_memory()
     return row
 
@@ -294,7 +298,8 @@ def main(argv=None) -> int:
                 if not path.exists():
                     t0 = time.perf_counter()
                     write_qwen05_shaped(path)
-                    print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f}s", flush=True)
+                    size = path.stat().st_size / 2**20
+                    print(f"wrote {path} ({size:.0f} MiB) in {time.perf_counter() - t0:.1f}s", flush=True)
             row = bench_model(name, path, args.prompt, args.steps, args.repeats, peer=not args.no_peer)
         except Exception as exc:  # noqa: BLE001 — one model's failure is reported, the other still runs
             import traceback
@@ -308,9 +313,10 @@ def main(argv=None) -> int:
     for row in results["rows"]:
         if "ours" in row:
             r = row.get("ratios_ours_over_peer", {})
-            print(f"{row['model']:24} decode {row['ours']['decode_tok_s']:8.1f} tok/s  prefill {row['ours']['prefill_tok_s']:9.1f} tok/s"
-                  f"  ttft {row['ours']['ttft_s'] * 1e3:7.2f} ms | vs peer: decode x{r.get('decode_tok_s', float('nan')):.2f}"
-                  f" prefill x{r.get('prefill_tok_s', float('nan')):.2f} ttft x{r.get('ttft_speedup', float('nan')):.2f}"
+            o, nan = row["ours"], float("nan")
+            print(f"{row['model']:24} decode {o['decode_tok_s']:8.1f} tok/s  prefill {o['prefill_tok_s']:9.1f} tok/s"
+                  f"  ttft {o['ttft_s'] * 1e3:7.2f} ms | vs peer: decode x{r.get('decode_tok_s', nan):.2f}"
+                  f" prefill x{r.get('prefill_tok_s', nan):.2f} ttft x{r.get('ttft_speedup', nan):.2f}"
                   f" | load {row['load_seconds']:.2f}s peak RSS +{row['load_peak_rss_above_baseline'] / 2**20:.0f} MiB")
         else:
             print(row)
