@@ -172,3 +172,15 @@ def test_the_chat_reply_equals_transformers_greedy_generation(smollm2_server):
     assert reply.usage.prompt_tokens == len(ids)            # the same template, the same tokens
     assert reply.choices[0].message.content == theirs
     assert "Paris" in theirs
+
+
+def test_a_client_that_gives_up_on_a_plain_completion_cancels_its_job(tiny_server):
+    client_for(tiny_server)                                 # the /v1 routes are served
+    body = {"model": model_id(tiny_server), "prompt": "Once upon a time", "max_tokens": 250, "temperature": 0,
+            "user": "ft002-gives-up"}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(tiny_server.url + "/v1/completions", json=body, timeout=0.3)
+    finished = tiny_server.wait_for(lambda r: r["event"] == "job_finished" and r.get("job_id", "").startswith("cmpl-")
+                                    and r.get("cancel_requested"), timeout=60)
+    assert finished["stop_reason"] == "cancelled" and finished["tokens_out"] < 250
+    assert httpx.get(tiny_server.url + "/health").json()["job"] is None
