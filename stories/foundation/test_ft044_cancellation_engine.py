@@ -157,9 +157,15 @@ def test_chunked_prefill_gives_transformers_logits(device):
     ids = np.random.default_rng(44).integers(0, 49152, size=2 * PREFILL_CHUNK + 37)
     cache = model.new_cache(len(ids))
     try:
-        chunks = [model.backend.to_host(model.forward(ids[a:a + PREFILL_CHUNK], cache, a))
+        chunks = [model.backend.to_host(model.forward(ids[a:a + PREFILL_CHUNK], cache, a, logits="all"))
                   for a in range(0, len(ids), PREFILL_CHUNK)]
     finally:
         model.backend.free_kv_cache(cache)
-    error = relative_logit_error(np.concatenate(chunks), hf_logits(tiny_hf_model("llama"), ids))
-    assert error < 1e-4, f"chunked prefill: relative logit error {error:.2e}"
+    ours, reference = np.concatenate(chunks).astype(np.float64), hf_logits(tiny_hf_model("llama"), ids)
+    nmse = float(np.sum((ours - reference) ** 2) / np.sum(reference ** 2))
+    # FT-012's bound for the CUDA backend (float16 KV cache: earlier chunks' keys are read back
+    # rounded); the float32 NumPy reference also stays within LT-033's relative error.
+    assert nmse < 1e-5, f"chunked prefill on {device}: logits NMSE {nmse:.2e}"
+    if device == "cpu":
+        error = relative_logit_error(ours, reference)
+        assert error < 1e-4, f"chunked prefill: relative logit error {error:.2e}"
