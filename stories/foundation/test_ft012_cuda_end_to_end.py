@@ -70,7 +70,7 @@ def agree_for_64_steps(path, prompt, name):
     # reference logits for every step, teacher-forced on CUDA's sequence
     seq = list(prompt) + tokens[:-1]
     cache = ref_model.new_cache(len(seq))
-    ref_logits = ref_model.forward(np.asarray(seq), cache, 0)[len(prompt) - 1:]
+    ref_logits = ref_model.forward(np.asarray(seq), cache, 0, logits="all")[len(prompt) - 1:]
     ref_tokens = _numpy_greedy(ref_model, prompt, STEPS)
     picks_argmax, worst_gap, worst_nmse = 0, 0.0, 0.0
     for i, tok in enumerate(tokens):
@@ -116,4 +116,34 @@ def test_smollm2_greedy_64_steps():
     gf = GGUFModelFile.open(smollm2_path())
     prompt = load_tokenizer(gf).encode("The three primary colors are", add_special=True)
     row = agree_for_64_steps(smollm2_path(), prompt, "smollm2-135m-q4_1")
+    assert row["cuda_picks_reference_argmax"] >= STEPS - 2
+
+
+@pytest.mark.story("FT-012")
+def test_real_qwen25_layout_twin_greedy_64_steps():
+    """The real Qwen2.5 file's tensor table (Q5_0 / Q8_0 / Q4_K / Q6_K / F32, 151,936 vocabulary)
+    with random weights: a timing twin built by scripts/make_twin.py from the real file's header,
+    named by M0_QWEN_TWIN_GGUF (the real file is too large to carry to a GPU machine)."""
+    import os
+
+    from worker.gguf import GGUFModelFile
+    from worker.tokenizer import load_tokenizer
+
+    path = os.environ.get("M0_QWEN_TWIN_GGUF")
+    if not path or not Path(path).is_file():
+        pytest.skip("set M0_QWEN_TWIN_GGUF to a twin of the real Qwen2.5 file (scripts/make_twin.py)")
+    prompt = load_tokenizer(GGUFModelFile.open(path)).encode("The three primary colors are", add_special=True)
+    agree_for_64_steps(Path(path), prompt, "qwen2.5-real-layout-twin")
+
+
+@pytest.mark.story("FT-012")
+@pytest.mark.needs_model("qwen2.5")
+def test_real_qwen25_greedy_64_steps():
+    from fixtures.paths import user_model
+    from worker.gguf import GGUFModelFile
+    from worker.tokenizer import load_tokenizer
+
+    path = user_model("M0_QWEN25_GGUF")
+    prompt = load_tokenizer(GGUFModelFile.open(path)).encode("The three primary colors are", add_special=True)
+    row = agree_for_64_steps(path, prompt, "qwen2.5-" + path.name)
     assert row["cuda_picks_reference_argmax"] >= STEPS - 2

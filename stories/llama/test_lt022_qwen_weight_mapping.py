@@ -70,3 +70,24 @@ def test_wrong_shape_is_refused_by_name():
     with GGUFModelFile.open(tiny_model_path("qwen2")) as gf:
         with pytest.raises(UnsupportedModelError, match=r"blk\.0\.ffn_down\.weight.*shape"):
             load_model(WithoutTensor(gf, "blk.0.ffn_down.weight", shape=(7, 7)), NumpyBackend())
+
+
+@pytest.mark.slow
+@pytest.mark.needs_model("qwen2.5")
+def test_real_qwen25_file_every_tensor_is_mapped(record_model):
+    """The real file (M0_QWEN25_GGUF, else the set-up's Qwen2.5-Coder Q4_K_M, with its Q5_0 /
+    Q8_0 / Q4_K / Q6_K mixture): the adapter consumes exactly its tensors, all named as llama.cpp
+    names QWEN2 tensors, with the 24 layers' Q/K/V biases."""
+    from fixtures.paths import user_model
+
+    path = user_model("M0_QWEN25_GGUF")
+    record_model(path)
+    with GGUFModelFile.open(path) as gf:
+        file_names = set(gf.tensors)
+        model = load_model(gf, NumpyBackend())
+        assert set(model.tensor_names) == file_names
+    assert file_names <= gguf_py_names(gguf.MODEL_ARCH.QWEN2, model.config.n_layers)
+    assert model.config.n_layers == 24 and len(file_names) == 291
+    for i in range(model.config.n_layers):
+        for part in ("q", "k", "v"):
+            assert f"blk.{i}.attn_{part}.bias" in model.tensor_names

@@ -10,7 +10,7 @@ Acceptance:
   equal transformers on NFC text;
 - chat template: our rendering is transformers' `apply_chat_template`, character for character;
 - logits: over every position of three prompts, max |ours - transformers| / (max - min of
-  transformers' logits) < 1e-3 (transformers holds the file's weights as gguf-py dequantizes them;
+  transformers' logits) < 1e-4 (transformers holds the file's weights as gguf-py dequantizes them;
   float32 on both sides, summation order differs);
 - greedy: 64 tokens identical to transformers' on each prompt. Where they part, transformers'
   top-1 minus top-2 logit at that step is reported; a step whose margin is under the logit
@@ -28,14 +28,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from fixtures.engine_greedy import engine_greedy
 from fixtures.text_strategies import mixed_text
 from fixtures.tokenizer_data import hard_corpus
 from fixtures.tokenizer_testing import CONFORMANCE, describe_mismatches
 
 pytestmark = [pytest.mark.story("LT-024"), pytest.mark.needs_model("qwen2.5")]
 
-LOGIT_TOLERANCE = 1e-3
+LOGIT_TOLERANCE = 1e-4  # LT-024's threshold for the tiny models; measured here ~1e-6
 N_GREEDY = 64
 CONVERSATIONS = {
     "user": ([{"role": "user", "content": "Write a haiku about GPU computing."}], True),
@@ -176,8 +175,19 @@ def model():
     from worker.models import load_model
 
     model = load_model(GGUFModelFile.open(_path()), NumpyBackend())
+    model.greedy_runs = {}  # prompt ids -> our 64 greedy tokens, shared by the two greedy tests
     yield model
     del model
+
+
+def our_greedy(model, ids) -> list[int]:
+    """Our Engine's temperature-0 tokens (it runs past end-of-text, as transformers' greedy does)."""
+    from fixtures.engine_greedy import engine_greedy
+
+    key = tuple(ids)
+    if key not in model.greedy_runs:
+        model.greedy_runs[key] = engine_greedy(model, _ours_tokenizer(_path()), ids, N_GREEDY)
+    return model.greedy_runs[key]
 
 
 def _prompts():
@@ -193,7 +203,7 @@ def test_logits_match_transformers(qwen, reference, model, prompt, record_proper
 
     entry = reference["prompts"][prompt]
     ids = np.asarray(entry["ids"], np.int64)
-    ours = model.backend.to_host(model.forward(ids, model.new_cache(len(ids)), 0))
+    ours = model.backend.to_host(model.forward(ids, model.new_cache(len(ids)), 0, logits="all"))
     assert ours.shape == entry["logits"].shape
     error = relative_logit_error(ours, entry["logits"])
     record_property("relative_logit_error", f"{error:.2e}")
@@ -204,11 +214,10 @@ def test_logits_match_transformers(qwen, reference, model, prompt, record_proper
 @pytest.mark.slow
 @pytest.mark.parametrize("prompt", _prompts())
 def test_greedy_64_tokens_match_transformers(qwen, reference, model, prompt, record_property):
-
     entry = reference["prompts"][prompt]
     logits = entry["logits"]
     tolerance = LOGIT_TOLERANCE * float(logits.max() - logits.min())  # the logit test's bound, in logits
-    ours = engine_greedy(model, qwen, entry["ids"], N_GREEDY)
+    ours = our_greedy(model, entry["ids"])
     theirs = entry["greedy"]
     record_property("greedy_ours", ours)
     record_property("greedy_transformers", theirs)
@@ -229,13 +238,12 @@ def test_greedy_64_tokens_match_transformers(qwen, reference, model, prompt, rec
 @pytest.mark.slow
 @pytest.mark.parametrize("prompt", _prompts())
 def test_greedy_agreement_with_llama_cpp_is_reported(qwen, reference, model, prompt, record_property):
-
     llama_cpp = _llama_cpp()
     entry = reference["prompts"][prompt]
     tokenizer = _ours_tokenizer(qwen)
     assert tokenizer.encode(entry["text"]) == llama_cpp.tokenize(qwen, entry["text"])  # same prompt ids
     theirs = llama_cpp.complete_greedy(qwen, entry["text"], N_GREEDY)
-    ours = engine_greedy(model, tokenizer, entry["ids"], N_GREEDY)
+    ours = our_greedy(model, entry["ids"])
     # Agreement: how many of our tokens, in order, spell the start of llama.cpp's output.
     agreed, text = 0, b""
     for token in ours:
