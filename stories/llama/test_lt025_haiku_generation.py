@@ -4,13 +4,14 @@ Acceptance: a fixed prompt asks, through the model's own chat template, for a ha
 computing that includes the current minute written as a word (e.g. 42 -> "forty-two"), so the
 answer cannot be pre-baked; temperature 0 and a fixed seed; streamed over SSE from a real
 `python -m worker serve`; two runs give identical token ids; the minute word appears in the
-output. It runs on every real instruct model available: SmolLM2-135M-Instruct always, and
-Qwen2.5-0.5B-Instruct when M0_QWEN25_GGUF points at its GGUF file.
+output. It runs on every real instruct model available: SmolLM2-135M-Instruct always, and the
+"qwen2.5" file: M0_QWEN25_GGUF's, else the Qwen2.5-Coder-0.5B-Instruct Q4_K_M file the set-up
+assembles (same architecture, tokenizer and chat format as Qwen2.5-0.5B-Instruct, other weights).
 
 A model that does not write the word FAILS the word check; it is never skipped. For
 SmolLM2-135M (a 135M-parameter model that often ignores the instruction) that failure is reported
 as a known failure (XFAIL, with the haiku it wrote): the run stays green, and the gate board
-counts it as FAIL. For Qwen2.5-0.5B-Instruct, M0's model, it is a plain failure.
+counts it as FAIL. For the qwen2.5 file (M0's model family) it is a plain failure.
 """
 import pytest
 
