@@ -24,7 +24,7 @@ def test_each_architecture_is_detected_and_served_by_its_adapter(arch, record_mo
     assert gguf_file.config.architecture == arch
     model = load_model(gguf_file, "cpu")
     assert type(model).__name__ == ARCH_ADAPTER[arch]
-    logits = model.backend.to_host(model.forward([1, 2, 3], model.new_cache(8), 0))
+    logits = model.backend.to_host(model.forward([1, 2, 3], model.new_cache(8), 0, logits="all"))
     assert logits.shape == (3, gguf_file.config.vocab_size)
 
 

@@ -15,7 +15,7 @@ SEQUENCE = np.random.default_rng(22).integers(0, 49152, 14)
 
 
 def full_recompute(model, ids):
-    return model.backend.to_host(model.forward(ids, model.new_cache(len(ids)), 0))
+    return model.backend.to_host(model.forward(ids, model.new_cache(len(ids)), 0, logits="all"))
 
 
 @pytest.mark.story("FT-022")
@@ -24,7 +24,7 @@ def test_decode_logits_equal_full_recompute(arch, qtype):
     model = tiny_worker_model(arch, qtype)
     reference = full_recompute(model, SEQUENCE)
     cache = model.new_cache(len(SEQUENCE))
-    prefill = model.backend.to_host(model.forward(SEQUENCE[:8], cache, 0))
+    prefill = model.backend.to_host(model.forward(SEQUENCE[:8], cache, 0, logits="all"))
     assert relative_logit_error(prefill, reference[:8]) < 1e-5
     for pos in range(8, len(SEQUENCE)):
         step = model.backend.to_host(model.forward(SEQUENCE[pos:pos + 1], cache, pos))
@@ -38,7 +38,8 @@ def test_decode_logits_equal_full_recompute(arch, qtype):
 def test_chunked_prefill_equals_one_shot(arch):
     model = tiny_worker_model(arch)
     cache = model.new_cache(len(SEQUENCE))
-    chunks = [model.backend.to_host(model.forward(SEQUENCE[a:b], cache, a)) for a, b in [(0, 3), (3, 10), (10, 14)]]
+    chunks = [model.backend.to_host(model.forward(SEQUENCE[a:b], cache, a, logits="all"))
+              for a, b in [(0, 3), (3, 10), (10, 14)]]
     assert relative_logit_error(np.concatenate(chunks), full_recompute(model, SEQUENCE)) < 1e-5
 
 

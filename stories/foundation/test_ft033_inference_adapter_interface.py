@@ -1,8 +1,9 @@
 """FT-033 inference adapter interface: every architecture's adapter offers the same surface.
 
 Acceptance: each adapter exposes `config` (a ModelConfig that matches the file), `backend`,
-`new_cache(n_ctx)` and `forward(ids, cache, start_pos) -> [T, vocab]` float32 logits on its
-backend; malformed token ids are refused with InvalidParamsError naming `ids`.
+`new_cache(n_ctx)` and `forward(ids, cache, start_pos, logits="last")` float32 logits on its
+backend ([1, vocab] for the last token, [T, vocab] for every token with logits="all"); malformed
+token ids are refused with InvalidParamsError naming `ids`.
 """
 import inspect
 
@@ -19,11 +20,11 @@ from worker.models import model_class
 @pytest.mark.parametrize("arch", ARCHS)
 def test_adapter_surface(arch):
     cls = model_class(arch)
-    assert list(inspect.signature(cls.forward).parameters) == ["self", "ids", "cache", "start_pos"]
+    assert list(inspect.signature(cls.forward).parameters) == ["self", "ids", "cache", "start_pos", "logits"]
     assert list(inspect.signature(cls.new_cache).parameters) == ["self", "n_ctx"]
     model = tiny_worker_model(arch)
     assert isinstance(model.config, ModelConfig) and model.config.architecture == arch
-    logits = model.forward(np.array([1, 2, 3]), model.new_cache(8), 0)
+    logits = model.forward(np.array([1, 2, 3]), model.new_cache(8), 0, logits="all")
     host = model.backend.to_host(logits)
     assert host.shape == (3, model.config.vocab_size) and host.dtype == np.float32
     assert np.isfinite(host).all()

@@ -25,7 +25,7 @@ MATRIX = [(arch, qtype) for arch in ARCHS for qtype in ("F32", "Q4_K")] + \
 @pytest.mark.parametrize("arch, qtype", MATRIX)
 def test_adapter_logits_match_transformers(arch, qtype):
     model = tiny_worker_model(arch, qtype)
-    ours = model.backend.to_host(model.forward(PROMPT, model.new_cache(len(PROMPT)), 0))
+    ours = model.backend.to_host(model.forward(PROMPT, model.new_cache(len(PROMPT)), 0, logits="all"))
     error = relative_logit_error(ours, hf_logits(tiny_hf_model(arch, qtype), PROMPT))
     assert error < THRESHOLD, f"{arch} {qtype}: relative logit error {error:.2e}"
 

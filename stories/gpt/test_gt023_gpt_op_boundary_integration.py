@@ -97,7 +97,7 @@ def prefill_then_decode(model) -> np.ndarray:
     b = model.backend
     cache = model.new_cache(len(IDS))
     try:
-        rows = [b.to_host(model.forward(np.asarray(IDS[:PREFILL]), cache, 0))]
+        rows = [b.to_host(model.forward(np.asarray(IDS[:PREFILL]), cache, 0, logits="all"))]
         for pos in range(PREFILL, len(IDS)):
             rows.append(b.to_host(model.forward(np.array([IDS[pos]]), cache, pos)))
         return np.concatenate(rows)

@@ -18,7 +18,7 @@ THRESHOLD = 1e-4
 @pytest.mark.parametrize("qtype", ["F32", "Q8_0", "Q4_K", "Q6_K"])
 def test_gpt2_logits_match_transformers(qtype):
     model = tiny_worker_model("gpt2", qtype)
-    ours = model.backend.to_host(model.forward(PROMPT, model.new_cache(len(PROMPT)), 0))
+    ours = model.backend.to_host(model.forward(PROMPT, model.new_cache(len(PROMPT)), 0, logits="all"))
     reference = hf_logits(tiny_hf_model("gpt2", qtype), PROMPT)
     error = relative_logit_error(ours, reference)
     assert error < THRESHOLD, f"gpt2 {qtype}: relative logit error {error:.2e}"

@@ -36,7 +36,7 @@ def transformers_logits_on_ids() -> np.ndarray:
 def our_logits(model, ids) -> np.ndarray:
     cache = model.new_cache(len(ids))
     try:
-        return model.backend.to_host(model.forward(np.asarray(ids), cache, 0))
+        return model.backend.to_host(model.forward(np.asarray(ids), cache, 0, logits="all"))
     finally:
         model.backend.free_kv_cache(cache)
 
@@ -79,7 +79,7 @@ def test_decode_with_cache_equals_full_recompute_beyond_the_window():
     b = model.backend
     sequence = list(IDS[:6])
     cache = model.new_cache(40)
-    logits = b.to_host(model.forward(np.array(sequence), cache, 0))
+    logits = b.to_host(model.forward(np.array(sequence), cache, 0, logits="all"))
     worst = relative_logit_error(logits, our_logits(model, sequence))
     for step in range(24):                                        # positions 6..29, window 4
         next_id = int(logits[-1].argmax())

@@ -80,8 +80,8 @@ def test_fused_gate_up_experts_give_the_same_logits():
     with GGUFModelFile.open(tiny_gpt_oss_path()) as gf:
         fused = GptOssModel(_fused_view(gf), NumpyBackend())
         assert "blk.0.ffn_gate_up_exps.weight" in fused.tensor_names
-        a = separate.forward(ids, separate.new_cache(len(ids)), 0)
-        b = fused.forward(ids, fused.new_cache(len(ids)), 0)
+        a = separate.forward(ids, separate.new_cache(len(ids)), 0, logits="all")
+        b = fused.forward(ids, fused.new_cache(len(ids)), 0, logits="all")
     np.testing.assert_array_equal(a, b)
 
 

@@ -72,7 +72,7 @@ def test_logits_and_greedy_tokens_equal_the_f32_twin(model_files):
             model = load_model(gf, NumpyBackend())
             prompt = np.array([1, 5, 9, 33, 60, 2, 17])
             cache = model.new_cache(16)
-            logits = np.asarray(model.forward(prompt, cache, 0), np.float32)
+            logits = np.asarray(model.forward(prompt, cache, 0, logits="all"), np.float32)
             model.backend.free_kv_cache(cache)
             results.append((logits, engine_greedy(model, IdsOnly(), prompt, 8)))   # the file has no vocabulary
     (logits, tokens), (twin_logits, twin_tokens) = results

@@ -19,7 +19,7 @@ THRESHOLD = 1e-4
 @pytest.mark.parametrize("qtype", ["F32", "Q8_0", "Q4_K", "Q6_K"])
 def test_qwen2_logits_match_transformers(qtype):
     model = tiny_worker_model("qwen2", qtype)
-    ours = model.backend.to_host(model.forward(PROMPT, model.new_cache(32), 0))
+    ours = model.backend.to_host(model.forward(PROMPT, model.new_cache(32), 0, logits="all"))
     reference = hf_logits(tiny_hf_model("qwen2", qtype), PROMPT)
     assert ours.shape == reference.shape == (len(PROMPT), 49152)
     error = relative_logit_error(ours, reference)

@@ -25,7 +25,7 @@ PROMPT = np.random.default_rng(33).integers(0, 49152, 24)
 @pytest.mark.parametrize("qtype", ["F32", "Q8_0"])
 def test_tiny_llama_logits_match_transformers(qtype):
     model = tiny_worker_model("llama", qtype)
-    ours = model.backend.to_host(model.forward(PROMPT, model.new_cache(32), 0))
+    ours = model.backend.to_host(model.forward(PROMPT, model.new_cache(32), 0, logits="all"))
     error = relative_logit_error(ours, hf_logits(tiny_hf_model("llama", qtype), PROMPT))
     assert error < THRESHOLD, f"llama {qtype}: relative logit error {error:.2e}"
 
@@ -39,7 +39,7 @@ def smollm2():
 @pytest.mark.needs_model("smollm2")
 def test_smollm2_logits_match_transformers(smollm2):
     ids = smollm2_hf_tokenizer()("The capital of France is the city of").input_ids
-    ours = smollm2.backend.to_host(smollm2.forward(np.array(ids), smollm2.new_cache(len(ids)), 0))
+    ours = smollm2.backend.to_host(smollm2.forward(np.array(ids), smollm2.new_cache(len(ids)), 0, logits="all"))
     reference = hf_logits(smollm2_hf_model(), ids)
     error = relative_logit_error(ours, reference)
     assert error < THRESHOLD, f"SmolLM2: relative logit error {error:.2e}"

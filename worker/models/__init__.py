@@ -3,7 +3,8 @@
     model = load_model(gguf_file, backend, progress=None)
     model.config, model.backend
     cache = model.new_cache(n_ctx)
-    logits = model.forward(ids, cache, start_pos)     # [T, vocab] backend array
+    logits = model.forward(ids, cache, start_pos)     # [1, vocab] backend array: the last token's
+    logits = model.forward(ids, cache, start_pos, logits="all")     # [T, vocab]: every token's
 
 Adapters are imported only when asked for, so that a broken or missing optional adapter
 (e.g. GPT-OSS) does not stop the others from loading.

@@ -13,6 +13,7 @@ import numpy as np
 
 from worker.errors import PromptTooLongError
 from worker.models.llama import _token_ids
+from worker.models.logit_rows import last_row_only
 from worker.models.weights import WeightLoader
 
 
@@ -71,22 +72,29 @@ class GPT2Model:
                 f"n_ctx {n_ctx} exceeds the {cfg.context_length} learned positions of this model", field="n_ctx")
         return self.backend.new_kv_cache(cfg.n_layers, n_ctx, cfg.n_heads, cfg.head_dim)
 
-    def forward(self, ids, cache, start_pos: int):
-        """Logits [T, vocab] for tokens `ids` at positions start_pos.. (their K/V go to `cache`)."""
+    def forward(self, ids, cache, start_pos: int, logits: str = "last"):
+        """Logits for tokens `ids` at positions start_pos.. (their K/V go to `cache`): [1, vocab] for the
+        last token (logits="last", all that generation needs) or [T, vocab] for every token ("all")."""
         ids = _token_ids(ids)
         last = start_pos + len(ids) - 1
         if last >= self.config.context_length:
             raise PromptTooLongError(
                 f"position {last} is beyond the {self.config.context_length} learned positions", field="n_ctx")
-        return self.backend.run_forward(self._forward, ids, cache, start_pos)
+        forward = self._forward_last if last_row_only(logits, len(ids)) else self._forward
+        return self.backend.run_forward(forward, ids, cache, start_pos)
 
-    def _forward(self, ids, cache, start_pos: int):
+    def _forward_last(self, ids, cache, start_pos: int):
+        return self._forward(ids, cache, start_pos, last_only=True)
+
+    def _forward(self, ids, cache, start_pos: int, last_only: bool = False):
         b, cfg = self.backend, self.config
         positions = np.arange(start_pos, start_pos + len(ids))
         x = b.add(b.embedding(self.token_embd, ids), b.embedding(self.position_embd, positions))
         for layer, blk in enumerate(self.blocks):
             normed = b.layernorm(x, blk.attn_norm, blk.attn_norm_b, cfg.norm_eps)
             x = b.add(x, self._attention(blk, normed, cache, layer, start_pos))
+            if last_only and layer == len(self.blocks) - 1:
+                x = x[-1:]                # logit_rows.py: the other rows' K/V are in the cache
             x = b.add(x, self._feed_forward(blk, b.layernorm(x, blk.ffn_norm, blk.ffn_norm_b, cfg.norm_eps)))
         return b.matmul(b.layernorm(x, self.output_norm, self.output_norm_b, cfg.norm_eps), self.output)
 

@@ -25,6 +25,7 @@ import numpy as np
 from worker.backend.base import top_k_softmax
 from worker.errors import UnsupportedModelError
 from worker.models.llama import _token_ids
+from worker.models.logit_rows import last_row_only
 from worker.models.weights import WeightLoader
 
 
@@ -101,16 +102,24 @@ class GptOssModel:
         cfg = self.config
         return self.backend.new_kv_cache(cfg.n_layers, n_ctx, cfg.n_kv_heads, cfg.head_dim)
 
-    def forward(self, ids, cache, start_pos: int):
-        """Logits [T, vocab] for tokens `ids` at positions start_pos.. (their K/V go to `cache`)."""
-        return self.backend.run_forward(self._forward, _token_ids(ids), cache, start_pos)
+    def forward(self, ids, cache, start_pos: int, logits: str = "last"):
+        """Logits for tokens `ids` at positions start_pos.. (their K/V go to `cache`): [1, vocab] for the
+        last token (logits="last", all that generation needs) or [T, vocab] for every token ("all")."""
+        ids = _token_ids(ids)
+        forward = self._forward_last if last_row_only(logits, len(ids)) else self._forward
+        return self.backend.run_forward(forward, ids, cache, start_pos)
 
-    def _forward(self, ids, cache, start_pos: int):
+    def _forward_last(self, ids, cache, start_pos: int):
+        return self._forward(ids, cache, start_pos, last_only=True)
+
+    def _forward(self, ids, cache, start_pos: int, last_only: bool = False):
         b, eps = self.backend, self.config.norm_eps
         positions = np.arange(start_pos, start_pos + len(ids))
         x = b.embedding(self.token_embd, ids)
         for layer, blk in enumerate(self.blocks):
             x = b.add(x, self._attention(blk, b.rmsnorm(x, blk.attn_norm, eps), positions, cache, layer, start_pos))
+            if last_only and layer == len(self.blocks) - 1:
+                x = x[-1:]                # logit_rows.py: the other rows' K/V are in the cache
             x = b.add(x, self._mixture_of_experts(blk, b.rmsnorm(x, blk.ffn_norm, eps)))
         return b.matmul(b.rmsnorm(x, self.output_norm, eps), self.output)
 

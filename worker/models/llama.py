@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from worker.errors import InvalidParamsError, UnsupportedModelError
+from worker.models.logit_rows import last_row_only
 from worker.models.weights import WeightLoader
 
 
@@ -85,17 +86,25 @@ class LlamaModel:
         cfg = self.config
         return self.backend.new_kv_cache(cfg.n_layers, n_ctx, cfg.n_kv_heads, cfg.head_dim)
 
-    def forward(self, ids, cache, start_pos: int):
-        """Logits [T, vocab] for tokens `ids` at positions start_pos.. (their K/V go to `cache`)."""
-        return self.backend.run_forward(self._forward, _token_ids(ids), cache, start_pos)
+    def forward(self, ids, cache, start_pos: int, logits: str = "last"):
+        """Logits for tokens `ids` at positions start_pos.. (their K/V go to `cache`): [1, vocab] for the
+        last token (logits="last", all that generation needs) or [T, vocab] for every token ("all")."""
+        ids = _token_ids(ids)
+        forward = self._forward_last if last_row_only(logits, len(ids)) else self._forward
+        return self.backend.run_forward(forward, ids, cache, start_pos)
 
-    def _forward(self, ids, cache, start_pos: int):
+    def _forward_last(self, ids, cache, start_pos: int):
+        return self._forward(ids, cache, start_pos, last_only=True)
+
+    def _forward(self, ids, cache, start_pos: int, last_only: bool = False):
         b, cfg = self.backend, self.config
         positions = np.arange(start_pos, start_pos + len(ids))
         x = b.embedding(self.token_embd, ids)
         for layer, blk in enumerate(self.blocks):
             normed = b.rmsnorm(x, blk.attn_norm, cfg.norm_eps)
             x = b.add(x, self._attention(blk, normed, positions, cache, layer, start_pos))
+            if last_only and layer == len(self.blocks) - 1:
+                x = x[-1:]                # logit_rows.py: the other rows' K/V are in the cache
             x = b.add(x, self._feed_forward(blk, b.rmsnorm(x, blk.ffn_norm, cfg.norm_eps)))
         return b.matmul(b.rmsnorm(x, self.output_norm, cfg.norm_eps), self.output)
 
