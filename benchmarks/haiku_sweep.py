@@ -43,22 +43,32 @@ def main() -> int:
     gf = GGUFModelFile.open(path)
     tokenizer = load_tokenizer(gf)
     engine = Engine(load_model(gf, "cpu"), tokenizer)
-    passed, texts = [], {}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Resume an interrupted sweep of the same model and settings: its minutes are kept.
+    report = {"model": describe_model_file(Path(path)), "max_tokens": args.max_tokens, "seed": SEED,
+              "minutes_passed": [], "texts": {}, "of": 60}
+    if out.exists():
+        old = json.loads(out.read_text())
+        if all(old.get(k) == report[k] for k in ("model", "max_tokens", "seed")):
+            report["minutes_passed"], report["texts"] = old["minutes_passed"], old["texts"]
     for minute in range(60):
+        if str(minute) in report["texts"]:
+            continue
         word = minute_word(minute)
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": haiku_prompt(word)}],
                                                add_generation_prompt=True)
         params = SamplingParams(temperature=0, seed=SEED, max_tokens=args.max_tokens)
         text = "".join(getattr(ev, "text", "") or "" for ev in engine.generate(prompt, params))
-        texts[minute] = text
+        report["texts"][str(minute)] = text
         if contains_word(text, word):
-            passed.append(minute)
-        print(f"{minute:2d} {word:14s} {'yes' if minute in passed else 'no '} {text[:70]!r}", flush=True)
-    report = {"model": describe_model_file(Path(path)), "max_tokens": args.max_tokens, "seed": SEED,
-              "minutes_passed": passed, "passed": len(passed), "of": 60, "texts": texts}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
-    print(f"{len(passed)} of 60 minute words written -> {args.out}")
+            report["minutes_passed"] = sorted(report["minutes_passed"] + [minute])
+        report["minutes_run"] = len(report["texts"])
+        report["passed"] = len(report["minutes_passed"])
+        out.write_text(json.dumps(report, indent=1))  # after every minute: an interrupted run keeps its part
+        print(f"{minute:2d} {word:14s} {'yes' if minute in report['minutes_passed'] else 'no '} {text[:70]!r}",
+              flush=True)
+    print(f"{report['passed']} of 60 minute words written -> {out}")
     return 0
 
 
