@@ -120,10 +120,13 @@ class LlamaServer:
         return [int(t) for t in answer["tokens"]]
 
     async def step(self, ids: list[int], job, step: int, seed: int) -> Step:
-        """Sample one token after `ids` (the prompt and what was generated so far). The slot's
-        prompt cache (cache_prompt) holds the previous ids, so only the new one is evaluated."""
+        """Sample one token after `ids` (the prompt and what was generated so far). After the first
+        step the slot's prompt cache (cache_prompt) holds the previous ids: only the new one is evaluated."""
         body = {
-            "prompt": ids, "n_predict": 1, "cache_prompt": True, "stream": False, "return_tokens": True,
+            # The prompt is evaluated afresh in one batch for every job: a prompt found in the slot's
+            # cache would get its last position re-evaluated alone, and logits of another batch shape
+            # are not bit-identical (llama-server README, cache_prompt), so a seed would not replay.
+            "prompt": ids, "n_predict": 1, "cache_prompt": step > 0, "stream": False, "return_tokens": True,
             "n_probs": 1, "samplers": SAMPLERS,
             "temperature": job.temperature, "top_k": job.top_k, "top_p": job.top_p, "min_p": job.min_p,
             "repeat_penalty": job.repetition_penalty, "repeat_last_n": job.repeat_last_n,
