@@ -105,3 +105,27 @@ def test_engine_prefill_multiplies_the_output_matrix_with_one_row():
     tokens = engine_greedy(model, IdsOnly(), IDS, 3)
     assert len(tokens) == 3
     assert backend.output_rows == [1, 1, 1]                # the prompt's last row, then two decode steps
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch, qtype", FIXTURES)
+def test_cuda_last_row_agrees_with_the_reference(arch, qtype):
+    """On the GPU the last row comes from one-row products (the decode kernels) instead of the
+    prefill tiles: it stays within FT-012's logits NMSE bound of the NumPy reference's last row, as
+    does the last row of "all", and a single-token step (a captured decode graph) too."""
+    from stories.foundation._cuda_conformance import cuda_backend
+
+    model = _load(arch, qtype, cuda_backend())
+    reference = _logits(_load(arch, qtype, NumpyBackend()), IDS, logits="all").astype(np.float64)
+    b = model.backend
+    cache = model.new_cache(len(IDS))
+    try:
+        last = b.to_host(model.forward(IDS[:-1], cache, 0))
+        step = b.to_host(model.forward(IDS[-1:], cache, len(IDS) - 1))
+    finally:
+        b.free_kv_cache(cache)
+    every = _logits(model, IDS, logits="all")
+    assert last.shape == step.shape == (1, model.config.vocab_size) and every.shape == reference.shape
+    for ours, ref in ((last, reference[-2:-1]), (step, reference[-1:]), (every[-1:], reference[-1:])):
+        nmse = float(np.sum((ours - ref) ** 2) / np.sum(ref ** 2))
+        assert nmse < 1e-5, f"{arch} {qtype}: last-row logits NMSE {nmse:.2e} against the NumPy reference"
