@@ -4,7 +4,8 @@ Acceptance:
 - on random logits with ties and -inf, for any temperature, top-k, top-p and min-p, the fast path
   keeps exactly the tokens a plain sort-based statement of the filters keeps (written below: sort
   everything, softmax over the whole vocabulary after each filter), with exactly the same float64
-  probabilities; its top-p rounds are shrunk to a few tokens here so that small rows go through
+  probabilities, and the draw over them picks the id the draw over the whole vocabulary picks for
+  any u (the last double below 1 included); its top-p rounds are shrunk to a few tokens here so that small rows go through
   every round, and the rounds the worker uses run on 49,152- and 151,936-token rows;
 - Sampler.sample draws the same ids, seed for seed, as the pipeline of worker/sampling.py whose
   filters FT-019 checks against transformers (filtered softmax, then the inverse CDF over token
@@ -70,14 +71,18 @@ FILTERS = dict(
 
 @pytest.mark.story("FT-019")
 @settings(max_examples=600, deadline=None)
-@given(row=rows_with_minus_inf(), **FILTERS)
-def test_fast_path_keeps_the_plain_candidates_with_the_same_probabilities(row, t, top_k, top_p, min_p, rounds):
+@given(row=rows_with_minus_inf(), u=st.one_of(st.floats(0.0, 1.0, exclude_max=True), st.just(1.0 - 2.0**-53)),
+       **FILTERS)
+def test_fast_path_keeps_the_plain_candidates_with_the_same_probabilities(row, u, t, top_k, top_p, min_p, rounds):
     scores = row / t
     want_ids, want_probs = plain_kept(scores, top_k, top_p, min_p)
     with mock.patch.object(sampling_fast, "TOP_P_ROUNDS", rounds):
         ids, probs = kept_distribution(scores, top_k, top_p, min_p)
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_array_equal(probs, want_probs)
+    over_vocab = np.zeros(row.size)                          # the draw over the whole vocabulary
+    over_vocab[want_ids] = want_probs
+    assert ids[inverse_cdf_pick(probs, u)] == inverse_cdf_pick(over_vocab, u)
 
 
 @pytest.mark.story("FT-019")
