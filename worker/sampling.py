@@ -247,7 +247,8 @@ def _scaling_overflows(logits: np.ndarray, temperature: float) -> bool:
     such scores would be inf - inf = NaN. Its limit as T -> 0 is the argmax, which we take."""
     if temperature <= 0.0:
         return True
-    largest = float(np.max(np.abs(np.asarray(logits, dtype=np.float64))))
+    x = np.asarray(logits, dtype=np.float64)
+    largest = float(max(x.max(), -x.min()))      # max |x| without a vocabulary-sized temporary
     return largest / np.finfo(np.float64).max > temperature * (1.0 - 1e-12)
 
 
@@ -291,5 +292,6 @@ class Sampler:
             return greedy_pick(penalised)
         # sampling_fast.py: the kept ids and sampling_distribution's probabilities at them, bit
         # for bit, without sorting the vocabulary; the pick over them is the same id.
-        ids, probs = kept_distribution(apply_temperature(penalised, p.temperature), p.top_k, p.top_p, p.min_p)
+        scores = np.divide(penalised, p.temperature, out=penalised)     # apply_temperature, in our own copy
+        ids, probs = kept_distribution(scores, p.top_k, p.top_p, p.min_p, overwrite=True)
         return int(ids[inverse_cdf_pick(probs, float(self.rng.random()))])

@@ -19,6 +19,8 @@ token. Here:
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 TOP_P_ROUNDS = (64, 512, 4096, 32768)    # candidates sorted in each top-p round, then all of them
@@ -26,22 +28,27 @@ CUMSUM_SLACK = 1e-15         # > the rounding of a running float64 sum of probab
 MIN_P_SLACK = 1e-9           # relative: far above the rounding of the pipeline's min-p comparison
 
 
-def kept_distribution(scores: np.ndarray, top_k: int, top_p: float, min_p: float) -> tuple[np.ndarray, np.ndarray]:
+def kept_distribution(scores: np.ndarray, top_k: int, top_p: float, min_p: float, *,
+                      overwrite: bool = False) -> tuple[Sequence[int], np.ndarray]:
     """(ids, probs) for scores [V] float64 (penalised logits / temperature; -inf allowed, one
-    finite score at least): the ids the filters keep, ascending, and their probabilities, equal
-    to worker.sampling's softmax(filtered scores) at those ids."""
+    finite score at least): the ids the filters keep, ascending (an int array, or range(V) when
+    every token is kept), and their probabilities, equal to worker.sampling's softmax(filtered
+    scores) at those ids. overwrite: `scores` is scratch the caller no longer needs (fresh
+    vocabulary-sized arrays cost page faults on every token)."""
     scores = np.asarray(scores, dtype=np.float64)
     V = scores.size
     if 0 < top_k < V:
         kth = np.partition(scores, V - top_k)[V - top_k]
         ids = np.flatnonzero(scores >= kth)
         ids = ids[scores[ids] > -np.inf]
-    elif np.isfinite(scores).all():
+    elif scores.min() > -np.inf:
         ids = None                                   # every token: no gather, no scatter
     else:
         ids = np.flatnonzero(scores > -np.inf)
     s = scores if ids is None else scores[ids]
-    e = np.exp(s - s.max())                          # the pipeline's exp(score - max) at each kept id
+    in_place = overwrite and ids is None and top_p >= 1.0        # s is not needed after e
+    e = np.subtract(s, s.max(), out=s if in_place else None)
+    np.exp(e, out=e)                                 # the pipeline's exp(score - max) at each kept id
 
     if top_p < 1.0:
         keep = _top_p_positions(s, e / _vocab_sum(e, ids, V), top_p)
@@ -49,14 +56,15 @@ def kept_distribution(scores: np.ndarray, top_k: int, top_p: float, min_p: float
     if min_p > 0.0:
         if top_p >= 1.0:                             # certainly below the pipeline's threshold: drop unsorted
             near = np.flatnonzero(e >= min_p * (1.0 - MIN_P_SLACK))
-            probs = e / _vocab_sum(e, ids, V)        # the pipeline's sum still holds every kept term
-            ids, e, probs = (near if ids is None else ids[near]), e[near], probs[near]
+            total = _vocab_sum(e, ids, V)            # the pipeline's sum still holds every kept term
+            ids, e = (near if ids is None else ids[near]), e[near]
+            probs = e / total
         else:
             probs = e / _vocab_sum(e, ids, V)
         keep = np.flatnonzero(probs >= min_p * probs.max())
         ids, e = (keep if ids is None else ids[keep]), e[keep]
-    probs = e / _vocab_sum(e, ids, V)
-    return (np.arange(V) if ids is None else ids), probs
+    e /= _vocab_sum(e, ids, V)                       # e is this function's own array: divided in place
+    return (range(V) if ids is None else ids), e     # a range: no [V] array of ids to build
 
 
 def _vocab_sum(terms: np.ndarray, ids: np.ndarray | None, V: int) -> float:
