@@ -5,7 +5,8 @@ bit for bit, so a seed draws the same ids as before.
 The pipeline's statement (docs/sampling.md) sorts all the vocabulary for top-p and takes a softmax
 over all of it for every filter; with a 151,936-token vocabulary that costs tens of milliseconds a
 token. Here:
-- top-k: one partition to find the k-th largest score, then the tokens at or above it (ties kept);
+- top-k: the k-th largest score by a partition (of the scores above a bound read off every 16th
+  score, when enough reach it), then the tokens at or above it (ties kept);
 - top-p: sort only the best m candidates (all ties at the m-th score included, so they are the
   first m of the pipeline's stable order; one partition finds the m-th score of every round),
   growing m until the cumulative probability is past p with a margin larger than the rounding of
@@ -24,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 TOP_P_ROUNDS = (64, 512, 4096, 32768)    # candidates sorted in each top-p round, then all of them
+SAMPLE_STRIDE = 16           # top-k: every 16th score bounds the k-th largest from below
 CUMSUM_SLACK = 1e-15         # > the rounding of a running float64 sum of probabilities (<= 2.3e-16)
 MIN_P_SLACK = 1e-9           # relative: far above the rounding of the pipeline's min-p comparison
 
@@ -38,7 +40,7 @@ def kept_distribution(scores: np.ndarray, top_k: int, top_p: float, min_p: float
     scores = np.asarray(scores, dtype=np.float64)
     V = scores.size
     if 0 < top_k < V:
-        kth = np.partition(scores, V - top_k)[V - top_k]
+        kth = _kth_largest(scores, top_k)
         ids = np.flatnonzero(scores >= kth)
         ids = ids[scores[ids] > -np.inf]
     elif scores.min() > -np.inf:
@@ -65,6 +67,21 @@ def kept_distribution(scores: np.ndarray, top_k: int, top_p: float, min_p: float
         ids, e = (keep if ids is None else ids[keep]), e[keep]
     e /= _vocab_sum(e, ids, V)                       # e is this function's own array: divided in place
     return (range(V) if ids is None else ids), e     # a range: no [V] array of ids to build
+
+
+def _kth_largest(scores: np.ndarray, k: int) -> float:
+    """The k-th largest score: partitioned among the scores at or above a bound taken from every
+    SAMPLE_STRIDE-th score when at least k reach it (the k-th largest of all is then among them),
+    else among all scores."""
+    n = scores.size
+    j = 2 * (k // SAMPLE_STRIDE) + 8                 # about twice k of all scores should reach the bound
+    if 4 * j * SAMPLE_STRIDE < n:
+        sample = scores[::SAMPLE_STRIDE]
+        bound = np.partition(sample, sample.size - j)[sample.size - j]
+        high = scores[scores >= bound]
+        if high.size >= k:
+            return np.partition(high, high.size - k)[high.size - k]
+    return np.partition(scores, n - k)[n - k]
 
 
 def _vocab_sum(terms: np.ndarray, ids: np.ndarray | None, V: int) -> float:

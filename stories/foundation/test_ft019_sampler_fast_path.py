@@ -5,8 +5,9 @@ Acceptance:
   keeps exactly the tokens a plain sort-based statement of the filters keeps (written below: sort
   everything, softmax over the whole vocabulary after each filter), with exactly the same float64
   probabilities, and the draw over them picks the id the draw over the whole vocabulary picks for
-  any u (the last double below 1 included); its top-p rounds are shrunk to a few tokens here so that small rows go through
-  every round, and the rounds the worker uses run on 49,152- and 151,936-token rows;
+  any u (the last double below 1 included); its top-p rounds and its top-k sampling stride are
+  shrunk here so that small rows go through every branch, and the settings the worker uses run
+  on 49,152- and 151,936-token rows;
 - Sampler.sample draws the same ids, seed for seed, as the pipeline of worker/sampling.py whose
   filters FT-019 checks against transformers (filtered softmax, then the inverse CDF over token
   ids) — the reproducibility of a seed (FT-020, LT-026) is unchanged.
@@ -66,6 +67,7 @@ FILTERS = dict(
     top_p=st.one_of(st.just(1.0), st.sampled_from([0.1, 0.5, 0.9, 0.95, 0.999]), st.floats(1e-6, 1.0)),
     min_p=st.one_of(st.just(0.0), st.sampled_from([0.01, 0.05, 0.3]), st.floats(0.0, 0.999)),
     rounds=st.sampled_from([sampling_fast.TOP_P_ROUNDS, (1,), (2, 5, 17), (3, 40)]),
+    stride=st.sampled_from([sampling_fast.SAMPLE_STRIDE, 1, 2, 3]),
 )
 
 
@@ -73,10 +75,12 @@ FILTERS = dict(
 @settings(max_examples=600, deadline=None)
 @given(row=rows_with_minus_inf(), u=st.one_of(st.floats(0.0, 1.0, exclude_max=True), st.just(1.0 - 2.0**-53)),
        **FILTERS)
-def test_fast_path_keeps_the_plain_candidates_with_the_same_probabilities(row, u, t, top_k, top_p, min_p, rounds):
+def test_fast_path_keeps_the_plain_candidates_with_the_same_probabilities(row, u, t, top_k, top_p, min_p, rounds,
+                                                                          stride):
     scores = row / t
     want_ids, want_probs = plain_kept(scores, top_k, top_p, min_p)
-    with mock.patch.object(sampling_fast, "TOP_P_ROUNDS", rounds):
+    with mock.patch.object(sampling_fast, "TOP_P_ROUNDS", rounds), mock.patch.object(sampling_fast, "SAMPLE_STRIDE",
+                                                                                      stride):
         ids, probs = kept_distribution(scores, top_k, top_p, min_p)
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_array_equal(probs, want_probs)
@@ -95,6 +99,19 @@ def test_fast_path_on_real_vocabulary_sizes(vocab, scale, top_k, top_p, min_p):
     row = np.round(row * 256) / 256                          # many exact ties
     want_ids, want_probs = plain_kept(row / 0.8, top_k, top_p, min_p)
     ids, probs = kept_distribution(row / 0.8, top_k, top_p, min_p)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(probs, want_probs)
+
+
+@pytest.mark.story("FT-019")
+@pytest.mark.parametrize("top_k", [1, 40, 700])
+def test_top_k_when_the_strided_sample_misleads(top_k):
+    """Every 16th score high, the rest low: the bound read off the sample has fewer than k tokens
+    above it, so the k-th largest must come from all the scores."""
+    row = np.random.default_rng(top_k).normal(0.0, 1.0, 151_936)
+    row[::sampling_fast.SAMPLE_STRIDE] += 10.0
+    want_ids, want_probs = plain_kept(row, top_k, 1.0, 0.0)
+    ids, probs = kept_distribution(row, top_k, 1.0, 0.0)
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_array_equal(probs, want_probs)
 
