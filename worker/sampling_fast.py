@@ -8,21 +8,24 @@ token. Here:
 - top-k: the k-th largest score by a partition (of the scores above a bound read off every 16th
   score, when enough reach it), then the tokens at or above it (ties kept);
 - top-p: sort only the best m candidates (all ties at the m-th score included, so they are the
-  first m of the pipeline's stable order; one partition finds the m-th score of every round),
-  growing m until the cumulative probability is past p with a margin larger than the rounding of
-  the running sum; the tokens beyond are out;
+  first m of the pipeline's stable order), growing m until the cumulative probability is past p
+  with a margin larger than the rounding of the running sum; the tokens beyond are out;
 - min-p, when top-p is off: a threshold on exp(score - max), no sort at all;
 - softmax sums: the probabilities of the pipeline divide by a sum over the whole vocabulary
   (numpy's pairwise summation, whose rounding depends on where each term sits), so each sum is
-  taken over a vocabulary-sized array holding the kept terms at their ids and zeros elsewhere;
+  taken over a vocabulary-sized array holding the kept terms at their ids and zeros elsewhere (one
+  such array per thread, reused: a fresh one would cost page faults on every token);
 - the draw's cumulative sum runs over the kept tokens in ascending id order: the zeros of the
   removed tokens add nothing, so its values equal the pipeline's at every kept token.
 """
 from __future__ import annotations
 
+import threading
 from typing import Sequence
 
 import numpy as np
+
+_scratch = threading.local()         # per thread: a [V] array of zeros for _vocab_sum
 
 TOP_P_ROUNDS = (64, 512, 4096, 32768)    # candidates sorted in each top-p round, then all of them
 SAMPLE_STRIDE = 16           # top-k: every 16th score bounds the k-th largest from below
@@ -53,7 +56,7 @@ def kept_distribution(scores: np.ndarray, top_k: int, top_p: float, min_p: float
     np.exp(e, out=e)                                 # the pipeline's exp(score - max) at each kept id
 
     if top_p < 1.0:
-        keep = _top_p_positions(s, e / _vocab_sum(e, ids, V), top_p)
+        keep = _top_p_positions(s, e, _vocab_sum(e, ids, V), top_p)
         ids, s, e = (keep if ids is None else ids[keep]), s[keep], e[keep]
     if min_p > 0.0:
         if top_p >= 1.0:                             # certainly below the pipeline's threshold: drop unsorted
@@ -88,24 +91,28 @@ def _vocab_sum(terms: np.ndarray, ids: np.ndarray | None, V: int) -> float:
     """sum() of a [V] array holding `terms` at `ids` (None: all of them) and 0 elsewhere."""
     if ids is None:
         return terms.sum()
-    full = np.zeros(V)
+    full = getattr(_scratch, "zeros", None)
+    if full is None or full.size != V:
+        full = _scratch.zeros = np.zeros(V)
     full[ids] = terms
-    return full.sum()
+    try:
+        return full.sum()
+    finally:
+        full[ids] = 0.0                              # all zeros again for the next sum
 
 
-def _top_p_positions(s: np.ndarray, probs: np.ndarray, p: float) -> np.ndarray:
+def _top_p_positions(s: np.ndarray, e: np.ndarray, total: float, p: float) -> np.ndarray:
     """Positions (ascending) of the candidates the pipeline's top_p_keep keeps: walking in stable
-    descending-score order, each while the probability before it is below p (the first always)."""
+    descending-score order, each while the probability (e / total) before it is below p (the
+    first always)."""
     n = s.size
-    sizes = [m for m in TOP_P_ROUNDS if m < n]
-    ranked = np.partition(s, [n - m for m in sizes]) if sizes else s   # every round's m-th score at once
-    for m in sizes + [n]:
+    for m in [m for m in TOP_P_ROUNDS if m < n] + [n]:
         if m < n:
-            head = np.flatnonzero(s >= ranked[n - m])                   # every tie at the m-th score
+            head = np.flatnonzero(s >= _kth_largest(s, m))              # every tie at the m-th score
         else:
             head = np.arange(n)
         order = head[np.argsort(-s[head], kind="stable")]
-        in_order = probs[order]
+        in_order = e[order] / total
         cumulative = np.cumsum(in_order)
         if cumulative[-1] >= p + CUMSUM_SLACK:
             break            # any later token has at least cumulative[-1] - rounding > p before it
