@@ -21,10 +21,10 @@ Rules (docs/sampling.md has the full statement):
 - EOS / end-of-turn tokens (tokenizer.eos_ids) end the job and are not emitted.
 - End.text: text released only at the end (held-back text that turned out not to be a stop
   string, or U+FFFD for a dangling partial character). Almost always "".
-- `cancel` is checked before every token, and during prefill between chunks of PREFILL_CHUNK
-  prompt tokens (a long prompt's prefill stops within one chunk); a cancelled job ends with
-  End("cancelled"). The KV cache is freed when the job ends, however it ends (also when the
-  consumer closes the generator early).
+- `cancel` is checked before every token, and during prefill between chunks of
+  `backend.prefill_chunk_tokens` prompt tokens (64 on the CPU, 512 on the GPU): a long prompt's
+  prefill stops within one chunk. A cancelled job ends with End("cancelled"). The KV cache is
+  freed when the job ends, however it ends (also when the consumer closes the generator early).
 - End(stop_reason="error") is the error event: error_code and error say what failed. A
   WorkerError keeps its code (VRAM_OOM, ...); an InvalidParamsError raised after Started is a
   bug of ours, not the client's bad input, and so is INTERNAL; anything else is INFERENCE_FAILED.
@@ -43,13 +43,13 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from worker.backend.base import PREFILL_CHUNK  # noqa: F401 (the CPU chunk, named for tests and docs)
 from worker.errors import InvalidParamsError, PromptTooLongError, WorkerError
 from worker.sampling import DEFAULT_MAX_TOKENS, Sampler, SamplingParams, random_seed
 
 STOP_REASONS = ("max_tokens", "eos", "stop_sequence", "cancelled", "context_full")   # how a job ends well
 ERROR_STOP = "error"        # End.stop_reason of a job that failed after Started
 DEFAULT_CTX_CAP = 4096      # the engine's context when none is given: the model's, at most this
-PREFILL_CHUNK = 64          # prompt tokens per prefill forward: the cancel flag is checked between chunks
 
 
 @dataclass(frozen=True)
@@ -215,12 +215,13 @@ class Engine:
             cache = self.model.new_cache(len(ids) + budget - 1)
             t0 = time.perf_counter()
             prompt = np.asarray(ids, dtype=np.int64)
-            for start in range(0, len(ids), PREFILL_CHUNK):
+            chunk = backend.prefill_chunk_tokens
+            for start in range(0, len(ids), chunk):
                 if start and cancel.is_set():
                     run.prefill_s = time.perf_counter() - t0
                     yield run.end("cancelled")
                     return
-                logits = self.model.forward(prompt[start:start + PREFILL_CHUNK], cache, start)
+                logits = self.model.forward(prompt[start:start + chunk], cache, start)
             row = backend.to_host(logits[-1])
             run.prefill_s = time.perf_counter() - t0
             run.decode_t0 = time.perf_counter()

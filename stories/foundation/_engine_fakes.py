@@ -12,6 +12,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from worker.backend.base import PREFILL_CHUNK
+
 
 class FakeCache:
     def __init__(self, size: int):
@@ -20,6 +22,8 @@ class FakeCache:
 
 
 class FakeBackend:
+    prefill_chunk_tokens = PREFILL_CHUNK
+
     def __init__(self):
         self.allocated: list[FakeCache] = []
 

@@ -35,9 +35,15 @@ class KVCache:
     nbytes: int = 0
 
 
+PREFILL_CHUNK = 64              # prompt tokens per prefill forward on the CPU reference
+
+
 class Backend(ABC):
     name: str = "abstract"       # "numpy" | "cuda"
     device_name: str = ""        # "cpu-reference" or the GPU's name: reported with every result
+    # Prompt tokens per prefill forward: the engine checks the cancel flag between chunks, so a
+    # chunk bounds how long a cancel waits during prefill.
+    prefill_chunk_tokens: int = PREFILL_CHUNK
 
     # -- memory ----------------------------------------------------------------------------
     @abstractmethod

@@ -68,6 +68,9 @@ __all__ = [
 
 class CudaBackend(CudaMemory, Backend):
     name = "cuda"
+    # A 512-token chunk takes milliseconds on the GPU, and each chunk re-reads every weight tile:
+    # larger chunks than the CPU's keep cancellation prompt and prefill fast.
+    prefill_chunk_tokens = 512
 
     def __init__(self, device_index: int = 0, memory_limit_bytes: int | None = None, *,
                  kv_dtype: str = "float16", staging_bytes: int = 16 << 20,
