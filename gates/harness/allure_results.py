@@ -137,7 +137,7 @@ def write_report_extras(alluredir: Path, boards: list[GateBoard], environment: d
     executor = {"name": "python -m worker gates", "type": "local", "buildName": f"commit {commit}",
                 "reportName": report_name(boards) if boards else "M0 tests"}
     (alluredir / "executor.json").write_text(json.dumps(executor, indent=1))
-    props = {f"Gate {b.gate}": _counts_line(b) for b in boards}
+    props = {f"gate{b.gate}": _counts_line(b) for b in boards}      # a properties key ends at a space
     props.update(commit=commit, **environment)
     (alluredir / "environment.properties").write_text("".join(
         f"{k}={str(v).replace(chr(10), ' ')}\n" for k, v in props.items()))

@@ -92,7 +92,7 @@ def test_report_extras_name_the_gates_categories_and_commit(pytester):
     executor = json.loads((results / "executor.json").read_text())
     assert executor["buildName"].startswith("commit ") and executor["reportName"] == "M0 gates: Gate 1 FAIL"
     environment = (results / "environment.properties").read_text()
-    assert "Gate 1=FAIL" in environment and "device=cpu-reference" in environment
+    assert "gate1=FAIL" in environment and "device=cpu-reference" in environment
 
 
 def test_each_test_has_one_gate_one_feature_one_story_and_tags_for_the_rest(pytester):
