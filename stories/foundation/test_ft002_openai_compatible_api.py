@@ -13,11 +13,13 @@ Acceptance (docs/http-api.md, "OpenAI-compatible API"):
 import threading
 
 import httpx
-import openai
 import pytest
 
 from fixtures.external_worker import require_extension
 from fixtures.server_process import check_stream, execute
+
+# a test extra (pyproject.toml); a GPU machine that lacks it still collects the GPU suite
+openai = pytest.importorskip("openai")
 
 pytest_plugins = ["fixtures.server_fixtures"]
 pytestmark = pytest.mark.story("FT-002")

@@ -26,12 +26,12 @@ def test_backend_names_the_gpu_it_runs_on():
 
 @pytest.mark.story("FT-010")
 def test_kernels_are_compiled_once_and_shared():
-    from worker.backend import cuda
+    from worker.backend import cuda_runtime
     from worker.backend.cuda import CudaBackend
 
     a, b = CudaBackend(), CudaBackend()
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     np.testing.assert_array_equal(a.to_host(a.add(a.asarray(x), a.asarray(x))), 2 * x)
-    module = cuda._MODULES[(0, "elementwise.cu")]
+    module = cuda_runtime._MODULES[(0, "elementwise.cu")]
     np.testing.assert_array_equal(b.to_host(b.gelu(b.asarray(np.zeros(3)))), np.zeros(3, np.float32))
-    assert cuda._MODULES[(0, "elementwise.cu")] is module
+    assert cuda_runtime._MODULES[(0, "elementwise.cu")] is module
