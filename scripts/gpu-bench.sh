@@ -64,7 +64,8 @@ run() {
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
       || exit 1
   fi
-  commit=$(git rev-parse --short HEAD 2>/dev/null || cat "$PEER/commit.txt" 2>/dev/null || echo unknown)
+  # the commit recorded by `prepare` here: the GPU machine's copy of .git need not be current
+  commit=$(cat "$PEER/commit.txt" 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)
   export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 M0_COMMIT="$commit"
   { echo "== device"; nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader;
     date -u; } 2>&1 | tee -a "$log"
