@@ -99,7 +99,8 @@ def measure_ours(model: Path, device: str, prompt: str, n_prompt: int, n_decode:
             run = timed_request(url, {"job_id": f"baseline-{k}", "prompt": prompt, "max_tokens": n_decode + 1,
                                       "temperature": 0, "seed": 1})
             if run["started"]["prompt_tokens"] != n_prompt:
-                raise RuntimeError(f"worker counted {run['started']['prompt_tokens']} prompt tokens, expected {n_prompt}")
+                counted = run['started']['prompt_tokens']
+                raise RuntimeError(f"worker counted {counted} prompt tokens, expected {n_prompt}")
             if len(run["ids"]) < 2:
                 raise RuntimeError(f"the job ended after {len(run['ids'])} token(s) ({run['end']['stop_reason']}): "
                                    "no decode to time")
@@ -227,7 +228,8 @@ def main(argv=None) -> int:
         "benchmark": "perf-baseline", "device": args.device, "device_name": ours["device_name"],
         "model_file": str(model.resolve()), "model_file_bytes": model.stat().st_size,
         "architecture": ours["architecture"], "quant_kind": ours["quant_kind"],
-        "prompt": prompt, "prompt_tokens": len(prompt_ids), "decode_steps": ours["decode_steps"], "repetitions": args.repeats,
+        "prompt": prompt, "prompt_tokens": len(prompt_ids), "decode_steps": ours["decode_steps"],
+        "repetitions": args.repeats,
         "warmup_runs": 1, "statistic": "median",
         "host": {"platform": platform.platform(), "python": platform.python_version(),
                  "cpu_count": __import__("os").cpu_count()},

@@ -6,7 +6,6 @@ from fixtures.paths import user_model
 from fixtures.server_process import execute, worker_server
 
 
-
 def token_ids(events) -> list[int]:
     return [data["id"] for name, data in events if name == "token"]
 

@@ -48,7 +48,10 @@ def test_an_unknown_architecture_is_refused_with_a_clear_error(tmp_path):
     writer = gguf.GGUFWriter(str(path), "mamba")
     writer.add_block_count(1)
     writer.add_tensor("token_embd.weight", __import__("numpy").zeros((4, 8), dtype="float32"))
-    writer.write_header_to_file(); writer.write_kv_data_to_file(); writer.write_tensors_to_file(); writer.close()
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
     result = subprocess.run([sys.executable, "-m", "worker", "inspect", str(path), "--json"], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stdout + result.stderr

@@ -1,11 +1,9 @@
 """Gate 4 — M0 complete: every model serves a request end to end; OOM recovery and the
 performance baseline on the GPU. (Docs and CI checks: test_gate4_docs.py, FT-039.)"""
-import httpx
 import pytest
 
 from fixtures.paths import user_model
 from fixtures.server_process import execute, worker_server
-
 
 TINY = ["llama", "qwen2", "phi3", "gpt2", "gpt-oss"]
 REAL = {"qwen2.5": "M0_QWEN25_GGUF", "phi3": "M0_PHI3_GGUF", "gpt-oss-20b": "M0_GPT_OSS_GGUF"}

@@ -19,8 +19,14 @@ def hf_process(logits: np.ndarray, *, temperature: float = 1.0, top_k: int = 0, 
     """transformers' processed scores for one row (float64); -inf where a token was removed.
     A processor is only added when its parameter is on, as transformers' generate() does."""
     import torch
-    from transformers import (LogitsProcessorList, MinPLogitsWarper, RepetitionPenaltyLogitsProcessor,
-                              TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+    from transformers import (
+        LogitsProcessorList,
+        MinPLogitsWarper,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     chain = LogitsProcessorList()
     if repetition_penalty != 1.0 and len(history):

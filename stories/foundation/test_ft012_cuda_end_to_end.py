@@ -96,8 +96,8 @@ def agree_for_64_steps(path, prompt, name):
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3", "gpt2", "gpt-oss"])
 def test_tiny_models_greedy_64_steps(arch):
     from fixtures.gguf_corrupt import tiny_model_path
-    from worker.models import model_class
     from worker.errors import UnsupportedModelError
+    from worker.models import model_class
 
     try:
         model_class(arch)

@@ -8,7 +8,8 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker.backend.numpy import NumpyBackend
 from worker.errors import InvalidParamsError
@@ -26,7 +27,8 @@ def test_embedding_matches_torch(seed, V, D, ids):
     ids = np.array([i % V for i in ids] + [0, V - 1])
     ours = B.embedding(table, ids)
     assert ours.dtype == np.float32 and ours.shape == (len(ids), D)
-    np.testing.assert_array_equal(ours, torch.nn.functional.embedding(torch.from_numpy(ids), torch.from_numpy(table)).numpy())
+    theirs = torch.nn.functional.embedding(torch.from_numpy(ids), torch.from_numpy(table)).numpy()
+    np.testing.assert_array_equal(ours, theirs)
 
 
 @pytest.mark.story("FT-015")

@@ -8,9 +8,10 @@ weight itself stays in its stored format in device memory, and the workspace is 
 import gguf
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from stories.foundation._cuda_conformance import examples, check_product, checking_backend, random_weight
+from stories.foundation._cuda_conformance import check_product, checking_backend, examples, random_weight
 from worker.backend.numpy import NumpyBackend
 from worker.quant import FORMATS
 

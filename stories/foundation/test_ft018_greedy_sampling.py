@@ -55,7 +55,7 @@ def test_greedy_with_repetition_penalty_is_argmax_of_transformers_penalized_logi
 def test_greedy_engine_continuation_equals_transformers_greedy(device):
     from fixtures.hf_reference import hf_greedy
     from fixtures.tiny_models import tiny_hf_model, tiny_model_path
-    from worker.engine import Engine, End, Token
+    from worker.engine import End, Engine, Token
     from worker.gguf import GGUFModelFile
     from worker.models import load_model
     from worker.tokenizer import load_tokenizer

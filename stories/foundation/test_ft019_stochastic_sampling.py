@@ -27,8 +27,15 @@ from scipy.stats import chisquare
 
 from stories.foundation._sampling_oracle import hf_probs, hf_process, logit_rows, temperatures
 from worker.errors import InvalidParamsError
-from worker.sampling import (SamplingParams, Sampler, apply_repetition_penalty, filtered_scores, min_p_keep,
-                             top_k_keep, top_p_keep)
+from worker.sampling import (
+    Sampler,
+    SamplingParams,
+    apply_repetition_penalty,
+    filtered_scores,
+    min_p_keep,
+    top_k_keep,
+    top_p_keep,
+)
 
 pytestmark = pytest.mark.story("FT-019")
 

@@ -16,7 +16,8 @@ from worker.errors import InvalidParamsError
 def gguf_py_attention_shape(arch):
     reader = gguf_py_reader(arch)
     arch = reader.fields["general.architecture"].contents()
-    get = lambda key: reader.fields[f"{arch}.{key}"].contents() if f"{arch}.{key}" in reader.fields else None
+    def get(key):
+        return reader.fields[f"{arch}.{key}"].contents() if f"{arch}.{key}" in reader.fields else None
     heads = get("attention.head_count")
     return get("block_count"), get("attention.head_count_kv") or heads, get("embedding_length") // heads
 

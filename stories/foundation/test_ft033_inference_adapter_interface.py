@@ -32,7 +32,8 @@ def test_adapter_surface(arch):
 
 @pytest.mark.story("FT-033")
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-@pytest.mark.parametrize("ids", [np.array([]), np.array([[1, 2]]), np.array([1.5, 2.0]), np.array([5, 49152]), np.array([-3])])
+@pytest.mark.parametrize("ids", [np.array([]), np.array([[1, 2]]), np.array([1.5, 2.0]), np.array([5, 49152]),
+                                 np.array([-3])])
 def test_bad_token_ids_are_refused(arch, ids):
     model = tiny_worker_model(arch)
     with pytest.raises(InvalidParamsError) as err:

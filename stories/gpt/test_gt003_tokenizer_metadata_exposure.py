@@ -23,7 +23,8 @@ def test_describe_reports_kind_size_and_special_ids():
     assert d == {"kind": "bpe", "vocab_size": 49152, "bos_id": 1, "eos_id": 2, "eos_ids": [0, 2],
                  "add_bos": False, "add_eos": False, "has_chat_template": True}
     phi = vocab_tokenizer("phi-3").describe()
-    assert (phi["kind"], phi["vocab_size"], phi["bos_id"], phi["eos_id"], phi["add_bos"]) == ("spm", 32064, 1, 32000, True)
+    got = (phi["kind"], phi["vocab_size"], phi["bos_id"], phi["eos_id"], phi["add_bos"])
+    assert got == ("spm", 32064, 1, 32000, True)
 
 
 def test_tokenizer_json_backend_reports_the_same_as_transformers():

@@ -15,8 +15,7 @@ from hypothesis import given
 from fixtures.text_strategies import any_text, mixed_text
 from fixtures.tokenizer_data import hard_corpus
 from fixtures.tokenizer_oracles import QWEN_SPECIALS, tokenizer_json_from_transformers, transformers_from_gguf
-from fixtures.tokenizer_testing import (CONFORMANCE, describe_mismatches, need_vocab, tiktoken_json_pair,
-                                        vocab_tokenizer)
+from fixtures.tokenizer_testing import CONFORMANCE, describe_mismatches, need_vocab, tiktoken_json_pair, vocab_tokenizer
 from worker.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.story("GT-004")

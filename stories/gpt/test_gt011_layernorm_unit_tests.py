@@ -5,7 +5,8 @@ Acceptance: for hypothesis-generated rows (widths 1..3072, magnitudes 1e-3..1e3,
 """
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stories.gpt._layernorm_oracle import inputs, torch_layernorm
 from worker.backend.numpy import NumpyBackend

@@ -6,7 +6,8 @@ backend's gelu equals torch.nn.functional.gelu(approximate="tanh").
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker.backend.numpy import NumpyBackend
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fixtures.tiny_models import tiny_hf_model, tiny_worker_model
 from worker.backend.numpy import NumpyBackend
@@ -17,7 +18,8 @@ B = NumpyBackend()
 
 
 def sdpa(q, k, v):
-    t = lambda x: torch.from_numpy(x).transpose(0, 1)[None]
+    def t(x):
+        return torch.from_numpy(x).transpose(0, 1)[None]
     out = F.scaled_dot_product_attention(t(q), t(k), t(v), is_causal=True)
     return out[0].transpose(0, 1).reshape(q.shape[0], -1).numpy()
 
@@ -40,5 +42,6 @@ def test_fixture_attention_block_matches_transformers_gpt2_attention():
     ours = model.backend.to_host(model._attention(model.blocks[0], x, cache, 0, 0))
     causal = torch.full((9, 9), float("-inf")).triu(1)[None, None]     # additive mask, as the model builds
     with torch.no_grad():
-        ref = tiny_hf_model("gpt2").transformer.h[0].attn(torch.from_numpy(x)[None], attention_mask=causal)[0][0].numpy()
+        attn = tiny_hf_model("gpt2").transformer.h[0].attn
+        ref = attn(torch.from_numpy(x)[None], attention_mask=causal)[0][0].numpy()
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)

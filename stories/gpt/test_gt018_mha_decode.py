@@ -22,8 +22,10 @@ def test_mha_decode_matches_full_attention(P, steps, H, hd):
     T = P + steps
     rng = np.random.default_rng(P)
     q, k, v = (rng.standard_normal((T, H, hd)).astype(np.float32) for _ in range(3))
-    t = lambda x: torch.from_numpy(x).transpose(0, 1)[None]
-    reference = F.scaled_dot_product_attention(t(q), t(k), t(v), is_causal=True)[0].transpose(0, 1).reshape(T, -1).numpy()
+    def t(x):
+        return torch.from_numpy(x).transpose(0, 1)[None]
+    reference = F.scaled_dot_product_attention(t(q), t(k), t(v), is_causal=True)[0]
+    reference = reference.transpose(0, 1).reshape(T, -1).numpy()
     cache = B.new_kv_cache(1, T, H, hd)
     B.attention(q[:P], k[:P], v[:P], cache, 0, 0)
     for pos in range(P, T):

@@ -21,7 +21,8 @@ def test_gqa_equals_mha_on_repeated_kv(H, KV):
     q = rng.standard_normal((T, H, hd)).astype(np.float32)
     k = rng.standard_normal((T, KV, hd)).astype(np.float32)
     v = rng.standard_normal((T, KV, hd)).astype(np.float32)
-    repeat = lambda x: repeat_kv(torch.from_numpy(x).transpose(0, 1)[None], H // KV)[0].transpose(0, 1).contiguous().numpy()
+    def repeat(x):
+        return repeat_kv(torch.from_numpy(x).transpose(0, 1)[None], H // KV)[0].transpose(0, 1).contiguous().numpy()
     gqa = B.attention(q, k, v, B.new_kv_cache(1, T, KV, hd), 0, 0)
     mha = B.attention(q, repeat(k), repeat(v), B.new_kv_cache(1, T, H, hd), 0, 0)
     np.testing.assert_allclose(gqa, mha, rtol=1e-6, atol=1e-6)

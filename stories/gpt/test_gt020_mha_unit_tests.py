@@ -41,7 +41,8 @@ def test_large_scores_stay_finite_and_match_torch():
     v = rng.standard_normal((8, 2, 64)).astype(np.float32)
     ours = B.attention(q, k, v, B.new_kv_cache(1, 8, 2, 64), 0, 0)
     assert np.isfinite(ours).all()
-    t = lambda x: torch.from_numpy(x).transpose(0, 1)[None].double()
+    def t(x):
+        return torch.from_numpy(x).transpose(0, 1)[None].double()
     ref = F.scaled_dot_product_attention(t(q), t(k), t(v), is_causal=True)[0].transpose(0, 1).reshape(8, -1).numpy()
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
 

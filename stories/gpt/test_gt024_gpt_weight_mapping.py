@@ -18,7 +18,10 @@ def gpt2_names(n_layers):
     for tensor in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.GPT2]:
         template = gguf.TENSOR_NAMES[tensor]
         for suffix in (".weight", ".bias"):
-            names |= {template.format(bid=i) + suffix for i in range(n_layers)} if "{bid}" in template else {template + suffix}
+            if "{bid}" in template:
+                names |= {template.format(bid=i) + suffix for i in range(n_layers)}
+            else:
+                names |= {template + suffix}
     return names
 
 
@@ -31,7 +34,8 @@ def test_every_gpt2_tensor_is_mapped(qtype):
     assert set(model.tensor_names) == set(stored)
     assert set(stored) <= gpt2_names(model.config.n_layers)
     for name, t in stored.items():
-        expected = gguf.GGMLQuantizationType[qtype] if t.n_elements > 1 and len(t.shape) == 2 and not name.startswith("position") else gguf.GGMLQuantizationType.F32
+        quantized = t.n_elements > 1 and len(t.shape) == 2 and not name.startswith("position")
+        expected = gguf.GGMLQuantizationType[qtype] if quantized else gguf.GGMLQuantizationType.F32
         assert t.tensor_type == expected, name
 
 
@@ -46,4 +50,5 @@ def test_fused_qkv_splits_in_q_k_v_order(qtype):
     identity = np.eye(D, dtype=np.float32)
     blk = model.blocks[0]
     for i, part in enumerate((blk.wq, blk.wk, blk.wv)):     # x = I recovers W.T
-        np.testing.assert_array_equal(model.backend.to_host(model.backend.matmul(identity, part)).T, fused[i * D:(i + 1) * D])
+        rows = model.backend.to_host(model.backend.matmul(identity, part)).T
+        np.testing.assert_array_equal(rows, fused[i * D:(i + 1) * D])

@@ -77,7 +77,8 @@ def test_hand_made_blocks(case):
         "large scales": rng.integers(0, 16, (rows, 32)),
         "mixed signs": np.tile(np.arange(16), (rows, 2)),
     }[case]
-    scales = {"subnormal scales": [0, 1] * (rows // 2), "large scales": [150, 160] * (rows // 2)}.get(case, [127] * rows)
+    special = {"subnormal scales": [0, 1] * (rows // 2), "large scales": [150, 160] * (rows // 2)}
+    scales = special.get(case, [127] * rows)
     raw = _raw_blocks(scales, codes)
     stored = QuantTensor("w", MXFP4, (rows, 32), raw.reshape(-1))
     x = rng.standard_normal((3, 32)).astype(np.float32)

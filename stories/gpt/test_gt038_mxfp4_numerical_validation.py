@@ -19,8 +19,15 @@ import pytest
 
 from fixtures.hf_reference import hf_logits, relative_logit_error
 from fixtures.tiny_gpt_oss import tiny_gpt_oss_hf, tiny_gpt_oss_path
-from stories.gpt._mxfp4_helpers import (MXFP4, gguf_dequantized, mxfp4_grid_weights, mxfp4_tensor, record,
-                                        relative_error, tiny_worker_gpt_oss)
+from stories.gpt._mxfp4_helpers import (
+    MXFP4,
+    gguf_dequantized,
+    mxfp4_grid_weights,
+    mxfp4_tensor,
+    record,
+    relative_error,
+    tiny_worker_gpt_oss,
+)
 from worker.backend.numpy import NumpyBackend
 from worker.gguf import GGUFModelFile
 from worker.quant import dequantize

@@ -58,7 +58,8 @@ def test_rope_and_swiglu_settings_are_transformers_gpt_oss_settings(gguf_file):
     hf_config = tiny_gpt_oss_hf().config
     rope = hf_config.rope_parameters
     assert model.rope.style == "neox" and model.rope.scaling == rope["rope_type"] == "yarn"
-    assert model.rope.factor == rope["factor"] and model.rope.original_context == rope["original_max_position_embeddings"]
+    assert model.rope.factor == rope["factor"]
+    assert model.rope.original_context == rope["original_max_position_embeddings"]
     assert model.rope.base == rope["rope_theta"] and model.rope.truncate == rope["truncate"]
     assert (model.swiglu_limit, model.swiglu_alpha) == (hf_config.swiglu_limit, hf_config.swiglu_alpha)
 
@@ -67,7 +68,8 @@ def _file_view(gf, tensors):
     return SimpleNamespace(config=gf.config, tensors=tensors, tensor=gf.tensor, path=gf.path)
 
 
-@pytest.mark.parametrize("missing", ["blk.1.attn_sinks.weight", "blk.0.ffn_down_exps.bias", "blk.2.ffn_gate_inp.weight"])
+@pytest.mark.parametrize("missing", ["blk.1.attn_sinks.weight", "blk.0.ffn_down_exps.bias",
+                                     "blk.2.ffn_gate_inp.weight"])
 def test_missing_tensor_is_refused_by_name(gguf_file, missing):
     tensors = {name: info for name, info in gguf_file.tensors.items() if name != missing}
     with pytest.raises(UnsupportedModelError) as info:

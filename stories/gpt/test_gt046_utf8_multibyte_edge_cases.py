@@ -37,7 +37,8 @@ HARD_TEXTS = {
     "tag-sequence-flag": "🏴\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",
     "keycap": "1\ufe0f\u20e3#\ufe0f\u20e3",
     "variation-selectors": "☺\ufe0f☺\ufe0e❤️",
-    "stacked-combining-marks": "Z\u0351\u036b\u0343\u036a\u0302\u036b\u033d\u034f\u0334\u0319\u0324\u031e\u0349a\u0300\u0301\u0302\u0303",
+    "stacked-combining-marks": ("Z\u0351\u036b\u0343\u036a\u0302\u036b\u033d\u034f\u0334\u0319\u0324\u031e\u0349"
+                                "a\u0300\u0301\u0302\u0303"),
     "decomposed-hangul": "\u1100\u1161\u11a8\u1102\u1165",
     "precomposed-hangul": "한국어 텍스트",
     "devanagari-conjuncts": "क्षत्रिय श्री",

@@ -136,8 +136,8 @@ REAL_VOCABS = [("qwen2", "qwen2", 151936, "gpt2"), ("phi-3", "phi3", 32064, "lla
 @pytest.mark.story("LT-002", "LT-001", "LT-006")
 @pytest.mark.parametrize("name,arch,vocab,tok_model", REAL_VOCABS, ids=[v[0] for v in REAL_VOCABS])
 def test_llama_cpp_vocabulary_files_read_like_gguf_py(name, arch, vocab, tok_model):
-    from fixtures.tokenizer_testing import need_vocab
     from fixtures.tokenizer_data import vocab_metadata
+    from fixtures.tokenizer_testing import need_vocab
 
     path = need_vocab(name)
     expected = vocab_metadata(name)             # gguf-py's reading of the general.*/tokenizer.* keys

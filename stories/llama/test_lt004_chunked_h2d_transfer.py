@@ -29,10 +29,10 @@ import types
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker.backend.upload import PAGE, PinnedStager, release_mapped_pages
-
 
 # -- a stand-in CuPy with deferred asynchronous copies ---------------------------------------------
 

@@ -12,8 +12,15 @@ from hypothesis import given
 from fixtures.text_strategies import any_text, mixed_text
 from fixtures.tokenizer_data import hard_corpus
 from fixtures.tokenizer_oracles import smollm2_published
-from fixtures.tokenizer_testing import (CONFORMANCE, PROPERTY, describe_mismatches, need_smollm2,
-                                        smollm2_tokenizer, vocab_test_cases, vocab_tokenizer)
+from fixtures.tokenizer_testing import (
+    CONFORMANCE,
+    PROPERTY,
+    describe_mismatches,
+    need_smollm2,
+    smollm2_tokenizer,
+    vocab_test_cases,
+    vocab_tokenizer,
+)
 
 pytestmark = pytest.mark.story("LT-009")
 

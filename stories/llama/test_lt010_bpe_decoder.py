@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 from fixtures.text_strategies import any_text, mixed_text
 from fixtures.tokenizer_data import hard_corpus
 from fixtures.tokenizer_oracles import qwen_tiktoken, transformers_from_gguf
-from fixtures.tokenizer_testing import (PROPERTY, need_qwen_ranks, need_smollm2, smollm2_tokenizer,
-                                        vocab_tokenizer)
+from fixtures.tokenizer_testing import PROPERTY, need_qwen_ranks, need_smollm2, smollm2_tokenizer, vocab_tokenizer
 from worker.errors import InvalidParamsError
 from worker.tokenizer.byte_level import BYTE_TO_CHAR
 

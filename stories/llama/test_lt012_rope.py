@@ -8,7 +8,8 @@ equal transformers' rope init functions, with and without truncation).
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import LlamaConfig, Phi3Config
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
@@ -65,7 +66,8 @@ def test_neox_rotation_matches_transformers(seed, T, H, half, start, base):
     x = random_heads(seed, T, H, hd)
     positions = np.arange(start, start + T)
     ours = B.rope(x, positions, RopeConfig(dim=hd, base=base, style="neox"))
-    np.testing.assert_allclose(ours, hf_rope(x, positions, hd, base), rtol=0, atol=float32_angle_tolerance(x, positions))
+    np.testing.assert_allclose(ours, hf_rope(x, positions, hd, base), rtol=0,
+                               atol=float32_angle_tolerance(x, positions))
 
 
 @pytest.mark.story("LT-012")
@@ -77,7 +79,8 @@ def test_normal_rotation_on_permuted_rows_matches_transformers(seed, T, H, half,
     hd = 2 * half
     x = random_heads(seed, T, H, hd)
     positions = np.arange(start, start + T)
-    permute_heads = lambda a: np.stack([_permute(a[t].reshape(H * hd), H).reshape(H, hd) for t in range(T)])
+    def permute_heads(a):
+        return np.stack([_permute(a[t].reshape(H * hd), H).reshape(H, hd) for t in range(T)])
     ours = B.rope(permute_heads(x), positions, RopeConfig(dim=hd, base=10000.0, style="normal"))
     np.testing.assert_allclose(ours, permute_heads(hf_rope(x, positions, hd, 10000.0)), rtol=0,
                                atol=float32_angle_tolerance(x, positions))

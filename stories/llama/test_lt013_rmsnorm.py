@@ -6,7 +6,8 @@ cases (huge and tiny magnitudes, an all-zero row, a single spike); never NaN.
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from worker.backend.numpy import NumpyBackend

@@ -6,7 +6,8 @@ leaves its inputs untouched (the residual stream is read again by the next block
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker.backend.numpy import NumpyBackend
 

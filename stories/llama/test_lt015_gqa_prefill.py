@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers.masking_utils import causal_mask_function, sliding_window_causal_mask_function
 from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward as gpt_oss_attention
 
@@ -23,7 +24,8 @@ B = NumpyBackend()
 
 def qkv(seed, T, H, KV, hd):
     rng = np.random.default_rng(seed)
-    f = lambda h: (rng.standard_normal((T, h, hd)) * 1.5).astype(np.float32)
+    def f(h):
+        return (rng.standard_normal((T, h, hd)) * 1.5).astype(np.float32)
     return f(H), f(KV), f(KV)
 
 

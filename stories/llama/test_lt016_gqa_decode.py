@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker.backend.numpy import NumpyBackend
 
@@ -15,7 +16,8 @@ B = NumpyBackend()
 
 
 def full_sdpa(q, k, v):
-    t = lambda x: torch.from_numpy(x).transpose(0, 1)[None]
+    def t(x):
+        return torch.from_numpy(x).transpose(0, 1)[None]
     out = F.scaled_dot_product_attention(t(q), t(k), t(v), is_causal=True, enable_gqa=True)
     return out[0].transpose(0, 1).reshape(q.shape[0], -1).numpy()
 

@@ -14,8 +14,13 @@ from hypothesis import given
 from fixtures.text_strategies import any_text, mixed_text
 from fixtures.tokenizer_data import hard_corpus
 from fixtures.tokenizer_oracles import QWEN_SPECIALS, qwen_tiktoken
-from fixtures.tokenizer_testing import (CONFORMANCE, describe_mismatches, need_qwen_ranks,
-                                        vocab_test_cases, vocab_tokenizer)
+from fixtures.tokenizer_testing import (
+    CONFORMANCE,
+    describe_mismatches,
+    need_qwen_ranks,
+    vocab_test_cases,
+    vocab_tokenizer,
+)
 
 pytestmark = pytest.mark.story("LT-018")
 

@@ -24,8 +24,15 @@ import numpy as np
 import pytest
 
 from fixtures.engine_greedy import engine_greedy
-from fixtures.llama_quantized import (EMBEDDING_TYPE, FORMATS, SMOLLM2_FORMATS, smollm2_file, tensor_types,
-                                     type_counts, wide_file)
+from fixtures.llama_quantized import (
+    EMBEDDING_TYPE,
+    FORMATS,
+    SMOLLM2_FORMATS,
+    smollm2_file,
+    tensor_types,
+    type_counts,
+    wide_file,
+)
 from fixtures.paths import REPO_ROOT
 from worker.quant import FORMATS as REGISTRY
 

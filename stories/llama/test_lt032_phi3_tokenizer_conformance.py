@@ -16,8 +16,14 @@ from hypothesis import given
 from fixtures.text_strategies import any_text, mixed_text
 from fixtures.tokenizer_data import hard_corpus
 from fixtures.tokenizer_oracles import transformers_from_gguf
-from fixtures.tokenizer_testing import (CONFORMANCE, PROPERTY, describe_mismatches, need_vocab,
-                                        vocab_test_cases, vocab_tokenizer)
+from fixtures.tokenizer_testing import (
+    CONFORMANCE,
+    PROPERTY,
+    describe_mismatches,
+    need_vocab,
+    vocab_test_cases,
+    vocab_tokenizer,
+)
 from worker.tokenizer import TokenType
 
 pytestmark = pytest.mark.story("LT-032")

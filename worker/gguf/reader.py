@@ -307,7 +307,8 @@ def parse(buf, file_size: int) -> ParsedGGUF:
     cur.pos = 4
     version = cur.u32("version")
     if version not in SUPPORTED_VERSIONS:
-        hint = " (a big-endian file?)" if struct.unpack("<I", struct.pack(">I", version))[0] in SUPPORTED_VERSIONS else ""
+        byte_swapped = struct.unpack("<I", struct.pack(">I", version))[0]
+        hint = " (a big-endian file?)" if byte_swapped in SUPPORTED_VERSIONS else ""
         raise GGUFError(f"GGUF version {version}{hint} is not supported (only 2 and 3)",
                         code="GGUF_UNSUPPORTED_VERSION")
     tensor_count = cur.u64("tensor count")
