@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's GPU run (on the device machine; see /work/shared/device/README.md).
+# The project's GPU run on a machine with an NVIDIA GPU (docs/gpu.md).
 #
 #   scripts/gpu-suite.sh [quick|full|smol|all]
 #     quick  kernel conformance only, fewer hypothesis examples (a smoke run)

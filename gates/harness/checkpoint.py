@@ -57,3 +57,15 @@ def verdict_for(root: Path, gate: int, outcomes: dict[str, str | None]) -> str:
         outcome = outcomes.get(row, "passed")
         results[row] = [TestResult(f"test::{row}", outcome, "a reason")] if outcome else []
     return build_board(m, {}, results, results, "cpu-reference").verdict
+
+
+def check_verdict_rules(root: Path, gate: int) -> None:
+    """On a gate's own rows the verdict follows the honesty rules: all ran and passed is PASS, a
+    row not run is INCOMPLETE, a failure is FAIL even beside a skip (FT-027/032/038/047)."""
+    m = manifest(root, gate)
+    check, story = m["checks"][0]["id"], m["stories"][-1]
+    assert verdict_for(root, gate, {}) == "PASS"
+    assert verdict_for(root, gate, {story: "skipped"}) == "INCOMPLETE"
+    assert verdict_for(root, gate, {check: None}) == "INCOMPLETE"
+    assert verdict_for(root, gate, {story: "failed"}) == "FAIL"
+    assert verdict_for(root, gate, {check: "failed", story: "skipped"}) == "FAIL"
