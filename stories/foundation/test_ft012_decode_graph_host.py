@@ -233,3 +233,68 @@ def test_scratch_grown_during_a_capture_comes_from_the_process_pool(monkeypatch)
         buf = memory._scratch("q8_activations", 64)
     assert allocated_with == ["the process pool"] and buf.size == 64
     assert held[-1] is memory._workspace["q8_activations"]      # and the graph keeps it alive
+
+
+class _ChunkModel:
+    """forward over T tokens: 'kernels' write logits from the device ids, positions and start."""
+
+    def __init__(self, graphs):
+        self.graphs, self.calls = graphs, []
+
+    def forward(self, ids, cache, start_pos):
+        ids = np.asarray(ids)
+        positions = np.arange(start_pos, start_pos + len(ids))
+        self.calls.append((len(ids), start_pos, self.graphs._capturing is not None))
+        dev_ids = self.graphs.device_ids(ids, VOCAB)
+        dev_pos = self.graphs.device_positions(positions)
+        dev_start = self.graphs.device_start(start_pos)
+        logits = np.zeros((1, VOCAB), np.float32)
+        if dev_ids is None:
+            logits[0, :3] = ids.sum(), positions.sum(), start_pos
+            return logits
+
+        def kernel():
+            logits[0, :3] = dev_ids.sum(), dev_pos.sum(), dev_start[0]
+        self.graphs.backend.cp.capturing.append(kernel)
+        return logits
+
+    def decode(self, ids, cache, start_pos):
+        return self.forward(ids, cache, start_pos)
+
+
+def test_a_prefill_chunk_is_captured_the_second_time_its_length_comes_then_replayed():
+    graphs = _graphs()
+    model, cache = _ChunkModel(graphs), _cache(n_ctx=64)
+    chunks = [(np.arange(3, 11), 0), (np.arange(20, 28), 8), (np.arange(30, 38), 16), (np.array([5, 6, 7]), 24)]
+    outs = [graphs.step(model.forward, ids, cache, start).copy() for ids, start in chunks]
+    for (ids, start), out in zip(chunks, outs):          # the same values as op by op, whichever way it ran
+        assert tuple(out[0, :3]) == (ids.sum(), np.arange(start, start + len(ids)).sum(), start)
+    # 8 tokens: eager the first time, captured (with dummy ids) the second, replayed the third;
+    # a 3-token chunk, seen once, runs op by op
+    assert [c[2] for c in model.calls] == [False, True, False]
+    assert graphs.stats["prefill_eager"] == 2 and graphs.stats["prefill_captures"] == 1
+    assert graphs.stats["prefill_replays"] == 2 and graphs.stats["captures"] == 0
+
+
+def test_a_prefill_graph_and_the_decode_graph_of_one_model_share_its_cache():
+    graphs = _graphs()
+    model, cache = _ChunkModel(graphs), _cache(n_ctx=64)
+    for start in (0, 4):
+        graphs.step(model.forward, np.arange(1, 5), cache, start)      # captured the second time
+    graphs.step(model.decode, np.array([9]), cache, 8)                 # another forward of the same model
+    out = graphs.step(model.forward, np.arange(2, 6), cache, 9)
+    assert tuple(out[0, :3]) == (14, sum(range(9, 13)), 9)
+    live = [g for n, g in graphs.backend._workspace.items() if n.startswith("decode_graph")]
+    assert sorted(g.n_tokens for g in live) == [1, 4]
+    assert graphs.stats["prefill_captures"] == 1 and graphs.stats["prefill_replays"] == 2
+
+
+def test_a_replayed_prefill_refuses_a_bad_token_and_a_chunk_beyond_the_cache():
+    graphs = _graphs()
+    model, cache = _ChunkModel(graphs), _cache(n_ctx=12)
+    graphs.step(model.forward, np.arange(1, 5), cache, 0)
+    graphs.step(model.forward, np.arange(1, 5), cache, 4)
+    with pytest.raises(InvalidParamsError):
+        graphs.step(model.forward, np.array([1, 2, VOCAB, 3]), cache, 4)
+    with pytest.raises(PromptTooLongError):
+        graphs.step(model.forward, np.arange(1, 5), cache, 9)
