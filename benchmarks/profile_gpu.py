@@ -75,7 +75,7 @@ def summarize(csv_path: str, top: int) -> dict:
         if row.get("Metric Name") != "gpu__time_duration.sum":
             continue
         value = float(row["Metric Value"].replace(",", ""))
-        us = value / 1e3 if row.get("Metric Unit") == "nsecond" else value * (1e3 if row.get("Metric Unit") == "msecond" else 1)
+        us = value * {"nsecond": 1e-3, "ns": 1e-3, "msecond": 1e3, "ms": 1e3}.get(row.get("Metric Unit"), 1.0)
         name = row["Kernel Name"].split("(")[0][:60]
         per[name][0] += 1
         per[name][1] += us
