@@ -11,7 +11,7 @@ Products: T <= 4 tokens (decode) use the fused dequantize + matrix-vector kernel
 (prefill) dequantize the weight tile by tile into a bounded float32 workspace and multiply with
 cuBLAS (one sgemm per tile, cuda_runtime.sgemm_nt). The KV cache is float16 by default
 (kv_dtype="float32" for exactness).
-A forward pass over one token runs through a captured CUDA graph (`run_forward`).
+Forward passes run through captured CUDA graphs (`run_forward`, cuda_graph.py).
 """
 from __future__ import annotations
 
@@ -118,8 +118,9 @@ class CudaBackend(CudaMemory, Backend):
         self.cp.cuda.Device(self.device_index).synchronize()
 
     def run_forward(self, forward, ids: np.ndarray, cache: KVCache, start_pos: int) -> Array:
-        """One token: the captured decode graph of `forward` on this cache (cuda_graph.py); else eager."""
-        if len(ids) == 1 and self.graphs.enabled:
+        """forward(ids, cache, start_pos) through the graphs of cuda_graph.py: a single token replays the
+        cache's decode graph; a prefill chunk whose token count recurs on the cache replays its own."""
+        if self.graphs.enabled:
             return self.graphs.step(forward, ids, cache, start_pos)
         return forward(ids, cache, start_pos)
 
