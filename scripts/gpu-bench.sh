@@ -4,7 +4,8 @@
 #   scripts/gpu-bench.sh prepare   here: llama.cpp's source (from the llama-cpp-python sdist) into
 #                                  .peer/llama.cpp, the real files' headers into .peer/twins (timing
 #                                  twins: real tensor tables, random weights) and .peer/commit.txt
-#   scripts/gpu-bench.sh run       there (carry .peer and .whl): builds llama-bench (CUDA, sm_90) in
+#   scripts/gpu-bench.sh run       there (carry .peer, or its packed .peer/*.tar.xz with
+#                                  .peer/*.txt, and .whl): builds llama-bench (CUDA, sm_90) in
 #                                  the background while the models are written and ours is measured,
 #                                  then runs llama-bench on the same files and writes the table
 #
@@ -49,7 +50,17 @@ prepare() {
   [ -n "$qwen" ] && $py scripts/make_twin.py header "$qwen" "$PEER/twins/qwen2.5.header" > "$PEER/twins/qwen2.5.size"
   echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- worker benchmarks || echo '+uncommitted')" \
     > "$PEER/commit.txt"
-  du -sh "$PEER"; ls -l "$PEER/twins"; cat "$PEER/commit.txt"
+  # packed copies to carry (about 6 MiB instead of 40), so that a model's part fits beside them
+  tar cJf "$PEER/llama.cpp.tar.xz" -C "$PEER" llama.cpp
+  tar cJf "$PEER/twins.tar.xz" -C "$PEER" twins
+  du -sh "$PEER"; ls -l "$PEER" "$PEER/twins"; cat "$PEER/commit.txt"
+}
+
+# .peer carried packed (llama.cpp.tar.xz, twins.tar.xz): unpacked there once
+unpack_peer() {
+  for part in llama.cpp twins; do
+    if [ ! -e "$PEER/$part" ] && [ -f "$PEER/$part.tar.xz" ]; then tar xJf "$PEER/$part.tar.xz" -C "$PEER" || return 1; fi
+  done
 }
 
 # seconds left before the whole run must be done (the device tool stops a command at 600 s), less a reserve
@@ -58,6 +69,7 @@ cap() { [ "$1" -lt "$2" ] && echo "$1" || echo "$2"; }
 
 run() {
   mkdir -p "$OUT" reports /tmp/models
+  unpack_peer
   log="$OUT/bench.log"
   status=0
   if ls .whl/*.whl >/dev/null 2>&1; then
@@ -165,6 +177,7 @@ PY
 
 case "$mode" in
   prepare) prepare ;;
+  unpack) unpack_peer ;;
   run) run ;;
-  *) echo "usage: scripts/gpu-bench.sh prepare|run" >&2; exit 2 ;;
+  *) echo "usage: scripts/gpu-bench.sh prepare|run|unpack" >&2; exit 2 ;;
 esac

@@ -10,6 +10,7 @@ set -uo pipefail
 OUT="${OUT:-reports/gpu}"
 PEER="${PEER:-.peer}"
 mkdir -p "$OUT" /tmp/models /tmp/ncu
+bash scripts/gpu-bench.sh unpack || exit 1
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 fi
