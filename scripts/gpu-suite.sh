@@ -8,14 +8,18 @@
 #     smol   SmolLM2 end to end + the decode benchmark (needs the SmolLM2 GGUF: installed, or
 #            reassembled from .dev/smol.part* / /tmp/smol.part*)
 #     all    full + smol
+#     gates  the gate board on the GPU (`python -m worker gates --device cuda`; SmolLM2 as for smol),
+#            its board files copied to $OUT; GATES_TIMEOUT bounds it (default 560 s)
 # Writes under $OUT (default reports/gpu): log.txt, junit.xml, cuda_conformance.json,
 # cuda_end_to_end.json, sanitizer.log, bench_decode.json. Exit status: non-zero if any step failed.
 set -uo pipefail
 mode="${1:-full}"
 OUT="${OUT:-reports/gpu}"
 mkdir -p "$OUT" reports
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+# .whl: the worker's packages; .whl-test (optional): the test extras (openai, schemathesis and theirs)
+wheels=$(ls .whl/*.whl .whl-test/*.whl 2>/dev/null)
+if [ -n "$wheels" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels || exit 1
 fi
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
 export M0_CONFORMANCE_JSON="$PWD/reports/cuda_conformance.json"
@@ -68,7 +72,17 @@ run_smol() {
   timeout "${BENCH_TIMEOUT:-240}" python3 benchmarks/bench_decode.py --out "$OUT/bench_decode.json" 2>&1 | tee -a "$log" || status=1
 }
 
+run_gates() {
+  smol_ready || echo "SmolLM2 not available: its gate checks will be NOT RUN" | tee -a "$log"
+  echo "== gate board on the GPU" | tee -a "$log"
+  timeout "${GATES_TIMEOUT:-560}" python3 -m worker gates --device cuda 2>&1 | tee "$OUT/gates.log" | grep -v '^[.sxFE]*\( *\[ *[0-9]*%\]\)\?$' \
+    | tee -a "$log"
+  echo "gates exit status: ${PIPESTATUS[0]}" | tee -a "$log"
+  cp reports/gate-board.md reports/gate-board.json reports/gate-board.html "$OUT/" 2>/dev/null
+}
+
 case "$mode" in
+  gates) run_gates ;;
   quick|full) run_tests ;;
   smol) run_smol ;;
   all) run_tests; run_smol ;;
