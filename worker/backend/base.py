@@ -79,6 +79,19 @@ class Backend(ABC):
     def matmul(self, x: Array, w: Weight, bias: Weight | None = None, expert: int | None = None) -> Array:
         """x [T, K] @ w[N, K].T (+ bias [N]) -> [T, N]. With expert=e, w is [E, N, K] and w[e] is used."""
 
+    def matmul_add(self, x: Array, w: Weight, bias: Weight | None = None, *, residual: Array) -> Array:
+        """A product added to the residual stream: add(residual, matmul(x, w, bias)), residual [T, N].
+        (A backend may add the residual where the product is written: one launch less a block.)"""
+        return self.add(residual, self.matmul(x, w, bias))
+
+    def matmuls(self, x: Array, weights: list, biases: list | None = None) -> list:
+        """Several products of one input: [matmul(x, w, b) for w, b in zip(weights, biases)] (biases
+        default to None). A backend may run them in one launch (q, k, v; gate and up)."""
+        biases = [None] * len(weights) if biases is None else list(biases)
+        if len(biases) != len(weights):
+            raise ValueError(f"{len(weights)} weights with {len(biases)} biases")
+        return [self.matmul(x, w, b) for w, b in zip(weights, biases)]
+
     @abstractmethod
     def add(self, a: Array, b: Array) -> Array:
         """Residual connection: a + b, same shape."""

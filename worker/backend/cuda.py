@@ -258,6 +258,48 @@ class CudaBackend(CudaMemory, Backend):
                 matmul.add_bias(self, y, b, T, N)
         return y.reshape(N) if squeeze else y.reshape(x.shape[:-1] + (N,))
 
+    def _int8_segment(self, w, bias, T: int, K: int):
+        """(fmt, raw, row_bytes, N, bias) of a decode product x [T, K] @ w.T on int8 activations (kernels/
+        vecdot.py), or None where matmul would take another path (or refuse the shapes)."""
+        if not (isinstance(w, CudaWeight) and w.ndim == 2 and w.shape[1] == K
+                and vecdot.uses_int8_activations(self, w.format, T)):
+            return None
+        N = w.shape[0]
+        b = None if bias is None else self._vector(bias, "bias")
+        if b is not None and b.size != N:
+            return None
+        return (w.format, w.raw, w.row_bytes, N, b)
+
+    def matmul_add(self, x: Array, w, bias=None, *, residual: Array) -> Array:
+        """Decode: the residual added in the int8 product's epilogue (one launch); else matmul, then add."""
+        x, r = self._act(x), self._act(residual)
+        T, K = x.shape if x.ndim == 2 else (0, 0)
+        segment = self._int8_segment(w, bias, T, K) if T else None
+        if segment is None or r.shape != (T, segment[3]):
+            return self.add(r, self.matmul(x, w, bias))
+        fmt, raw, row_bytes, N, b = segment
+        terms = self.matvec_terms
+        xq, xds = vecdot.quantized_input(self, x, x, T, K, terms)
+        y = self._out((T, N))
+        vecdot.mmvq(self, fmt, raw, row_bytes, xq, xds, y, N, K, T, terms, bias=b, residual=r)
+        return y
+
+    def matmuls(self, x: Array, weights: list, biases: list | None = None) -> list:
+        """Decode: the products of one int8-quantized input in one launch (vecdot.mmvq_segments); else
+        one matmul each."""
+        biases = [None] * len(weights) if biases is None else list(biases)
+        x = self._act(x)
+        T, K = x.shape if x.ndim == 2 else (0, 0)
+        segments = [self._int8_segment(w, b, T, K) for w, b in zip(weights, biases)] if T else []
+        if len(biases) != len(weights) or not 1 < len(weights) <= vecdot.MMVQ_MAX_SEGMENTS \
+                or len(segments) != len(weights) or any(s is None for s in segments):
+            return super().matmuls(x, weights, biases)
+        terms = self.matvec_terms
+        xq, xds = vecdot.quantized_input(self, x, x, T, K, terms)
+        ys = [self._out((T, s[3])) for s in segments]
+        vecdot.mmvq_segments(self, xq, xds, K, T, terms, [(*s, y) for s, y in zip(segments, ys)])
+        return ys
+
     def add(self, a: Array, b: Array) -> Array:
         a, b = self._act(a), self._act(b)
         if a.shape != b.shape:

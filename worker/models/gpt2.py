@@ -92,20 +92,21 @@ class GPT2Model:
         x = b.add(b.embedding(self.token_embd, ids), b.embedding(self.position_embd, positions))
         for layer, blk in enumerate(self.blocks):
             normed = b.layernorm(x, blk.attn_norm, blk.attn_norm_b, cfg.norm_eps)
-            x = b.add(x, self._attention(blk, normed, cache, layer, start_pos))
+            x = self._attention(blk, normed, cache, layer, start_pos, residual=x)
             if last_only and layer == len(self.blocks) - 1:
                 x = x[-1:]                # logit_rows.py: the other rows' K/V are in the cache
-            x = b.add(x, self._feed_forward(blk, b.layernorm(x, blk.ffn_norm, blk.ffn_norm_b, cfg.norm_eps)))
+            x = self._feed_forward(blk, b.layernorm(x, blk.ffn_norm, blk.ffn_norm_b, cfg.norm_eps), residual=x)
         return b.matmul(b.layernorm(x, self.output_norm, self.output_norm_b, cfg.norm_eps), self.output)
 
-    def _attention(self, blk: GPT2Block, x, cache, layer: int, start_pos: int):
+    def _attention(self, blk: GPT2Block, x, cache, layer: int, start_pos: int, *, residual):
+        """residual + Wo · MHA(...) + bo of the normed input x."""
         b, cfg = self.backend, self.config
         T = x.shape[0]
-        q = b.matmul(x, blk.wq, blk.bq).reshape(T, cfg.n_heads, cfg.head_dim)
-        k = b.matmul(x, blk.wk, blk.bk).reshape(T, cfg.n_heads, cfg.head_dim)
-        v = b.matmul(x, blk.wv, blk.bv).reshape(T, cfg.n_heads, cfg.head_dim)
-        return b.matmul(b.attention(q, k, v, cache, layer, start_pos), blk.wo, blk.bo)
+        q, k, v = (y.reshape(T, cfg.n_heads, cfg.head_dim)
+                   for y in b.matmuls(x, [blk.wq, blk.wk, blk.wv], [blk.bq, blk.bk, blk.bv]))
+        return b.matmul_add(b.attention(q, k, v, cache, layer, start_pos), blk.wo, blk.bo, residual=residual)
 
-    def _feed_forward(self, blk: GPT2Block, x):
+    def _feed_forward(self, blk: GPT2Block, x, *, residual):
+        """residual + Wdown · gelu(Wup · x + bup) + bdown."""
         b = self.backend
-        return b.matmul(b.gelu(b.matmul(x, blk.w_up, blk.b_up)), blk.w_down, blk.b_down)
+        return b.matmul_add(b.gelu(b.matmul(x, blk.w_up, blk.b_up)), blk.w_down, blk.b_down, residual=residual)

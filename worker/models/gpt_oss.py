@@ -117,21 +117,23 @@ class GptOssModel:
         positions = np.arange(start_pos, start_pos + len(ids))
         x = b.embedding(self.token_embd, ids)
         for layer, blk in enumerate(self.blocks):
-            x = b.add(x, self._attention(blk, b.rmsnorm(x, blk.attn_norm, eps), positions, cache, layer, start_pos))
+            x = self._attention(blk, b.rmsnorm(x, blk.attn_norm, eps), positions, cache, layer, start_pos, residual=x)
             if last_only and layer == len(self.blocks) - 1:
                 x = x[-1:]                # logit_rows.py: the other rows' K/V are in the cache
             x = b.add(x, self._mixture_of_experts(blk, b.rmsnorm(x, blk.ffn_norm, eps)))
         return b.matmul(b.rmsnorm(x, self.output_norm, eps), self.output)
 
-    def _attention(self, blk: GptOssBlock, x, positions, cache, layer: int, start_pos: int):
+    def _attention(self, blk: GptOssBlock, x, positions, cache, layer: int, start_pos: int, *, residual):
+        """residual + Wo · SinkAttention(...) + bo of the normed input x."""
         b, cfg = self.backend, self.config
         T = x.shape[0]
-        q = b.matmul(x, blk.wq, blk.bq).reshape(T, cfg.n_heads, cfg.head_dim)
-        k = b.matmul(x, blk.wk, blk.bk).reshape(T, cfg.n_kv_heads, cfg.head_dim)
-        v = b.matmul(x, blk.wv, blk.bv).reshape(T, cfg.n_kv_heads, cfg.head_dim)
+        q, k, v = b.matmuls(x, [blk.wq, blk.wk, blk.wv], [blk.bq, blk.bk, blk.bv])
+        q = q.reshape(T, cfg.n_heads, cfg.head_dim)
+        k = k.reshape(T, cfg.n_kv_heads, cfg.head_dim)
+        v = v.reshape(T, cfg.n_kv_heads, cfg.head_dim)
         q, k = b.rope(q, positions, self.rope), b.rope(k, positions, self.rope)
         out = b.attention(q, k, v, cache, layer, start_pos, sliding_window=blk.sliding_window, sinks=blk.sinks)
-        return b.matmul(out, blk.wo, blk.bo)
+        return b.matmul_add(out, blk.wo, blk.bo, residual=residual)
 
     def route(self, blk: GptOssBlock, x) -> tuple[np.ndarray, np.ndarray]:
         """Per token: the k experts with the largest router logits, and softmax over those k.

@@ -102,25 +102,29 @@ class LlamaModel:
         x = b.embedding(self.token_embd, ids)
         for layer, blk in enumerate(self.blocks):
             normed = b.rmsnorm(x, blk.attn_norm, cfg.norm_eps)
-            x = b.add(x, self._attention(blk, normed, positions, cache, layer, start_pos))
+            x = self._attention(blk, normed, positions, cache, layer, start_pos, residual=x)
             if last_only and layer == len(self.blocks) - 1:
                 x = x[-1:]                # logit_rows.py: the other rows' K/V are in the cache
-            x = b.add(x, self._feed_forward(blk, b.rmsnorm(x, blk.ffn_norm, cfg.norm_eps)))
+            x = self._feed_forward(blk, b.rmsnorm(x, blk.ffn_norm, cfg.norm_eps), residual=x)
         return b.matmul(b.rmsnorm(x, self.output_norm, cfg.norm_eps), self.output)
 
-    def _attention(self, blk: LlamaBlock, x, positions, cache, layer: int, start_pos: int):
+    def _attention(self, blk: LlamaBlock, x, positions, cache, layer: int, start_pos: int, *, residual):
+        """residual + Wo · Attention(...) of the normed input x."""
         b, cfg = self.backend, self.config
         T = x.shape[0]
-        q = b.matmul(x, blk.wq, blk.bq).reshape(T, cfg.n_heads, cfg.head_dim)
-        k = b.matmul(x, blk.wk, blk.bk).reshape(T, cfg.n_kv_heads, cfg.head_dim)
-        v = b.matmul(x, blk.wv, blk.bv).reshape(T, cfg.n_kv_heads, cfg.head_dim)
+        q, k, v = b.matmuls(x, [blk.wq, blk.wk, blk.wv], [blk.bq, blk.bk, blk.bv])
+        q = q.reshape(T, cfg.n_heads, cfg.head_dim)
+        k = k.reshape(T, cfg.n_kv_heads, cfg.head_dim)
+        v = v.reshape(T, cfg.n_kv_heads, cfg.head_dim)
         q, k = b.rope(q, positions, cfg.rope), b.rope(k, positions, cfg.rope)
         out = b.attention(q, k, v, cache, layer, start_pos, sliding_window=cfg.sliding_window)
-        return b.matmul(out, blk.wo)
+        return b.matmul_add(out, blk.wo, residual=residual)
 
-    def _feed_forward(self, blk: LlamaBlock, x):
+    def _feed_forward(self, blk: LlamaBlock, x, *, residual):
+        """residual + Wdown · SwiGLU(Wgate·x, Wup·x)."""
         b = self.backend
-        return b.matmul(b.swiglu(b.matmul(x, blk.w_gate), b.matmul(x, blk.w_up)), blk.w_down)
+        gate, up = b.matmuls(x, [blk.w_gate, blk.w_up])
+        return b.matmul_add(b.swiglu(gate, up), blk.w_down, residual=residual)
 
 
 def _token_ids(ids) -> np.ndarray:

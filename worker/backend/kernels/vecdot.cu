@@ -19,12 +19,14 @@ extern "C" __global__ void quantize_q8(const float* __restrict__ x, i8* __restri
 // Slots (blockIdx.y) run several weights of a stacked [E, N, K] tensor in one launch: slot j uses
 // expert e = expert_ids ? expert_ids[j] : j, read on the device (a CUDA graph can replay it); its
 // activations are rows [j T, j T + T) of the quantized input when x_per_slot, else rows [0, T). bias: [E, N] (expert_stride N) or [N].
+// residual [slots T, N] (or NULL): y = residual + (W x + b), the order of add(residual, product).
 #define DEFINE_MMVQ(fmt)                                                                          \
 extern "C" __global__ void mmvq_##fmt(const u8* __restrict__ W, i64 row_bytes, i64 expert_bytes,  \
                                       const int* __restrict__ expert_ids, const i8* __restrict__ xq, \
                                       const float4* __restrict__ xds, i64 term_stride, int x_per_slot, \
                                       const float* __restrict__ bias, int bias_per_expert,        \
-                                      float* __restrict__ y, int N, int K, int T, int terms) {    \
+                                      const float* __restrict__ residual, float* __restrict__ y,  \
+                                      int N, int K, int T, int terms) {                           \
     const int lane = threadIdx.x & 31;                                                            \
     const int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);                            \
     if (n >= N) return;                                                                           \
@@ -43,9 +45,53 @@ extern "C" __global__ void mmvq_##fmt(const u8* __restrict__ W, i64 row_bytes, i
     _Pragma("unroll") for (int t = 0; t < MMVQ_MAX_T; ++t) {                                      \
         if (t < T) {                                                                              \
             const float s = warp_sum(acc[t]);                                                     \
-            if (lane == 0) y[((i64)slot * T + t) * N + n] = s + b;                                \
+            const i64 at = ((i64)slot * T + t) * N + n;                                           \
+            if (lane == 0) y[at] = residual ? residual[at] + (s + b) : s + b;                     \
         }                                                                                         \
     }                                                                                             \
 }
 
 FOR_EACH_VECDOT_FORMAT(DEFINE_MMVQ)
+
+// Up to MMVQ_MAX_SEGMENTS products of one quantized input in one launch (q, k, v; gate, up): segment
+// j has its own weight (format code fmt_j, MMVQ_FMT_<fmt>), N_j rows, bias (or NULL) and output
+// y_j [T, N_j]; it takes blocks [end_{j-1}, end_j) of the grid, one warp per row as in mmvq_<fmt>.
+// The format switch is uniform over a block, so it costs no divergence.
+#define MMVQ_SEGMENT_CASE(fmt)                                                                    \
+    case MMVQ_FMT_##fmt:                                                                          \
+        for (int u = lane; u < K / MMVQ_UNIT_##fmt; u += 32) vdot_##fmt(row, u, xq, xds, K, T, ts, terms, acc); \
+        break;
+
+extern "C" __global__ void mmvq_segments(const i8* __restrict__ xq, const float4* __restrict__ xds, i64 ts,
+                                         int K, int T, int terms,
+                                         const u8* W0, i64 row_bytes0, const float* bias0, float* y0, int N0,
+                                         int fmt0, int end0,
+                                         const u8* W1, i64 row_bytes1, const float* bias1, float* y1, int N1,
+                                         int fmt1, int end1,
+                                         const u8* W2, i64 row_bytes2, const float* bias2, float* y2, int N2,
+                                         int fmt2) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const int blk = blockIdx.x;
+    const u8* W = W0; i64 row_bytes = row_bytes0; const float* bias = bias0; float* y = y0;
+    int N = N0, fmt = fmt0, first = 0;
+    if (blk >= end1) {
+        W = W2; row_bytes = row_bytes2; bias = bias2; y = y2; N = N2; fmt = fmt2; first = end1;
+    } else if (blk >= end0) {
+        W = W1; row_bytes = row_bytes1; bias = bias1; y = y1; N = N1; fmt = fmt1; first = end0;
+    }
+    const int n = (blk - first) * warps + warp;
+    if (n >= N) return;
+    const u8* row = W + (i64)n * row_bytes;
+    float acc[MMVQ_MAX_T];
+#pragma unroll
+    for (int t = 0; t < MMVQ_MAX_T; ++t) acc[t] = 0.0f;
+    switch (fmt) { FOR_EACH_VECDOT_FORMAT(MMVQ_SEGMENT_CASE) }
+    const float b = bias ? bias[n] : 0.0f;
+#pragma unroll
+    for (int t = 0; t < MMVQ_MAX_T; ++t) {
+        if (t < T) {
+            const float s = warp_sum(acc[t]);
+            if (lane == 0) y[(i64)t * N + n] = s + b;
+        }
+    }
+}

@@ -298,3 +298,14 @@ __device__ __forceinline__ void vdot_q6_k(VDOT_ARGS) {
 #define MMVQ_UNIT_q6_k 64
 
 #define FOR_EACH_VECDOT_FORMAT(X) X(q4_0) X(q4_1) X(q5_0) X(q8_0) X(mxfp4) X(q4_k) X(q5_k) X(q6_k)
+
+// Format codes of mmvq_segments (a runtime switch): vecdot.py's MMVQ_FORMAT_CODES.
+#define MMVQ_FMT_q4_0 0
+#define MMVQ_FMT_q4_1 1
+#define MMVQ_FMT_q5_0 2
+#define MMVQ_FMT_q8_0 3
+#define MMVQ_FMT_mxfp4 4
+#define MMVQ_FMT_q4_k 5
+#define MMVQ_FMT_q5_k 6
+#define MMVQ_FMT_q6_k 7
+#define MMVQ_MAX_SEGMENTS 3

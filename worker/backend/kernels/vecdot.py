@@ -2,7 +2,8 @@
 
     xq, xds = activation_buffers(k, rows, K)          # or preallocated ones (a captured graph)
     quantize(k, x, xq, xds, rows, K, terms)           # once per product input
-    mmvq(k, w.format, raw, w.row_bytes, xq, xds, y, N, K, T, terms, bias=b)
+    mmvq(k, w.format, raw, w.row_bytes, xq, xds, y, N, K, T, terms, bias=b)     # residual=r: y = r + (W x + b)
+    mmvq_segments(k, xq, xds, K, T, terms, [(fmt, raw, row_bytes, N, bias, y), ...])   # q, k, v in one launch
 
 `terms` is how many int8 terms carry the activations: 2 (the default path) keeps them to about
 1/32000 of each 32-value block's range, close to float32 products; 1 is llama.cpp's Q8_1 (its
@@ -16,6 +17,8 @@ from worker.backend.cuda_runtime import NULL, i32, i64
 
 VECDOT_FORMATS = frozenset({"q4_0", "q4_1", "q5_0", "q8_0", "mxfp4", "q4_k", "q5_k", "q6_k"})   # vecdot.cuh
 MMVQ_MAX_T = 4                        # must match vecdot.cuh
+MMVQ_MAX_SEGMENTS = 3                 # products of one input in one launch (vecdot.cuh)
+MMVQ_FORMAT_CODES = {"q4_0": 0, "q4_1": 1, "q5_0": 2, "q8_0": 3, "mxfp4": 4, "q4_k": 5, "q5_k": 6, "q6_k": 7}
 MMVQ_ROWS_PER_BLOCK = 4               # one warp per output row
 QUANT_BLOCK = 32
 QUANTIZE_WARPS = 8                    # 32-value blocks quantized per thread block
@@ -49,10 +52,11 @@ def quantize(k, x, xq, xds, rows: int, K: int, terms: int = 2) -> None:
 
 def mmvq(k, fmt: str, raw, row_bytes: int, xq, xds, y, N: int, K: int, T: int, terms: int = 2, *,
          bias=None, bias_per_expert: bool = False, slots: int = 1, expert_ids=None, expert_bytes: int = 0,
-         x_per_slot: bool = False, quantized_rows: int | None = None) -> None:
+         x_per_slot: bool = False, quantized_rows: int | None = None, residual=None) -> None:
     """y[j, t, n] = xq[t (+ j T)] . W_e[n] (+ bias) for slots j < `slots`, e = expert_ids[j] (device int32)
     or j; raw: the whole [E, N, K] (or [N, K]) weight bytes. quantized_rows: rows quantize() wrote
-    (the term stride; default T, or slots * T with x_per_slot)."""
+    (the term stride; default T, or slots * T with x_per_slot). residual: a float32 array shaped like y,
+    added in the epilogue (y = residual + (W x + b), as add(residual, product) rounds it)."""
     if T > MMVQ_MAX_T:
         raise ValueError(f"mmvq handles at most {MMVQ_MAX_T} tokens, got {T}")
     rows = quantized_rows if quantized_rows is not None else (slots * T if x_per_slot else T)
@@ -60,7 +64,28 @@ def mmvq(k, fmt: str, raw, row_bytes: int, xq, xds, y, N: int, K: int, T: int, t
               32 * MMVQ_ROWS_PER_BLOCK,
               (raw, i64(row_bytes), i64(expert_bytes), NULL if expert_ids is None else expert_ids, xq, xds,
                i64(rows * K), i32(1 if x_per_slot else 0), NULL if bias is None else bias,
-               i32(1 if bias_per_expert else 0), y, i32(N), i32(K), i32(T), i32(terms)), keeps_quantized_input=True)
+               i32(1 if bias_per_expert else 0), NULL if residual is None else residual, y, i32(N), i32(K), i32(T),
+               i32(terms)), keeps_quantized_input=True)
+
+
+def mmvq_segments(k, xq, xds, K: int, T: int, terms: int, segments: list) -> None:
+    """Several products of one quantized input [T, K] in one launch: segments are
+    (fmt, raw, row_bytes, N, bias or None, y [T, N]), at most MMVQ_MAX_SEGMENTS of them."""
+    if T > MMVQ_MAX_T or not 0 < len(segments) <= MMVQ_MAX_SEGMENTS:
+        raise ValueError(f"mmvq_segments: T={T} (at most {MMVQ_MAX_T}), {len(segments)} segments")
+    args, end = [], 0
+    for fmt, raw, row_bytes, N, bias, y in segments:
+        end += (N + MMVQ_ROWS_PER_BLOCK - 1) // MMVQ_ROWS_PER_BLOCK
+        args.append((raw, row_bytes, NULL if bias is None else bias, y, N, MMVQ_FORMAT_CODES[fmt], end))
+    while len(args) < MMVQ_MAX_SEGMENTS:          # unused segments: no rows, past the last block
+        args.append((NULL, 0, NULL, NULL, 0, 0, end))
+    (w0, rb0, b0, y0, n0, f0, e0), (w1, rb1, b1, y1, n1, f1, e1), (w2, rb2, b2, y2, n2, f2, _) = args
+    if end:
+        k._launch("vecdot.cu", "mmvq_segments", end, 32 * MMVQ_ROWS_PER_BLOCK,
+                  (xq, xds, i64(T * K), i32(K), i32(T), i32(terms),
+                   w0, i64(rb0), b0, y0, i32(n0), i32(f0), i32(e0),
+                   w1, i64(rb1), b1, y1, i32(n1), i32(f1), i32(e1),
+                   w2, i64(rb2), b2, y2, i32(n2), i32(f2)), keeps_quantized_input=True)
 
 
 def fused_output_buffers(k, rows: int, D: int):

@@ -1,0 +1,218 @@
+"""LT-019 fused decode ops: fewer launches a layer, the same numbers.
+
+The Backend ops `matmul_add` (a product added to the residual stream) and `matmuls` (several
+products of one input) are defined by their composition (worker/backend/base.py): on the NumPy
+reference they equal add(residual, matmul(...)) and [matmul(...), ...] exactly, so the models'
+results on the reference do not change. The CUDA backend runs a decode step's versions in one
+launch each (kernels/vecdot.cu: the residual added in mmvq's epilogue; mmvq_segments for q/k/v and
+gate/up), and rmsnorm_q8 keeps a decode row in registers (kernels/norm.cu). On the GPU:
+
+  * matmul_add and matmuls equal the CUDA ops they replace bit for bit (the same per-row integer dot
+    products and float epilogue, in the same order), and hold the int8 products' conformance
+    thresholds against the NumPy reference (matvec_q8x2: term-normalized 1e-8);
+  * matmuls is one launch on an input whose int8 blocks a producer (rmsnorm) already wrote;
+  * rmsnorm_q8 holds rmsnorm's threshold (1e-10; the sum of squares in double) for every row width
+    the models use, and its int8 blocks equal quantize_q8 of its float output byte for byte.
+"""
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stories.foundation._cuda_conformance import (
+    check,
+    check_product,
+    checking_backend,
+    examples,
+    f32_tensor,
+    product_op,
+    random_weight,
+)
+from worker.backend.numpy import NumpyBackend
+
+pytestmark = pytest.mark.story("LT-019")
+
+Q = gguf.GGMLQuantizationType
+REF = NumpyBackend()
+INT8_FORMATS = [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.MXFP4]     # vecdot.cuh
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def _k(qtype, n_blocks: int) -> int:
+    return max(256, n_blocks * gguf.GGML_QUANT_SIZES[qtype][0])
+
+
+# -- CPU: the reference's definitions -----------------------------------------------------------------
+
+def test_matmul_add_is_add_of_the_product_on_the_reference():
+    rng = np.random.default_rng(1)
+    x, r = rng.standard_normal((3, 40)).astype(np.float32), rng.standard_normal((3, 24)).astype(np.float32)
+    w = REF.load_weight(f32_tensor(rng.standard_normal((24, 40)), "w"))
+    bias = REF.load_weight(f32_tensor(rng.standard_normal(24), "b"))
+    for b in (None, bias):
+        np.testing.assert_array_equal(REF.matmul_add(x, w, b, residual=r), REF.add(r, REF.matmul(x, w, b)))
+
+
+def test_matmuls_are_the_products_one_by_one_on_the_reference():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 32)).astype(np.float32)
+    ws = [REF.load_weight(f32_tensor(rng.standard_normal((n, 32)), f"w{n}")) for n in (16, 8, 8)]
+    bs = [REF.load_weight(f32_tensor(rng.standard_normal(16), "bq")), None, None]
+    for biases in (None, bs):
+        got = REF.matmuls(x, ws, biases)
+        want = [REF.matmul(x, w, b) for w, b in zip(ws, biases or [None] * 3)]
+        assert len(got) == 3
+        for g, e in zip(got, want):
+            np.testing.assert_array_equal(g, e)
+    with pytest.raises(ValueError):
+        REF.matmuls(x, ws, bs[:2])
+
+
+class RecordingReference(NumpyBackend):
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def matmuls(self, x, weights, biases=None):
+        self.calls.append(f"matmuls:{len(weights)}")
+        return super().matmuls(x, weights, biases)
+
+    def matmul_add(self, x, w, bias=None, *, residual):
+        self.calls.append("matmul_add")
+        return super().matmul_add(x, w, bias, residual=residual)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3", "gpt2"])
+def test_the_models_use_the_fused_ops(arch):
+    """Per layer: q/k/v in one matmuls (and gate/up for the llama family), the attention output and
+    the FFN down product through matmul_add."""
+    from fixtures.tiny_models import tiny_model_path
+    from worker.gguf import GGUFModelFile
+    from worker.models import load_model
+
+    b = RecordingReference()
+    model = load_model(GGUFModelFile.open(tiny_model_path(arch)), b)
+    cache = model.new_cache(4)
+    model.forward(np.array([1, 2, 3]), cache, 0)
+    n = model.config.n_layers
+    assert b.calls.count("matmuls:3") == n
+    assert b.calls.count("matmuls:2") == (0 if arch == "gpt2" else n)
+    assert b.calls.count("matmul_add") == 2 * n
+
+
+# -- GPU: the CUDA backend's fused launches ------------------------------------------------------------
+
+class LaunchCounter:
+    """Counts a backend's kernel launches by name while in use."""
+
+    def __init__(self, backend):
+        self.backend, self.names = backend, []
+
+    def __enter__(self):
+        launch = self.backend._launch
+
+        def counted(module, name, *args, **kwargs):
+            self.names.append(name)
+            return launch(module, name, *args, **kwargs)
+
+        self.backend._launch = counted
+        return self
+
+    def __exit__(self, *exc):
+        del self.backend._launch
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("qtype", INT8_FORMATS, ids=lambda q: q.name)
+@settings(max_examples=examples(6), **SETTINGS)
+@given(seed=st.integers(0, 2**31), N=st.integers(1, 300), n_blocks=st.integers(1, 6), T=st.sampled_from([1, 2, 4]),
+       with_bias=st.booleans())
+def test_matmul_add_adds_the_residual_in_the_product(qtype, seed, N, n_blocks, T, with_bias):
+    b = checking_backend()
+    rng = np.random.default_rng(seed)
+    K = _k(qtype, n_blocks)
+    w = random_weight(qtype, (N, K), rng)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    r = rng.standard_normal((T, N)).astype(np.float32) * 3
+    bias = f32_tensor(rng.standard_normal(N), "bias") if with_bias else None
+    cw, cb = b.load_weight(w), (b.load_weight(bias) if bias else None)
+    with LaunchCounter(b) as launches:
+        fused = b.matmul_add(b.asarray(x), cw, cb, residual=b.asarray(r))
+    assert launches.names == ["quantize_q8", f"mmvq_{qtype.name.lower()}"], launches.names
+    separate = b.add(b.asarray(r), b.matmul(b.asarray(x), cw, cb))
+    np.testing.assert_array_equal(b.to_host(fused), b.to_host(separate))
+    ref_w, ref_b = REF.load_weight(w), (REF.load_weight(bias) if bias else None)
+    check_product(f"{product_op(b, 'matvec', qtype, T)}:{qtype.name}", f"+residual T={T} N={N} K={K} bias={with_bias}",
+                  b.to_host(fused), REF.matmul_add(x, ref_w, ref_b, residual=r), x, ref_w.dense(),
+                  ref_b.dense() if ref_b else None)
+
+
+@pytest.mark.gpu
+@settings(max_examples=examples(12), **SETTINGS)
+@given(seed=st.integers(0, 2**31), formats=st.lists(st.sampled_from(INT8_FORMATS), min_size=2, max_size=3),
+       sizes=st.lists(st.integers(1, 300), min_size=3, max_size=3), n_blocks=st.integers(1, 4),
+       T=st.sampled_from([1, 2, 3, 4]), with_bias=st.booleans())
+def test_matmuls_run_every_segment_in_one_launch(seed, formats, sizes, n_blocks, T, with_bias):
+    """q/k/v (or gate/up) of one rmsnorm output: one mmvq_segments launch, formats mixed as in Q4_K_M files."""
+    b = checking_backend()
+    rng = np.random.default_rng(seed)
+    K = 256 * n_blocks                        # a whole number of blocks of every format
+    ws = [random_weight(q, (n, K), rng, f"w{j}") for j, (q, n) in enumerate(zip(formats, sizes))]
+    biases = [f32_tensor(rng.standard_normal(n), f"b{j}") if with_bias else None for j, n in enumerate(sizes)]
+    x = rng.standard_normal((T, K)).astype(np.float32) * 2
+    norm = f32_tensor(1 + 0.2 * rng.standard_normal(K), "norm")
+    cws = [b.load_weight(w) for w in ws]
+    cbs = [b.load_weight(t) if t else None for t in biases[:len(ws)]]
+    h = b.rmsnorm(b.asarray(x), b.load_weight(norm), 1e-5)
+    with LaunchCounter(b) as launches:
+        ys = b.matmuls(h, cws, cbs)
+    assert launches.names == ["mmvq_segments"], launches.names
+    ref_h = REF.rmsnorm(x, REF.load_weight(norm), 1e-5)
+    for j, (q, w, y) in enumerate(zip(formats, ws, ys)):
+        alone = b.matmul(h, cws[j], cbs[j])
+        np.testing.assert_array_equal(b.to_host(y), b.to_host(alone))
+        ref_w, ref_b = REF.load_weight(w), (REF.load_weight(biases[j]) if with_bias else None)
+        check_product(f"{product_op(b, 'matvec', q, T)}:{q.name}", f"segment {j} of {len(ws)} T={T} N={sizes[j]} K={K}",
+                      b.to_host(y), REF.matmul(ref_h, ref_w, ref_b), ref_h, ref_w.dense(),
+                      ref_b.dense() if ref_b else None)
+
+
+@pytest.mark.gpu
+def test_matmuls_fall_back_to_one_product_each():
+    """Float weights and prefill-sized inputs take matmul's paths, one call per weight."""
+    b = checking_backend()
+    rng = np.random.default_rng(5)
+    ws = [f32_tensor(rng.standard_normal((n, 64)), f"w{n}") for n in (32, 16)]
+    for T in (1, 7):
+        x = rng.standard_normal((T, 64)).astype(np.float32)
+        ys = b.matmuls(b.asarray(x), [b.load_weight(w) for w in ws])
+        for y, w in zip(ys, ws):
+            ref_w = REF.load_weight(w)
+            check_product("matvec" if T == 1 else "matmul", f"matmuls fallback T={T} N={w.shape[0]}", b.to_host(y),
+                          REF.matmul(x, ref_w), x, ref_w.dense())
+
+
+@pytest.mark.gpu
+@pytest.mark.story("LT-019", "LT-013")
+@settings(max_examples=examples(20), **SETTINGS)
+@given(seed=st.integers(0, 2**31), T=st.sampled_from([1, 2, 3, 4]),
+       D=st.sampled_from([32, 64, 96, 576, 896, 1024, 1056, 2048, 2880, 4096, 8192, 8224, 12288]),
+       scale=st.sampled_from([1e-3, 1.0, 300.0]))
+def test_rmsnorm_q8_for_every_row_width(seed, T, D, scale):
+    from worker.backend.kernels import vecdot
+
+    b = checking_backend()
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((T, D)) * scale).astype(np.float32)
+    w = f32_tensor(1 + 0.3 * rng.standard_normal(D))
+    h = b.rmsnorm(b.asarray(x), b.load_weight(w), 1e-5)
+    check("rmsnorm", f"T={T} D={D} scale={scale} (rmsnorm_q8)", b.to_host(h), REF.rmsnorm(x, REF.load_weight(w), 1e-5))
+    fused = b._q8_last
+    assert fused is not None and fused[0] is h
+    xq, xds = (a.copy() for a in fused[-2:])
+    vecdot.quantize(b, h, fused[-2], fused[-1], T, D, b.matvec_terms)     # the same blocks, quantized on their own
+    np.testing.assert_array_equal(b.to_host(xds), b.to_host(fused[-1]))
+    np.testing.assert_array_equal(xq.get(), fused[-2].get())
