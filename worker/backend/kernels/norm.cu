@@ -18,9 +18,45 @@ extern "C" __global__ void rmsnorm(const float* __restrict__ x, const float* __r
 
 // rmsnorm, and its output as the int8 activation blocks of the decode products (vecdot.cuh's layout,
 // term stride T D): the product that reads y needs no quantize_q8 launch. D % 32 == 0.
+// A decode row is short (hundreds to a few thousand values) and alone on the GPU, so latency is what
+// counts: each warp owns 32-value blocks c = warp + j * warps (j < RMSNORM_Q8_BLOCKS_PER_WARP) and
+// keeps them in registers, the row is read once, one block reduction (in double, as rmsnorm) gives
+// the scale, and each warp quantizes its own blocks. D <= 32 * 32 * RMSNORM_Q8_BLOCKS_PER_WARP with
+// 32 * min(32, D / 32) threads; wider rows: rmsnorm_q8_wide.
+#define RMSNORM_Q8_BLOCKS_PER_WARP 8
 extern "C" __global__ void rmsnorm_q8(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
                                       i8* __restrict__ xq, float4* __restrict__ xds, int D, float eps, int T,
                                       int terms) {
+    __shared__ double scratch[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, blocks = D >> 5;
+    const float* xr = x + (i64)blockIdx.x * D;
+    float v[RMSNORM_Q8_BLOCKS_PER_WARP];
+    double ss = 0.0;
+#pragma unroll
+    for (int j = 0; j < RMSNORM_Q8_BLOCKS_PER_WARP; ++j) {
+        const int c = warp + j * warps;
+        v[j] = c < blocks ? xr[32 * c + lane] : 0.0f;
+        ss += (double)v[j] * v[j];
+    }
+    ss = block_sum_d(ss, scratch);
+    const double inv = 1.0 / sqrt(ss / D + (double)eps);
+#pragma unroll
+    for (int j = 0; j < RMSNORM_Q8_BLOCKS_PER_WARP; ++j) {
+        const int c = warp + j * warps;           // the same for the whole warp: its shuffles stay full
+        if (c < blocks) {
+            const int i = 32 * c + lane;
+            const float out = (float)(v[j] * inv * w[i]);
+            y[(i64)blockIdx.x * D + i] = out;
+            quantize_block_warp(out, xq + (i64)blockIdx.x * D + i, (i64)T * D, xds + (i64)blockIdx.x * blocks + c,
+                                terms);
+        }
+    }
+}
+
+// rmsnorm_q8 for rows wider than rmsnorm_q8 keeps in registers: the row is read twice.
+extern "C" __global__ void rmsnorm_q8_wide(const float* __restrict__ x, const float* __restrict__ w,
+                                           float* __restrict__ y, i8* __restrict__ xq, float4* __restrict__ xds,
+                                           int D, float eps, int T, int terms) {
     __shared__ double scratch[32];
     const float* xr = x + (i64)blockIdx.x * D;
     float* yr = y + (i64)blockIdx.x * D;
