@@ -1,4 +1,4 @@
-"""The CUDA runtime side of the backend: the device check, kernel modules (NVRTC) and the memory pool.
+"""The CUDA runtime side of the backend: the device check, kernel modules (NVRTC), the memory pool, cuBLAS.
 
     cp = require_cuda_device(0)              # CuPy, a driver and GPU 0, or CudaUnavailableError
     pool = device_pool()                     # one MemoryPool over plain cudaMalloc, CuPy's allocator
@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -145,25 +146,48 @@ def process_allocations():
 
 # -- cuBLAS ----------------------------------------------------------------------------------------
 
-_ONE, _ZERO = np.ones(1, np.float32), np.zeros(1, np.float32)
+# cublas_api.h / library_types.h values (CuPy's cublas module passes them through as ints).
+CUDA_R_32F = 0
+CUBLAS_COMPUTE_32F = 68               # float32 products (a handle in default math mode uses no TF32)
+CUBLAS_COMPUTE_32F_FAST_TF32 = 77     # tensor cores read the inputs as TF32, accumulate in float32
+CUBLAS_GEMM_DEFAULT = -1
+CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
+_ONE, _ZERO = np.ones(1, np.float32), np.zeros(1, np.float32)     # alpha and beta (host pointer mode)
+_ONE_PTR, _ZERO_PTR = _ONE.ctypes.data, _ZERO.ctypes.data
 
 
-def sgemm_nt(y, col0: int, x, w) -> None:
-    """y[:, col0:col0 + n] = x @ w.T in float32 through cuBLAS, on the current stream.
+class CublasNT:
+    """Row-major products y[:, col0:col0 + n] (+)= x @ w.T through cublasGemmEx on a handle of our own.
 
-    x [T, K], w [n, K] and y [T, N] are C-contiguous float32 device arrays. One cuBLAS call
-    with no temporary: the column block of y is a sub-matrix with leading dimension N. (cupy.matmul
-    costs tens of microseconds of host time a call; prefill makes a few hundred of them.)
+    Its own handle keeps host pointer mode and default math mode set once (CuPy's shared handle may
+    be left otherwise by other code), so a product costs one `on_current_stream` and one call a gemm.
+    Operands are device addresses (ints) with row strides in floats: the prefill products slice
+    one persistent workspace, and a CuPy view costs microseconds of host time to make.
     Row-major y = x w^T is column-major y' = w'^T x', hence op(A) = T on w and op(B) = N on x.
     """
-    import cupy as cp
-    from cupy_backends.cuda.libs import cublas
 
-    (T, K), n, N = x.shape, w.shape[0], y.shape[1]
-    if not (T and n and K):
-        return
-    handle = cp.cuda.device.get_cublas_handle()
-    cublas.setStream(handle, cp.cuda.get_current_stream().ptr)
-    cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
-    cublas.sgemm(handle, cublas.CUBLAS_OP_T, cublas.CUBLAS_OP_N, n, T, K, _ONE.ctypes.data, w.data.ptr, K,
-                 x.data.ptr, K, _ZERO.ctypes.data, y.data.ptr + 4 * col0, N)
+    def __init__(self, cp):
+        from cupy_backends.cuda.libs import cublas
+
+        self._cp = cp
+        self._cublas = cublas
+        self._gemm = cublas.gemmEx
+        self.handle = cublas.create()
+        cublas.setPointerMode(self.handle, cublas.CUBLAS_POINTER_MODE_HOST)
+        self._stream = None
+        weakref.finalize(self, cublas.destroy, self.handle).atexit = False   # process exit frees it
+
+    def on_current_stream(self) -> None:
+        """Issue the next products on CuPy's current stream (a graph capture's, or the default one)."""
+        ptr = self._cp.cuda.get_current_stream().ptr
+        if ptr != self._stream:
+            self._cublas.setStream(self.handle, ptr)
+            self._stream = ptr
+
+    def gemm(self, y: int, ldy: int, x: int, ldx: int, w: int, ldw: int, T: int, n: int, K: int, *,
+             accumulate: bool = False, tf32: bool = False) -> None:
+        """y[T, n] (ld ldy) = x[T, K] (ld ldx) @ w[n, K]^T (ld ldw), plus y's old value when accumulate.
+        tf32: on TF32 tensor cores (inputs must already be TF32 values for a float32-exact product)."""
+        self._gemm(self.handle, CUBLAS_OP_T, CUBLAS_OP_N, n, T, K, _ONE_PTR, w, CUDA_R_32F, ldw, x, CUDA_R_32F, ldx,
+                   _ONE_PTR if accumulate else _ZERO_PTR, y, CUDA_R_32F, ldy,
+                   CUBLAS_COMPUTE_32F_FAST_TF32 if tf32 else CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)

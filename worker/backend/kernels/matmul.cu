@@ -1,6 +1,9 @@
 // Products with a weight kept in its stored format (dequantized on the fly), and row
 // dequantization (embedding lookup; the prefill path's workspace tiles for cuBLAS).
+// Prefill products run on TF32 tensor cores in three terms (matmul.py, prefill_product):
+// every operand v is split into hi = v rounded to TF32 and lo = (v - hi) rounded to TF32.
 #include "quant.cuh"
+#include "tf32.cuh"
 
 #define MATVEC_MAX_T 4   // tokens one launch of the fused kernel handles (decode: 1)
 
@@ -64,11 +67,62 @@ extern "C" __global__ void dequant_rows_##fmt(const u8* __restrict__ W, i64 row_
     }                                                                                             \
 }
 
+// out[i, 0:K] = hi(W[first_row + i]), out[i, K:2K] = lo(W[first_row + i]) for i < n_rows: a weight
+// tile of the split prefill product (row stride 2K). Chunking as dequant_rows.
+#define DEFINE_DEQUANT_SPLIT(fmt)                                                                 \
+extern "C" __global__ void dequant_split_rows_##fmt(const u8* __restrict__ W, i64 row_bytes,      \
+                                                    i64 first_row, float* __restrict__ out,      \
+                                                    int n_rows, int K) {                          \
+    const int n_chunks = K >> 3, tail = K & 7;                                                    \
+    const int per_row = n_chunks + tail;                                                          \
+    const i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;                                   \
+    if (idx >= (i64)n_rows * per_row) return;                                                     \
+    const int i = (int)(idx / per_row), c = (int)(idx % per_row);                                 \
+    const u8* row = W + (first_row + i) * row_bytes;                                              \
+    float* hi = out + (i64)i * 2 * K;                                                             \
+    float* lo = hi + K;                                                                           \
+    if (c < n_chunks) {                                                                           \
+        float w[8];                                                                               \
+        dq8_##fmt(row, c, w);                                                                     \
+        _Pragma("unroll") for (int j = 0; j < 8; ++j) tf32_split(w[j], hi[8 * c + j], lo[8 * c + j]); \
+    } else {                                                                                      \
+        const int k = 8 * n_chunks + (c - n_chunks);                                              \
+        tf32_split(dq1_##fmt(row, k), hi[k], lo[k]);                                              \
+    }                                                                                             \
+}
+
 FOR_EACH_FORMAT(DEFINE_MATVEC)
 FOR_EACH_FORMAT(DEFINE_DEQUANT)
+FOR_EACH_FORMAT(DEFINE_DEQUANT_SPLIT)
 
-// y[t, n] += bias[n] (after a cuBLAS product)
-extern "C" __global__ void add_bias(float* __restrict__ y, const float* __restrict__ bias, int T, int N) {
-    const i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < (i64)T * N) y[i] += bias[i % N];
+// xs[t] = [hi(x[t]) | hi(x[t]) | lo(x[t])] (row stride 3K): the activations of the split prefill
+// product. Columns [0, 2K) meet a [W_hi | W_lo] tile, columns [2K, 3K) meet W_hi.
+extern "C" __global__ void split_tf32_rows(const float* __restrict__ x, float* __restrict__ xs, int T, int K) {
+    const i64 n = (i64)T * K;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        const i64 t = i / K, k = i - t * K;
+        float hi, lo;
+        tf32_split(x[i], hi, lo);
+        float* row = xs + t * 3 * K;
+        row[k] = hi;
+        row[K + k] = hi;
+        row[2 * K + k] = lo;
+    }
+}
+
+// y[t, n] = residual[t, n] + bias[n], either may be NULL (then 0): the start value a product with
+// beta = 1 accumulates onto. residual may be y itself.
+extern "C" __global__ void bias_residual_init(float* __restrict__ y, const float* __restrict__ bias,
+                                              const float* residual, int T, int N) {
+    const i64 n = (i64)T * N;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        y[i] = (residual ? residual[i] : 0.0f) + (bias ? bias[i % N] : 0.0f);
+}
+
+// y[t, n] += bias[n] + residual[t, n], either may be NULL: one epilogue launch after a product.
+extern "C" __global__ void add_bias_residual(float* __restrict__ y, const float* __restrict__ bias,
+                                             const float* __restrict__ residual, int T, int N) {
+    const i64 n = (i64)T * N;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        y[i] += (bias ? bias[i % N] : 0.0f) + (residual ? residual[i] : 0.0f);
 }
