@@ -125,6 +125,7 @@ class Backend(ABC):
         sliding_window: int = 0,
         sinks: Weight | None = None,
         scale: float | None = None,
+        rope: RopeConfig | None = None,
     ) -> Array:
         """Causal attention for T new tokens at positions start_pos..start_pos+T-1.
 
@@ -134,6 +135,8 @@ class Backend(ABC):
         itself). GQA when n_heads > n_kv_heads (head h reads kv head h // (n_heads//n_kv_heads)).
         sinks [n_heads]: a learned logit per head added to the softmax denominator (GPT-OSS).
         scale defaults to 1/sqrt(head_dim). Returns [T, n_heads*head_dim].
+        rope: q and k are first rotated at their positions, exactly as rope(q, positions, rope) and
+        rope(k, ...) would (the cache then holds rotated keys); a backend may fuse that rotation.
         """
 
     @abstractmethod

@@ -8,9 +8,8 @@ lives beside it:
     kernels/<name>.cu and kernels/<name>.py   each kernel file and its launcher
 
 Products: T <= 4 tokens (decode) use the fused dequantize + matrix-vector kernel; longer inputs
-(prefill) dequantize the weight tile by tile into a bounded workspace and multiply with cuBLAS on
-TF32 tensor cores in three split terms, float32-like (kernels/matmul.py prefill_product;
-M0_CUDA_PREFILL=fp32: float32 sgemm). The KV cache is float16 by default
+(prefill) dequantize the weight tile by tile into a bounded float32 workspace and multiply with
+cuBLAS (one sgemm per tile, cuda_runtime.sgemm_nt). The KV cache is float16 by default
 (kv_dtype="float32" for exactness).
 Forward passes run through captured CUDA graphs (`run_forward`, cuda_graph.py).
 """
@@ -33,6 +32,7 @@ from worker.backend.cuda_runtime import (
     device_pool,
     kernel_source,
     require_cuda_device,
+    sgemm_nt,
 )
 from worker.backend.kernels import attention as attention_kernels
 from worker.backend.kernels import elementwise, matmul, norm, vecdot
@@ -44,7 +44,7 @@ from worker.backend.kernels.matmul import MATVEC_MAX_T
 from worker.config import RopeConfig
 from worker.errors import InvalidParamsError, PromptTooLongError
 
-TILE_MAX_BYTES = 64 << 20             # prefill dequantization workspace bound (a tile row: hi and lo of K weights)
+TILE_MAX_BYTES = 64 << 20             # prefill dequantization workspace bound
 PINNED_COPY_MIN = 4096                # to_host: arrays of at least this many floats go through pinned memory
 MATVEC_PATHS = {"q8x2": 2, "q8": 1, "float": 0}     # decode product path -> int8 activation terms
 
@@ -245,7 +245,17 @@ class CudaBackend(CudaMemory, Backend):
         elif T <= MATVEC_MAX_T:
             matmul.matvec(self, w, raw, x2, b if b is not None else NULL, y, N, K, T)
         else:
-            matmul.prefill_product(self, w, raw, x2, y, b, tile_bytes=TILE_MAX_BYTES)
+            rows = max(1, min(N, TILE_MAX_BYTES // (4 * K)))
+            tile = self._scratch("dequant_tile", rows * K)
+            for n0 in range(0, N, rows):
+                n = min(rows, N - n0)
+                t = tile[: n * K].reshape(n, K)
+                self._dequantize(w, n0, n, out=t, raw=raw)
+                sgemm_nt(y, n0, x2, t)
+            if self.sync_each_op:
+                self.synchronize()
+            if b is not None:
+                matmul.add_bias(self, y, b, T, N)
         return y.reshape(N) if squeeze else y.reshape(x.shape[:-1] + (N,))
 
     def _int8_segment(self, w, bias, T: int, K: int):
@@ -384,7 +394,8 @@ class CudaBackend(CudaMemory, Backend):
         return y
 
     def attention(self, q: Array, k: Array, v: Array, cache: KVCache, layer: int, start_pos: int, *,
-                  sliding_window: int = 0, sinks=None, scale: float | None = None) -> Array:
+                  sliding_window: int = 0, sinks=None, scale: float | None = None,
+                  rope: RopeConfig | None = None) -> Array:
         q, k, v = self._act(q), self._act(k), self._act(v)
         T, H, hd = q.shape
         KVH = k.shape[1]
@@ -403,12 +414,24 @@ class CudaBackend(CudaMemory, Backend):
         sink = self._vector(sinks, "sinks") if sinks is not None else None
         if sink is not None and sink.size != H:
             raise ValueError(f"{sink.size} sinks for {H} heads")
+        tables = None
+        if rope is not None:                # q and the step's keys rotated inside the kernel
+            if rope.style not in ("normal", "neox"):
+                raise ValueError(f"unknown rope style {rope.style!r}: expected normal or neox")
+            if rope.dim % 2 or rope.dim > hd:
+                raise ValueError(f"rope dim {rope.dim} must be even and at most head_dim {hd}")
+            _, cos, sin = self._rope_table(rope, end)
+            self.graphs.hold(cos, sin)
+            tables = (cos, sin, rope.dim, rope.style == "neox")
         scale = 1.0 / math.sqrt(hd) if scale is None else scale
         out = self._out((T, H * hd))
-        q8 = vecdot.fused_output_buffers(self, T, H * hd) if hd % 32 == 0 else None   # the output product's input
-        attention_kernels.attention(self, kvt, q, k, v, cache.k[layer], cache.v[layer],
-                                    sink if sink is not None else NULL, out, T, H, KVH, hd, start_pos, dev_start,
-                                    max(0, sliding_window), scale, q8=q8)
+        q8 = None
+        if attention_kernels.decodes(T, hd) and hd % 32 == 0:
+            q8 = vecdot.fused_output_buffers(self, T, H * hd)     # the output product's input
+        if T:
+            attention_kernels.attention(self, kvt, q, k, v, cache.k[layer], cache.v[layer],
+                                        sink if sink is not None else NULL, out, T, H, KVH, hd, start_pos, dev_start,
+                                        max(0, sliding_window), scale, n_ctx=cache.n_ctx, rope=tables, q8=q8)
         if q8:
             vecdot.remember_quantized(self, out, T, H * hd, *q8)
         return out

@@ -190,9 +190,13 @@ class NumpyBackend(Backend):
         sliding_window: int = 0,
         sinks=None,
         scale: float | None = None,
+        rope: RopeConfig | None = None,
     ) -> Array:
         q, k, v = (np.asarray(a, np.float32) for a in (q, k, v))
         n_new, n_heads, head_dim = q.shape
+        if rope is not None:                 # the meaning of rope=: rotate, then attend
+            positions = np.arange(start_pos, start_pos + n_new)
+            q, k = self.rope(q, positions, rope), self.rope(k, positions, rope)
         n_kv_heads = k.shape[1]
         end = start_pos + n_new
         if start_pos < 0 or end > cache.n_ctx:

@@ -1,111 +1,466 @@
-// Causal attention over the KV cache (prefill and decode; GQA and MHA; sliding window; sinks).
+// Causal attention over the KV cache (GQA and MHA; sliding window; sinks; optional fused RoPE).
 //
-// One block per (query token t, head h); its warps split the visible keys and each keeps an
-// online softmax (running max m, sum s, weighted values acc); the block then merges the warps,
-// adding exp(sink[h]) to the denominator when the model has attention sinks (GPT-OSS).
+// attention_prefill_<kvt> (any T): tiled flash attention. A block takes BQ queries of one head,
+//   walks the visible keys in tiles of BK (K and V staged in shared memory as float32) and keeps
+//   an online softmax per query; all arithmetic is float32.
+// attention_decode_<kvt> (T <= 4): flash decoding. The visible keys are split into chunks, one
+//   block per (chunk, head); a lane scores one key at a time against every query of the step.
+//   Each block leaves its partial softmax (max, sum, weighted values) in a workspace; the last
+//   block of a head (an atomic ticket after __threadfence) merges them and writes the output, so
+//   a decode step needs one launch.
+//
+// Common arguments. q: [T, H, hd] float32; k_new, v_new: [T, KVH, hd] float32, the step's own
+// keys and values; k_cache, v_cache: [n_ctx, KVH, hd] (float16 or float32); out: [T, H * hd].
+// The step's tokens sit at positions start + t (start = *start_pos_dev when that is not null, else
+// start_pos); query t sees keys [lo, start + t], lo = start + t - window + 1 when window > 0.
+// sinks: [H] float32 or null. scale_log2: the score scale times log2(e) (scores live in base 2).
+// rope_cos, rope_sin: [positions, rope_dim / 2] tables or null (no RoPE); with them, q and the
+// step's keys are rotated here (rope_neox: pairs (i, i + dim/2), else (2i, 2i+1)); dimensions
+// >= rope_dim pass through. Keys at positions >= start are read from k_new/v_new (rotated on the
+// fly), so no block reads a cache row that another block of the same launch writes; the blocks
+// of the first head of each KV group store the step's rows (rotated keys) into the cache.
 #include "common.cuh"
 #include "vecdot.cuh"
 
 #define ATT_MAX_HEAD_DIM 256
-#define ATT_REGS (ATT_MAX_HEAD_DIM / 32)
-#define ATT_MAX_WARPS 8
+#define ATT_DECODE_MAX_T 4
+#define ATT_DECODE_WARPS 4
+#define ATT_LOG2E 1.4426950408889634f
 
-__device__ __forceinline__ float kv_load_f16(const void* p, i64 i) { return f16_bits_to_f32(((const u16*)p)[i]); }
-__device__ __forceinline__ float kv_load_f32(const void* p, i64 i) { return ((const float*)p)[i]; }
-__device__ __forceinline__ void kv_store_f16(void* p, i64 i, float v) { ((u16*)p)[i] = f32_to_f16_bits(v); }
-__device__ __forceinline__ void kv_store_f32(void* p, i64 i, float v) { ((float*)p)[i] = v; }
+// -- cache element access ------------------------------------------------------------------------
 
-// q: [T, H, hd] float32; k_new, v_new: [T, KVH, hd] float32, the step's own keys and values;
-// k_cache, v_cache: [n_ctx, KVH, hd]; out: [T, H * hd]. The step's tokens sit at positions
-// start + t (start = *start_pos_dev when that is not null, else start_pos); query t sees keys
-// [lo, start + t], lo = start + t - window + 1 when window > 0. sinks: [H] float32 or null.
-// The block of the first head of each KV group also stores its token's k_new/v_new row into the
-// cache (no separate store launch); keys at positions >= start are read from k_new/v_new, so no
-// block reads a cache row another block of this launch writes.
-// xq/xds (not null; T <= 4, hd % 32 == 0): out is also written as the int8 activation blocks of
-// the output product (vecdot.cuh's layout, term stride T H hd).
-#define DEFINE_ATTENTION(kvt)                                                                     \
-extern "C" __global__ void attention_##kvt(const float* __restrict__ q, const float* __restrict__ k_new, \
-                                           const float* __restrict__ v_new, void* __restrict__ k_cache, \
-                                           void* __restrict__ v_cache, const float* __restrict__ sinks, \
-                                           float* __restrict__ out, i8* __restrict__ xq,           \
-                                           float4* __restrict__ xds, int terms,                    \
-                                           int T, int H, int KVH, int hd,                          \
-                                           int start_pos, const int* __restrict__ start_pos_dev,   \
-                                           int window, float scale) {                              \
-    __shared__ float sm_m[ATT_MAX_WARPS], sm_s[ATT_MAX_WARPS];                                    \
-    __shared__ float sm_acc[ATT_MAX_WARPS][ATT_MAX_HEAD_DIM];                                     \
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;        \
-    const int t = blockIdx.x / H, h = blockIdx.x % H;                                             \
-    const int group = H / KVH, kvh = h / group;                                                   \
-    const int start = start_pos_dev ? start_pos_dev[0] : start_pos;                               \
-    const int pos = start + t;                                                                    \
-    const int lo = window > 0 ? max(0, pos - window + 1) : 0;                                     \
-    if (h % group == 0) {                                                                         \
-        const float* kn = k_new + ((i64)t * KVH + kvh) * hd;                                      \
-        const float* vn = v_new + ((i64)t * KVH + kvh) * hd;                                      \
-        const i64 row = ((i64)pos * KVH + kvh) * hd;                                              \
-        for (int d = threadIdx.x; d < hd; d += blockDim.x) {                                      \
-            kv_store_##kvt(k_cache, row + d, kn[d]);                                              \
-            kv_store_##kvt(v_cache, row + d, vn[d]);                                              \
-        }                                                                                         \
-    }                                                                                             \
-    const float* qv = q + ((i64)t * H + h) * hd;                                                  \
-    float qr[ATT_REGS], acc[ATT_REGS];                                                            \
-    _Pragma("unroll") for (int i = 0; i < ATT_REGS; ++i) {                                        \
-        const int d = lane + 32 * i;                                                              \
-        qr[i] = d < hd ? qv[d] : 0.0f;                                                            \
-        acc[i] = 0.0f;                                                                            \
-    }                                                                                             \
-    float m = -__int_as_float(0x7f800000), s = 0.0f;                                              \
-    for (int j = lo + warp; j <= pos; j += n_warps) {                                             \
-        const bool fresh = j >= start;                                                            \
-        const i64 base = ((i64)j * KVH + kvh) * hd;                                               \
-        const i64 fresh_base = ((i64)(j - start) * KVH + kvh) * hd;                               \
-        float dot = 0.0f;                                                                         \
-        _Pragma("unroll") for (int i = 0; i < ATT_REGS; ++i) {                                    \
-            const int d = lane + 32 * i;                                                          \
-            if (d < hd) dot = fmaf(qr[i], fresh ? k_new[fresh_base + d] : kv_load_##kvt(k_cache, base + d), dot); \
-        }                                                                                         \
-        const float score = warp_sum(dot) * scale;                                                \
-        const float m_new = fmaxf(m, score);                                                      \
-        const float corr = expf(m - m_new), p = expf(score - m_new);                              \
-        s = fmaf(s, corr, p);                                                                     \
-        _Pragma("unroll") for (int i = 0; i < ATT_REGS; ++i) {                                    \
-            const int d = lane + 32 * i;                                                          \
-            if (d < hd) acc[i] = fmaf(acc[i], corr,                                               \
-                                      p * (fresh ? v_new[fresh_base + d] : kv_load_##kvt(v_cache, base + d))); \
-        }                                                                                         \
-        m = m_new;                                                                                \
-    }                                                                                             \
-    if (lane == 0) { sm_m[warp] = m; sm_s[warp] = s; }                                            \
-    _Pragma("unroll") for (int i = 0; i < ATT_REGS; ++i) {                                        \
-        const int d = lane + 32 * i;                                                              \
-        if (d < hd) sm_acc[warp][d] = acc[i];                                                     \
-    }                                                                                             \
-    __syncthreads();                                                                              \
-    float M = sinks ? sinks[h] : -__int_as_float(0x7f800000);                                     \
-    for (int w = 0; w < n_warps; ++w) M = fmaxf(M, sm_m[w]);                                      \
-    float S = sinks ? expf(sinks[h] - M) : 0.0f;                                                  \
-    for (int w = 0; w < n_warps; ++w) S += sm_s[w] * expf(sm_m[w] - M);                           \
-    const float inv = 1.0f / S;                                                                   \
-    const i64 o0 = ((i64)t * H + h) * hd;                                                         \
-    if (xq) {                                     /* whole warps over blocks of 32 (hd % 32 == 0) */ \
-        for (int d0 = 32 * warp; d0 < hd; d0 += 32 * n_warps) {                                   \
-            const int d = d0 + lane;                                                              \
-            float o = 0.0f;                                                                       \
-            for (int w = 0; w < n_warps; ++w) o = fmaf(sm_acc[w][d], expf(sm_m[w] - M), o);       \
-            out[o0 + d] = o * inv;                                                                \
-            quantize_block_warp(o * inv, xq + o0 + d, (i64)T * H * hd, xds + ((o0 + d0) >> 5), terms); \
-        }                                                                                         \
-    } else {                                                                                      \
-        for (int d = threadIdx.x; d < hd; d += blockDim.x) {                                      \
-            float o = 0.0f;                                                                       \
-            for (int w = 0; w < n_warps; ++w) o = fmaf(sm_acc[w][d], expf(sm_m[w] - M), o);       \
-            out[o0 + d] = o * inv;                                                                \
-        }                                                                                         \
-    }                                                                                             \
+template <bool F16> __device__ __forceinline__ float kv_load(const void* p, i64 i) {
+    if constexpr (F16) return f16_bits_to_f32(((const u16*)p)[i]);
+    else return ((const float*)p)[i];
 }
 
-DEFINE_ATTENTION(f16)
-DEFINE_ATTENTION(f32)
+template <bool F16> __device__ __forceinline__ void kv_store(void* p, i64 i, float v) {
+    if constexpr (F16) ((u16*)p)[i] = f32_to_f16_bits(v);
+    else ((float*)p)[i] = v;
+}
+
+__device__ __forceinline__ void halves2(u32 w, float* o) {
+    o[0] = f16_bits_to_f32((u16)(w & 0xffffu));
+    o[1] = f16_bits_to_f32((u16)(w >> 16));
+}
+
+// N consecutive cache values from element i (N in 2, 4, 8; i a multiple of N).
+template <bool F16, int N> __device__ __forceinline__ void kv_load_n(const void* p, i64 i, float* o) {
+    if constexpr (F16) {
+        const u16* h = (const u16*)p + i;
+        if constexpr (N == 2) {
+            halves2(*(const u32*)h, o);
+        } else if constexpr (N == 4) {
+            const uint2 w = *(const uint2*)h;
+            halves2(w.x, o); halves2(w.y, o + 2);
+        } else {
+            const uint4 w = *(const uint4*)h;
+            halves2(w.x, o); halves2(w.y, o + 2); halves2(w.z, o + 4); halves2(w.w, o + 6);
+        }
+    } else {
+        const float* f = (const float*)p + i;
+        if constexpr (N == 2) {
+            const float2 w = *(const float2*)f;
+            o[0] = w.x; o[1] = w.y;
+        } else {
+            _Pragma("unroll") for (int u = 0; u < N / 4; ++u) {
+                const float4 w = ((const float4*)f)[u];
+                o[4 * u] = w.x; o[4 * u + 1] = w.y; o[4 * u + 2] = w.z; o[4 * u + 3] = w.w;
+            }
+        }
+    }
+}
+
+// Element d of a head vector `row` (float32) at position pos, rotated as rope.cu rotates it.
+__device__ __forceinline__ float rope_elem(const float* row, int d, int pos, const float* __restrict__ cos_t,
+                                           const float* __restrict__ sin_t, int rope_dim, int neox) {
+    const float x = row[d];
+    if (!cos_t || d >= rope_dim) return x;
+    const int half = rope_dim >> 1;
+    const bool first = neox ? d < half : (d & 1) == 0;
+    const int pair = neox ? (first ? d : d - half) : d >> 1;
+    const int partner = neox ? (first ? d + half : d - half) : d ^ 1;
+    const float c = cos_t[(i64)pos * half + pair], s = sin_t[(i64)pos * half + pair];
+    const float y = row[partner];
+    return first ? x * c - y * s : y * s + x * c;    // the same expressions as rope.cu (a, b = x, y)
+}
+
+struct AttentionArgs {
+    const float* q; const float* k_new; const float* v_new;
+    void* k_cache; void* v_cache;
+    const float* sinks; float* out;
+    const float* rope_cos; const float* rope_sin; int rope_dim; int rope_neox;
+    int T, H, KVH, hd, start, window;
+    float scale_log2;
+};
+
+// Store the step's rows t in [t0, t1) of KV head kvh (keys rotated), threads of the block sharing the work.
+template <bool F16> __device__ void store_step_rows(const AttentionArgs& a, int kvh, int t0, int t1) {
+    const int n = (t1 - t0) * a.hd;
+    for (int e = threadIdx.x; e < n; e += blockDim.x) {
+        const int t = t0 + e / a.hd, d = e % a.hd, pos = a.start + t;
+        const i64 src = ((i64)t * a.KVH + kvh) * a.hd;
+        const i64 dst = ((i64)pos * a.KVH + kvh) * a.hd + d;
+        kv_store<F16>(a.k_cache, dst, rope_elem(a.k_new + src, d, pos, a.rope_cos, a.rope_sin, a.rope_dim, a.rope_neox));
+        kv_store<F16>(a.v_cache, dst, a.v_new[src + d]);
+    }
+}
+
+__device__ __forceinline__ bool key_visible(int j, int qpos, int window) {
+    return j <= qpos && (window <= 0 || j > qpos - window);
+}
+
+// -- prefill: tiled flash attention ------------------------------------------------------------------
+//
+// Thread (tq, tc) of NT: queries 4 tq .. 4 tq + 3 of the tile; in the score step keys tc*KPT ..
+// (tc+1)*KPT - 1, in the value step dimensions 4 tc + 4 TC u + e (u < DPT/4, e < 4: each group
+// of TC lanes reads consecutive float4s). Shared memory: Q^T [HD][BQ] (scaled, rotated), then one
+// buffer for K^T [HD][BK] and V [BK][HD] in turn, and P^T [BK][BQ].
+
+template <int HD, int BQ, int BK> struct PrefillSmem {
+    static constexpr int QP = BQ + 4, KP = BK + 4, VP = HD + 4;
+    static constexpr int KV = HD * KP > BK * VP ? HD * KP : BK * VP;
+    static constexpr int FLOATS = HD * QP + KV + BK * QP;
+};
+
+template <bool F16, int HD, int BQ, int BK, int NT>
+__device__ void attention_prefill_tile(const AttentionArgs& a, float* smem) {
+    using S = PrefillSmem<HD, BQ, BK>;
+    constexpr int TQ = BQ / 4, TC = NT / TQ, KPT = BK / TC, DPT = HD / TC;
+    static_assert(TQ * TC == NT && KPT * TC == BK && DPT * TC == HD && DPT % 4 == 0 && TC <= 32, "tile shape");
+    float* qs = smem;                                   // [HD][QP]
+    float* kv = qs + HD * S::QP;                        // K^T [HD][KP], then V [BK][VP]
+    float* ps = kv + S::KV;                             // [BK][QP]
+    const int tid = threadIdx.x, tq = tid / TC, tc = tid % TC;
+    const int h = blockIdx.y, group = a.H / a.KVH, kvh = h / group;
+    const int t0 = (gridDim.x - 1 - blockIdx.x) * BQ;   // the longest tiles first
+    const int t1 = min(a.T, t0 + BQ);
+    if (h % group == 0) store_step_rows<F16>(a, kvh, t0, t1);
+
+    for (int e = tid; e < BQ * HD; e += NT) {
+        const int i = e / HD, d = e % HD, t = t0 + i;
+        float x = 0.0f;
+        if (t < a.T && d < a.hd)
+            x = rope_elem(a.q + ((i64)t * a.H + h) * a.hd, d, a.start + t, a.rope_cos, a.rope_sin, a.rope_dim,
+                          a.rope_neox) * a.scale_log2;
+        qs[d * S::QP + i] = x;
+    }
+    const int k_lo = a.window > 0 ? max(0, a.start + t0 - a.window + 1) : 0;
+    const int k_end = a.start + t1;                     // keys [k_lo, k_end)
+    const float NEG_INF = -__int_as_float(0x7f800000);
+    float m[4], l[4], o[4][DPT];
+    _Pragma("unroll") for (int r = 0; r < 4; ++r) {
+        m[r] = NEG_INF; l[r] = 0.0f;
+        _Pragma("unroll") for (int c = 0; c < DPT; ++c) o[r][c] = 0.0f;
+    }
+    for (int k0 = k_lo; k0 < k_end; k0 += BK) {
+        __syncthreads();                                // the previous tile's V and P are read
+        for (int e = tid; e < BK * HD; e += NT) {
+            const int j = e / HD, d = e % HD, pos = k0 + j;
+            float x = 0.0f;
+            if (pos < k_end && d < a.hd) {
+                x = pos >= a.start
+                    ? rope_elem(a.k_new + ((i64)(pos - a.start) * a.KVH + kvh) * a.hd, d, pos, a.rope_cos, a.rope_sin,
+                                a.rope_dim, a.rope_neox)
+                    : kv_load<F16>(a.k_cache, ((i64)pos * a.KVH + kvh) * a.hd + d);
+            }
+            kv[d * S::KP + j] = x;
+        }
+        __syncthreads();
+        float s[4][KPT];
+        _Pragma("unroll") for (int r = 0; r < 4; ++r)
+            _Pragma("unroll") for (int c = 0; c < KPT; ++c) s[r][c] = 0.0f;
+        _Pragma("unroll 8") for (int d = 0; d < HD; ++d) {
+            const float4 qv = *(const float4*)(qs + d * S::QP + 4 * tq);
+            const float qr[4] = {qv.x, qv.y, qv.z, qv.w};
+            float kr[KPT];
+            _Pragma("unroll") for (int c = 0; c < KPT; ++c) kr[c] = kv[d * S::KP + tc * KPT + c];
+            _Pragma("unroll") for (int r = 0; r < 4; ++r)
+                _Pragma("unroll") for (int c = 0; c < KPT; ++c) s[r][c] = fmaf(qr[r], kr[c], s[r][c]);
+        }
+        float p[4][KPT];
+        _Pragma("unroll") for (int r = 0; r < 4; ++r) {
+            const int qpos = a.start + t0 + 4 * tq + r;
+            float mx = NEG_INF;
+            _Pragma("unroll") for (int c = 0; c < KPT; ++c) {
+                const int j = k0 + tc * KPT + c;
+                s[r][c] = j < k_end && key_visible(j, qpos, a.window) ? s[r][c] : NEG_INF;
+                mx = fmaxf(mx, s[r][c]);
+            }
+            _Pragma("unroll") for (int off = TC / 2; off > 0; off >>= 1)
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+            const float m_new = fmaxf(m[r], mx);
+            const bool none = m_new == NEG_INF;         // no visible key so far
+            const float corr = none ? 1.0f : exp2f(m[r] - m_new);
+            float sum = 0.0f;
+            _Pragma("unroll") for (int c = 0; c < KPT; ++c) {
+                p[r][c] = none ? 0.0f : exp2f(s[r][c] - m_new);
+                sum += p[r][c];
+            }
+            l[r] = fmaf(l[r], corr, sum);
+            m[r] = m_new;
+            _Pragma("unroll") for (int c = 0; c < DPT; ++c) o[r][c] *= corr;
+        }
+        _Pragma("unroll") for (int c = 0; c < KPT; ++c)
+            *(float4*)(ps + (tc * KPT + c) * S::QP + 4 * tq) = make_float4(p[0][c], p[1][c], p[2][c], p[3][c]);
+        __syncthreads();                                // K^T is read: the buffer takes V
+        for (int e = tid; e < BK * HD; e += NT) {
+            const int j = e / HD, d = e % HD, pos = k0 + j;
+            float x = 0.0f;
+            if (pos < k_end && d < a.hd) {
+                x = pos >= a.start ? a.v_new[((i64)(pos - a.start) * a.KVH + kvh) * a.hd + d]
+                                   : kv_load<F16>(a.v_cache, ((i64)pos * a.KVH + kvh) * a.hd + d);
+            }
+            kv[j * S::VP + d] = x;
+        }
+        __syncthreads();
+        _Pragma("unroll 4") for (int j = 0; j < BK; ++j) {
+            const float4 pv = *(const float4*)(ps + j * S::QP + 4 * tq);
+            const float pr[4] = {pv.x, pv.y, pv.z, pv.w};
+            _Pragma("unroll") for (int u = 0; u < DPT / 4; ++u) {
+                const float4 vv = *(const float4*)(kv + j * S::VP + 4 * tc + 4 * TC * u);
+                _Pragma("unroll") for (int r = 0; r < 4; ++r) {
+                    o[r][4 * u] = fmaf(pr[r], vv.x, o[r][4 * u]);
+                    o[r][4 * u + 1] = fmaf(pr[r], vv.y, o[r][4 * u + 1]);
+                    o[r][4 * u + 2] = fmaf(pr[r], vv.z, o[r][4 * u + 2]);
+                    o[r][4 * u + 3] = fmaf(pr[r], vv.w, o[r][4 * u + 3]);
+                }
+            }
+        }
+    }
+    const float sink = a.sinks ? a.sinks[h] * ATT_LOG2E : NEG_INF;
+    _Pragma("unroll") for (int r = 0; r < 4; ++r) {
+        float sum = l[r];
+        _Pragma("unroll") for (int off = TC / 2; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+        const int t = t0 + 4 * tq + r;
+        if (t >= a.T) continue;
+        const float M = fmaxf(m[r], sink);              // a sink adds exp(sink) to the denominator only
+        const float f = exp2f(m[r] - M);
+        const float inv = f / fmaf(sum, f, a.sinks ? exp2f(sink - M) : 0.0f);
+        float* y = a.out + ((i64)t * a.H + h) * a.hd;
+        _Pragma("unroll") for (int u = 0; u < DPT / 4; ++u)
+            _Pragma("unroll") for (int e = 0; e < 4; ++e) {
+                const int d = 4 * tc + 4 * TC * u + e;
+                if (d < a.hd) y[d] = o[r][4 * u + e] * inv;
+            }
+    }
+}
+
+// Tile shapes by head-dimension class (static shared memory stays under 48 KiB):
+//   hd <= 64: 64 queries x 32 keys, 128 threads; hd <= 128: 32 x 32, 128; hd <= 256: 16 x 16, 64.
+#define PREFILL_SMEM_FLOATS                                                                      \
+    (PrefillSmem<64, 64, 32>::FLOATS > PrefillSmem<128, 32, 32>::FLOATS                          \
+     ? (PrefillSmem<64, 64, 32>::FLOATS > PrefillSmem<256, 16, 16>::FLOATS                       \
+        ? PrefillSmem<64, 64, 32>::FLOATS : PrefillSmem<256, 16, 16>::FLOATS)                    \
+     : (PrefillSmem<128, 32, 32>::FLOATS > PrefillSmem<256, 16, 16>::FLOATS                      \
+        ? PrefillSmem<128, 32, 32>::FLOATS : PrefillSmem<256, 16, 16>::FLOATS))
+
+// -- decode: split keys, merged by the last block --------------------------------------------------
+//
+// Lane-per-key scoring: a warp takes 32 consecutive keys, each lane reads its key's row and dots it
+// with the (up to 4) queries held in shared memory; the values are then read lane-per-dimension
+// (VPL = HD/32 consecutive dimensions a lane) with the weights broadcast by shuffles.
+// partials: per (head, split, token) [max, sum, weighted values (hd)]; counters: [H] int32 tickets,
+// zero between launches (the merging block resets its head's).
+
+template <bool F16, int HD>
+__device__ void attention_decode_chunk(const AttentionArgs& a, float* part, int* counters, i8* xq, float4* xds,
+                                       int terms, float* smem) {
+    constexpr int VPL = HD / 32, NW = ATT_DECODE_WARPS, MT = ATT_DECODE_MAX_T;
+    float* qs = smem;                                   // [MT][HD]
+    float* wm = qs + MT * HD;                           // [NW][MT]
+    float* wl = wm + NW * MT;                           // [NW][MT]
+    float* wo = wl + NW * MT;                           // [NW][MT][HD]
+    __shared__ int last_block;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int split = blockIdx.x, n_splits = gridDim.x;
+    const int h = blockIdx.y, group = a.H / a.KVH, kvh = h / group;
+    const int T = a.T, hd = a.hd, start = a.start;
+    const int lo = a.window > 0 ? max(0, start - a.window + 1) : 0;   // the lowest key query 0 sees
+    const int end = start + T;
+    const int n_keys = end - lo;
+    // Chunks of whole warps' worth of keys, at least one per warp: short contexts use fewer splits.
+    const int chunk = max(32 * NW, ((n_keys + n_splits - 1) / n_splits + 31) & ~31);
+    const int n_active = (n_keys + chunk - 1) / chunk;
+    if (split == 0 && h % group == 0) store_step_rows<F16>(a, kvh, 0, T);
+    if (split >= n_active) return;
+    const int c0 = lo + split * chunk, c1 = min(end, c0 + chunk);
+
+    for (int e = threadIdx.x; e < MT * HD; e += blockDim.x) {
+        const int t = e / HD, d = e % HD;
+        qs[e] = t < T && d < hd ? rope_elem(a.q + ((i64)t * a.H + h) * hd, d, start + t, a.rope_cos, a.rope_sin,
+                                            a.rope_dim, a.rope_neox) * a.scale_log2
+                                : 0.0f;
+    }
+    __syncthreads();
+    const float NEG_INF = -__int_as_float(0x7f800000);
+    float m[MT], l[MT], acc[MT][VPL];
+    _Pragma("unroll") for (int t = 0; t < MT; ++t) {
+        m[t] = NEG_INF; l[t] = 0.0f;
+        _Pragma("unroll") for (int i = 0; i < VPL; ++i) acc[t][i] = 0.0f;
+    }
+    const bool lane_dims = lane * VPL < hd;             // this lane holds output dimensions
+    for (int base = c0 + 32 * warp; base < c1; base += 32 * NW) {
+        const int j = base + lane;
+        float s[MT];
+        _Pragma("unroll") for (int t = 0; t < MT; ++t) s[t] = 0.0f;
+        if (j < c1) {
+            if (j >= start) {                           // the step's own key, rotated here
+                const float* kn = a.k_new + ((i64)(j - start) * a.KVH + kvh) * hd;
+                for (int d = 0; d < hd; ++d) {
+                    const float x = rope_elem(kn, d, j, a.rope_cos, a.rope_sin, a.rope_dim, a.rope_neox);
+                    _Pragma("unroll") for (int t = 0; t < MT; ++t) s[t] = fmaf(qs[t * HD + d], x, s[t]);
+                }
+            } else {
+                const i64 row = ((i64)j * a.KVH + kvh) * hd;
+                _Pragma("unroll") for (int d0 = 0; d0 < HD; d0 += 8) {
+                    if (d0 < hd) {
+                        float x[8];
+                        kv_load_n<F16, 8>(a.k_cache, row + d0, x);
+                        _Pragma("unroll") for (int t = 0; t < MT; ++t)
+                            _Pragma("unroll") for (int e = 0; e < 8; ++e) s[t] = fmaf(qs[t * HD + d0 + e], x[e], s[t]);
+                    }
+                }
+            }
+        }
+        float p[MT];
+        _Pragma("unroll") for (int t = 0; t < MT; ++t) {
+            const float st = j < c1 && t < T && key_visible(j, start + t, a.window) ? s[t] : NEG_INF;
+            const float m_new = fmaxf(m[t], warp_max(st));
+            const bool none = m_new == NEG_INF;
+            const float corr = none ? 1.0f : exp2f(m[t] - m_new);
+            p[t] = none ? 0.0f : exp2f(st - m_new);
+            l[t] = fmaf(l[t], corr, warp_sum(p[t]));
+            m[t] = m_new;
+            _Pragma("unroll") for (int i = 0; i < VPL; ++i) acc[t][i] *= corr;
+        }
+        const int n = min(32, c1 - base);
+        _Pragma("unroll 4") for (int kk = 0; kk < n; ++kk) {
+            const int jj = base + kk;
+            float v[VPL];
+            if (!lane_dims) {
+                _Pragma("unroll") for (int i = 0; i < VPL; ++i) v[i] = 0.0f;
+            } else if (jj >= start) {
+                const float* vn = a.v_new + ((i64)(jj - start) * a.KVH + kvh) * hd + lane * VPL;
+                _Pragma("unroll") for (int i = 0; i < VPL; ++i) v[i] = vn[i];
+            } else {
+                kv_load_n<F16, VPL>(a.v_cache, ((i64)jj * a.KVH + kvh) * hd + lane * VPL, v);
+            }
+            _Pragma("unroll") for (int t = 0; t < MT; ++t) {
+                const float pk = __shfl_sync(0xffffffffu, p[t], kk);
+                _Pragma("unroll") for (int i = 0; i < VPL; ++i) acc[t][i] = fmaf(pk, v[i], acc[t][i]);
+            }
+        }
+    }
+    // Merge the warps of the block.
+    _Pragma("unroll") for (int t = 0; t < MT; ++t) {
+        if (lane == 0) { wm[warp * MT + t] = m[t]; wl[warp * MT + t] = l[t]; }
+        _Pragma("unroll") for (int i = 0; i < VPL; ++i) wo[(warp * MT + t) * HD + lane * VPL + i] = acc[t][i];
+    }
+    __syncthreads();
+    const float sink = a.sinks ? a.sinks[h] * ATT_LOG2E : NEG_INF;
+    const int stride = hd + 2;                          // one partial: max, sum, values
+    if (n_active > 1) {
+        for (int e = threadIdx.x; e < T * stride; e += blockDim.x) {
+            const int t = e / stride, c = e % stride;
+            float M = NEG_INF;
+            for (int w = 0; w < NW; ++w) M = fmaxf(M, wm[w * MT + t]);
+            float x = 0.0f;
+            if (c == 0) {
+                x = M;
+            } else {
+                for (int w = 0; w < NW; ++w) {
+                    const float mw = wm[w * MT + t];
+                    const float f = mw == NEG_INF ? 0.0f : exp2f(mw - M);
+                    x = fmaf(c == 1 ? wl[w * MT + t] : wo[(w * MT + t) * HD + c - 2], f, x);
+                }
+            }
+            part[(((i64)h * n_splits + split) * T + t) * stride + c] = x;
+        }
+        __threadfence();                                // the partial is visible before the ticket
+        __syncthreads();
+        if (threadIdx.x == 0) last_block = atomicAdd(counters + h, 1) == n_active - 1;
+        __syncthreads();
+        if (!last_block) return;
+        __threadfence();
+        if (threadIdx.x == 0) counters[h] = 0;          // ready for the next launch
+    }
+    // Final: out = sum_s f_s O_s / (sum_s f_s l_s + exp(sink - M)), f_s = exp(m_s - M).
+    const int n_parts = n_active > 1 ? n_active : NW;
+    auto part_m = [&](int s, int t) -> float {
+        return n_active > 1 ? __ldcg(part + (((i64)h * n_splits + s) * T + t) * stride) : wm[s * MT + t];
+    };
+    auto part_v = [&](int s, int t, int c) -> float {   // c = 1: the sum; c >= 2: value c - 2
+        return n_active > 1 ? __ldcg(part + (((i64)h * n_splits + s) * T + t) * stride + c)
+                            : (c == 1 ? wl[s * MT + t] : wo[(s * MT + t) * HD + c - 2]);
+    };
+    auto combine = [&](int t, int d) -> float {
+        float M = sink;
+        for (int s = 0; s < n_parts; ++s) M = fmaxf(M, part_m(s, t));
+        float den = a.sinks ? exp2f(sink - M) : 0.0f, num = 0.0f;
+        for (int s = 0; s < n_parts; ++s) {
+            const float ms = part_m(s, t);
+            const float f = ms == NEG_INF ? 0.0f : exp2f(ms - M);
+            den = fmaf(part_v(s, t, 1), f, den);
+            num = fmaf(part_v(s, t, d + 2), f, num);
+        }
+        return num / den;
+    };
+    if (xq) {                                           // whole warps over blocks of 32 (hd % 32 == 0)
+        const int blocks = hd >> 5;
+        for (int b = warp; b < T * blocks; b += NW) {
+            const int t = b / blocks, d0 = (b % blocks) * 32, d = d0 + lane;
+            const i64 o0 = ((i64)t * a.H + h) * hd;
+            const float y = combine(t, d);
+            a.out[o0 + d] = y;
+            quantize_block_warp(y, xq + o0 + d, (i64)T * a.H * hd, xds + ((o0 + d0) >> 5), terms);
+        }
+    } else {
+        for (int e = threadIdx.x; e < T * hd; e += blockDim.x) {
+            const int t = e / hd, d = e % hd;
+            a.out[((i64)t * a.H + h) * hd + d] = combine(t, d);
+        }
+    }
+}
+
+template <int HD> struct DecodeSmem {
+    static constexpr int FLOATS = ATT_DECODE_MAX_T * HD + 2 * ATT_DECODE_WARPS * ATT_DECODE_MAX_T
+                                  + ATT_DECODE_WARPS * ATT_DECODE_MAX_T * HD;
+};
+
+// -- entry points ------------------------------------------------------------------------------------
+// One kernel per cache type; the head-dimension class (64, 128 or 256: the smallest that holds hd)
+// is chosen inside, all classes sharing one static shared buffer.
+
+#define ATTENTION_PARAMS                                                                          \
+    const float* __restrict__ q, const float* __restrict__ k_new, const float* __restrict__ v_new,   \
+    void* __restrict__ k_cache, void* __restrict__ v_cache, const float* __restrict__ sinks,         \
+    float* __restrict__ out, const float* __restrict__ rope_cos, const float* __restrict__ rope_sin, \
+    int rope_dim, int rope_neox, int T, int H, int KVH, int hd, int start_pos,                       \
+    const int* __restrict__ start_pos_dev, int window, float scale_log2
+
+#define ATTENTION_ARGS_INIT                                                                       \
+    AttentionArgs a{q, k_new, v_new, k_cache, v_cache, sinks, out, rope_cos, rope_sin, rope_dim,     \
+                    rope_neox, T, H, KVH, hd, start_pos_dev ? start_pos_dev[0] : start_pos, window,  \
+                    scale_log2}
+
+#define DEFINE_ATTENTION(kvt, F16)                                                                \
+extern "C" __global__ void attention_prefill_##kvt(ATTENTION_PARAMS) {                           \
+    __shared__ float4 smem4[(PREFILL_SMEM_FLOATS + 3) / 4];                                       \
+    ATTENTION_ARGS_INIT;                                                                          \
+    if (hd <= 64) attention_prefill_tile<F16, 64, 64, 32, 128>(a, (float*)smem4);                 \
+    else if (hd <= 128) attention_prefill_tile<F16, 128, 32, 32, 128>(a, (float*)smem4);          \
+    else attention_prefill_tile<F16, 256, 16, 16, 64>(a, (float*)smem4);                          \
+}                                                                                                 \
+extern "C" __global__ void                                                                      \
+attention_decode_##kvt(ATTENTION_PARAMS, float* __restrict__ part, int* __restrict__ counters,    \
+                       i8* __restrict__ xq, float4* __restrict__ xds, int terms) {                \
+    __shared__ float4 smem4[(DecodeSmem<256>::FLOATS + 3) / 4];                                   \
+    ATTENTION_ARGS_INIT;                                                                          \
+    if (hd <= 64) attention_decode_chunk<F16, 64>(a, part, counters, xq, xds, terms, (float*)smem4);   \
+    else if (hd <= 128) attention_decode_chunk<F16, 128>(a, part, counters, xq, xds, terms, (float*)smem4); \
+    else attention_decode_chunk<F16, 256>(a, part, counters, xq, xds, terms, (float*)smem4);      \
+}
+
+DEFINE_ATTENTION(f16, true)
+DEFINE_ATTENTION(f32, false)

@@ -1,22 +1,82 @@
 """Launcher of attention.cu: causal attention over the KV cache, storing the step's K/V rows into it.
 
+Up to DECODE_MAX_T tokens (decode) run flash decoding: the keys split over `decode_splits(n_ctx)`
+blocks a head, merged inside the same launch; longer inputs (prefill) run the tiled kernel.
 The first position comes either as a value (`start_pos`) or from device memory (`start_pos_dev`,
 an int32 pointer, NULL otherwise): a captured decode graph reads it there, so one graph serves
-every step.
+every step. The number of splits depends on the cache's size only, never on the position.
 """
 from __future__ import annotations
 
-from worker.backend.cuda_runtime import NULL, f32, i32
+import math
+
+import numpy as np
+
+from worker.backend.cuda_runtime import NULL, f32, i32, process_allocations
 
 ATT_MAX_HEAD_DIM = 256                # must match attention.cu
+DECODE_MAX_T = 4                      # ATT_DECODE_MAX_T
+DECODE_WARPS = 4                      # ATT_DECODE_WARPS
+MAX_SPLITS = 32                       # key chunks a head on the decode path, at most
+SPLIT_POSITIONS = 256                 # cache positions a split (a chunk is never under 32 * DECODE_WARPS keys)
+COUNTERS = "attention_split_counters"
+
+
+def decode_splits(n_ctx: int) -> int:
+    """Blocks a head for a decode step on a cache of n_ctx positions."""
+    return max(1, min(MAX_SPLITS, -(-n_ctx // SPLIT_POSITIONS)))
+
+
+def decodes(T: int, hd: int) -> bool:
+    """Whether T tokens of head_dim hd take the flash-decoding kernel (its vector loads need hd % 8 == 0)."""
+    return T <= DECODE_MAX_T and hd % 8 == 0
+
+
+def prefill_tile(hd: int) -> tuple[int, int]:
+    """(queries a block, threads a block) of the tiled kernel for head_dim hd (as attention.cu picks)."""
+    return (64, 128) if hd <= 64 else (32, 128) if hd <= 128 else (16, 64)
+
+
+def split_counters(k, n: int, capturing: bool):
+    """The int32 tickets of the decode merge, zero between launches (the merging block resets its own).
+
+    Zeroed once on the stream; a buffer first zeroed inside a graph capture is zeroed again by the
+    next eager call, since the captured memset runs only when the graph does."""
+    buf = k._workspace.get(COUNTERS)
+    if buf is None or buf.size < n:
+        k._workspace.pop(COUNTERS, None)
+        with process_allocations():                # persistent: never from a captured graph's pool
+            buf = k._allocate(f"workspace {COUNTERS}", (max(n, 64),), np.int32)
+        k._workspace[COUNTERS] = buf
+        k._split_counters_zeroed = False
+    if not getattr(k, "_split_counters_zeroed", False):
+        buf.fill(0)
+        k._split_counters_zeroed = not capturing
+    k.graphs.hold(buf)
+    return buf
 
 
 def attention(k, kvt: str, q, k_new, v_new, k_cache, v_cache, sinks, out, T: int, H: int, KVH: int, hd: int,
-              start_pos: int, start_pos_dev, window: int, scale: float, q8=None) -> None:
+              start_pos: int, start_pos_dev, window: int, scale: float, *, n_ctx: int, rope=None,
+              q8=None) -> None:
     """out = attention of q over cache rows [.., start + T) after storing k_new/v_new at rows [start, start + T).
-    q8: (xq, xds, terms) to also write out as int8 activation blocks (vecdot.py; T <= 4, hd % 32 == 0)."""
-    xq, xds, terms = q8 if q8 is not None else (NULL, NULL, 0)
-    warps = 8 if T == 1 else 4
-    k._launch("attention.cu", f"attention_{kvt}", T * H, 32 * warps,
-              (q, k_new, v_new, k_cache, v_cache, sinks, out, xq, xds, i32(terms), i32(T), i32(H), i32(KVH), i32(hd),
-               i32(start_pos), start_pos_dev, i32(window), f32(scale)))
+    rope: (cos, sin, dim, neox) to rotate q and the step's keys here (the tables of CudaBackend._rope_table).
+    q8: (xq, xds, terms) to also write out as int8 activation blocks (vecdot.py; decode only, hd % 32 == 0)."""
+    cos, sin, rope_dim, neox = rope if rope is not None else (NULL, NULL, 0, False)
+    scale_log2 = scale * math.log2(math.e)
+    if decodes(T, hd):
+        xq, xds, terms = q8 if q8 is not None else (NULL, NULL, 0)
+        splits = decode_splits(n_ctx)
+        part = k._scratch("attention_partials", H * splits * T * (hd + 2))
+        counters = split_counters(k, H, start_pos_dev is not NULL)
+        k._launch("attention.cu", f"attention_decode_{kvt}", (splits, H), 32 * DECODE_WARPS,
+                  (q, k_new, v_new, k_cache, v_cache, sinks, out, cos, sin, i32(rope_dim), i32(1 if neox else 0),
+                   i32(T), i32(H), i32(KVH), i32(hd), i32(start_pos), start_pos_dev, i32(window), f32(scale_log2),
+                   part, counters, xq, xds, i32(terms)))
+        return
+    if q8 is not None:
+        raise ValueError("the int8 side output is written on the decode path only")
+    queries, threads = prefill_tile(hd)
+    k._launch("attention.cu", f"attention_prefill_{kvt}", (-(-T // queries), H), threads,
+              (q, k_new, v_new, k_cache, v_cache, sinks, out, cos, sin, i32(rope_dim), i32(1 if neox else 0),
+               i32(T), i32(H), i32(KVH), i32(hd), i32(start_pos), start_pos_dev, i32(window), f32(scale_log2)))

@@ -1,0 +1,270 @@
+"""LT-015/LT-016 attention kernels without a GPU: worker/backend/kernels/attention.cu compiled for the
+host by the system C++ compiler, each CUDA thread of a block run as a host thread (__syncthreads and
+the warp shuffles are barriers over shared slots; blocks run one after another in a shuffled order,
+so the decode kernel's last-block merge sees its tickets arrive in any order).
+
+The same source text the GPU compiles, so a wrong index, mask, tile bound, RoPE pair, split merge
+or int8 side output fails here, on any machine with g++, against the NumPy reference
+(worker/backend/numpy.py, rope= meaning rotate-then-attend). Thresholds: those of the GPU rows
+attention_f32kv / attention_f16kv (stories/foundation/_cuda_conformance.py). The GPU itself is
+checked by the conformance tests (test_lt019_kernel_unit_tests.py). Skipped where g++ is missing.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from fixtures.paths import REPO_ROOT
+from stories.foundation._cuda_conformance import THRESHOLDS, nmse
+from worker.backend.kernels.attention import decode_splits, decodes, prefill_tile
+from worker.backend.numpy import NumpyBackend
+from worker.config import RopeConfig
+from worker.rope import rope_cos_sin
+
+pytestmark = [pytest.mark.story("LT-015", "LT-016"),
+              pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed on this machine")]
+
+KERNELS = REPO_ROOT / "worker" / "backend" / "kernels"
+REF = NumpyBackend()
+
+# Host stand-ins for the CUDA built-ins attention.cu uses. Shared memory is a function-local static
+# (one block runs at a time); a shuffle is: barrier, publish, barrier, read.
+_PRELUDE = r"""
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <thread>
+#include <vector>
+typedef unsigned char u8;
+typedef signed char i8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef long long i64;
+#define __device__
+#define __global__
+#define __forceinline__ inline
+#define __shared__ static
+struct dim3 { unsigned x = 0, y = 0, z = 0; };
+thread_local dim3 threadIdx;
+dim3 blockIdx, gridDim, blockDim;
+struct float2 { float x, y; };
+struct float4 { float x, y, z, w; };
+struct uint2 { u32 x, y; };
+struct uint4 { u32 x, y, z, w; };
+static inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
+static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+static inline float f16_bits_to_f32(u16 h) { _Float16 x; std::memcpy(&x, &h, 2); return (float)x; }
+static inline u16 f32_to_f16_bits(float f) { _Float16 x = (_Float16)f; u16 h; std::memcpy(&h, &x, 2); return h; }
+static std::barrier<>* block_barrier;
+static std::barrier<>* warp_barriers[32];
+static float shuffle_slots[32][32];
+static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+static inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+static inline float shuffle_from(float v, int src) {
+    const int w = threadIdx.x / 32, l = threadIdx.x % 32;
+    warp_barriers[w]->arrive_and_wait();
+    shuffle_slots[w][l] = v;
+    warp_barriers[w]->arrive_and_wait();
+    return shuffle_slots[w][src & 31];
+}
+static inline float __shfl_xor_sync(unsigned, float v, int o) { return shuffle_from(v, (threadIdx.x % 32) ^ o); }
+static inline float __shfl_sync(unsigned, float v, int src) { return shuffle_from(v, src); }
+static inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+static inline float __ldcg(const float* p) { return *p; }
+#include <math.h>
+using std::max; using std::min;
+"""
+
+_LAUNCH = r"""
+static void launch(unsigned gx, unsigned gy, unsigned threads, unsigned seed, const std::function<void()>& body) {
+    gridDim = dim3{gx, gy, 1};
+    blockDim = dim3{threads, 1, 1};
+    std::vector<dim3> blocks;
+    for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x) blocks.push_back(dim3{x, y, 0});
+    std::shuffle(blocks.begin(), blocks.end(), std::mt19937(seed));
+    for (const dim3& b : blocks) {
+        blockIdx = b;
+        std::barrier<> bb(threads);
+        block_barrier = &bb;
+        std::vector<std::barrier<>*> wb;
+        for (unsigned w = 0; w < threads / 32; ++w) wb.push_back(warp_barriers[w] = new std::barrier<>(32));
+        std::vector<std::thread> ts;
+        for (unsigned i = 0; i < threads; ++i) ts.emplace_back([&, i] { threadIdx = dim3{i, 0, 0}; body(); });
+        for (auto& t : ts) t.join();
+        for (auto* p : wb) delete p;
+    }
+}
+#define HOST_PARAMS const float* q, const float* k_new, const float* v_new, void* k_cache, void* v_cache, \
+    const float* sinks, float* out, const float* rope_cos, const float* rope_sin, int rope_dim, int rope_neox, \
+    int T, int H, int KVH, int hd, int start_pos, const int* start_pos_dev, int window, float scale_log2
+#define HOST_ARGS q, k_new, v_new, k_cache, v_cache, sinks, out, rope_cos, rope_sin, rope_dim, rope_neox, \
+    T, H, KVH, hd, start_pos, start_pos_dev, window, scale_log2
+#define HOST_ENTRIES(kvt)                                                                              \
+extern "C" void host_prefill_##kvt(HOST_PARAMS, unsigned gx, unsigned threads, unsigned seed) {         \
+    launch(gx, H, threads, seed, [=] { attention_prefill_##kvt(HOST_ARGS); });                           \
+}                                                                                                       \
+extern "C" void host_decode_##kvt(HOST_PARAMS, float* part, int* counters, i8* xq, float4* xds, int terms, \
+                                  unsigned splits, unsigned seed) {                                     \
+    launch(splits, H, 128, seed, [=] { attention_decode_##kvt(HOST_ARGS, part, counters, xq, xds, terms); }); \
+}
+HOST_ENTRIES(f16)
+HOST_ENTRIES(f32)
+"""
+
+
+def _function(path, name: str) -> str:
+    """The text of device function `name` of a header (from its signature to its closing brace)."""
+    text = path.read_text()
+    m = re.search(rf"^__device__ __forceinline__ \w+ {name}\(.*?^}}\n", text, flags=re.S | re.M)
+    assert m, f"{path.name} no longer defines {name}"
+    return m.group(0)
+
+
+@pytest.fixture(scope="module")
+def host_attention(tmp_path_factory):
+    body = re.sub(r'^#include "[^"]+"\s*$', "", (KERNELS / "attention.cu").read_text(), flags=re.M)
+    helpers = "".join(_function(KERNELS / "common.cuh", n) for n in ("warp_sum", "warp_max"))
+    helpers += _function(KERNELS / "vecdot.cuh", "quantize_block_warp")
+    work = tmp_path_factory.mktemp("attention")
+    src, lib = work / "attention_host.cpp", work / "attention_host.so"
+    src.write_text(_PRELUDE + helpers + body + _LAUNCH)
+    result = subprocess.run(["g++", "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-Wno-unknown-pragmas",
+                             "-o", str(lib), str(src)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return ctypes.CDLL(str(lib))
+
+
+def _ptr(a: np.ndarray | None):
+    return ctypes.c_void_p(a.ctypes.data if a is not None else 0)
+
+
+def _run_kernel(lib, *, q, k, v, kc, vc, sinks, start, window, rope, T, H, KVH, hd, n_ctx, seed,
+                from_device, q8_terms=0):
+    """out [T, H*hd] from the host build of the kernel the backend would launch (kernels/attention.py)."""
+    kvt = "f16" if kc.dtype == np.float16 else "f32"
+    out = np.full((T, H * hd), np.nan, np.float32)
+    if rope is not None:
+        cos, sin = (np.ascontiguousarray(t) for t in rope_cos_sin(np.arange(n_ctx), rope))
+        rope_args = [_ptr(cos), _ptr(sin), ctypes.c_int(rope.dim), ctypes.c_int(rope.style == "neox")]
+    else:
+        cos = sin = None
+        rope_args = [_ptr(None), _ptr(None), ctypes.c_int(0), ctypes.c_int(0)]
+    dev_start = np.array([start], np.int32)
+    args = [_ptr(q), _ptr(k), _ptr(v), _ptr(kc), _ptr(vc), _ptr(sinks), _ptr(out), *rope_args,
+            ctypes.c_int(T), ctypes.c_int(H), ctypes.c_int(KVH), ctypes.c_int(hd),
+            ctypes.c_int(-12345 if from_device else start), _ptr(dev_start if from_device else None),
+            ctypes.c_int(window), ctypes.c_float(1.0 / math.sqrt(hd) * math.log2(math.e))]
+    xq = xds = None
+    if decodes(T, hd):
+        splits = decode_splits(n_ctx)
+        part = np.full(H * splits * T * (hd + 2), np.nan, np.float32)
+        counters = np.zeros(max(H, 64), np.int32)
+        if q8_terms:
+            xq = np.zeros(2 * T * H * hd, np.int8)
+            xds = np.zeros((T * H * hd // 32, 4), np.float32)
+        getattr(lib, f"host_decode_{kvt}")(*args, _ptr(part), _ptr(counters), _ptr(xq), _ptr(xds),
+                                           ctypes.c_int(q8_terms), ctypes.c_uint(splits), ctypes.c_uint(seed))
+        assert not counters.any(), "the merging blocks left a ticket counter non-zero"
+    else:
+        queries, threads = prefill_tile(hd)
+        getattr(lib, f"host_prefill_{kvt}")(*args, ctypes.c_uint(-(-T // queries)), ctypes.c_uint(threads),
+                                            ctypes.c_uint(seed))
+    return out, xq, xds
+
+
+def _case(lib, seed, T, start, KVH, group, hd, window=0, sinks=False, kv_dtype=np.float16, rope=None,
+          from_device=False, q8_terms=0):
+    rng = np.random.default_rng(seed)
+    H = KVH * group
+    n_ctx = start + T + int(rng.integers(0, 40))
+    ref_cache = REF.new_kv_cache(1, n_ctx, KVH, hd)
+    kc = np.zeros((n_ctx, KVH, hd), kv_dtype)
+    vc = np.zeros((n_ctx, KVH, hd), kv_dtype)
+    if start:                               # an earlier chunk, already in both caches
+        old_k = rng.standard_normal((start, KVH, hd)).astype(kv_dtype)
+        old_v = rng.standard_normal((start, KVH, hd)).astype(kv_dtype)
+        kc[:start], vc[:start] = old_k, old_v
+        ref_cache.k[0][:start], ref_cache.v[0][:start] = old_k.astype(np.float32), old_v.astype(np.float32)
+    q = rng.standard_normal((T, H, hd)).astype(np.float32)
+    k = rng.standard_normal((T, KVH, hd)).astype(np.float32)
+    v = rng.standard_normal((T, KVH, hd)).astype(np.float32)
+    sink = (rng.standard_normal(H) * 2).astype(np.float32) if sinks else None
+    out, xq, xds = _run_kernel(lib, q=q, k=k, v=v, kc=kc, vc=vc, sinks=sink, start=start, window=window, rope=rope,
+                               T=T, H=H, KVH=KVH, hd=hd, n_ctx=n_ctx, seed=seed, from_device=from_device,
+                               q8_terms=q8_terms)
+    ref = REF.attention(q, k, v, ref_cache, 0, start, sliding_window=window, sinks=sink, rope=rope)
+    stored = ref_cache.k[0][start:start + T].astype(kv_dtype)       # rotated keys when rope is given
+    np.testing.assert_array_equal(kc[start:start + T], stored)     # the step's rows went to the right place
+    np.testing.assert_array_equal(vc[start:start + T], v.astype(kv_dtype))
+    return out, ref, xq, xds
+
+
+def _threshold(kv_dtype) -> float:
+    return THRESHOLDS["attention_f16kv" if kv_dtype == np.float16 else "attention_f32kv"]
+
+
+CASES = [(1, 0), (1, 77), (2, 5), (4, 300), (5, 0), (64, 0), (70, 33), (300, 0)]   # (T, start)
+GROUPS = [1, 2, 7, 8]                     # query heads a KV head (MHA, GQA)
+
+
+@pytest.mark.parametrize("kv_dtype", [np.float16, np.float32], ids=["f16", "f32"])
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("hd", [64, 80, 128, 256])
+def test_attention_kernels_match_the_reference(host_attention, kv_dtype, case, hd):
+    """Decode (T <= 4) and prefill shapes, a second chunk on a filled cache; the group cycles with the case."""
+    (T, start), group = CASES[case], GROUPS[(case + hd // 16) % len(GROUPS)]
+    out, ref, _, _ = _case(host_attention, 1000 * T + start + hd + group, T, start, 2 if group < 7 else 1, group,
+                           hd, kv_dtype=kv_dtype)
+    assert nmse(out, ref) <= _threshold(kv_dtype), f"T={T} start={start} group={group}: NMSE {nmse(out, ref):.3e}"
+
+
+@pytest.mark.parametrize("T, start", [(1, 200), (3, 40), (37, 0), (20, 90)])
+@pytest.mark.parametrize("window", [1, 7, 64])
+@pytest.mark.parametrize("sinks", [False, True])
+def test_sliding_window_and_sinks(host_attention, T, start, window, sinks):
+    out, ref, _, _ = _case(host_attention, T + start + window, T, start, 2, 4, 64, window=window, sinks=sinks,
+                           kv_dtype=np.float32)
+    assert nmse(out, ref) <= _threshold(np.float32), f"NMSE {nmse(out, ref):.3e}"
+
+
+@pytest.mark.parametrize("style", ["neox", "normal"])
+@pytest.mark.parametrize("dim_part", [1.0, 0.5])
+@pytest.mark.parametrize("T, start", [(1, 50), (4, 9), (5, 0), (40, 17)])
+@pytest.mark.parametrize("hd", [64, 128])
+def test_fused_rope_rotates_like_rope_then_attention(host_attention, style, dim_part, T, start, hd):
+    rope = RopeConfig(dim=int(hd * dim_part), base=10000.0, style=style)
+    out, ref, _, _ = _case(host_attention, T + start + hd, T, start, 2, 3, hd, rope=rope, kv_dtype=np.float32,
+                           from_device=True)
+    assert nmse(out, ref) <= _threshold(np.float32), f"NMSE {nmse(out, ref):.3e}"
+
+
+@pytest.mark.parametrize("T, start", [(1, 0), (1, 1000), (2, 1500), (4, 511)])
+def test_decode_splits_merge_long_contexts(host_attention, T, start):
+    """Several key chunks a head (up to MAX_SPLITS), merged by whichever block finishes last."""
+    out, ref, _, _ = _case(host_attention, start, T, start, 3, 3, 64, from_device=True)
+    assert nmse(out, ref) <= _threshold(np.float16), f"NMSE {nmse(out, ref):.3e}"
+
+
+@pytest.mark.parametrize("terms", [1, 2])
+@pytest.mark.parametrize("T", [1, 4])
+def test_decode_writes_the_int8_blocks_of_its_output(host_attention, terms, T):
+    out, ref, xq, xds = _case(host_attention, terms + 10 * T, T, 600, 2, 2, 64, q8_terms=terms)
+    assert nmse(out, ref) <= _threshold(np.float16)
+    blocks = out.reshape(-1, 32).astype(np.float64)
+    d0 = xds[:, 0:1].astype(np.float64)
+    first = xq[: out.size].reshape(-1, 32).astype(np.float64) * d0
+    assert np.all(np.abs(first - blocks) <= 0.5 * d0 + 1e-6), "the first int8 term is not round(x / d0)"
+    np.testing.assert_allclose(xds[:, 2], blocks.sum(axis=1), rtol=1e-4, atol=1e-4)
+    if terms == 2:
+        second = xq[out.size:].reshape(-1, 32).astype(np.float64) * xds[:, 1:2]
+        assert np.abs(first + second - blocks).max() <= np.abs(blocks).max() / 127 / 254 * 1.01 + 1e-6
