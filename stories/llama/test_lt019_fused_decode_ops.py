@@ -1,16 +1,19 @@
 """LT-019 fused decode ops: fewer launches a layer, the same numbers.
 
-The Backend ops `matmul_add` (a product added to the residual stream) and `matmuls` (several
-products of one input) are defined by their composition (worker/backend/base.py): on the NumPy
-reference they equal add(residual, matmul(...)) and [matmul(...), ...] exactly, so the models'
-results on the reference do not change. The CUDA backend runs a decode step's versions in one
-launch each (kernels/vecdot.cu: the residual added in mmvq's epilogue; mmvq_segments for q/k/v and
-gate/up), and rmsnorm_q8 keeps a decode row in registers (kernels/norm.cu). On the GPU:
+The Backend ops `matmul_add` (a product added to the residual stream), `matmuls` (several products
+of one input) and `matmul_swiglu` (the gated FFN's gate, up and SwiGLU) are defined by their
+composition (worker/backend/base.py): on the NumPy reference they equal add(residual, matmul(...)),
+[matmul(...), ...] and swiglu(matmul(...), matmul(...)) exactly, so the models' results on the
+reference do not change. The CUDA backend runs a decode step's versions in one launch each
+(kernels/vecdot.cu: the residual added in mmvq's epilogue; mmvq_segments for q/k/v; mmvq_swiglu
+writing the down product's int8 input too), and rmsnorm_q8 keeps a decode row in registers
+(kernels/norm.cu). On the GPU:
 
-  * matmul_add and matmuls equal the CUDA ops they replace bit for bit (the same per-row integer dot
-    products and float epilogue, in the same order), and hold the int8 products' conformance
-    thresholds against the NumPy reference (matvec_q8x2: term-normalized 1e-8);
-  * matmuls is one launch on an input whose int8 blocks a producer (rmsnorm) already wrote;
+  * matmul_add, matmuls and matmul_swiglu equal the CUDA ops they replace bit for bit (the same
+    per-row integer dot products and float epilogue, in the same order), and hold the int8 products'
+    conformance thresholds against the NumPy reference (matvec_q8x2: term-normalized 1e-8);
+  * each is one launch on an input whose int8 blocks a producer (rmsnorm) already wrote, and the
+    down product after matmul_swiglu reads the blocks it wrote (no quantize_q8 launch);
   * rmsnorm_q8 holds rmsnorm's threshold (1e-10; the sum of squares in double) for every row width
     the models use, and its int8 blocks equal quantize_q8 of its float output byte for byte.
 """
@@ -84,11 +87,22 @@ class RecordingReference(NumpyBackend):
         self.calls.append("matmul_add")
         return super().matmul_add(x, w, bias, residual=residual)
 
+    def matmul_swiglu(self, x, w_gate, w_up):
+        self.calls.append("matmul_swiglu")
+        return super().matmul_swiglu(x, w_gate, w_up)
+
+
+def test_matmul_swiglu_is_swiglu_of_the_products_on_the_reference():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 32)).astype(np.float32)
+    wg, wu = (REF.load_weight(f32_tensor(rng.standard_normal((64, 32)), n)) for n in ("gate", "up"))
+    np.testing.assert_array_equal(REF.matmul_swiglu(x, wg, wu), REF.swiglu(REF.matmul(x, wg), REF.matmul(x, wu)))
+
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3", "gpt2"])
 def test_the_models_use_the_fused_ops(arch):
-    """Per layer: q/k/v in one matmuls (and gate/up for the llama family), the attention output and
-    the FFN down product through matmul_add."""
+    """Per layer: q/k/v in one matmuls (and gate/up with SwiGLU in matmul_swiglu for the llama family),
+    the attention output and the FFN down product through matmul_add."""
     from fixtures.tiny_models import tiny_model_path
     from worker.gguf import GGUFModelFile
     from worker.models import load_model
@@ -99,7 +113,7 @@ def test_the_models_use_the_fused_ops(arch):
     model.forward(np.array([1, 2, 3]), cache, 0)
     n = model.config.n_layers
     assert b.calls.count("matmuls:3") == n
-    assert b.calls.count("matmuls:2") == (0 if arch == "gpt2" else n)
+    assert b.calls.count("matmul_swiglu") == b.calls.count("matmuls:2") == (0 if arch == "gpt2" else n)
     assert b.calls.count("matmul_add") == 2 * n
 
 
@@ -178,6 +192,50 @@ def test_matmuls_run_every_segment_in_one_launch(seed, formats, sizes, n_blocks,
         check_product(f"{product_op(b, 'matvec', q, T)}:{q.name}", f"segment {j} of {len(ws)} T={T} N={sizes[j]} K={K}",
                       b.to_host(y), REF.matmul(ref_h, ref_w, ref_b), ref_h, ref_w.dense(),
                       ref_b.dense() if ref_b else None)
+
+
+@pytest.mark.gpu
+@pytest.mark.story("LT-019", "LT-017")
+@pytest.mark.parametrize("qtype", INT8_FORMATS, ids=lambda q: q.name)
+@settings(max_examples=examples(5), **SETTINGS)
+@given(seed=st.integers(0, 2**31), F32=st.integers(1, 12), n_blocks=st.integers(1, 4), T=st.sampled_from([1, 2, 3, 4]),
+       D=st.integers(1, 200))
+def test_matmul_swiglu_and_the_down_product(qtype, seed, F32, n_blocks, T, D):
+    """gate/up + SwiGLU in one mmvq_swiglu launch; the down product (matmul_add) reads its int8 blocks."""
+    from worker.backend.kernels import vecdot
+
+    b = checking_backend()
+    rng = np.random.default_rng(seed)
+    K_QUANTS = (Q.Q4_K, Q.Q5_K, Q.Q6_K)          # rows of whole 256-value super-blocks (the down product's K)
+    K, F = 256 * n_blocks, (256 * ((F32 + 7) // 8) if qtype in K_QUANTS else 32 * F32)
+    wg, wu, wd = (random_weight(qtype, shape, rng, n) for n, shape in (("gate", (F, K)), ("up", (F, K)),
+                                                                       ("down", (D, F))))
+    x = rng.standard_normal((T, K)).astype(np.float32) * 2
+    norm = f32_tensor(1 + 0.2 * rng.standard_normal(K), "norm")
+    cg, cu, cd = b.load_weight(wg), b.load_weight(wu), b.load_weight(wd)
+    h = b.rmsnorm(b.asarray(x), b.load_weight(norm), 1e-5)
+    with LaunchCounter(b) as launches:
+        y = b.matmul_swiglu(h, cg, cu)
+    assert launches.names == [f"mmvq_swiglu_{qtype.name.lower()}"], launches.names
+    fused = b._q8_last
+    assert fused is not None and fused[0] is y
+    r = rng.standard_normal((T, D)).astype(np.float32)
+    with LaunchCounter(b) as launches:
+        out = b.matmul_add(y, cd, residual=b.asarray(r))
+    assert launches.names == [f"mmvq_{qtype.name.lower()}"], launches.names     # no quantize_q8: y's blocks
+    # the same numbers as the ops it replaces, and its int8 blocks are quantize_q8 of y
+    separate = b.swiglu(b.matmul(h, cg), b.matmul(h, cu))
+    np.testing.assert_array_equal(b.to_host(y), b.to_host(separate))
+    xq, xds = vecdot.activation_buffers(b, T, F)
+    vecdot.quantize(b, separate, xq, xds, T, F, b.matvec_terms)
+    np.testing.assert_array_equal(b.to_host(fused[-1]), b.to_host(xds))
+    np.testing.assert_array_equal(fused[-2].get(), xq.get())
+    np.testing.assert_array_equal(b.to_host(out), b.to_host(b.add(b.asarray(r), b.matmul(separate, cd))))
+    ref_h = REF.rmsnorm(x, REF.load_weight(norm), 1e-5)
+    ref_y = REF.matmul_swiglu(ref_h, REF.load_weight(wg), REF.load_weight(wu))
+    # Plain NMSE of SwiGLU after two int8 products (each within 1e-8 of its terms; a random row's
+    # terms are up to ~sqrt(K) times its sum), as "gpt_ffn" holds two products in a row: 1e-6.
+    check("matmul_swiglu_q8x2", f"{qtype.name} T={T} F={F} K={K}", b.to_host(y), ref_y, threshold=1e-6)
 
 
 @pytest.mark.gpu

@@ -92,6 +92,12 @@ class Backend(ABC):
             raise ValueError(f"{len(weights)} weights with {len(biases)} biases")
         return [self.matmul(x, w, b) for w, b in zip(weights, biases)]
 
+    def matmul_swiglu(self, x: Array, w_gate: Weight, w_up: Weight) -> Array:
+        """The gated FFN's first half: swiglu(matmul(x, w_gate), matmul(x, w_up)) -> [T, F]. A backend
+        may compute both products and the activation in one launch."""
+        gate, up = self.matmuls(x, [w_gate, w_up])
+        return self.swiglu(gate, up)
+
     @abstractmethod
     def add(self, a: Array, b: Array) -> Array:
         """Residual connection: a + b, same shape."""

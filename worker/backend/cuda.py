@@ -300,6 +300,22 @@ class CudaBackend(CudaMemory, Backend):
         vecdot.mmvq_segments(self, xq, xds, K, T, terms, [(*s, y) for s, y in zip(segments, ys)])
         return ys
 
+    def matmul_swiglu(self, x: Array, w_gate, w_up) -> Array:
+        """Decode: gate and up products, SwiGLU and the down product's int8 input in one launch
+        (vecdot.mmvq_swiglu); else matmuls, then swiglu."""
+        x = self._act(x)
+        T, K = x.shape if x.ndim == 2 else (0, 0)
+        gate, up = (self._int8_segment(w, None, T, K) if T else None for w in (w_gate, w_up))
+        if gate is None or up is None or gate[0] != up[0] or gate[2:4] != up[2:4] or gate[3] % vecdot.QUANT_BLOCK:
+            return super().matmul_swiglu(x, w_gate, w_up)
+        fmt, F, terms = gate[0], gate[3], self.matvec_terms
+        xq, xds = vecdot.quantized_input(self, x, x, T, K, terms)
+        yq, yds = vecdot.output_buffers_besides(self, xq, T, F)
+        y = self._out((T, F))
+        vecdot.mmvq_swiglu(self, fmt, gate[1], up[1], gate[2], xq, xds, y, yq, yds, F, K, T, terms)
+        vecdot.remember_quantized(self, y, T, F, yq, yds, terms)
+        return y
+
     def add(self, a: Array, b: Array) -> Array:
         a, b = self._act(a), self._act(b)
         if a.shape != b.shape:

@@ -123,8 +123,7 @@ class LlamaModel:
     def _feed_forward(self, blk: LlamaBlock, x, *, residual):
         """residual + Wdown · SwiGLU(Wgate·x, Wup·x)."""
         b = self.backend
-        gate, up = b.matmuls(x, [blk.w_gate, blk.w_up])
-        return b.matmul_add(b.swiglu(gate, up), blk.w_down, residual=residual)
+        return b.matmul_add(b.matmul_swiglu(x, blk.w_gate, blk.w_up), blk.w_down, residual=residual)
 
 
 def _token_ids(ids) -> np.ndarray:

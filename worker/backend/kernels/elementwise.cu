@@ -1,6 +1,7 @@
 // Elementwise ops: residual add, product, SwiGLU (plain and GPT-OSS clamped), GELU (tanh).
 #include "common.cuh"
 #include "vecdot.cuh"
+#include "activation.cuh"
 
 #define GRID_STRIDE(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 
@@ -26,15 +27,11 @@ extern "C" __global__ void mul_cols(const float* __restrict__ a, const float* __
 
 // Activations are evaluated in double with the reference's formulas (worker/backend/numpy.py):
 // 1 + tanh(z) cancels catastrophically for z << 0 in float32 (GELU at x = -6 would give 0 instead of
-// -3e-8); double costs nothing here next to the memory traffic.
-__device__ __forceinline__ double sigmoid_d(double x) { return 0.5 * (1.0 + tanh(0.5 * x)); }
+// -3e-8); double costs nothing here next to the memory traffic. sigmoid_d, swiglu_f: activation.cuh.
 
 // silu(g) * u
 extern "C" __global__ void swiglu(const float* __restrict__ g, const float* __restrict__ u, float* __restrict__ y, i64 n) {
-    GRID_STRIDE(i, n) {
-        const double gi = g[i];
-        y[i] = (float)(gi * sigmoid_d(gi) * (double)u[i]);
-    }
+    GRID_STRIDE(i, n) y[i] = swiglu_f(g[i], u[i]);
 }
 
 // GPT-OSS: g = min(g, limit); u = clip(u, -limit, limit); y = g * sigmoid(alpha g) * (u + 1)
@@ -68,7 +65,7 @@ extern "C" __global__ void swiglu_q8(const float* __restrict__ g, const float* _
         }
         v = (float)(gi * sigmoid_d((double)alpha * gi) * (ui + 1.0));
     } else {
-        v = (float)(gi * sigmoid_d(gi) * ui);
+        v = swiglu_f(g[i], u[i]);
     }
     y[i] = v;
     quantize_block_warp(v, xq + i, n, xds + blk, terms);

@@ -2,6 +2,7 @@
 // activations into 32-value int8 blocks once per product input, mmvq_<fmt> multiplies them with a
 // weight kept in its stored format using __dp4a (vecdot.cuh). Launch geometry: vecdot.py.
 #include "vecdot.cuh"
+#include "activation.cuh"
 
 // x [T, K] float32 -> xq [terms, T, K] int8 (term stride T K), xds [T, K/32] (d0, d1, s, 0):
 // vecdot.cuh's quantize_block_warp, one warp per block of 32.
@@ -95,3 +96,40 @@ extern "C" __global__ void mmvq_segments(const i8* __restrict__ xq, const float4
         }
     }
 }
+
+// The gate and up products of one quantized input, SwiGLU, and the result's int8 blocks for the down
+// product, in one launch (F % 32 == 0): block b computes rows [32 b, 32 b + 32) of gate and of up
+// (64 rows, warp w taking rows w, w + warps, ... of them, one warp a row as in mmvq_<fmt>), then warp
+// t < T applies silu(gate) * up (swiglu_f: elementwise.cu's swiglu) to token t's 32 values, writes
+// them to y [T, F] and quantizes them as one block into yq/yds (term stride T F); yq/yds must not be
+// xq/xds. Each product is mmvq_<fmt>'s sum in mmvq's order: y equals swiglu(mmvq(gate), mmvq(up)).
+#define DEFINE_MMVQ_SWIGLU(fmt)                                                                   \
+extern "C" __global__ void mmvq_swiglu_##fmt(const u8* __restrict__ Wg, const u8* __restrict__ Wu, i64 row_bytes, \
+                                             const i8* __restrict__ xq, const float4* __restrict__ xds, \
+                                             float* __restrict__ y, i8* __restrict__ yq,           \
+                                             float4* __restrict__ yds, int F, int K, int T, int terms) { \
+    __shared__ float out[2][MMVQ_MAX_T][32];                     /* [gate/up][t][row] */          \
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;          \
+    const i64 ts = (i64)T * K;                                                                    \
+    for (int r = warp; r < 64; r += warps) {                                                      \
+        const u8* row = (r < 32 ? Wg : Wu) + (32 * (i64)blockIdx.x + (r & 31)) * row_bytes;       \
+        float acc[MMVQ_MAX_T];                                                                    \
+        _Pragma("unroll") for (int t = 0; t < MMVQ_MAX_T; ++t) acc[t] = 0.0f;                     \
+        for (int u = lane; u < K / MMVQ_UNIT_##fmt; u += 32) vdot_##fmt(row, u, xq, xds, K, T, ts, terms, acc); \
+        _Pragma("unroll") for (int t = 0; t < MMVQ_MAX_T; ++t) {                                  \
+            if (t < T) {                                                                          \
+                const float s = warp_sum(acc[t]);                                                 \
+                if (lane == 0) out[r >> 5][t][r & 31] = s;                                        \
+            }                                                                                     \
+        }                                                                                         \
+    }                                                                                             \
+    __syncthreads();                                                                              \
+    if (warp < T) {                                                                               \
+        const float v = swiglu_f(out[0][warp][lane], out[1][warp][lane]);                         \
+        const i64 i = (i64)warp * F + 32 * (i64)blockIdx.x + lane;                                \
+        y[i] = v;                                                                                 \
+        quantize_block_warp(v, yq + i, (i64)T * F, yds + (i64)warp * (F >> 5) + blockIdx.x, terms); \
+    }                                                                                             \
+}
+
+FOR_EACH_VECDOT_FORMAT(DEFINE_MMVQ_SWIGLU)

@@ -20,23 +20,26 @@ MMVQ_MAX_T = 4                        # must match vecdot.cuh
 MMVQ_MAX_SEGMENTS = 3                 # products of one input in one launch (vecdot.cuh)
 MMVQ_FORMAT_CODES = {"q4_0": 0, "q4_1": 1, "q5_0": 2, "q8_0": 3, "mxfp4": 4, "q4_k": 5, "q5_k": 6, "q6_k": 7}
 MMVQ_ROWS_PER_BLOCK = 4               # one warp per output row
+MMVQ_SWIGLU_WARPS = 16                # mmvq_swiglu: warps sharing a block's 64 rows (32 of gate, 32 of up)
 QUANT_BLOCK = 32
 QUANTIZE_WARPS = 8                    # 32-value blocks quantized per thread block
 
 
-def activation_buffers(k, rows: int, K: int):
+def activation_buffers(k, rows: int, K: int, spare: bool = False):
     """Workspace for `rows` quantized activation rows of K values: xq (int8, two terms), xds (float32 x4).
+    spare: a second pair, for a kernel that reads one quantized input and writes another (mmvq_swiglu).
 
     The views are kept per shape while the workspace buffers stay the same (a decode step asks
     for them a few hundred times; slicing a CuPy array costs microseconds of host time)."""
+    names = ("q8_activations_spare", "q8_scales_spare") if spare else ("q8_activations", "q8_scales")
     views = k.__dict__.setdefault("_q8_views", {})
-    hit = views.get((rows, K))
-    if hit is not None and k._workspace.get("q8_activations") is hit[0] and k._workspace.get("q8_scales") is hit[1]:
+    hit = views.get((rows, K, spare))
+    if hit is not None and k._workspace.get(names[0]) is hit[0] and k._workspace.get(names[1]) is hit[1]:
         k.graphs.hold(hit[0], hit[1])             # as _scratch does: a captured graph keeps what it reads
         return hit[2], hit[3]
-    xq = k._scratch("q8_activations", (2 * rows * K + 3) // 4).view(np.int8)[: 2 * rows * K]
-    xds = k._scratch("q8_scales", rows * (K // QUANT_BLOCK) * 4)
-    views[(rows, K)] = (k._workspace["q8_activations"], k._workspace["q8_scales"], xq, xds)
+    xq = k._scratch(names[0], (2 * rows * K + 3) // 4).view(np.int8)[: 2 * rows * K]
+    xds = k._scratch(names[1], rows * (K // QUANT_BLOCK) * 4)
+    views[(rows, K, spare)] = (k._workspace[names[0]], k._workspace[names[1]], xq, xds)
     return xq, xds
 
 
@@ -86,6 +89,26 @@ def mmvq_segments(k, xq, xds, K: int, T: int, terms: int, segments: list) -> Non
                    w0, i64(rb0), b0, y0, i32(n0), i32(f0), i32(e0),
                    w1, i64(rb1), b1, y1, i32(n1), i32(f1), i32(e1),
                    w2, i64(rb2), b2, y2, i32(n2), i32(f2)), keeps_quantized_input=True)
+
+
+def mmvq_swiglu(k, fmt: str, gate_raw, up_raw, row_bytes: int, xq, xds, y, yq, yds, F: int, K: int, T: int,
+                terms: int = 2) -> None:
+    """y [T, F] = swiglu(xq . Wgate^T, xq . Wup^T) in one launch (F % 32 == 0), also written as int8
+    activation blocks yq/yds (buffers other than xq/xds: output_buffers_besides)."""
+    if T > MMVQ_MAX_T or F % QUANT_BLOCK:
+        raise ValueError(f"mmvq_swiglu: T={T} (at most {MMVQ_MAX_T}), F={F} (a multiple of {QUANT_BLOCK})")
+    if F:
+        k._launch("vecdot.cu", f"mmvq_swiglu_{fmt}", F // QUANT_BLOCK, 32 * MMVQ_SWIGLU_WARPS,
+                  (gate_raw, up_raw, i64(row_bytes), xq, xds, y, yq, yds, i32(F), i32(K), i32(T), i32(terms)))
+
+
+def output_buffers_besides(k, xq, rows: int, D: int):
+    """(yq, yds) for a kernel's quantized output [rows, D] while it reads the quantized input xq: the
+    workspace pair that does not hold xq."""
+    yq, yds = activation_buffers(k, rows, D, spare=True)
+    if yq.data.ptr == xq.data.ptr:
+        yq, yds = activation_buffers(k, rows, D)
+    return yq, yds
 
 
 def fused_output_buffers(k, rows: int, D: int):
