@@ -8,8 +8,9 @@ lives beside it:
     kernels/<name>.cu and kernels/<name>.py   each kernel file and its launcher
 
 Products: T <= 4 tokens (decode) use the fused dequantize + matrix-vector kernel; longer inputs
-(prefill) dequantize the weight tile by tile into a bounded float32 workspace and multiply with
-cuBLAS (one sgemm per tile, cuda_runtime.sgemm_nt). The KV cache is float16 by default
+(prefill) dequantize the weight tile by tile into a bounded workspace and multiply with cuBLAS on
+TF32 tensor cores in three split terms, float32-like (kernels/matmul.py prefill_product;
+M0_CUDA_PREFILL=fp32: float32 sgemm). The KV cache is float16 by default
 (kv_dtype="float32" for exactness).
 Forward passes run through captured CUDA graphs (`run_forward`, cuda_graph.py).
 """
@@ -32,7 +33,6 @@ from worker.backend.cuda_runtime import (
     device_pool,
     kernel_source,
     require_cuda_device,
-    sgemm_nt,
 )
 from worker.backend.kernels import attention as attention_kernels
 from worker.backend.kernels import elementwise, matmul, norm, vecdot
@@ -44,7 +44,7 @@ from worker.backend.kernels.matmul import MATVEC_MAX_T
 from worker.config import RopeConfig
 from worker.errors import InvalidParamsError, PromptTooLongError
 
-TILE_MAX_BYTES = 64 << 20             # prefill dequantization workspace bound
+TILE_MAX_BYTES = 64 << 20             # prefill dequantization workspace bound (a tile row: hi and lo of K weights)
 PINNED_COPY_MIN = 4096                # to_host: arrays of at least this many floats go through pinned memory
 MATVEC_PATHS = {"q8x2": 2, "q8": 1, "float": 0}     # decode product path -> int8 activation terms
 
@@ -245,17 +245,7 @@ class CudaBackend(CudaMemory, Backend):
         elif T <= MATVEC_MAX_T:
             matmul.matvec(self, w, raw, x2, b if b is not None else NULL, y, N, K, T)
         else:
-            rows = max(1, min(N, TILE_MAX_BYTES // (4 * K)))
-            tile = self._scratch("dequant_tile", rows * K)
-            for n0 in range(0, N, rows):
-                n = min(rows, N - n0)
-                t = tile[: n * K].reshape(n, K)
-                self._dequantize(w, n0, n, out=t, raw=raw)
-                sgemm_nt(y, n0, x2, t)
-            if self.sync_each_op:
-                self.synchronize()
-            if b is not None:
-                matmul.add_bias(self, y, b, T, N)
+            matmul.prefill_product(self, w, raw, x2, y, b, tile_bytes=TILE_MAX_BYTES)
         return y.reshape(N) if squeeze else y.reshape(x.shape[:-1] + (N,))
 
     def _int8_segment(self, w, bias, T: int, K: int):
