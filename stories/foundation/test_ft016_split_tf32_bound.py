@@ -3,7 +3,8 @@
 The prefill products (worker/backend/kernels/matmul.py, "tf32x3") split every operand v into
 hi = v rounded to TF32 (10 explicit mantissa bits, nearest even) and lo = (v - hi) rounded to TF32
 (worker/backend/kernels/tf32.cuh), and sum x_hi w_hi + x_hi w_lo + x_lo w_hi on tensor cores, where
-each TF32 x TF32 product is exact in float32. Checked here with a NumPy emulation of the split:
+each TF32 x TF32 product is exact in float32. Checked here with a NumPy emulation of the split
+(stories/foundation/_tf32_split.py):
 
 * the emulation is the kernel's arithmetic: tf32.cuh compiled for the host by g++ gives the same
   bits for every class of float32 (normal, subnormal, near FLT_MAX, Inf, NaN);
@@ -29,30 +30,12 @@ from hypothesis import strategies as st
 
 from fixtures.paths import REPO_ROOT
 from stories.foundation._cuda_conformance import THRESHOLDS, random_weight
+from stories.foundation._tf32_split import LOW13, tf32_round, tf32_split
 from worker.backend.numpy import NumpyBackend
 
 pytestmark = pytest.mark.story("FT-016")
-EXP = np.uint32(0x7F800000)
-LOW13 = np.uint32(0x1FFF)
 TERM_BOUND = 2.0 ** -21 * (1 + 2.0 ** -12)
 ROUNDS_PAST_MAX = np.float32((2 - 2 ** -11) * 2.0 ** 127)   # from here on, TF32 rounding would give Inf
-
-
-def tf32_round(v: np.ndarray) -> np.ndarray:
-    """tf32.cuh's tf32_round: nearest even at 13 dropped bits; truncated where that overflows; Inf/NaN kept."""
-    u = np.asarray(v, np.float32).view(np.uint32)
-    r = (u + np.uint32(0xFFF) + ((u >> np.uint32(13)) & np.uint32(1))) & ~LOW13
-    r = np.where((r & EXP) == EXP, u & ~LOW13, r)
-    return np.where((u & EXP) == EXP, u, r).astype(np.uint32).view(np.float32)
-
-
-def tf32_split(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """tf32.cuh's tf32_split: (hi, lo), lo = 0 for Inf and NaN."""
-    v = np.asarray(v, np.float32)
-    hi = tf32_round(v)
-    with np.errstate(invalid="ignore"):
-        lo = tf32_round(v - hi)
-    return hi, np.where(np.isfinite(v), lo, np.float32(0)).astype(np.float32)
 
 
 def split_error(x: np.ndarray, w: np.ndarray) -> np.ndarray:

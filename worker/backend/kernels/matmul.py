@@ -75,12 +75,12 @@ class PrefillProducts:
     """A backend's prefill product state: the path, its cuBLAS handle, and which input the split
     activations hold (the q, k, v products of one normed input, gate and up, split it once)."""
 
-    def __init__(self, k, path: str | None = None):
+    def __init__(self, k, path: str | None = None, blas=None):
         path = path or os.environ.get("M0_CUDA_PREFILL", "tf32x3")
         if path not in PREFILL_PATHS:
             raise ValueError(f"M0_CUDA_PREFILL must be one of {PREFILL_PATHS}, got {path!r}")
         self.path = path
-        self.blas = CublasNT(k.cp)
+        self.blas = blas or CublasNT(k.cp)
         self.split_of = None          # (x ptr, (T, K), workspace buffer, launch serial, stream) after a product
         self.split_input_held = None  # the input itself: its memory cannot be reused while it is named
 
