@@ -206,3 +206,34 @@ def test_workspace_is_bounded_and_counted():
     assert b._workspace["dequant_tile"].nbytes <= cuda.TILE_MAX_BYTES
     assert b._workspace["prefill_split_input"].nbytes >= 3 * 100 * 576 * 4
     assert b.memory_report()["workspace"] >= b._workspace["dequant_tile"].nbytes
+
+
+@pytest.mark.parametrize("path", ["tf32x3", "fp32"])
+def test_prefill_product_replays_from_a_cuda_graph(path):
+    """Captured on a stream (cuBLAS included) and replayed on new input values: no host sync, no allocation."""
+    from stories.foundation._cuda_conformance import cuda_backend
+    from worker.backend.kernels import matmul
+
+    b = cuda_backend()
+    cp = b.cp
+    rng = np.random.default_rng(9)
+    T, N, K = 64, 896, 4864
+    w = random_weight(Q.Q4_K, (N, K), rng)
+    weight, ref_w = b.load_weight(w), REF.load_weight(w)
+    bias = rng.standard_normal(N).astype(np.float32)
+    x, y, dev_bias = cp.zeros((T, K), np.float32), cp.zeros((T, N), np.float32), b.asarray(bias)
+    with prefill_path(b, path):
+        matmul.prefill_product(b, weight, weight.raw, x, y, dev_bias, tile_bytes=64 << 20)   # sizes the workspace
+        stream = cp.cuda.Stream(non_blocking=True)
+        with stream:
+            stream.begin_capture()
+            matmul.prefill_product(b, weight, weight.raw, x, y, dev_bias, tile_bytes=64 << 20)
+            graph = stream.end_capture()
+        for seed in (1, 2):
+            x_host = np.random.default_rng(seed).standard_normal((T, K)).astype(np.float32)
+            with stream:                  # the copy on the replay's stream, ordered before it
+                x.set(x_host)
+                graph.launch(stream)
+            stream.synchronize()
+            check_product("matmul:Q4_K", f"{path} graph replay T={T} N={N} K={K}", y.get(),
+                          REF.matmul(x_host, ref_w, bias), x_host, ref_w.dense(), bias)
