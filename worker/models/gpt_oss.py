@@ -114,16 +114,15 @@ class GptOssModel:
 
     def _forward(self, ids, cache, start_pos: int, last_only: bool = False):
         b, eps = self.backend, self.config.norm_eps
-        positions = np.arange(start_pos, start_pos + len(ids))
         x = b.embedding(self.token_embd, ids)
         for layer, blk in enumerate(self.blocks):
-            x = self._attention(blk, b.rmsnorm(x, blk.attn_norm, eps), positions, cache, layer, start_pos, residual=x)
+            x = self._attention(blk, b.rmsnorm(x, blk.attn_norm, eps), cache, layer, start_pos, residual=x)
             if last_only and layer == len(self.blocks) - 1:
                 x = x[-1:]                # logit_rows.py: the other rows' K/V are in the cache
             x = b.add(x, self._mixture_of_experts(blk, b.rmsnorm(x, blk.ffn_norm, eps)))
         return b.matmul(b.rmsnorm(x, self.output_norm, eps), self.output)
 
-    def _attention(self, blk: GptOssBlock, x, positions, cache, layer: int, start_pos: int, *, residual):
+    def _attention(self, blk: GptOssBlock, x, cache, layer: int, start_pos: int, *, residual):
         """residual + Wo · SinkAttention(...) + bo of the normed input x."""
         b, cfg = self.backend, self.config
         T = x.shape[0]
@@ -131,8 +130,9 @@ class GptOssModel:
         q = q.reshape(T, cfg.n_heads, cfg.head_dim)
         k = k.reshape(T, cfg.n_kv_heads, cfg.head_dim)
         v = v.reshape(T, cfg.n_kv_heads, cfg.head_dim)
-        q, k = b.rope(q, positions, self.rope), b.rope(k, positions, self.rope)
-        out = b.attention(q, k, v, cache, layer, start_pos, sliding_window=blk.sliding_window, sinks=blk.sinks)
+        # q and k rotated at positions start_pos.. inside attention (rope=): a backend may fuse it
+        out = b.attention(q, k, v, cache, layer, start_pos, sliding_window=blk.sliding_window, sinks=blk.sinks,
+                          rope=self.rope)
         return b.matmul_add(out, blk.wo, blk.bo, residual=residual)
 
     def route(self, blk: GptOssBlock, x) -> tuple[np.ndarray, np.ndarray]:

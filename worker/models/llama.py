@@ -98,17 +98,16 @@ class LlamaModel:
 
     def _forward(self, ids, cache, start_pos: int, last_only: bool = False):
         b, cfg = self.backend, self.config
-        positions = np.arange(start_pos, start_pos + len(ids))
         x = b.embedding(self.token_embd, ids)
         for layer, blk in enumerate(self.blocks):
             normed = b.rmsnorm(x, blk.attn_norm, cfg.norm_eps)
-            x = self._attention(blk, normed, positions, cache, layer, start_pos, residual=x)
+            x = self._attention(blk, normed, cache, layer, start_pos, residual=x)
             if last_only and layer == len(self.blocks) - 1:
                 x = x[-1:]                # logit_rows.py: the other rows' K/V are in the cache
             x = self._feed_forward(blk, b.rmsnorm(x, blk.ffn_norm, cfg.norm_eps), residual=x)
         return b.matmul(b.rmsnorm(x, self.output_norm, cfg.norm_eps), self.output)
 
-    def _attention(self, blk: LlamaBlock, x, positions, cache, layer: int, start_pos: int, *, residual):
+    def _attention(self, blk: LlamaBlock, x, cache, layer: int, start_pos: int, *, residual):
         """residual + Wo · Attention(...) of the normed input x."""
         b, cfg = self.backend, self.config
         T = x.shape[0]
@@ -116,8 +115,8 @@ class LlamaModel:
         q = q.reshape(T, cfg.n_heads, cfg.head_dim)
         k = k.reshape(T, cfg.n_kv_heads, cfg.head_dim)
         v = v.reshape(T, cfg.n_kv_heads, cfg.head_dim)
-        q, k = b.rope(q, positions, cfg.rope), b.rope(k, positions, cfg.rope)
-        out = b.attention(q, k, v, cache, layer, start_pos, sliding_window=cfg.sliding_window)
+        # q and k rotated at positions start_pos.. inside attention (rope=): a backend may fuse it
+        out = b.attention(q, k, v, cache, layer, start_pos, sliding_window=cfg.sliding_window, rope=cfg.rope)
         return b.matmul_add(out, blk.wo, residual=residual)
 
     def _feed_forward(self, blk: LlamaBlock, x, *, residual):
