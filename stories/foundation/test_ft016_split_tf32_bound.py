@@ -13,6 +13,8 @@ each TF32 x TF32 product is exact in float32. Checked here with a NumPy emulatio
 * one product term: |x w - (x_hi w_hi + x_hi w_lo + x_lo w_hi)| <= 2^-21 (1 + 2^-12) |x| |w| for
   operands whose lo parts are normal float32 (|v| >= 2^-114) and below FLT_MAX's TF32 rounding
   boundary; <= 2^-20 |x| |w| with one operand there;
+* the formats the product multiplies without a lo tile (matmul.TF32_EXACT_FORMATS) are exactly
+  those whose dequantized values are all TF32 values;
 * on a model-sized product that error, term-normalized as the conformance rows are, is under 1e-16
   (2.9e-18 measured), five orders of magnitude under the float32 product row's 1e-11: the GPU rows
   measure the float32 summation, as before.
@@ -28,10 +30,13 @@ from gguf import GGMLQuantizationType as Q
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fixtures.gguf_corrupt import random_blocks
 from fixtures.paths import REPO_ROOT
 from stories.foundation._cuda_conformance import THRESHOLDS, random_weight
-from stories.foundation._tf32_split import LOW13, tf32_round, tf32_split
+from stories.foundation._tf32_split import LOW13, is_tf32, tf32_round, tf32_split
+from worker.backend.kernels.matmul import TF32_EXACT_FORMATS
 from worker.backend.numpy import NumpyBackend
+from worker.quant import FORMATS
 
 pytestmark = pytest.mark.story("FT-016")
 TERM_BOUND = 2.0 ** -21 * (1 + 2.0 ** -12)
@@ -128,6 +133,21 @@ def test_model_sized_product_error_is_far_under_the_row_threshold():
     print(f"split error, term-normalized NMSE: {value:.3e}")
     # 2.9e-18 here; the float32 sums themselves land near 1e-15 on the GPU rows
     assert 0 < value <= 1e-16 <= THRESHOLDS["matmul"] * 1e-5
+
+
+# -- formats whose values are TF32 values already ----------------------------------------------------
+
+@pytest.mark.parametrize("qtype", list(FORMATS), ids=lambda q: q.name)
+def test_tf32_exact_formats_are_the_formats_with_tf32_values(qtype):
+    """matmul.TF32_EXACT_FORMATS skips the lo tile: right only where every stored value, finite
+    scales or not, dequantizes (worker.quant, which the CUDA dequantization matches bit for bit)
+    to a TF32 value; the other formats do produce values with more bits."""
+    rng = np.random.default_rng(int(qtype))
+    fmt = FORMATS[qtype]
+    with np.errstate(all="ignore"):
+        values = [fmt.dequantize_blocks(np.ascontiguousarray(random_blocks(qtype, 4000, rng, sane=sane)))
+                  for sane in (True, False)]
+    assert all(is_tf32(v) for v in values) == (fmt.kernel in TF32_EXACT_FORMATS)
 
 
 # -- the kernel's source, compiled for the host ---------------------------------------------------

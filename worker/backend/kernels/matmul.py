@@ -24,7 +24,10 @@ from worker.backend.cuda_runtime import NULL, CublasNT, elementwise_grid, i32, i
 MATVEC_MAX_T = 4                      # tokens one matvec launch handles: must match matmul.cu
 MATVEC_ROWS_PER_BLOCK = 4             # one warp per output row
 PREFILL_PATHS = ("tf32x3", "fp32")
-TF32_EXACT_FORMATS = frozenset({"f16", "bf16"})    # 10 or fewer mantissa bits: W_lo = 0, no lo tile
+# Formats whose every value is a TF32 value (W_lo = 0: a plain tile, two products): float16 and
+# bfloat16 (10 and 7 mantissa bits), MXFP4 (a power of two times an E2M1 value), the ternary
+# formats (an f16 scale times -1, 0 or 1). stories/foundation/test_ft016_split_tf32_bound.py checks the list.
+TF32_EXACT_FORMATS = frozenset({"f16", "bf16", "mxfp4", "tq1_0", "tq2_0"})
 SPLIT_INPUT = "prefill_split_input"   # workspace of the split activations [T, 3K]
 TILE = "dequant_tile"                 # workspace of one weight tile
 
@@ -152,7 +155,7 @@ def prefill_product(k, w, raw, x2, y, bias=None, residual=None, *, tile_bytes: i
         if not tf32:
             dequant_rows(k, w, raw, NULL, n0, tile_arg, n, K)
             gemm(yn, N, x0, K, tile, K, T, n, K, accumulate=accumulate)
-        elif exact:                                   # W is its own TF32 value: x_hi W^T + x_lo W^T
+        elif exact:                                   # W holds TF32 values: x_hi W^T + x_lo W^T
             dequant_rows(k, w, raw, NULL, n0, tile_arg, n, K)
             gemm(yn, N, xs, 3 * K, tile, K, T, n, K, accumulate=accumulate, tf32=True)
             gemm(yn, N, xs_lo, 3 * K, tile, K, T, n, K, accumulate=True, tf32=True)
