@@ -10,8 +10,13 @@ runs on TF32 tensor cores in three terms: every operand v is split into hi = v r
 Each TF32 x TF32 product is exact in float32, so a product term x_k W_nk carries an error of at
 most 2^-21 (1 + 2^-12) |x_k| |W_nk|: 2^-23 from rounding each lo part to TF32 (twice) and 2^-22
 from the dropped x_lo W_lo^T; the float32 sums add what the float32 path's sums add
-(stories/foundation/test_ft016_split_tf32_bound.py checks the bound on the CPU). "fp32" keeps the
-plain float32 cuBLAS product for comparison.
+(stories/foundation/test_ft016_split_tf32_bound.py checks the bound on the CPU). Where every
+weight value is a TF32 value already (TF32_EXACT_FORMATS) W_lo = 0: y = x_hi W^T + x_lo W^T.
+"fp32" keeps the plain float32 cuBLAS product for comparison.
+
+Per tile: one dequantization launch and two cublasGemmEx calls, [x_hi | x_hi] [W_hi | W_lo]^T (a
+K-concatenation) then + x_lo W_hi^T with beta = 1; the input is split once for all its tiles and
+for the next products of the same input.
 """
 from __future__ import annotations
 
