@@ -263,10 +263,10 @@ __device__ void attention_prefill_tile(const AttentionArgs& a, float* smem) {
 // partials: per (head, split, token) [max, sum, weighted values (hd)]; counters: [H] int32 tickets,
 // zero between launches (the merging block resets its head's).
 
-template <bool F16, int HD>
+template <bool F16, int HD, int MT>          // MT: the most tokens this instance takes (1, or up to 4)
 __device__ void attention_decode_chunk(const AttentionArgs& a, float* part, int* counters, i8* xq, float4* xds,
                                        int terms, float* smem) {
-    constexpr int VPL = HD / 32, NW = ATT_DECODE_WARPS, MT = ATT_DECODE_MAX_T;
+    constexpr int VPL = HD / 32, NW = ATT_DECODE_WARPS;
     float* qs = smem;                                   // [MT][HD]
     float* wm = qs + MT * HD;                           // [NW][MT]
     float* wl = wm + NW * MT;                           // [NW][MT]
@@ -457,9 +457,16 @@ attention_decode_##kvt(ATTENTION_PARAMS, float* __restrict__ part, int* __restri
                        i8* __restrict__ xq, float4* __restrict__ xds, int terms) {                \
     __shared__ float4 smem4[(DecodeSmem<256>::FLOATS + 3) / 4];                                   \
     ATTENTION_ARGS_INIT;                                                                          \
-    if (hd <= 64) attention_decode_chunk<F16, 64>(a, part, counters, xq, xds, terms, (float*)smem4);   \
-    else if (hd <= 128) attention_decode_chunk<F16, 128>(a, part, counters, xq, xds, terms, (float*)smem4); \
-    else attention_decode_chunk<F16, 256>(a, part, counters, xq, xds, terms, (float*)smem4);      \
+    float* sm = (float*)smem4;                                                                    \
+    if (T == 1) {                                 /* a decode step: no work for absent tokens */   \
+        if (hd <= 64) attention_decode_chunk<F16, 64, 1>(a, part, counters, xq, xds, terms, sm);   \
+        else if (hd <= 128) attention_decode_chunk<F16, 128, 1>(a, part, counters, xq, xds, terms, sm); \
+        else attention_decode_chunk<F16, 256, 1>(a, part, counters, xq, xds, terms, sm);           \
+    } else {                                                                                      \
+        if (hd <= 64) attention_decode_chunk<F16, 64, ATT_DECODE_MAX_T>(a, part, counters, xq, xds, terms, sm); \
+        else if (hd <= 128) attention_decode_chunk<F16, 128, ATT_DECODE_MAX_T>(a, part, counters, xq, xds, terms, sm); \
+        else attention_decode_chunk<F16, 256, ATT_DECODE_MAX_T>(a, part, counters, xq, xds, terms, sm); \
+    }                                                                                             \
 }
 
 DEFINE_ATTENTION(f16, true)

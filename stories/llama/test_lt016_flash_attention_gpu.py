@@ -1,0 +1,260 @@
+"""LT-015/LT-016 attention kernels on the GPU (worker/backend/kernels/attention.cu) against the NumPy reference.
+
+attention_prefill_<kvt> (tiled flash attention, T > 4) and attention_decode_<kvt> (split keys merged by
+the last block, T <= 4): decode and prefill lengths, a second chunk on a filled cache, GQA groups
+1/2/7/8 and MHA, head_dim 64/80/128/256, sliding windows, sinks, fused RoPE (both pairings, partial
+rotary dims, YaRN), float16 and float32 caches, the start position read from device memory, and the
+decode kernel replayed from a captured CUDA graph at moving positions. NMSE thresholds: the rows
+attention_f32kv (1e-9: float32 everywhere, only the summation order differs) and attention_f16kv
+(2e-6: the cache holds float16, relative rounding 2^-11) of stories/foundation/_cuda_conformance.py;
+the RoPE rows hold the same bounds (the rotation adds float32 rounding only). The speed rows check
+the targets of the kernels: prefill attention at 2048 tokens (Qwen2.5-0.5B heads) 20 times under the
+per-(token, head) kernel it replaced (8.5 ms a layer), a decode step under that kernel's 10 us.
+
+Run on the GPU machine: .venv/bin/python -m pytest -q -p no:cacheprovider -m gpu \
+    stories/llama/test_lt016_flash_attention_gpu.py
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from stories.foundation._cuda_conformance import check, cuda_backend, f32_tensor
+from worker.backend.cuda_runtime import NULL
+from worker.backend.numpy import NumpyBackend
+from worker.config import RopeConfig
+
+pytestmark = [pytest.mark.gpu, pytest.mark.story("LT-015", "LT-016", "LT-019")]
+REF = NumpyBackend()
+GROUPS = [1, 2, 7, 8]
+
+
+def _backend(kv_dtype: str, checking: bool = True):
+    return cuda_backend(poison_outputs=checking, sync_each_op=checking, kv_dtype=kv_dtype)
+
+
+def _op(kv_dtype: str, what: str = "") -> str:
+    return ("attention_f16kv" if kv_dtype == "float16" else "attention_f32kv") + (f":{what}" if what else "")
+
+
+def _inputs(rng, T, start, KVH, H, hd, kv_dtype, n_ctx):
+    old_k = rng.standard_normal((start, KVH, hd)).astype(np.float32)
+    old_v = rng.standard_normal((start, KVH, hd)).astype(np.float32)
+    if kv_dtype == "float16":                     # what a float16 cache holds, exactly
+        old_k, old_v = old_k.astype(np.float16).astype(np.float32), old_v.astype(np.float16).astype(np.float32)
+    q = rng.standard_normal((T, H, hd)).astype(np.float32)
+    k = rng.standard_normal((T, KVH, hd)).astype(np.float32)
+    v = rng.standard_normal((T, KVH, hd)).astype(np.float32)
+    return old_k, old_v, q, k, v
+
+
+def _case(b, kv_dtype, seed, T, start, KVH, group, hd, *, window=0, sinks=False, rope=None):
+    """(cuda out, reference out) of one attention call on caches holding `start` earlier positions."""
+    rng = np.random.default_rng(seed)
+    H = KVH * group
+    n_ctx = start + T + int(rng.integers(0, 50))
+    old_k, old_v, q, k, v = _inputs(rng, T, start, KVH, H, hd, kv_dtype, n_ctx)
+    ref_cache, cache = REF.new_kv_cache(1, n_ctx, KVH, hd), b.new_kv_cache(1, n_ctx, KVH, hd)
+    try:
+        ref_cache.k[0][:start], ref_cache.v[0][:start] = old_k, old_v
+        cache.k[0][:start] = b.cp.asarray(old_k).astype(cache.k[0].dtype)
+        cache.v[0][:start] = b.cp.asarray(old_v).astype(cache.v[0].dtype)
+        sink_w = f32_tensor(rng.standard_normal(H) * 2, "sinks") if sinks else None
+        out = b.to_host(b.attention(b.asarray(q), b.asarray(k), b.asarray(v), cache, 0, start, sliding_window=window,
+                                    sinks=b.load_weight(sink_w) if sinks else None, rope=rope))
+        ref = REF.attention(q, k, v, ref_cache, 0, start, sliding_window=window,
+                            sinks=REF.load_weight(sink_w) if sinks else None, rope=rope)
+        stored = b.cp.asnumpy(cache.k[0][start:start + T]).astype(np.float32)
+        expect = ref_cache.k[0][start:start + T]                  # rotated when rope is given
+        if kv_dtype == "float16":
+            expect = expect.astype(np.float16).astype(np.float32)
+            np.testing.assert_allclose(stored, expect, rtol=2e-3, atol=1e-6)   # one float16 rounding apart
+        else:
+            np.testing.assert_allclose(stored, expect, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(b.cp.asnumpy(cache.v[0][start:start + T]).astype(np.float32),
+                                      v.astype(np.float16).astype(np.float32) if kv_dtype == "float16" else v)
+        return out, ref
+    finally:
+        b.free_kv_cache(cache)
+
+
+@pytest.mark.parametrize("kv_dtype", ["float16", "float32"])
+@pytest.mark.parametrize("T", [1, 2, 4, 5, 64, 300, 2048])
+@pytest.mark.parametrize("start", [0, 129])
+@pytest.mark.parametrize("hd", [64, 80, 128, 256])
+def test_attention_matches_the_reference(kv_dtype, T, start, hd):
+    """Decode and prefill lengths; start > 0 is a second chunk on a filled cache. The group cycles."""
+    group = GROUPS[(T + start + hd // 16) % len(GROUPS)]
+    KVH = 1 if T >= 300 else 2
+    out, ref = _case(_backend(kv_dtype), kv_dtype, T * 7 + start + hd, T, start, KVH, group, hd)
+    check(_op(kv_dtype), f"T={T} start={start} H={KVH * group} KV={KVH} hd={hd}", out, ref)
+
+
+@pytest.mark.parametrize("kv_dtype", ["float16", "float32"])
+@pytest.mark.parametrize("T, start", [(1, 3000), (2, 700), (4, 64), (5, 200), (300, 100), (1000, 0)])
+@pytest.mark.parametrize("window", [1, 16, 128, 4096])
+@pytest.mark.parametrize("sinks", [False, True])
+def test_sliding_window_and_sinks(kv_dtype, T, start, window, sinks):
+    """GPT-OSS: windows shorter and longer than the context, a sink logit a head (64-dim heads, 8 per KV head)."""
+    out, ref = _case(_backend(kv_dtype), kv_dtype, T + start + window, T, start, 2, 8, 64, window=window, sinks=sinks)
+    check(_op(kv_dtype), f"T={T} start={start} window={window} sinks={sinks}", out, ref)
+
+
+ROPES = {
+    "neox": RopeConfig(dim=64, base=1000000.0, style="neox"),
+    "normal": RopeConfig(dim=64, base=10000.0, style="normal"),
+    "neox-partial": RopeConfig(dim=32, base=10000.0, style="neox"),
+    "normal-partial": RopeConfig(dim=48, base=10000.0, style="normal"),
+    "yarn": RopeConfig(dim=64, base=150000.0, style="neox", scaling="yarn", factor=32.0, original_context=4096,
+                       beta_fast=32.0, beta_slow=1.0, truncate=False),
+}
+
+
+@pytest.mark.parametrize("kv_dtype", ["float16", "float32"])
+@pytest.mark.parametrize("rope", list(ROPES))
+@pytest.mark.parametrize("T, start", [(1, 0), (1, 517), (3, 40), (4, 2000), (5, 0), (77, 300), (2048, 0)])
+def test_fused_rope_equals_rope_then_attention(kv_dtype, rope, T, start):
+    """attention(rope=...) against the reference's meaning: rope(q), rope(k), then attention."""
+    window = 128 if rope == "yarn" else 0
+    out, ref = _case(_backend(kv_dtype), kv_dtype, T + start, T, start, 2, 7, 64, window=window,
+                     sinks=rope == "yarn", rope=ROPES[rope])
+    check(_op(kv_dtype, "rope"), f"{rope} T={T} start={start}", out, ref)
+
+
+@pytest.mark.parametrize("hd", [64, 128])
+def test_fused_rope_with_larger_heads(hd):
+    rope = RopeConfig(dim=hd, base=10000.0, style="neox")
+    for T, start in [(1, 900), (4, 33), (40, 60)]:
+        out, ref = _case(_backend("float32"), "float32", T + hd, T, start, 2, 2, hd, rope=rope)
+        check(_op("float32", "rope"), f"hd={hd} T={T} start={start}", out, ref)
+
+
+def _launch_direct(b, kv_dtype, T, H, KVH, hd, start, dev_start, host_start, rng):
+    """The launcher called as a captured graph calls it: the start from device memory (host value wrong)."""
+    from worker.backend.kernels import attention as kernels
+
+    n_ctx = start + T + 9
+    old_k, old_v, q, k, v = _inputs(rng, T, start, KVH, H, hd, kv_dtype, n_ctx)
+    ref_cache, cache = REF.new_kv_cache(1, n_ctx, KVH, hd), b.new_kv_cache(1, n_ctx, KVH, hd)
+    ref_cache.k[0][:start], ref_cache.v[0][:start] = old_k, old_v
+    cache.k[0][:start] = b.cp.asarray(old_k).astype(cache.k[0].dtype)
+    cache.v[0][:start] = b.cp.asarray(old_v).astype(cache.v[0].dtype)
+    out = b.cp.full((T, H * hd), np.nan, dtype=np.float32)
+    kvt = "f16" if kv_dtype == "float16" else "f32"
+    kernels.attention(b, kvt, b.asarray(q), b.asarray(k), b.asarray(v), cache.k[0], cache.v[0], NULL, out, T, H, KVH,
+                      hd, host_start, dev_start, 0, 1.0 / math.sqrt(hd), n_ctx=n_ctx)
+    ref = REF.attention(q, k, v, ref_cache, 0, start)
+    b.free_kv_cache(cache)
+    return b.to_host(out), ref
+
+
+@pytest.mark.parametrize("kv_dtype", ["float16", "float32"])
+@pytest.mark.parametrize("T, start", [(1, 0), (1, 2500), (4, 700), (5, 40), (200, 300)])
+def test_start_position_from_device_memory(kv_dtype, T, start):
+    b = _backend(kv_dtype)
+    dev_start = b.cp.asarray(np.array([start], np.int32))
+    out, ref = _launch_direct(b, kv_dtype, T, 9, 3, 64, start, dev_start, -7, np.random.default_rng(start + T))
+    check(_op(kv_dtype), f"device start T={T} start={start}", out, ref)
+
+
+@pytest.mark.parametrize("kv_dtype", ["float16", "float32"])
+@pytest.mark.parametrize("rope", [None, "neox"])
+def test_decode_attention_replays_from_a_captured_graph(kv_dtype, rope):
+    """One captured launch serves every step: the position moves in device memory, the split count stays
+    (a function of the cache size), and the merge tickets are back at zero after each replay."""
+    b = _backend(kv_dtype, checking=False)
+    cp = b.cp
+    rng = np.random.default_rng(11)
+    H, KVH, hd, n_ctx = 14, 2, 64, 3000
+    cfg = ROPES[rope] if rope else None
+    ref_cache, cache = REF.new_kv_cache(1, n_ctx, KVH, hd), b.new_kv_cache(1, n_ctx, KVH, hd)
+    first = 1500
+    old_k, old_v, *_ = _inputs(rng, 0, first, KVH, H, hd, kv_dtype, n_ctx)
+    ref_cache.k[0][:first], ref_cache.v[0][:first] = old_k, old_v
+    cache.k[0][:first] = cp.asarray(old_k).astype(cache.k[0].dtype)
+    cache.v[0][:first] = cp.asarray(old_v).astype(cache.v[0].dtype)
+    q_dev, k_dev, v_dev = (cp.zeros((1, n, hd), dtype=np.float32) for n in (H, KVH, KVH))
+    scratch = b.new_kv_cache(1, n_ctx, KVH, hd)                      # eager first: tables, workspace, compile
+    b.attention(q_dev, k_dev, v_dev, scratch, 0, first + 40, rope=cfg)
+    b.free_kv_cache(scratch)
+    start_dev = cp.zeros(1, dtype=np.int32)
+    b.graphs.device_start = lambda start_pos: start_dev            # as a capture answers (cuda_graph.py)
+    stream = cp.cuda.Stream(non_blocking=True)
+    try:
+        with stream:
+            stream.begin_capture()
+            out_dev = b.attention(q_dev, k_dev, v_dev, cache, 0, first, rope=cfg)
+            graph = stream.end_capture()
+        for step, pos in enumerate(range(first, first + 12)):
+            q, k, v = (rng.standard_normal((1, n, hd)).astype(np.float32) for n in (H, KVH, KVH))
+            with stream:
+                for dev, host in ((q_dev, q), (k_dev, k), (v_dev, v), (start_dev, np.array([pos], np.int32))):
+                    dev.set(host, stream=stream)
+                graph.launch(stream)
+            stream.synchronize()
+            ref = REF.attention(q, k, v, ref_cache, 0, pos, rope=cfg)
+            check(_op(kv_dtype, "graph"), f"replay {step} at {pos} rope={rope}", cp.asnumpy(out_dev), ref)
+            counters = b._workspace["attention_split_counters"]
+            assert not cp.asnumpy(counters).any(), "a merge ticket counter was left non-zero"
+    finally:
+        del b.graphs.device_start
+        b.free_kv_cache(cache)
+
+
+# -- speed ---------------------------------------------------------------------------------------------
+
+def _time_us(b, fn, reps: int = 20) -> float:
+    """Device time of one fn() call: reps calls captured in one CUDA graph, replayed between two events
+    (an eager decode call costs more host time than the kernel takes)."""
+    cp = b.cp
+    fn()                                                # compile, size the workspace and tables
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        for _ in range(reps):
+            fn()
+        graph = stream.end_capture()
+        graph.launch(stream)
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        start.record(stream)
+        graph.launch(stream)
+        end.record(stream)
+    end.synchronize()
+    return cp.cuda.get_elapsed_time(start, end) * 1000.0 / reps
+
+
+@pytest.mark.parametrize("T, limit_us", [(512, 120.0), (2048, 8500.0 / 20)])
+def test_prefill_attention_speed(T, limit_us, capsys):
+    """Qwen2.5-0.5B heads (14 q / 2 kv, hd 64, float16 cache): one layer's prefill attention."""
+    b = _backend("float16", checking=False)
+    H, KVH, hd = 14, 2, 64
+    cache = b.new_kv_cache(1, T, KVH, hd)
+    rng = np.random.default_rng(0)
+    q, k, v = (b.asarray(rng.standard_normal((T, n, hd)).astype(np.float32)) for n in (H, KVH, KVH))
+    rope = ROPES["neox"]
+    us = _time_us(b, lambda: b.attention(q, k, v, cache, 0, 0))
+    us_rope = _time_us(b, lambda: b.attention(q, k, v, cache, 0, 0, rope=rope))
+    b.free_kv_cache(cache)
+    with capsys.disabled():
+        print(f"\nprefill attention T={T}: {us:.1f} us (fused rope {us_rope:.1f} us), bound {limit_us:.0f} us")
+    assert us <= limit_us
+
+
+@pytest.mark.parametrize("context", [128, 1024, 4096])
+@pytest.mark.parametrize("heads", [(9, 3), (14, 2)])
+def test_decode_attention_speed(context, heads, capsys):
+    """One decode step's attention launch (SmolLM2 and Qwen2.5 heads, hd 64, a cache of 8192 positions)."""
+    b = _backend("float16", checking=False)
+    (H, KVH), hd = heads, 64
+    cache = b.new_kv_cache(1, 8192, KVH, hd)
+    rng = np.random.default_rng(1)
+    q, k, v = (b.asarray(rng.standard_normal((1, n, hd)).astype(np.float32)) for n in (H, KVH, KVH))
+    rope = ROPES["neox"]
+    us = _time_us(b, lambda: b.attention(q, k, v, cache, 0, context), reps=100)
+    us_rope = _time_us(b, lambda: b.attention(q, k, v, cache, 0, context, rope=rope), reps=100)
+    b.free_kv_cache(cache)
+    with capsys.disabled():
+        print(f"\ndecode attention H={H} KV={KVH} context={context}: {us:.2f} us (fused rope {us_rope:.2f} us)")
+    assert us <= 10.0                     # the per-(token, head) kernel it replaced: about 10 us
