@@ -290,12 +290,15 @@ class CudaBackend(CudaMemory, Backend):
         vecdot.mmvq_segments(self, xq, xds, K, T, terms, [(*s, y) for s, y in zip(segments, ys)])
         return ys
 
+    # M0_CUDA_FUSED_SWIGLU=0: gate/up as one mmvq_segments launch and SwiGLU as its own (to compare)
+    fused_swiglu = os.environ.get("M0_CUDA_FUSED_SWIGLU", "1") != "0"
+
     def matmul_swiglu(self, x: Array, w_gate, w_up) -> Array:
         """Decode: gate and up products, SwiGLU and the down product's int8 input in one launch
         (vecdot.mmvq_swiglu); else matmuls, then swiglu."""
         x = self._act(x)
         T, K = x.shape if x.ndim == 2 else (0, 0)
-        gate, up = (self._int8_segment(w, None, T, K) if T else None for w in (w_gate, w_up))
+        gate, up = (self._int8_segment(w, None, T, K) if T and self.fused_swiglu else None for w in (w_gate, w_up))
         if gate is None or up is None or gate[0] != up[0] or gate[2:4] != up[2:4] or gate[3] % vecdot.QUANT_BLOCK:
             return super().matmul_swiglu(x, w_gate, w_up)
         fmt, F, terms = gate[0], gate[3], self.matvec_terms
