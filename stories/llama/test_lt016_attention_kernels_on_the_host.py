@@ -268,3 +268,13 @@ def test_decode_writes_the_int8_blocks_of_its_output(host_attention, terms, T):
     if terms == 2:
         second = xq[out.size:].reshape(-1, 32).astype(np.float64) * xds[:, 1:2]
         assert np.abs(first + second - blocks).max() <= np.abs(blocks).max() / 127 / 254 * 1.01 + 1e-6
+
+
+@pytest.mark.parametrize("constant, macro", [("ATT_MAX_HEAD_DIM", "ATT_MAX_HEAD_DIM"),
+                                             ("DECODE_MAX_T", "ATT_DECODE_MAX_T"), ("DECODE_WARPS", "ATT_DECODE_WARPS"),
+                                             ("MAX_SPLITS", "ATT_MAX_SPLITS")])
+def test_launcher_limits_match_the_kernel(constant, macro):
+    from worker.backend.kernels import attention as launcher
+
+    m = re.search(rf"^#define\s+{macro}\s+(\d+)", (KERNELS / "attention.cu").read_text(), flags=re.M)
+    assert m and int(m.group(1)) == getattr(launcher, constant)

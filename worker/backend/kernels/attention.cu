@@ -25,6 +25,7 @@
 #define ATT_MAX_HEAD_DIM 256
 #define ATT_DECODE_MAX_T 4
 #define ATT_DECODE_WARPS 4
+#define ATT_MAX_SPLITS 32
 #define ATT_LOG2E 1.4426950408889634f
 
 // -- cache element access ------------------------------------------------------------------------
@@ -270,7 +271,7 @@ __device__ void attention_decode_chunk(const AttentionArgs& a, float* part, int*
     float* qs = smem;                                   // [MT][HD]
     float* wm = qs + MT * HD;                           // [NW][MT]
     float* wl = wm + NW * MT;                           // [NW][MT]
-    float* wo = wl + NW * MT;                           // [NW][MT][HD]
+    float* wo = wl + NW * MT;                           // [NW][MT][HD]; then the merge's weights
     __shared__ int last_block;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int split = blockIdx.x, n_splits = gridDim.x;
@@ -334,22 +335,27 @@ __device__ void attention_decode_chunk(const AttentionArgs& a, float* part, int*
             m[t] = m_new;
             _Pragma("unroll") for (int i = 0; i < VPL; ++i) acc[t][i] *= corr;
         }
+        // Values: a batch of KB keys' rows loaded before any is used (one memory latency a batch).
+        constexpr int KB = HD <= 128 ? 16 : 8;
         const int n = min(32, c1 - base);
-        _Pragma("unroll 4") for (int kk = 0; kk < n; ++kk) {
-            const int jj = base + kk;
-            float v[VPL];
-            if (!lane_dims) {
-                _Pragma("unroll") for (int i = 0; i < VPL; ++i) v[i] = 0.0f;
-            } else if (jj >= start) {
-                const float* vn = a.v_new + ((i64)(jj - start) * a.KVH + kvh) * hd + lane * VPL;
-                _Pragma("unroll") for (int i = 0; i < VPL; ++i) v[i] = vn[i];
-            } else {
-                kv_load_n<F16, VPL>(a.v_cache, ((i64)jj * a.KVH + kvh) * hd + lane * VPL, v);
+        for (int k0 = 0; k0 < n; k0 += KB) {
+            float v[KB][VPL];
+            _Pragma("unroll") for (int u = 0; u < KB; ++u) {
+                const int jj = base + k0 + u;
+                if (!lane_dims || k0 + u >= n) {
+                    _Pragma("unroll") for (int i = 0; i < VPL; ++i) v[u][i] = 0.0f;
+                } else if (jj >= start) {
+                    const float* vn = a.v_new + ((i64)(jj - start) * a.KVH + kvh) * hd + lane * VPL;
+                    _Pragma("unroll") for (int i = 0; i < VPL; ++i) v[u][i] = vn[i];
+                } else {
+                    kv_load_n<F16, VPL>(a.v_cache, ((i64)jj * a.KVH + kvh) * hd + lane * VPL, v[u]);
+                }
             }
-            _Pragma("unroll") for (int t = 0; t < MT; ++t) {
-                const float pk = __shfl_sync(0xffffffffu, p[t], kk);
-                _Pragma("unroll") for (int i = 0; i < VPL; ++i) acc[t][i] = fmaf(pk, v[i], acc[t][i]);
-            }
+            _Pragma("unroll") for (int u = 0; u < KB; ++u)
+                _Pragma("unroll") for (int t = 0; t < MT; ++t) {
+                    const float pk = __shfl_sync(0xffffffffu, p[t], k0 + u);
+                    _Pragma("unroll") for (int i = 0; i < VPL; ++i) acc[t][i] = fmaf(pk, v[u][i], acc[t][i]);
+                }
         }
     }
     // Merge the warps of the block.
@@ -385,26 +391,43 @@ __device__ void attention_decode_chunk(const AttentionArgs& a, float* part, int*
         __threadfence();
         if (threadIdx.x == 0) counters[h] = 0;          // ready for the next launch
     }
-    // Final: out = sum_s f_s O_s / (sum_s f_s l_s + exp(sink - M)), f_s = exp(m_s - M).
-    const int n_parts = n_active > 1 ? n_active : NW;
-    auto part_m = [&](int s, int t) -> float {
-        return n_active > 1 ? __ldcg(part + (((i64)h * n_splits + s) * T + t) * stride) : wm[s * MT + t];
-    };
-    auto part_v = [&](int s, int t, int c) -> float {   // c = 1: the sum; c >= 2: value c - 2
-        return n_active > 1 ? __ldcg(part + (((i64)h * n_splits + s) * T + t) * stride + c)
-                            : (c == 1 ? wl[s * MT + t] : wo[(s * MT + t) * HD + c - 2]);
-    };
-    auto combine = [&](int t, int d) -> float {
+    // Final: out = sum_s f_s O_s / (sum_s f_s l_s + exp(sink - M)), f_s = exp(m_s - M), over the parts:
+    // the splits' partials, or this block's warps. The weights f_s are computed once a token.
+    const bool split_parts = n_active > 1;
+    const int n_parts = split_parts ? n_active : NW;
+    float* pf = wo + NW * MT * HD;                      // [ATT_MAX_SPLITS][MT]: m_s, then f_s
+    float* pl = pf + ATT_MAX_SPLITS * MT;               // [ATT_MAX_SPLITS][MT]: l_s
+    float* pden = pl + ATT_MAX_SPLITS * MT;             // [MT]
+    const float* pbase = part + (i64)h * n_splits * T * stride;
+    for (int e = threadIdx.x; e < n_parts * T; e += blockDim.x) {
+        const int sp = e / T, t = e % T;
+        pf[sp * MT + t] = split_parts ? __ldcg(pbase + ((i64)sp * T + t) * stride) : wm[sp * MT + t];
+        pl[sp * MT + t] = split_parts ? __ldcg(pbase + ((i64)sp * T + t) * stride + 1) : wl[sp * MT + t];
+    }
+    __syncthreads();
+    if (threadIdx.x < T) {
+        const int t = threadIdx.x;
         float M = sink;
-        for (int s = 0; s < n_parts; ++s) M = fmaxf(M, part_m(s, t));
-        float den = a.sinks ? exp2f(sink - M) : 0.0f, num = 0.0f;
-        for (int s = 0; s < n_parts; ++s) {
-            const float ms = part_m(s, t);
+        for (int sp = 0; sp < n_parts; ++sp) M = fmaxf(M, pf[sp * MT + t]);
+        float den = a.sinks ? exp2f(sink - M) : 0.0f;
+        for (int sp = 0; sp < n_parts; ++sp) {
+            const float ms = pf[sp * MT + t];
             const float f = ms == NEG_INF ? 0.0f : exp2f(ms - M);
-            den = fmaf(part_v(s, t, 1), f, den);
-            num = fmaf(part_v(s, t, d + 2), f, num);
+            pf[sp * MT + t] = f;
+            den = fmaf(pl[sp * MT + t], f, den);
         }
-        return num / den;
+        pden[t] = den;
+    }
+    __syncthreads();
+    auto combine = [&](int t, int d) -> float {
+        float num = 0.0f;
+        if (split_parts) {
+            _Pragma("unroll 8") for (int sp = 0; sp < n_parts; ++sp)
+                num = fmaf(__ldcg(pbase + ((i64)sp * T + t) * stride + 2 + d), pf[sp * MT + t], num);
+        } else {
+            _Pragma("unroll") for (int w = 0; w < NW; ++w) num = fmaf(wo[(w * MT + t) * HD + d], pf[w * MT + t], num);
+        }
+        return num / pden[t];
     };
     if (xq) {                                           // whole warps over blocks of 32 (hd % 32 == 0)
         const int blocks = hd >> 5;
@@ -425,7 +448,7 @@ __device__ void attention_decode_chunk(const AttentionArgs& a, float* part, int*
 
 template <int HD> struct DecodeSmem {
     static constexpr int FLOATS = ATT_DECODE_MAX_T * HD + 2 * ATT_DECODE_WARPS * ATT_DECODE_MAX_T
-                                  + ATT_DECODE_WARPS * ATT_DECODE_MAX_T * HD;
+                                  + ATT_DECODE_WARPS * ATT_DECODE_MAX_T * HD + (2 * ATT_MAX_SPLITS + 1) * ATT_DECODE_MAX_T;
 };
 
 // -- entry points ------------------------------------------------------------------------------------
