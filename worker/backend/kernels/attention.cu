@@ -175,7 +175,18 @@ __device__ void attention_prefill_tile(const AttentionArgs& a, float* smem) {
             const float4 qv = *(const float4*)(qs + d * S::QP + 4 * tq);
             const float qr[4] = {qv.x, qv.y, qv.z, qv.w};
             float kr[KPT];
-            _Pragma("unroll") for (int c = 0; c < KPT; ++c) kr[c] = kv[d * S::KP + tc * KPT + c];
+            const float* kd = kv + d * S::KP + tc * KPT;
+            if constexpr (KPT % 4 == 0) {
+                _Pragma("unroll") for (int c = 0; c < KPT; c += 4) {
+                    const float4 w = *(const float4*)(kd + c);
+                    kr[c] = w.x; kr[c + 1] = w.y; kr[c + 2] = w.z; kr[c + 3] = w.w;
+                }
+            } else if constexpr (KPT == 2) {
+                const float2 w = *(const float2*)kd;
+                kr[0] = w.x; kr[1] = w.y;
+            } else {
+                _Pragma("unroll") for (int c = 0; c < KPT; ++c) kr[c] = kd[c];
+            }
             _Pragma("unroll") for (int r = 0; r < 4; ++r)
                 _Pragma("unroll") for (int c = 0; c < KPT; ++c) s[r][c] = fmaf(qr[r], kr[c], s[r][c]);
         }
