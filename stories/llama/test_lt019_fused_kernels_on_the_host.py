@@ -1,0 +1,291 @@
+"""LT-019 fused decode kernels without a GPU: vecdot.cu, norm.cu and elementwise.cu compiled for the host
+by the system C++ compiler, each CUDA thread of a block run as a host thread (__syncthreads and the warp
+shuffles are barriers over shared slots, as in test_lt016_attention_kernels_on_the_host.py; blocks run
+one after another in a shuffled order), launched through the backend's own launchers
+(kernels/vecdot.py, norm.py, elementwise.py) so that their grids, block sizes and argument order are
+checked as well.
+
+  * mmvq_<fmt> with a residual: r + (its product without one), bit for bit;
+  * mmvq_segments: each segment equals mmvq_<fmt> of its weight alone, bit for bit, formats mixed;
+  * mmvq_swiglu_<fmt>: equals swiglu_q8 of the two products (values and int8 blocks), bit for bit;
+  * rmsnorm_q8 (and rmsnorm_q8_wide): within rmsnorm's 1e-10 of the NumPy reference, and its int8
+    blocks equal quantize_q8 of its output byte for byte.
+The GPU runs the same checks in test_lt019_fused_decode_ops.py. Skipped where g++ or cpp is missing.
+"""
+from __future__ import annotations
+
+import ctypes
+import re
+import shutil
+import subprocess
+
+import gguf
+import numpy as np
+import pytest
+
+from fixtures.gguf_corrupt import random_blocks
+from fixtures.paths import REPO_ROOT
+from stories.foundation._cuda_conformance import THRESHOLDS, nmse
+from worker.backend.cuda_runtime import NULL, kernel_source
+from worker.backend.kernels import elementwise, norm, vecdot
+from worker.backend.numpy import NumpyBackend
+from worker.quant import FORMATS
+
+pytestmark = [pytest.mark.story("LT-019"),
+              pytest.mark.skipif(shutil.which("g++") is None or shutil.which("cpp") is None,
+                                 reason="g++ and cpp are needed to build the kernels for the host")]
+
+Q = gguf.GGMLQuantizationType
+KERNELS = REPO_ROOT / "worker" / "backend" / "kernels"
+SOURCES = ("vecdot.cu", "norm.cu", "elementwise.cu")
+REF = NumpyBackend()
+PAD = 16                      # worker/backend/cuda_memory.py's WEIGHT_TAIL_PAD
+
+_PRELUDE = r"""
+#include <algorithm>
+#include <barrier>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <thread>
+#include <vector>
+typedef unsigned char u8;
+typedef signed char i8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef long long i64;
+#define __device__
+#define __global__
+#define __forceinline__ inline
+#define __shared__ static
+struct dim3 { unsigned x = 0, y = 0, z = 0; };
+thread_local dim3 threadIdx;
+dim3 blockIdx, gridDim, blockDim;
+struct int4 { int x, y, z, w; };
+struct float4 { float x, y, z, w; };
+static inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
+template <typename T> static inline T __ldg(const T* p) { T v; std::memcpy(&v, p, sizeof(T)); return v; }
+static inline float __uint_as_float(u32 u) { float f; std::memcpy(&f, &u, 4); return f; }
+static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+static inline int __dp4a(int a, int b, int c) {
+    for (int i = 0; i < 4; ++i) c += (int)(signed char)(a >> 8 * i) * (int)(signed char)(b >> 8 * i);
+    return c;
+}
+static inline u32 __byte_perm(u32 x, u32 y, u32 s) {
+    const u64 v = ((u64)y << 32) | x;
+    u32 r = 0;
+    for (int n = 0; n < 4; ++n) r |= (u32)((v >> (8 * ((s >> (4 * n)) & 7))) & 0xFF) << (8 * n);
+    return r;
+}
+static inline u32 __funnelshift_r(u32 lo, u32 hi, u32 shift) { return (u32)(((((u64)hi) << 32) | lo) >> (shift & 31)); }
+static inline u32 __vsub4(u32 a, u32 b) {
+    u32 r = 0;
+    for (int n = 0; n < 4; ++n) r |= (u32)((u8)((a >> 8 * n) - (b >> 8 * n))) << (8 * n);
+    return r;
+}
+static inline float f16_bits_to_f32(u16 h) { _Float16 x; std::memcpy(&x, &h, 2); return (float)x; }
+static std::barrier<>* block_barrier;
+static std::barrier<>* warp_barriers[32];
+static double shuffle_slots[32][32];
+static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+static inline double shuffle_from(double v, int src) {
+    const int w = threadIdx.x / 32, l = threadIdx.x % 32;
+    warp_barriers[w]->arrive_and_wait();
+    shuffle_slots[w][l] = v;
+    warp_barriers[w]->arrive_and_wait();
+    return shuffle_slots[w][src & 31];
+}
+static inline float __shfl_xor_sync(unsigned, float v, int o) { return (float)shuffle_from(v, (threadIdx.x % 32) ^ o); }
+static inline double __shfl_xor_sync(unsigned, double v, int o) { return shuffle_from(v, (threadIdx.x % 32) ^ o); }
+using std::max; using std::min;
+"""
+
+_LAUNCH = r"""
+static void launch(unsigned gx, unsigned gy, unsigned threads, unsigned seed, const std::function<void()>& body) {
+    gridDim = dim3{gx, gy, 1};
+    blockDim = dim3{threads, 1, 1};
+    std::vector<dim3> blocks;
+    for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x) blocks.push_back(dim3{x, y, 0});
+    std::shuffle(blocks.begin(), blocks.end(), std::mt19937(seed));
+    for (const dim3& b : blocks) {
+        blockIdx = b;
+        std::barrier<> bb(threads);
+        block_barrier = &bb;
+        std::vector<std::barrier<>*> wb;
+        for (unsigned w = 0; w < threads / 32; ++w) wb.push_back(warp_barriers[w] = new std::barrier<>(32));
+        std::vector<std::thread> ts;
+        for (unsigned i = 0; i < threads; ++i) ts.emplace_back([&, i] { threadIdx = dim3{i, 0, 0}; body(); });
+        for (auto& t : ts) t.join();
+        for (auto* p : wb) delete p;
+    }
+}
+"""
+
+_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
+
+
+def _function(path, name: str) -> str:
+    text = path.read_text()
+    m = re.search(rf"^__device__ __forceinline__ \w+ {name}\(.*?^}}\n", text, flags=re.S | re.M)
+    assert m, f"{path.name} no longer defines {name}"
+    return m.group(0)
+
+
+def _host_entries() -> str:
+    """extern "C" host_<kernel>(gx, gy, threads, seed, <the kernel's parameters>) for every kernel of SOURCES
+    (signatures from the preprocessed sources, as FT-007 reads them)."""
+    entries = []
+    for module in SOURCES:
+        pre = subprocess.run(["cpp", "-P", "-x", "c++", "-"], input=kernel_source(module), capture_output=True,
+                             text=True, timeout=120)
+        assert pre.returncode == 0, pre.stderr
+        for m in _KERNEL.finditer(pre.stdout):
+            params = " ".join(m.group(2).split())
+            names = [re.findall(r"\w+", p)[-1] for p in params.split(",")]
+            entries.append(f'extern "C" void host_{m.group(1)}(unsigned gx, unsigned gy, unsigned threads, '
+                           f'unsigned seed, {params}) {{ launch(gx, gy, threads, seed, [=] {{ '
+                           f'{m.group(1)}({", ".join(names)}); }}); }}\n')
+    return "".join(entries)
+
+
+@pytest.fixture(scope="module")
+def host_kernels(tmp_path_factory):
+    def body(name):
+        return re.sub(r'^\s*#include "[^"]+"\s*$', "", (KERNELS / name).read_text(), flags=re.M).replace(
+            "#pragma once", "")
+
+    helpers = "".join(_function(KERNELS / "common.cuh", n) for n in ("warp_sum", "warp_max", "warp_sum_d",
+                                                                      "block_sum_d"))
+    text = (_PRELUDE + helpers + body("vecdot.cuh") + body("activation.cuh") + _LAUNCH
+            + "".join(body(s) for s in SOURCES) + _host_entries())
+    work = tmp_path_factory.mktemp("fused")
+    src, lib = work / "fused_host.cpp", work / "fused_host.so"
+    src.write_text(text)
+    result = subprocess.run(["g++", "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-Wno-unknown-pragmas",
+                             "-o", str(lib), str(src)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return ctypes.CDLL(str(lib))
+
+
+class HostBackend:
+    """Just enough of a CudaBackend for the launchers: `_launch` runs the host build of the kernel."""
+
+    def __init__(self, lib, seed: int = 0):
+        self.lib, self.seed, self.launched = lib, seed, []
+
+    def _launch(self, module, name, grid, block, args, *, keeps_quantized_input: bool = False) -> None:
+        gx, gy = (grid + (1,))[:2] if isinstance(grid, tuple) else (grid, 1)
+        self.launched.append(name)
+        self.seed += 1
+        getattr(self.lib, f"host_{name}")(ctypes.c_uint(int(gx)), ctypes.c_uint(int(gy)), ctypes.c_uint(int(block)),
+                                          ctypes.c_uint(self.seed), *(_c(a) for a in args))
+
+
+def _c(a):
+    if isinstance(a, np.ndarray):
+        return ctypes.c_void_p(a.ctypes.data)
+    if a is NULL or (isinstance(a, np.uint64) and int(a) == 0):
+        return ctypes.c_void_p(0)
+    return {np.int32: ctypes.c_int, np.int64: ctypes.c_longlong, np.float32: ctypes.c_float}[type(a)](a)
+
+
+def _weight(qtype, N: int, K: int, rng):
+    """(stored bytes with the tail pad, bytes per row, dense float64 [N, K])."""
+    block = FORMATS[qtype].block_size
+    blocks = random_blocks(qtype, N * K // block, rng)
+    raw = np.ascontiguousarray(blocks).reshape(-1).view(np.uint8)
+    dense = np.asarray(gguf.quants.dequantize(blocks.copy(), qtype), np.float64).reshape(N, K)
+    return np.concatenate([raw, np.zeros(PAD, np.uint8)]), raw.size // N, dense
+
+
+def _quantized(k, x: np.ndarray, terms: int = 2):
+    T, K = x.shape
+    xq, xds = np.zeros(2 * T * K, np.int8), np.zeros((T, K // 32, 4), np.float32)
+    vecdot.quantize(k, np.ascontiguousarray(x, np.float32), xq, xds, T, K, terms)
+    return xq, xds
+
+
+def _mmvq(k, qtype, raw, row_bytes, xq, xds, N, K, T, bias=None, residual=None):
+    y = np.full((T, N), np.nan, np.float32)
+    vecdot.mmvq(k, FORMATS[qtype].kernel, raw, row_bytes, xq, xds, y, N, K, T, 2, bias=bias, residual=residual)
+    return y
+
+
+INT8_FORMATS = [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q8_0, Q.MXFP4, Q.Q4_K, Q.Q5_K, Q.Q6_K]
+
+
+@pytest.mark.parametrize("qtype", INT8_FORMATS, ids=lambda q: q.name)
+def test_the_residual_is_added_to_the_finished_product(host_kernels, qtype):
+    rng = np.random.default_rng(int(qtype))
+    N, K, T = 9, 512, 3
+    raw, row_bytes, _ = _weight(qtype, N, K, rng)
+    k = HostBackend(host_kernels)
+    xq, xds = _quantized(k, rng.standard_normal((T, K)).astype(np.float32))
+    bias = rng.standard_normal(N).astype(np.float32)
+    r = rng.standard_normal((T, N)).astype(np.float32) * 5
+    plain = _mmvq(k, qtype, raw, row_bytes, xq, xds, N, K, T, bias=bias)
+    fused = _mmvq(k, qtype, raw, row_bytes, xq, xds, N, K, T, bias=bias, residual=r)
+    np.testing.assert_array_equal(fused, r + plain)
+
+
+@pytest.mark.parametrize("formats", [(Q.Q4_K, Q.Q4_K, Q.Q6_K), (Q.Q8_0, Q.MXFP4, Q.Q4_1), (Q.Q5_0, Q.Q5_K)],
+                         ids=lambda f: "-".join(q.name for q in f))
+@pytest.mark.parametrize("T", [1, 4])
+def test_segments_equal_each_product_alone(host_kernels, formats, T):
+    rng = np.random.default_rng(len(formats) * 10 + T)
+    K = 512
+    sizes = [13, 6, 5][:len(formats)]
+    k = HostBackend(host_kernels)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    xq, xds = _quantized(k, x)
+    weights = [_weight(q, n, K, rng) for q, n in zip(formats, sizes)]
+    biases = [rng.standard_normal(n).astype(np.float32) if j != 1 else None for j, n in enumerate(sizes)]
+    ys = [np.full((T, n), np.nan, np.float32) for n in sizes]
+    k.launched.clear()
+    vecdot.mmvq_segments(k, xq, xds, K, T, 2, [(FORMATS[q].kernel, raw, rb, n, b, y) for q, (raw, rb, _), n, b, y
+                                               in zip(formats, weights, sizes, biases, ys)])
+    assert k.launched == ["mmvq_segments"]
+    for q, (raw, rb, dense), n, b, y in zip(formats, weights, sizes, biases, ys):
+        np.testing.assert_array_equal(y, _mmvq(k, q, raw, rb, xq, xds, n, K, T, bias=b))
+        ref = x.astype(np.float64) @ dense.T + (0 if b is None else b)
+        scale = np.abs(x.astype(np.float64)) @ np.abs(dense).T
+        assert np.sum((y - ref) ** 2) / np.sum(scale ** 2) <= THRESHOLDS["matvec_q8x2"]
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_1, Q.Q4_K, Q.Q6_K, Q.MXFP4], ids=lambda q: q.name)
+@pytest.mark.parametrize("T", [1, 3])
+def test_swiglu_of_the_products_in_one_launch(host_kernels, qtype, T):
+    rng = np.random.default_rng(int(qtype) + T)
+    F, K = 64, 256
+    k = HostBackend(host_kernels)
+    xq, xds = _quantized(k, rng.standard_normal((T, K)).astype(np.float32) * 2)
+    (graw, rb, _), (uraw, _, _) = _weight(qtype, F, K, rng), _weight(qtype, F, K, rng)
+    y, yq, yds = np.full((T, F), np.nan, np.float32), np.zeros(2 * T * F, np.int8), np.zeros((T, F // 32, 4), "f4")
+    k.launched.clear()
+    vecdot.mmvq_swiglu(k, FORMATS[qtype].kernel, graw, uraw, rb, xq, xds, y, yq, yds, F, K, T, 2)
+    assert k.launched == [f"mmvq_swiglu_{FORMATS[qtype].kernel}"]
+    g, u = (_mmvq(k, qtype, raw, rb, xq, xds, F, K, T) for raw in (graw, uraw))
+    want, wq, wds = np.full((T, F), np.nan, np.float32), np.zeros(2 * T * F, np.int8), np.zeros_like(yds)
+    elementwise.swiglu_q8(k, g, u, want, wq, wds, 2, T * F)
+    np.testing.assert_array_equal(y, want)
+    np.testing.assert_array_equal(yq, wq)
+    np.testing.assert_array_equal(yds, wds)
+    assert nmse(y, REF.swiglu(g, u)) <= THRESHOLDS["swiglu"]
+
+
+@pytest.mark.parametrize("D", [32, 576, 1056, 2880, 8224])
+@pytest.mark.parametrize("T", [1, 2])
+def test_rmsnorm_q8_matches_the_reference_and_quantize(host_kernels, D, T):
+    rng = np.random.default_rng(D + T)
+    x = (rng.standard_normal((T, D)) * 30).astype(np.float32)
+    w = (1 + 0.3 * rng.standard_normal(D)).astype(np.float32)
+    k = HostBackend(host_kernels)
+    y, xq, xds = np.full((T, D), np.nan, np.float32), np.zeros(2 * T * D, np.int8), np.zeros((T, D // 32, 4), "f4")
+    norm.rmsnorm_q8(k, x, w, y, xq, xds, 2, T, D, 1e-5)
+    assert k.launched == ["rmsnorm_q8" if D <= norm.RMSNORM_Q8_MAX_D else "rmsnorm_q8_wide"]
+    assert nmse(y, REF.rmsnorm(x, w, 1e-5)) <= THRESHOLDS["rmsnorm"]
+    wq, wds = _quantized(k, y)
+    np.testing.assert_array_equal(xq, wq)
+    np.testing.assert_array_equal(xds, wds)
