@@ -260,12 +260,6 @@ __device__ void attention_prefill_tile(const AttentionArgs& a, float* smem) {
 
 // Tile shapes by head-dimension class (static shared memory stays under 48 KiB):
 //   hd <= 64: 64 queries x 32 keys, 128 threads; hd <= 128: 32 x 32, 128; hd <= 256: 16 x 16, 64.
-#define PREFILL_SMEM_FLOATS                                                                      \
-    (PrefillSmem<64, 64, 32>::FLOATS > PrefillSmem<128, 32, 32>::FLOATS                          \
-     ? (PrefillSmem<64, 64, 32>::FLOATS > PrefillSmem<256, 16, 16>::FLOATS                       \
-        ? PrefillSmem<64, 64, 32>::FLOATS : PrefillSmem<256, 16, 16>::FLOATS)                    \
-     : (PrefillSmem<128, 32, 32>::FLOATS > PrefillSmem<256, 16, 16>::FLOATS                      \
-        ? PrefillSmem<128, 32, 32>::FLOATS : PrefillSmem<256, 16, 16>::FLOATS))
 
 // -- decode: split keys, merged by the last block --------------------------------------------------
 //
@@ -463,8 +457,9 @@ template <int HD> struct DecodeSmem {
 };
 
 // -- entry points ------------------------------------------------------------------------------------
-// One kernel per cache type; the head-dimension class (64, 128 or 256: the smallest that holds hd)
-// is chosen inside, all classes sharing one static shared buffer.
+// Per cache type: a prefill kernel a head-dimension class (64, 128 or 256: the smallest that holds
+// hd; kernels/attention.py picks), and one decode kernel that picks the class (and one token or up
+// to four) inside, all of them sharing one static shared buffer.
 
 #define ATTENTION_PARAMS                                                                          \
     const float* __restrict__ q, const float* __restrict__ k_new, const float* __restrict__ v_new,   \
@@ -478,14 +473,19 @@ template <int HD> struct DecodeSmem {
                     rope_neox, T, H, KVH, hd, start_pos_dev ? start_pos_dev[0] : start_pos, window,  \
                     scale_log2}
 
-#define DEFINE_ATTENTION(kvt, F16)                                                                \
-extern "C" __global__ void attention_prefill_##kvt(ATTENTION_PARAMS) {                           \
-    __shared__ float4 smem4[(PREFILL_SMEM_FLOATS + 3) / 4];                                       \
+// One prefill kernel a head-dimension class, so that a larger class's registers do not lower the
+// occupancy of a smaller one.
+#define DEFINE_PREFILL(name, F16, HD, BQ, BK, NT)                                                 \
+extern "C" __global__ void name(ATTENTION_PARAMS) {                                               \
+    __shared__ float4 smem4[(PrefillSmem<HD, BQ, BK>::FLOATS + 3) / 4];                           \
     ATTENTION_ARGS_INIT;                                                                          \
-    if (hd <= 64) attention_prefill_tile<F16, 64, 64, 32, 128>(a, (float*)smem4);                 \
-    else if (hd <= 128) attention_prefill_tile<F16, 128, 32, 32, 128>(a, (float*)smem4);          \
-    else attention_prefill_tile<F16, 256, 16, 16, 64>(a, (float*)smem4);                          \
-}                                                                                                 \
+    attention_prefill_tile<F16, HD, BQ, BK, NT>(a, (float*)smem4);                                \
+}
+
+#define DEFINE_ATTENTION(kvt, F16)                                                                \
+DEFINE_PREFILL(attention_prefill_##kvt, F16, 64, 64, 32, 128)                                     \
+DEFINE_PREFILL(attention_prefill_d128_##kvt, F16, 128, 32, 32, 128)                               \
+DEFINE_PREFILL(attention_prefill_d256_##kvt, F16, 256, 16, 16, 64)                                \
 extern "C" __global__ void                                                                      \
 attention_decode_##kvt(ATTENTION_PARAMS, float* __restrict__ part, int* __restrict__ counters,    \
                        i8* __restrict__ xq, float4* __restrict__ xds, int terms) {                \

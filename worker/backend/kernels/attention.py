@@ -77,6 +77,17 @@ def attention(k, kvt: str, q, k_new, v_new, k_cache, v_cache, sinks, out, T: int
     if q8 is not None:
         raise ValueError("the int8 side output is written on the decode path only")
     queries, threads = prefill_tile(hd)
-    k._launch("attention.cu", f"attention_prefill_{kvt}", (-(-T // queries), H), threads,
-              (q, k_new, v_new, k_cache, v_cache, sinks, out, cos, sin, i32(rope_dim), i32(1 if neox else 0),
-               i32(T), i32(H), i32(KVH), i32(hd), i32(start_pos), start_pos_dev, i32(window), f32(scale_log2)))
+    grid = (-(-T // queries), H)
+    # one kernel a head-dimension class (attention.cu): the class's registers set its occupancy
+    if hd <= 64:
+        k._launch("attention.cu", f"attention_prefill_{kvt}", grid, threads,
+                  (q, k_new, v_new, k_cache, v_cache, sinks, out, cos, sin, i32(rope_dim), i32(1 if neox else 0),
+                   i32(T), i32(H), i32(KVH), i32(hd), i32(start_pos), start_pos_dev, i32(window), f32(scale_log2)))
+    elif hd <= 128:
+        k._launch("attention.cu", f"attention_prefill_d128_{kvt}", grid, threads,
+                  (q, k_new, v_new, k_cache, v_cache, sinks, out, cos, sin, i32(rope_dim), i32(1 if neox else 0),
+                   i32(T), i32(H), i32(KVH), i32(hd), i32(start_pos), start_pos_dev, i32(window), f32(scale_log2)))
+    else:
+        k._launch("attention.cu", f"attention_prefill_d256_{kvt}", grid, threads,
+                  (q, k_new, v_new, k_cache, v_cache, sinks, out, cos, sin, i32(rope_dim), i32(1 if neox else 0),
+                   i32(T), i32(H), i32(KVH), i32(hd), i32(start_pos), start_pos_dev, i32(window), f32(scale_log2)))
