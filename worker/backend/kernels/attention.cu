@@ -273,8 +273,9 @@ template <bool F16, int HD, int MT>          // MT: the most tokens this instanc
 __device__ void attention_decode_chunk(const AttentionArgs& a, float* part, int* counters, i8* xq, float4* xds,
                                        int terms, float* smem) {
     constexpr int VPL = HD / 32, NW = ATT_DECODE_WARPS;
-    float* qs = smem;                                   // [MT][HD]
-    float* wm = qs + MT * HD;                           // [NW][MT]
+    float* qs = smem;                                   // [MT][HD] queries, rotated and scaled
+    float* kn = qs + MT * HD;                           // [MT][HD] the step's keys, rotated
+    float* wm = kn + MT * HD;                           // [NW][MT]
     float* wl = wm + NW * MT;                           // [NW][MT]
     float* wo = wl + NW * MT;                           // [NW][MT][HD]; then the merge's weights
     __shared__ int last_block;
@@ -292,11 +293,17 @@ __device__ void attention_decode_chunk(const AttentionArgs& a, float* part, int*
     if (split >= n_active) return;
     const int c0 = lo + split * chunk, c1 = min(end, c0 + chunk);
 
+    // The queries and the step's own keys, staged once by the whole block (a lane reading its fresh
+    // key element by element would stall its warp for a memory latency per element).
     for (int e = threadIdx.x; e < MT * HD; e += blockDim.x) {
         const int t = e / HD, d = e % HD;
-        qs[e] = t < T && d < hd ? rope_elem(a.q + ((i64)t * a.H + h) * hd, d, start + t, a.rope_cos, a.rope_sin,
-                                            a.rope_dim, a.rope_neox) * a.scale_log2
-                                : 0.0f;
+        const bool in = t < T && d < hd;
+        qs[e] = in ? rope_elem(a.q + ((i64)t * a.H + h) * hd, d, start + t, a.rope_cos, a.rope_sin, a.rope_dim,
+                               a.rope_neox) * a.scale_log2
+                   : 0.0f;
+        kn[e] = in ? rope_elem(a.k_new + ((i64)t * a.KVH + kvh) * hd, d, start + t, a.rope_cos, a.rope_sin,
+                               a.rope_dim, a.rope_neox)
+                   : 0.0f;
     }
     __syncthreads();
     const float NEG_INF = -__int_as_float(0x7f800000);
@@ -311,21 +318,19 @@ __device__ void attention_decode_chunk(const AttentionArgs& a, float* part, int*
         float s[MT];
         _Pragma("unroll") for (int t = 0; t < MT; ++t) s[t] = 0.0f;
         if (j < c1) {
-            if (j >= start) {                           // the step's own key, rotated here
-                const float* kn = a.k_new + ((i64)(j - start) * a.KVH + kvh) * hd;
-                for (int d = 0; d < hd; ++d) {
-                    const float x = rope_elem(kn, d, j, a.rope_cos, a.rope_sin, a.rope_dim, a.rope_neox);
-                    _Pragma("unroll") for (int t = 0; t < MT; ++t) s[t] = fmaf(qs[t * HD + d], x, s[t]);
-                }
-            } else {
-                const i64 row = ((i64)j * a.KVH + kvh) * hd;
-                _Pragma("unroll") for (int d0 = 0; d0 < HD; d0 += 8) {
-                    if (d0 < hd) {
-                        float x[8];
+            const bool fresh = j >= start;              // the step's own key, from shared memory
+            const float* kf = kn + (fresh ? j - start : 0) * HD;
+            const i64 row = ((i64)j * a.KVH + kvh) * hd;
+            _Pragma("unroll") for (int d0 = 0; d0 < HD; d0 += 8) {
+                if (d0 < hd) {
+                    float x[8];
+                    if (fresh) {
+                        _Pragma("unroll") for (int e = 0; e < 8; ++e) x[e] = kf[d0 + e];
+                    } else {
                         kv_load_n<F16, 8>(a.k_cache, row + d0, x);
-                        _Pragma("unroll") for (int t = 0; t < MT; ++t)
-                            _Pragma("unroll") for (int e = 0; e < 8; ++e) s[t] = fmaf(qs[t * HD + d0 + e], x[e], s[t]);
                     }
+                    _Pragma("unroll") for (int t = 0; t < MT; ++t)
+                        _Pragma("unroll") for (int e = 0; e < 8; ++e) s[t] = fmaf(qs[t * HD + d0 + e], x[e], s[t]);
                 }
             }
         }
@@ -452,7 +457,7 @@ __device__ void attention_decode_chunk(const AttentionArgs& a, float* part, int*
 }
 
 template <int HD> struct DecodeSmem {
-    static constexpr int FLOATS = ATT_DECODE_MAX_T * HD + 2 * ATT_DECODE_WARPS * ATT_DECODE_MAX_T
+    static constexpr int FLOATS = 2 * ATT_DECODE_MAX_T * HD + 2 * ATT_DECODE_WARPS * ATT_DECODE_MAX_T
                                   + ATT_DECODE_WARPS * ATT_DECODE_MAX_T * HD + (2 * ATT_MAX_SPLITS + 1) * ATT_DECODE_MAX_T;
 };
 
