@@ -118,6 +118,38 @@ __device__ __forceinline__ bool key_visible(int j, int qpos, int window) {
 // of TC lanes reads consecutive float4s). Shared memory: Q^T [HD][BQ] (scaled, rotated), then one
 // buffer for K^T [HD][BK] and V [BK][HD] in turn, and P^T [BK][BQ].
 
+// Element d of the key (KEY) or value at position pos of KV head kvh; 0 past k_end or hd. Keys of the
+// step (pos >= start) come from k_new, rotated; values from v_new.
+template <bool F16, bool KEY>
+__device__ __forceinline__ float tile_elem(const AttentionArgs& a, int kvh, int pos, int d, int k_end) {
+    if (pos >= k_end || d >= a.hd) return 0.0f;
+    if (pos >= a.start) {
+        const i64 row = ((i64)(pos - a.start) * a.KVH + kvh) * a.hd;
+        return KEY ? rope_elem(a.k_new + row, d, pos, a.rope_cos, a.rope_sin, a.rope_dim, a.rope_neox)
+                   : a.v_new[row + d];
+    }
+    return kv_load<F16>(KEY ? a.k_cache : a.v_cache, ((i64)pos * a.KVH + kvh) * a.hd + d);
+}
+
+// A BK x HD tile from position k0, thread tid taking elements tid + NT u, handed to store(j, d, x).
+// Loaded in groups of 8 a thread, all of a group's loads in flight before any is stored.
+template <bool F16, bool KEY, int HD, int BK, int NT, typename Store>
+__device__ __forceinline__ void load_tile(const AttentionArgs& a, int kvh, int k0, int k_end, Store store) {
+    constexpr int ITEMS = BK * HD / NT, GROUP = ITEMS < 8 ? ITEMS : 8;
+    static_assert(ITEMS * NT == BK * HD && ITEMS % GROUP == 0, "tile load shape");
+    _Pragma("unroll 1") for (int g = 0; g < ITEMS; g += GROUP) {
+        float x[GROUP];
+        _Pragma("unroll") for (int u = 0; u < GROUP; ++u) {
+            const int e = threadIdx.x + (g + u) * NT;
+            x[u] = tile_elem<F16, KEY>(a, kvh, k0 + e / HD, e % HD, k_end);
+        }
+        _Pragma("unroll") for (int u = 0; u < GROUP; ++u) {
+            const int e = threadIdx.x + (g + u) * NT;
+            store(e / HD, e % HD, x[u]);
+        }
+    }
+}
+
 template <int HD, int BQ, int BK> struct PrefillSmem {
     static constexpr int QP = BQ + 4, KP = BK + 4, VP = HD + 4;
     static constexpr int KV = HD * KP > BK * VP ? HD * KP : BK * VP;
@@ -156,17 +188,7 @@ __device__ void attention_prefill_tile(const AttentionArgs& a, float* smem) {
     }
     for (int k0 = k_lo; k0 < k_end; k0 += BK) {
         __syncthreads();                                // the previous tile's V and P are read
-        for (int e = tid; e < BK * HD; e += NT) {
-            const int j = e / HD, d = e % HD, pos = k0 + j;
-            float x = 0.0f;
-            if (pos < k_end && d < a.hd) {
-                x = pos >= a.start
-                    ? rope_elem(a.k_new + ((i64)(pos - a.start) * a.KVH + kvh) * a.hd, d, pos, a.rope_cos, a.rope_sin,
-                                a.rope_dim, a.rope_neox)
-                    : kv_load<F16>(a.k_cache, ((i64)pos * a.KVH + kvh) * a.hd + d);
-            }
-            kv[d * S::KP + j] = x;
-        }
+        load_tile<F16, true, HD, BK, NT>(a, kvh, k0, k_end, [&](int j, int d, float x) { kv[d * S::KP + j] = x; });
         __syncthreads();
         float s[4][KPT];
         _Pragma("unroll") for (int r = 0; r < 4; ++r)
@@ -216,15 +238,7 @@ __device__ void attention_prefill_tile(const AttentionArgs& a, float* smem) {
         _Pragma("unroll") for (int c = 0; c < KPT; ++c)
             *(float4*)(ps + (tc * KPT + c) * S::QP + 4 * tq) = make_float4(p[0][c], p[1][c], p[2][c], p[3][c]);
         __syncthreads();                                // K^T is read: the buffer takes V
-        for (int e = tid; e < BK * HD; e += NT) {
-            const int j = e / HD, d = e % HD, pos = k0 + j;
-            float x = 0.0f;
-            if (pos < k_end && d < a.hd) {
-                x = pos >= a.start ? a.v_new[((i64)(pos - a.start) * a.KVH + kvh) * a.hd + d]
-                                   : kv_load<F16>(a.v_cache, ((i64)pos * a.KVH + kvh) * a.hd + d);
-            }
-            kv[j * S::VP + d] = x;
-        }
+        load_tile<F16, false, HD, BK, NT>(a, kvh, k0, k_end, [&](int j, int d, float x) { kv[j * S::VP + d] = x; });
         __syncthreads();
         _Pragma("unroll 4") for (int j = 0; j < BK; ++j) {
             const float4 pv = *(const float4*)(ps + j * S::QP + 4 * tq);
