@@ -111,9 +111,9 @@ static void launch(unsigned gx, unsigned gy, unsigned threads, unsigned seed, co
     T, H, KVH, hd, start_pos, start_pos_dev, window, scale_log2
 #define HOST_ENTRIES(kvt)                                                                              \
 extern "C" void host_prefill_##kvt(HOST_PARAMS, unsigned gx, unsigned threads, unsigned seed) {         \
-    if (hd <= 64) launch(gx, H, threads, seed, [=] { attention_prefill_##kvt(HOST_ARGS); });             \
-    else if (hd <= 128) launch(gx, H, threads, seed, [=] { attention_prefill_d128_##kvt(HOST_ARGS); });  \
-    else launch(gx, H, threads, seed, [=] { attention_prefill_d256_##kvt(HOST_ARGS); });                 \
+    if (hd <= 64) launch(gx, 1, threads, seed, [=] { attention_prefill_##kvt(HOST_ARGS); });             \
+    else if (hd <= 128) launch(gx, 1, threads, seed, [=] { attention_prefill_d128_##kvt(HOST_ARGS); });  \
+    else launch(gx, 1, threads, seed, [=] { attention_prefill_d256_##kvt(HOST_ARGS); });                 \
 }                                                                                                       \
 extern "C" void host_decode_##kvt(HOST_PARAMS, float* part, int* counters, i8* xq, float4* xds, int terms, \
                                   unsigned splits, unsigned seed) {                                     \
@@ -179,7 +179,7 @@ def _run_kernel(lib, *, q, k, v, kc, vc, sinks, start, window, rope, T, H, KVH, 
         assert not counters.any(), "the merging blocks left a ticket counter non-zero"
     else:
         queries, threads = prefill_tile(hd)
-        getattr(lib, f"host_prefill_{kvt}")(*args, ctypes.c_uint(-(-T // queries)), ctypes.c_uint(threads),
+        getattr(lib, f"host_prefill_{kvt}")(*args, ctypes.c_uint(-(-T // queries) * H), ctypes.c_uint(threads),
                                             ctypes.c_uint(seed))
     return out, xq, xds
 

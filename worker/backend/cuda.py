@@ -424,7 +424,7 @@ class CudaBackend(CudaMemory, Backend):
         if sink is not None and sink.size != H:
             raise ValueError(f"{sink.size} sinks for {H} heads")
         tables = None
-        if rope is not None:                # q and the step's keys rotated inside the kernel
+        if rope is not None and attention_kernels.decodes(T, hd):   # rotated inside the decode kernel
             if rope.style not in ("normal", "neox"):
                 raise ValueError(f"unknown rope style {rope.style!r}: expected normal or neox")
             if rope.dim % 2 or rope.dim > hd:
@@ -432,6 +432,9 @@ class CudaBackend(CudaMemory, Backend):
             _, cos, sin = self._rope_table(rope, end)
             self.graphs.hold(cos, sin)
             tables = (cos, sin, rope.dim, rope.style == "neox")
+        elif rope is not None:              # prefill: every query tile reads each key, so rotate them once first
+            positions = np.arange(start_pos, end)
+            q, k = self.rope(q, positions, rope), self.rope(k, positions, rope)
         scale = 1.0 / math.sqrt(hd) if scale is None else scale
         out = self._out((T, H * hd))
         q8 = None

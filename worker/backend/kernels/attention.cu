@@ -2,7 +2,7 @@
 //
 // attention_prefill_<kvt> (any T): tiled flash attention. A block takes BQ queries of one head,
 //   walks the visible keys in tiles of BK (K and V staged in shared memory as float32) and keeps
-//   an online softmax per query; all arithmetic is float32.
+//   an online softmax per query; all arithmetic is float32. The grid is 1-D: query tiles x heads.
 // attention_decode_<kvt> (T <= 4): flash decoding. The visible keys are split into chunks, one
 //   block per (chunk, head); a lane scores one key at a time against every query of the step.
 //   Each block leaves its partial softmax (max, sum, weighted values) in a workspace; the last
@@ -165,8 +165,10 @@ __device__ void attention_prefill_tile(const AttentionArgs& a, float* smem) {
     float* kv = qs + HD * S::QP;                        // K^T [HD][KP], then V [BK][VP]
     float* ps = kv + S::KV;                             // [BK][QP]
     const int tid = threadIdx.x, tq = tid / TC, tc = tid % TC;
-    const int h = blockIdx.y, group = a.H / a.KVH, kvh = h / group;
-    const int t0 = (gridDim.x - 1 - blockIdx.x) * BQ;   // the longest tiles first
+    // Blocks in order of decreasing work (all heads' tiles of the last queries first), so
+    // that the block scheduler spreads long and short tiles evenly over the SMs.
+    const int h = blockIdx.x % a.H, group = a.H / a.KVH, kvh = h / group;
+    const int t0 = (gridDim.x / a.H - 1 - blockIdx.x / a.H) * BQ;
     const int t1 = min(a.T, t0 + BQ);
     if (h % group == 0) store_step_rows<F16>(a, kvh, t0, t1);
 

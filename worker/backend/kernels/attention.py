@@ -60,7 +60,8 @@ def attention(k, kvt: str, q, k_new, v_new, k_cache, v_cache, sinks, out, T: int
               start_pos: int, start_pos_dev, window: int, scale: float, *, n_ctx: int, rope=None,
               q8=None) -> None:
     """out = attention of q over cache rows [.., start + T) after storing k_new/v_new at rows [start, start + T).
-    rope: (cos, sin, dim, neox) to rotate q and the step's keys here (the tables of CudaBackend._rope_table).
+    rope: (cos, sin, dim, neox) to rotate q and the step's keys here (the tables of CudaBackend._rope_table;
+    both kernels take them; CudaBackend.attention passes them on the decode path, where they save launches).
     q8: (xq, xds, terms) to also write out as int8 activation blocks (vecdot.py; decode only, hd % 32 == 0)."""
     cos, sin, rope_dim, neox = rope if rope is not None else (NULL, NULL, 0, False)
     scale_log2 = scale * math.log2(math.e)
@@ -77,7 +78,7 @@ def attention(k, kvt: str, q, k_new, v_new, k_cache, v_cache, sinks, out, T: int
     if q8 is not None:
         raise ValueError("the int8 side output is written on the decode path only")
     queries, threads = prefill_tile(hd)
-    grid = (-(-T // queries), H)
+    grid = -(-T // queries) * H                  # query tiles x heads, in one dimension (attention.cu)
     # one kernel a head-dimension class (attention.cu): the class's registers set its occupancy
     if hd <= 64:
         k._launch("attention.cu", f"attention_prefill_{kvt}", grid, threads,
