@@ -1,15 +1,17 @@
 """LT-015/LT-016 attention kernels on the GPU (worker/backend/kernels/attention.cu) against the NumPy reference.
 
-attention_prefill_<kvt> (tiled flash attention, T > 4) and attention_decode_<kvt> (split keys merged by
-the last block, T <= 4): decode and prefill lengths, a second chunk on a filled cache, GQA groups
-1/2/7/8 and MHA, head_dim 64/80/128/256, sliding windows, sinks, fused RoPE (both pairings, partial
-rotary dims, YaRN), float16 and float32 caches, the start position read from device memory, and the
-decode kernel replayed from a captured CUDA graph at moving positions. NMSE thresholds: the rows
-attention_f32kv (1e-9: float32 everywhere, only the summation order differs) and attention_f16kv
-(2e-6: the cache holds float16, relative rounding 2^-11) of stories/foundation/_cuda_conformance.py;
-the RoPE rows hold the same bounds (the rotation adds float32 rounding only). The speed rows check
-the targets of the kernels: prefill attention at 2048 tokens (Qwen2.5-0.5B heads) 20 times under the
-per-(token, head) kernel it replaced (8.5 ms a layer), a decode step under that kernel's 10 us.
+attention_prefill_<kvt> (tiled flash attention, T > 4; _d128_/_d256_ for wider heads) and
+attention_decode_<kvt> (split keys merged by the last block, T <= 4): decode and prefill lengths, a
+second chunk on a filled cache, GQA groups 1/2/7/8 and MHA, head_dim 64/80/128/256, sliding windows,
+sinks, RoPE through rope= (both pairings, partial rotary dims, YaRN; rotated inside the decode kernel,
+by the rope kernel before a prefill), float16 and float32 caches, the start position read from device
+memory, and the decode kernel replayed from a captured CUDA graph at moving positions. NMSE thresholds:
+the rows attention_f32kv (1e-9: float32 everywhere, only the summation order differs) and
+attention_f16kv (2e-6: the cache holds float16, relative rounding 2^-11) of
+stories/foundation/_cuda_conformance.py; the RoPE and graph rows hold the same bounds (the rotation
+adds float32 rounding only). The speed rows check the targets of the kernels: prefill attention at
+2048 tokens (Qwen2.5-0.5B heads) 20 times under the per-(token, head) kernel it replaced (8.5 ms a
+layer), a decode step under that kernel's 10 us.
 
 Run on the GPU machine: .venv/bin/python -m pytest -q -p no:cacheprovider -m gpu \
     stories/llama/test_lt016_flash_attention_gpu.py
@@ -80,16 +82,27 @@ def _case(b, kv_dtype, seed, T, start, KVH, group, hd, *, window=0, sinks=False,
         b.free_kv_cache(cache)
 
 
-@pytest.mark.parametrize("kv_dtype", ["float16", "float32"])
-@pytest.mark.parametrize("T", [1, 2, 4, 5, 64, 300, 2048])
-@pytest.mark.parametrize("start", [0, 129])
-@pytest.mark.parametrize("hd", [64, 80, 128, 256])
-def test_attention_matches_the_reference(kv_dtype, T, start, hd):
-    """Decode and prefill lengths; start > 0 is a second chunk on a filled cache. The group cycles."""
+def _matches(kv_dtype, T, start, hd):
     group = GROUPS[(T + start + hd // 16) % len(GROUPS)]
     KVH = 1 if T >= 300 else 2
     out, ref = _case(_backend(kv_dtype), kv_dtype, T * 7 + start + hd, T, start, KVH, group, hd)
     check(_op(kv_dtype), f"T={T} start={start} H={KVH * group} KV={KVH} hd={hd}", out, ref)
+
+
+@pytest.mark.parametrize("kv_dtype", ["float16", "float32"])
+@pytest.mark.parametrize("T", [1, 2, 4, 5, 64, 300])
+@pytest.mark.parametrize("start", [0, 129])
+@pytest.mark.parametrize("hd", [64, 80, 128, 256])
+def test_attention_matches_the_reference(kv_dtype, T, start, hd):
+    """Decode and prefill lengths; start > 0 is a second chunk on a filled cache. The group cycles."""
+    _matches(kv_dtype, T, start, hd)
+
+
+@pytest.mark.parametrize("kv_dtype, start, hd", [("float16", 0, 64), ("float32", 129, 64), ("float16", 0, 128),
+                                                 ("float32", 0, 256), ("float16", 300, 80)])
+def test_attention_matches_the_reference_at_2048_tokens(kv_dtype, start, hd):
+    """A long prefill chunk (many key tiles a query tile; the reference's cost bounds the cases)."""
+    _matches(kv_dtype, 2048, start, hd)
 
 
 @pytest.mark.parametrize("kv_dtype", ["float16", "float32"])
@@ -114,9 +127,10 @@ ROPES = {
 
 @pytest.mark.parametrize("kv_dtype", ["float16", "float32"])
 @pytest.mark.parametrize("rope", list(ROPES))
-@pytest.mark.parametrize("T, start", [(1, 0), (1, 517), (3, 40), (4, 2000), (5, 0), (77, 300), (2048, 0)])
+@pytest.mark.parametrize("T, start", [(1, 0), (1, 517), (3, 40), (4, 2000), (5, 0), (77, 300), (1100, 0)])
 def test_fused_rope_equals_rope_then_attention(kv_dtype, rope, T, start):
-    """attention(rope=...) against the reference's meaning: rope(q), rope(k), then attention."""
+    """attention(rope=...) against the reference's meaning: rope(q), rope(k), then attention (rotated inside
+    the decode kernel for T <= 4, by the rope kernel before a prefill)."""
     window = 128 if rope == "yarn" else 0
     out, ref = _case(_backend(kv_dtype), kv_dtype, T + start, T, start, 2, 7, 64, window=window,
                      sinks=rope == "yarn", rope=ROPES[rope])
