@@ -164,30 +164,65 @@ class CublasNT:
     Operands are device addresses (ints) with row strides in floats: the prefill products slice
     one persistent workspace, and a CuPy view costs microseconds of host time to make.
     Row-major y = x w^T is column-major y' = w'^T x', hence op(A) = T on w and op(B) = N on x.
+
+    The stream and the products go to libcublas directly (ctypes): CuPy's wrappers refuse every
+    cuBLAS call while a stream is captured, and cuBLAS itself supports capture once it has a
+    workspace of its own (`set_workspace`), so that it allocates nothing inside a graph.
     """
 
     def __init__(self, cp):
         from cupy_backends.cuda.libs import cublas
 
         self._cp = cp
-        self._cublas = cublas
-        self._gemm = cublas.gemmEx
+        self._lib = _cublas_library()
         self.handle = cublas.create()
         cublas.setPointerMode(self.handle, cublas.CUBLAS_POINTER_MODE_HOST)
         self._stream = None
         weakref.finalize(self, cublas.destroy, self.handle).atexit = False   # process exit frees it
 
+    def _check(self, status: int, what: str) -> None:
+        if status:
+            raise RuntimeError(f"cuBLAS {what} failed with status {status}")
+
+    def set_workspace(self, ptr: int, nbytes: int) -> None:
+        self._check(self._lib.cublasSetWorkspace_v2(self.handle, ptr, nbytes), "cublasSetWorkspace")
+
     def on_current_stream(self) -> None:
         """Issue the next products on CuPy's current stream (a graph capture's, or the default one)."""
         ptr = self._cp.cuda.get_current_stream().ptr
         if ptr != self._stream:
-            self._cublas.setStream(self.handle, ptr)
+            self._check(self._lib.cublasSetStream_v2(self.handle, ptr), "cublasSetStream")
             self._stream = ptr
 
     def gemm(self, y: int, ldy: int, x: int, ldx: int, w: int, ldw: int, T: int, n: int, K: int, *,
              accumulate: bool = False, tf32: bool = False) -> None:
         """y[T, n] (ld ldy) = x[T, K] (ld ldx) @ w[n, K]^T (ld ldw), plus y's old value when accumulate.
         tf32: on TF32 tensor cores (inputs must already be TF32 values for a float32-exact product)."""
-        self._gemm(self.handle, CUBLAS_OP_T, CUBLAS_OP_N, n, T, K, _ONE_PTR, w, CUDA_R_32F, ldw, x, CUDA_R_32F, ldx,
-                   _ONE_PTR if accumulate else _ZERO_PTR, y, CUDA_R_32F, ldy,
-                   CUBLAS_COMPUTE_32F_FAST_TF32 if tf32 else CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)
+        self._check(self._lib.cublasGemmEx(
+            self.handle, CUBLAS_OP_T, CUBLAS_OP_N, n, T, K, _ONE_PTR, w, CUDA_R_32F, ldw, x, CUDA_R_32F, ldx,
+            _ONE_PTR if accumulate else _ZERO_PTR, y, CUDA_R_32F, ldy,
+            CUBLAS_COMPUTE_32F_FAST_TF32 if tf32 else CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT), "cublasGemmEx")
+
+
+def _cublas_library():
+    """libcublas as CuPy loaded it (the same library and handle space), typed for ctypes calls."""
+    import ctypes
+    import ctypes.util
+
+    from cupy_backends.cuda.libs import cublas  # noqa: F401 — loads libcublas into the process
+
+    path = None
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            name = line.split()[-1] if line.split() else ""
+            if "/libcublas.so" in name:
+                path = name
+                break
+    lib = ctypes.CDLL(path or ctypes.util.find_library("cublas"))
+    p, i, s = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
+    lib.cublasSetStream_v2.argtypes = [p, p]
+    lib.cublasSetWorkspace_v2.argtypes = [p, p, s]
+    lib.cublasGemmEx.argtypes = [p, i, i, i, i, i, p, p, i, i, p, i, i, p, p, i, i, i, i]
+    for fn in (lib.cublasSetStream_v2, lib.cublasSetWorkspace_v2, lib.cublasGemmEx):
+        fn.restype = i
+    return lib

@@ -35,6 +35,8 @@ PREFILL_PATHS = ("tf32x3", "fp32")
 TF32_EXACT_FORMATS = frozenset({"f16", "bf16", "mxfp4", "tq1_0", "tq2_0"})
 SPLIT_INPUT = "prefill_split_input"   # workspace of the split activations [T, 3K]
 TILE = "dequant_tile"                 # workspace of one weight tile
+CUBLAS_WORKSPACE = "cublas_workspace"  # cuBLAS's own scratch (set once: none allocated in a capture)
+CUBLAS_WORKSPACE_BYTES = 32 << 20     # what cuBLAS recommends for Hopper
 
 
 def matvec(k, w, raw, x, bias, y, N: int, K: int, T: int) -> None:
@@ -88,7 +90,10 @@ class PrefillProducts:
         if path not in PREFILL_PATHS:
             raise ValueError(f"M0_CUDA_PREFILL must be one of {PREFILL_PATHS}, got {path!r}")
         self.path = path
-        self.blas = blas or CublasNT(k.cp)
+        if blas is None:                # cuBLAS gets a workspace of ours: no allocation inside a captured graph
+            blas = CublasNT(k.cp)
+            blas.set_workspace(workspace_ptr(k, CUBLAS_WORKSPACE, CUBLAS_WORKSPACE_BYTES // 4), CUBLAS_WORKSPACE_BYTES)
+        self.blas = blas
         self.split_of = None          # (x ptr, (T, K), workspace buffer, launch serial, stream) after a product
         self.split_input_held = None  # the input itself: its memory cannot be reused while it is named
 
