@@ -195,7 +195,8 @@ __device__ void attention_prefill_tile(const AttentionArgs& a, float* smem) {
         float s[4][KPT];
         _Pragma("unroll") for (int r = 0; r < 4; ++r)
             _Pragma("unroll") for (int c = 0; c < KPT; ++c) s[r][c] = 0.0f;
-        _Pragma("unroll 8") for (int d = 0; d < HD; ++d) {
+        const int d_end = (a.hd + 7) & ~7;              // the class's padding dimensions are zero: skip them
+        _Pragma("unroll 8") for (int d = 0; d < d_end; ++d) {
             const float4 qv = *(const float4*)(qs + d * S::QP + 4 * tq);
             const float qr[4] = {qv.x, qv.y, qv.z, qv.w};
             float kr[KPT];
