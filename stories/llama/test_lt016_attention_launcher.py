@@ -1,0 +1,112 @@
+"""LT-015/LT-016 the attention launcher (worker/backend/kernels/attention.py) on the CPU: which kernel a
+call takes, its grid and arguments, the split count (a function of the cache size only, so a captured
+decode graph serves every position), and the merge tickets' buffer (zeroed once, and zeroed again after
+a capture, whose memset runs only with the graph). The kernels are checked by
+test_lt016_attention_kernels_on_the_host.py and, on the GPU, test_lt016_flash_attention_gpu.py."""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+
+from worker.backend.cuda_runtime import NULL
+from worker.backend.kernels import attention as launcher
+
+pytestmark = pytest.mark.story("LT-015", "LT-016")
+
+
+class _Graphs:
+    def __init__(self):
+        self.held = []
+
+    def hold(self, *arrays):
+        self.held.extend(arrays)
+
+
+class _Buffer(np.ndarray):
+    """A host array that counts the fills (memsets) made on it."""
+
+    fills = 0
+
+    def fill(self, value):
+        type(self).fills += 1
+        super().fill(value)
+
+
+class _Backend:
+    """The parts of CudaBackend the launcher uses, recording launches instead of running them."""
+
+    def __init__(self):
+        self._workspace = {}
+        self.graphs = _Graphs()
+        self.launches = []
+
+    def _launch(self, module, name, grid, block, args):
+        self.launches.append((module, name, grid, block, args))
+
+    def _scratch(self, name, n):
+        buf = self._workspace.get(name)
+        if buf is None or buf.size < n:
+            buf = self._workspace[name] = np.zeros(n, np.float32)
+        return buf[:n]
+
+    def _allocate(self, what, shape, dtype):
+        return np.full(shape, 7, dtype).view(_Buffer)
+
+
+@pytest.fixture(autouse=True)
+def _host_allocations(monkeypatch):
+    monkeypatch.setattr(launcher, "process_allocations", contextlib.nullcontext)
+    _Buffer.fills = 0
+
+
+def _call(k, T, hd, n_ctx=4096, start_dev=NULL, q8=None, rope=None, H=14, KVH=2):
+    launcher.attention(k, "f16", "q", "k", "v", "kc", "vc", NULL, "out", T, H, KVH, hd, 100, start_dev, 0, 0.125,
+                       n_ctx=n_ctx, rope=rope, q8=q8)
+    return k.launches[-1]
+
+
+@pytest.mark.parametrize("T, hd, name, grid, block", [
+    (1, 64, "attention_decode_f16", (16, 14), 128),
+    (4, 128, "attention_decode_f16", (16, 14), 128),
+    (3, 20, "attention_prefill_f16", 14, 128),          # hd % 8 != 0: the tiled kernel takes it
+    (5, 64, "attention_prefill_f16", 14, 128),
+    (300, 64, "attention_prefill_f16", 5 * 14, 128),
+    (300, 80, "attention_prefill_d128_f16", 10 * 14, 128),
+    (300, 256, "attention_prefill_d256_f16", 19 * 14, 64),
+])
+def test_the_kernel_a_call_takes(T, hd, name, grid, block):
+    module, launched, g, b, args = _call(_Backend(), T, hd)
+    assert (module, launched, g, b) == ("attention.cu", name, grid, block)
+    assert len(args) == (24 if "decode" in name else 19)
+    assert float(args[18]) == pytest.approx(0.125 * np.log2(np.e))     # scores in base 2
+
+
+def test_splits_depend_on_the_cache_size_only():
+    assert [launcher.decode_splits(n) for n in (1, 256, 257, 2048, 8192, 10**6)] == [1, 1, 2, 8, 32, 32]
+    k = _Backend()
+    grids = {_call(k, 1, 64, n_ctx=3000)[2] for _ in range(3)}
+    assert grids == {(12, 14)}
+
+
+def test_rope_tables_and_int8_output_reach_the_decode_kernel():
+    k = _Backend()
+    args = _call(k, 1, 64, rope=("cos", "sin", 32, True), q8=("xq", "xds", 2))[4]
+    assert args[7:11] == ("cos", "sin", 32, 1) and args[21:24] == ("xq", "xds", 2)
+    with pytest.raises(ValueError):
+        _call(k, 5, 64, q8=("xq", "xds", 2))               # the tiled kernel writes no int8 blocks
+
+
+def test_merge_tickets_are_zeroed_once_and_again_after_a_capture():
+    k = _Backend()
+    _call(k, 1, 64, start_dev="captured start")           # first use inside a capture: a memset in the graph
+    counters = k._workspace[launcher.COUNTERS]
+    assert _Buffer.fills == 1 and counters in k.graphs.held
+    _call(k, 1, 64)                                      # the next eager call zeroes it for real
+    assert _Buffer.fills == 2 and not counters.any()
+    _call(k, 1, 64)
+    _call(k, 1, 64, start_dev="captured start")
+    assert _Buffer.fills == 2                            # the kernels leave it at zero from then on
+    _call(k, 1, 64, H=200, KVH=2)                         # more heads: a larger buffer, zeroed again
+    assert _Buffer.fills == 3 and k._workspace[launcher.COUNTERS].size >= 200
