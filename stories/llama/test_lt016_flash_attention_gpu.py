@@ -192,6 +192,7 @@ def test_decode_attention_replays_from_a_captured_graph(kv_dtype, rope):
     q_dev, k_dev, v_dev = (cp.zeros((1, n, hd), dtype=np.float32) for n in (H, KVH, KVH))
     scratch = b.new_kv_cache(1, n_ctx, KVH, hd)                      # eager first: tables, workspace, compile
     b.attention(q_dev, k_dev, v_dev, scratch, 0, first + 40, rope=cfg)
+    b.synchronize()                                                # the graph's stream does not wait for it
     b.free_kv_cache(scratch)
     start_dev = cp.zeros(1, dtype=np.int32)
     b.graphs.device_start = lambda start_pos: start_dev            # as a capture answers (cuda_graph.py)
@@ -224,6 +225,7 @@ def _time_us(b, fn, reps: int = 20) -> float:
     (an eager decode call costs more host time than the kernel takes)."""
     cp = b.cp
     fn()                                                # compile, size the workspace and tables
+    b.synchronize()                                     # the graph's stream does not wait for the null stream
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
         stream.begin_capture()
