@@ -43,24 +43,38 @@ extern "C" __global__ void matvec_##fmt(const u8* __restrict__ W, i64 row_bytes,
     }                                                                                             \
 }
 
+// Eight values to 8 floats at p: two 16-byte stores where p is 16-byte aligned (a warp's stores
+// then cover whole sectors; eight scalar stores a thread, 32 bytes apart across the warp, made the
+// dequantization store-bound), else eight scalar stores.
+__device__ __forceinline__ void store8(float* p, const float* v) {
+    if (((unsigned long long)p & 15) == 0) {
+        ((float4*)p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+        ((float4*)p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+    } else {
+        _Pragma("unroll") for (int j = 0; j < 8; ++j) p[j] = v[j];
+    }
+}
+
 // out[i, k] = W[row_i, k] for i < n_rows, row_i = ids ? ids[i] : first_row + i.
-// One thread per 8-value chunk (float formats: per value in the K % 8 tail).
+// One thread per 8-value chunk (float formats: per value in the K % 8 tail). The launcher keeps
+// n_rows * chunks a row under 2^31, so the index arithmetic is 32-bit (a 64-bit division costs
+// dozens of instructions a thread).
 #define DEFINE_DEQUANT(fmt)                                                                       \
 extern "C" __global__ void dequant_rows_##fmt(const u8* __restrict__ W, i64 row_bytes,            \
                                               const int* __restrict__ ids, i64 first_row,         \
                                               float* __restrict__ out, int n_rows, int K) {       \
-    const int n_chunks = K >> 3, tail = K & 7;                                                    \
-    const int per_row = n_chunks + tail;                                                          \
-    const i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;                                   \
-    if (idx >= (i64)n_rows * per_row) return;                                                     \
-    const int i = (int)(idx / per_row), c = (int)(idx % per_row);                                 \
+    const u32 n_chunks = (u32)K >> 3, tail = (u32)K & 7;                                          \
+    const u32 per_row = n_chunks + tail;                                                          \
+    const u32 idx = blockIdx.x * blockDim.x + threadIdx.x;                                        \
+    if (idx >= (u32)n_rows * per_row) return;                                                     \
+    const u32 i = idx / per_row, c = idx - i * per_row;                                           \
     const i64 src = ids ? (i64)ids[i] : first_row + i;                                            \
     const u8* row = W + src * row_bytes;                                                          \
     float* o = out + (i64)i * K;                                                                  \
     if (c < n_chunks) {                                                                           \
         float w[8];                                                                               \
         dq8_##fmt(row, c, w);                                                                     \
-        _Pragma("unroll") for (int j = 0; j < 8; ++j) o[8 * c + j] = w[j];                        \
+        store8(o + 8 * c, w);                                                                     \
     } else {                                                                                      \
         const int k = 8 * n_chunks + (c - n_chunks);                                              \
         o[k] = dq1_##fmt(row, k);                                                                 \
@@ -68,23 +82,25 @@ extern "C" __global__ void dequant_rows_##fmt(const u8* __restrict__ W, i64 row_
 }
 
 // out[i, 0:K] = hi(W[first_row + i]), out[i, K:2K] = lo(W[first_row + i]) for i < n_rows: a weight
-// tile of the split prefill product (row stride 2K). Chunking as dequant_rows.
+// tile of the split prefill product (row stride 2K). Chunking and index width as dequant_rows.
 #define DEFINE_DEQUANT_SPLIT(fmt)                                                                 \
 extern "C" __global__ void dequant_split_rows_##fmt(const u8* __restrict__ W, i64 row_bytes,      \
                                                     i64 first_row, float* __restrict__ out,      \
                                                     int n_rows, int K) {                          \
-    const int n_chunks = K >> 3, tail = K & 7;                                                    \
-    const int per_row = n_chunks + tail;                                                          \
-    const i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;                                   \
-    if (idx >= (i64)n_rows * per_row) return;                                                     \
-    const int i = (int)(idx / per_row), c = (int)(idx % per_row);                                 \
+    const u32 n_chunks = (u32)K >> 3, tail = (u32)K & 7;                                          \
+    const u32 per_row = n_chunks + tail;                                                          \
+    const u32 idx = blockIdx.x * blockDim.x + threadIdx.x;                                        \
+    if (idx >= (u32)n_rows * per_row) return;                                                     \
+    const u32 i = idx / per_row, c = idx - i * per_row;                                           \
     const u8* row = W + (first_row + i) * row_bytes;                                              \
     float* hi = out + (i64)i * 2 * K;                                                             \
     float* lo = hi + K;                                                                           \
     if (c < n_chunks) {                                                                           \
-        float w[8];                                                                               \
+        float w[8], h[8], l[8];                                                                   \
         dq8_##fmt(row, c, w);                                                                     \
-        _Pragma("unroll") for (int j = 0; j < 8; ++j) tf32_split(w[j], hi[8 * c + j], lo[8 * c + j]); \
+        _Pragma("unroll") for (int j = 0; j < 8; ++j) tf32_split(w[j], h[j], l[j]);               \
+        store8(hi + 8 * c, h);                                                                    \
+        store8(lo + 8 * c, l);                                                                    \
     } else {                                                                                      \
         const int k = 8 * n_chunks + (c - n_chunks);                                              \
         tf32_split(dq1_##fmt(row, k), hi[k], lo[k]);                                              \

@@ -45,9 +45,17 @@ def matvec(k, w, raw, x, bias, y, N: int, K: int, T: int) -> None:
               32 * MATVEC_ROWS_PER_BLOCK, (raw, i64(w.row_bytes), x, bias, y, i32(N), i32(K), i32(T)))
 
 
+def _chunks(n_rows: int, K: int) -> int:
+    """Threads of a dequantization launch (one per 8-value chunk): the kernels index them in 32 bits."""
+    total = n_rows * (K // 8 + K % 8)
+    if total >= 1 << 31:
+        raise ValueError(f"dequantizing {n_rows} rows of {K} values at once exceeds the kernels' 32-bit index")
+    return total
+
+
 def dequant_rows(k, w, raw, ids, first_row: int, out, n_rows: int, K: int) -> None:
     """out[i] = W[ids[i] if ids else first_row + i] as float32, for i < n_rows."""
-    total = n_rows * (K // 8 + K % 8)
+    total = _chunks(n_rows, K)
     if total:
         k._launch("matmul.cu", f"dequant_rows_{w.format}", (total + 255) // 256, 256,
                   (raw, i64(w.row_bytes), ids, i64(first_row), out, i32(n_rows), i32(K)))
@@ -55,7 +63,7 @@ def dequant_rows(k, w, raw, ids, first_row: int, out, n_rows: int, K: int) -> No
 
 def dequant_split_rows(k, w, raw, first_row: int, out, n_rows: int, K: int) -> None:
     """out[i] = [hi(W[first_row + i]) | lo(W[first_row + i])] (row stride 2K), for i < n_rows."""
-    total = n_rows * (K // 8 + K % 8)
+    total = _chunks(n_rows, K)
     if total:
         k._launch("matmul.cu", f"dequant_split_rows_{w.format}", (total + 255) // 256, 256,
                   (raw, i64(w.row_bytes), i64(first_row), out, i32(n_rows), i32(K)))
