@@ -8,6 +8,10 @@ checked as well.
   * mmvq_<fmt> with a residual: r + (its product without one), bit for bit;
   * mmvq_segments: each segment equals mmvq_<fmt> of its weight alone, bit for bit, formats mixed;
   * mmvq_swiglu_<fmt>: equals swiglu_q8 of the two products (values and int8 blocks), bit for bit;
+  * rows longer than 2048 values (K = 2880, GPT-OSS; K = 4864, Qwen2.5's ffn_down) split over several warps
+    (vecdot.py's mmvq_parts): the split changes the order of a row's sum, so these rows are held to the
+    reference by matvec_q8x2's term-normalized NMSE (1e-8, as one-warp rows), and the fused kernels
+    still equal mmvq_<fmt> of the same K bit for bit (every kernel folds a row's parts in one order);
   * rmsnorm_q8 (and rmsnorm_q8_wide): within rmsnorm's 1e-10 of the NumPy reference, and its int8
     blocks equal quantize_q8 of its output byte for byte.
 The GPU runs the same checks in test_lt019_fused_decode_ops.py. Skipped where g++ or cpp is missing.
@@ -289,3 +293,60 @@ def test_rmsnorm_q8_matches_the_reference_and_quantize(host_kernels, D, T):
     wq, wds = _quantized(k, y)
     np.testing.assert_array_equal(xq, wq)
     np.testing.assert_array_equal(xds, wds)
+
+
+def _term_nmse(y, x, dense, bias=None):
+    """NMSE of y against x @ dense.T (+ bias), normalized by |x| @ |dense|.T (the size of the terms summed)."""
+    ref = x.astype(np.float64) @ dense.T + (0 if bias is None else bias)
+    scale = np.abs(x.astype(np.float64)) @ np.abs(dense).T
+    return np.sum((y - ref) ** 2) / np.sum(scale ** 2)
+
+
+LONG_ROWS = [(Q.Q4_K, 4864), (Q.Q6_K, 4864), (Q.Q5_0, 4864), (Q.MXFP4, 2880), (Q.Q8_0, 2880), (Q.Q4_1, 2048 + 32)]
+
+
+@pytest.mark.parametrize("qtype,K", LONG_ROWS, ids=lambda v: getattr(v, "name", str(v)))
+def test_long_rows_split_over_warps(host_kernels, qtype, K):
+    """A row past 2048 values is walked by several warps (no lane walks more than two 32-value blocks), their
+    sums folded in shared memory: the product stays within matvec_q8x2 of the float product (its sum order
+    changed), and the residual epilogue and the segments launch agree with it bit for bit."""
+    rng = np.random.default_rng(K + int(qtype))
+    N, T = 9, 2
+    parts = vecdot.mmvq_parts(K)
+    assert parts == -(-(K // 32) // 64) > 1
+    raw, row_bytes, dense = _weight(qtype, N, K, rng)
+    k = HostBackend(host_kernels)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    xq, xds = _quantized(k, x)
+    bias = rng.standard_normal(N).astype(np.float32)
+    calls = []
+    k._launch, launch = (lambda *a, **kw: (calls.append(a[3]), launch(*a, **kw))), k._launch
+    y = _mmvq(k, qtype, raw, row_bytes, xq, xds, N, K, T, bias=bias)
+    assert calls == [32 * vecdot.MMVQ_ROWS_PER_BLOCK * parts]
+    assert _term_nmse(y, x, dense, bias) <= THRESHOLDS["matvec_q8x2"]
+    r = rng.standard_normal((T, N)).astype(np.float32)
+    np.testing.assert_array_equal(_mmvq(k, qtype, raw, row_bytes, xq, xds, N, K, T, bias=bias, residual=r), r + y)
+    other = _weight(Q.Q8_0, 5, K, rng)
+    ys = [np.full((T, N), np.nan, np.float32), np.full((T, 5), np.nan, np.float32)]
+    vecdot.mmvq_segments(k, xq, xds, K, T, 2, [(FORMATS[qtype].kernel, raw, row_bytes, N, bias, ys[0]),
+                                               ("q8_0", other[0], other[1], 5, None, ys[1])])
+    np.testing.assert_array_equal(ys[0], y)
+    np.testing.assert_array_equal(ys[1], _mmvq(k, Q.Q8_0, other[0], other[1], xq, xds, 5, K, T))
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q5_0], ids=lambda q: q.name)
+def test_swiglu_of_long_rows_equals_the_split_products(host_kernels, qtype):
+    """mmvq_swiglu walks a long row's parts one after another in one warp, and folds them as mmvq does."""
+    rng = np.random.default_rng(7 + int(qtype))
+    F, K, T = 32, 4864, 1
+    k = HostBackend(host_kernels)
+    xq, xds = _quantized(k, rng.standard_normal((T, K)).astype(np.float32))
+    (graw, rb, _), (uraw, _, _) = _weight(qtype, F, K, rng), _weight(qtype, F, K, rng)
+    y, yq, yds = np.full((T, F), np.nan, np.float32), np.zeros(2 * T * F, np.int8), np.zeros((T, F // 32, 4), "f4")
+    vecdot.mmvq_swiglu(k, FORMATS[qtype].kernel, graw, uraw, rb, xq, xds, y, yq, yds, F, K, T, 2)
+    g, u = (_mmvq(k, qtype, raw, rb, xq, xds, F, K, T) for raw in (graw, uraw))
+    want, wq, wds = np.full((T, F), np.nan, np.float32), np.zeros(2 * T * F, np.int8), np.zeros_like(yds)
+    elementwise.swiglu_q8(k, g, u, want, wq, wds, 2, T * F)
+    np.testing.assert_array_equal(y, want)
+    np.testing.assert_array_equal(yq, wq)
+    np.testing.assert_array_equal(yds, wds)

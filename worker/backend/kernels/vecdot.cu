@@ -14,25 +14,68 @@ extern "C" __global__ void quantize_q8(const float* __restrict__ x, i8* __restri
     quantize_block_warp(x[i], xq + i, (i64)T * K, xds + blk, terms);
 }
 
-// y[slot][t, n] = sum_k x[t, k] W_e[n, k] (+ bias_e[n]) for t < T <= MMVQ_MAX_T, one warp per row.
-// (Splitting a long row over the 4 warps of a block, as llama.cpp's mmvq does, measured slower here:
-// benchmarks/bench_matvec.py on the H200, e.g. MXFP4 2880 x 2880 7.7 -> 9.2 us.)
+// y[slot][t, n] = sum_k x[t, k] W_e[n, k] (+ bias_e[n]) for t < T <= MMVQ_MAX_T: MMVQ_ROWS_PER_BLOCK rows a
+// block, each row split over `parts` warps (vecdot.py's mmvq_parts: one warp up to K = 2048, so that no
+// lane walks more than about two 32-value blocks of a row; a long row is a chain of dependent loads a
+// lane, and splitting it shortens the chain). Part p's lanes walk units 32 p + lane, step 32 parts, and
+// the row's sum is warp_sum(part 0) + warp_sum(part 1) + ... in that order (MMVQ_FOLD_PARTS), the same
+// in every kernel here, so that fused kernels equal mmvq_<fmt> bit for bit.
+// (Splitting a 2880-wide MXFP4 row over 4 warps, one row a block, measured slower than one warp:
+// benchmarks/bench_matvec.py on the H200, 7.7 -> 9.2 us; the split here keeps 4 rows a block and
+// starts at 2 warps a row only past K = 2048.)
 // Slots (blockIdx.y) run several weights of a stacked [E, N, K] tensor in one launch: slot j uses
 // expert e = expert_ids ? expert_ids[j] : j, read on the device (a CUDA graph can replay it); its
 // activations are rows [j T, j T + T) of the quantized input when x_per_slot, else rows [0, T). bias: [E, N] (expert_stride N) or [N].
 // residual [slots T, N] (or NULL): y = residual + (W x + b), the order of add(residual, product).
+#define MMVQ_ROWS_PER_BLOCK 4   // vecdot.py's; a block has 32 * MMVQ_ROWS_PER_BLOCK * parts threads
+#define MMVQ_MAX_PARTS 8        // warps a row at most (vecdot.py's mmvq_parts)
+
+// The row sums of one part's lane accumulators (warp_sum), folded over the row's parts in order: called
+// by every warp of the block (it synchronizes the block when parts > 1); the sums are complete in acc[t]
+// (t < T) on the warps of part 0. r: the row in the block, rows: rows a block, part_sums: shared
+// [MMVQ_MAX_PARTS][rows][MMVQ_MAX_T] floats.
+__device__ __forceinline__ void mmvq_fold_parts(float* acc, int T, int part, int parts, int r, int rows,
+                                                float* part_sums) {
+#pragma unroll
+    for (int t = 0; t < MMVQ_MAX_T; ++t)
+        if (t < T) acc[t] = warp_sum(acc[t]);
+    if (parts == 1) return;
+    if ((threadIdx.x & 31) == 0) {
+#pragma unroll
+        for (int t = 0; t < MMVQ_MAX_T; ++t)
+            if (t < T) part_sums[(part * rows + r) * MMVQ_MAX_T + t] = acc[t];
+    }
+    __syncthreads();
+    if (part != 0) return;
+#pragma unroll
+    for (int t = 0; t < MMVQ_MAX_T; ++t) {
+        if (t < T) {
+            float s = part_sums[r * MMVQ_MAX_T + t];
+            for (int p = 1; p < parts; ++p) s += part_sums[(p * rows + r) * MMVQ_MAX_T + t];
+            acc[t] = s;
+        }
+    }
+}
+
+// Lane `lane` of part `part` walks its units of the row (mmvq_<fmt>'s order).
+#define MMVQ_WALK(fmt, row, part, parts, ts, acc)                                                 \
+    for (int u = 32 * (part) + lane; u < K / MMVQ_UNIT_##fmt; u += 32 * (parts))                  \
+        vdot_##fmt(row, u, xq, xds, K, T, ts, terms, acc);
+
 #define DEFINE_MMVQ(fmt)                                                                          \
 extern "C" __global__ void mmvq_##fmt(const u8* __restrict__ W, i64 row_bytes, i64 expert_bytes,  \
                                       const int* __restrict__ expert_ids, const i8* __restrict__ xq, \
                                       const float4* __restrict__ xds, i64 term_stride, int x_per_slot, \
                                       const float* __restrict__ bias, int bias_per_expert,        \
                                       const float* __restrict__ residual, float* __restrict__ y,  \
-                                      int N, int K, int T, int terms) {                           \
-    const int lane = threadIdx.x & 31;                                                            \
-    const int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);                            \
-    if (n >= N) return;                                                                           \
+                                      int N, int K, int T, int terms, int parts) {                \
+    __shared__ float part_sums[MMVQ_MAX_PARTS * MMVQ_ROWS_PER_BLOCK * MMVQ_MAX_T];                \
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;                                   \
+    const int r = warp % MMVQ_ROWS_PER_BLOCK, part = warp / MMVQ_ROWS_PER_BLOCK;                  \
+    const int n = blockIdx.x * MMVQ_ROWS_PER_BLOCK + r;                                           \
+    const bool active = n < N;               /* no early return: the parts meet at a barrier */   \
     const int slot = blockIdx.y;                                                                  \
-    const int e = expert_ids ? expert_ids[slot] : slot;                                           \
+    const int e = active ? (expert_ids ? expert_ids[slot] : slot) : 0;                            \
     const u8* row = W + (i64)e * expert_bytes + (i64)n * row_bytes;                               \
     if (x_per_slot) {                                                                             \
         xq += (i64)slot * T * K;                                                                  \
@@ -40,14 +83,14 @@ extern "C" __global__ void mmvq_##fmt(const u8* __restrict__ W, i64 row_bytes, i
     }                                                                                             \
     float acc[MMVQ_MAX_T];                                                                        \
     _Pragma("unroll") for (int t = 0; t < MMVQ_MAX_T; ++t) acc[t] = 0.0f;                         \
-    const int units = K / MMVQ_UNIT_##fmt;                                                        \
-    for (int u = lane; u < units; u += 32) vdot_##fmt(row, u, xq, xds, K, T, term_stride, terms, acc); \
+    if (active) MMVQ_WALK(fmt, row, part, parts, term_stride, acc)                                \
+    mmvq_fold_parts(acc, T, part, parts, r, MMVQ_ROWS_PER_BLOCK, part_sums);                      \
+    if (!active || part != 0) return;                                                             \
     const float b = bias ? bias[(bias_per_expert ? (i64)e * N : 0) + n] : 0.0f;                   \
     _Pragma("unroll") for (int t = 0; t < MMVQ_MAX_T; ++t) {                                      \
         if (t < T) {                                                                              \
-            const float s = warp_sum(acc[t]);                                                     \
             const i64 at = ((i64)slot * T + t) * N + n;                                           \
-            if (lane == 0) y[at] = residual ? residual[at] + (s + b) : s + b;                     \
+            if (lane == 0) y[at] = residual ? residual[at] + (acc[t] + b) : acc[t] + b;           \
         }                                                                                         \
     }                                                                                             \
 }
@@ -56,22 +99,25 @@ FOR_EACH_VECDOT_FORMAT(DEFINE_MMVQ)
 
 // Up to MMVQ_MAX_SEGMENTS products of one quantized input in one launch (q, k, v; gate, up): segment
 // j has its own weight (format code fmt_j, MMVQ_FMT_<fmt>), N_j rows, bias (or NULL) and output
-// y_j [T, N_j]; it takes blocks [end_{j-1}, end_j) of the grid, one warp per row as in mmvq_<fmt>.
+// y_j [T, N_j]; it takes blocks [end_{j-1}, end_j) of the grid, rows split over parts as in mmvq_<fmt>
+// (one K, so the same parts), each segment equal to mmvq_<fmt> of its weight alone.
 // The format switch is uniform over a block, so it costs no divergence.
 #define MMVQ_SEGMENT_CASE(fmt)                                                                    \
     case MMVQ_FMT_##fmt:                                                                          \
-        for (int u = lane; u < K / MMVQ_UNIT_##fmt; u += 32) vdot_##fmt(row, u, xq, xds, K, T, ts, terms, acc); \
+        MMVQ_WALK(fmt, row, part, parts, ts, acc)                                                 \
         break;
 
 extern "C" __global__ void mmvq_segments(const i8* __restrict__ xq, const float4* __restrict__ xds, i64 ts,
-                                         int K, int T, int terms,
+                                         int K, int T, int terms, int parts,
                                          const u8* W0, i64 row_bytes0, const float* bias0, float* y0, int N0,
                                          int fmt0, int end0,
                                          const u8* W1, i64 row_bytes1, const float* bias1, float* y1, int N1,
                                          int fmt1, int end1,
                                          const u8* W2, i64 row_bytes2, const float* bias2, float* y2, int N2,
                                          int fmt2) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    __shared__ float part_sums[MMVQ_MAX_PARTS * MMVQ_ROWS_PER_BLOCK * MMVQ_MAX_T];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int r = warp % MMVQ_ROWS_PER_BLOCK, part = warp / MMVQ_ROWS_PER_BLOCK;
     const int blk = blockIdx.x;
     const u8* W = W0; i64 row_bytes = row_bytes0; const float* bias = bias0; float* y = y0;
     int N = N0, fmt = fmt0, first = 0;
@@ -80,52 +126,73 @@ extern "C" __global__ void mmvq_segments(const i8* __restrict__ xq, const float4
     } else if (blk >= end0) {
         W = W1; row_bytes = row_bytes1; bias = bias1; y = y1; N = N1; fmt = fmt1; first = end0;
     }
-    const int n = (blk - first) * warps + warp;
-    if (n >= N) return;
+    const int n = (blk - first) * MMVQ_ROWS_PER_BLOCK + r;
+    const bool active = n < N;
     const u8* row = W + (i64)n * row_bytes;
     float acc[MMVQ_MAX_T];
 #pragma unroll
     for (int t = 0; t < MMVQ_MAX_T; ++t) acc[t] = 0.0f;
-    switch (fmt) { FOR_EACH_VECDOT_FORMAT(MMVQ_SEGMENT_CASE) }
+    if (active) {
+        switch (fmt) { FOR_EACH_VECDOT_FORMAT(MMVQ_SEGMENT_CASE) }
+    }
+    mmvq_fold_parts(acc, T, part, parts, r, MMVQ_ROWS_PER_BLOCK, part_sums);
+    if (!active || part != 0) return;
     const float b = bias ? bias[n] : 0.0f;
 #pragma unroll
     for (int t = 0; t < MMVQ_MAX_T; ++t) {
-        if (t < T) {
-            const float s = warp_sum(acc[t]);
-            if (lane == 0) y[(i64)t * N + n] = s + b;
-        }
+        if (t < T && lane == 0) y[(i64)t * N + n] = acc[t] + b;
     }
 }
 
 // The gate and up products of one quantized input, SwiGLU, and the result's int8 blocks for the down
-// product, in one launch (F % 32 == 0): block b computes rows [32 b, 32 b + 32) of gate and of up
-// (64 rows, warp w taking rows w, w + warps, ... of them, one warp a row as in mmvq_<fmt>), then warp
+// product, in one launch (F % 32 == 0): block b computes outputs [32 b, 32 b + 32), i.e. 64 rows (32 of
+// gate, 32 of up), with MMVQ_SWIGLU_WARPS warps; warp w walks rows w, w + 16, w + 32, w + 48 together (the
+// four rows' loads in flight at once, where one row after another would wait for memory four times),
+// each row split into `parts` walked one after another and summed as mmvq_<fmt> sums them. Then warp
 // t < T applies silu(gate) * up (swiglu_f: elementwise.cu's swiglu) to token t's 32 values, writes
 // them to y [T, F] and quantizes them as one block into yq/yds (term stride T F); yq/yds must not be
-// xq/xds. Each product is mmvq_<fmt>'s sum in mmvq's order: y equals swiglu(mmvq(gate), mmvq(up)).
+// xq/xds. y equals swiglu(mmvq(gate), mmvq(up)) bit for bit, and yq/yds swiglu_q8's blocks of it.
+#define MMVQ_SWIGLU_WARPS 16
+#define MMVQ_SWIGLU_JOINT 4      // rows a warp walks together: 64 / MMVQ_SWIGLU_WARPS
 #define DEFINE_MMVQ_SWIGLU(fmt)                                                                   \
 extern "C" __global__ void mmvq_swiglu_##fmt(const u8* __restrict__ Wg, const u8* __restrict__ Wu, i64 row_bytes, \
                                              const i8* __restrict__ xq, const float4* __restrict__ xds, \
                                              float* __restrict__ y, i8* __restrict__ yq,           \
-                                             float4* __restrict__ yds, int F, int K, int T, int terms) { \
-    __shared__ float out[2][MMVQ_MAX_T][32];                     /* [gate/up][t][row] */          \
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;          \
+                                             float4* __restrict__ yds, int F, int K, int T, int terms, \
+                                             int parts) {                                          \
+    __shared__ float sums[MMVQ_MAX_PARTS][64][MMVQ_MAX_T];   /* [part][gate i | up 32 + i][t] */  \
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;                                   \
     const i64 ts = (i64)T * K;                                                                    \
-    for (int r = warp; r < 64; r += warps) {                                                      \
-        const u8* row = (r < 32 ? Wg : Wu) + (32 * (i64)blockIdx.x + (r & 31)) * row_bytes;       \
-        float acc[MMVQ_MAX_T];                                                                    \
-        _Pragma("unroll") for (int t = 0; t < MMVQ_MAX_T; ++t) acc[t] = 0.0f;                     \
-        for (int u = lane; u < K / MMVQ_UNIT_##fmt; u += 32) vdot_##fmt(row, u, xq, xds, K, T, ts, terms, acc); \
-        _Pragma("unroll") for (int t = 0; t < MMVQ_MAX_T; ++t) {                                  \
-            if (t < T) {                                                                          \
-                const float s = warp_sum(acc[t]);                                                 \
-                if (lane == 0) out[r >> 5][t][r & 31] = s;                                        \
+    const u8* rows[MMVQ_SWIGLU_JOINT];                                                            \
+    _Pragma("unroll") for (int j = 0; j < MMVQ_SWIGLU_JOINT; ++j) {                               \
+        const int r = warp + j * MMVQ_SWIGLU_WARPS;                                               \
+        rows[j] = (r < 32 ? Wg : Wu) + (32 * (i64)blockIdx.x + (r & 31)) * row_bytes;             \
+    }                                                                                             \
+    for (int p = 0; p < parts; ++p) {                                                             \
+        float acc[MMVQ_SWIGLU_JOINT][MMVQ_MAX_T];                                                 \
+        _Pragma("unroll") for (int j = 0; j < MMVQ_SWIGLU_JOINT; ++j)                             \
+            _Pragma("unroll") for (int t = 0; t < MMVQ_MAX_T; ++t) acc[j][t] = 0.0f;              \
+        for (int u = 32 * p + lane; u < K / MMVQ_UNIT_##fmt; u += 32 * parts) {                   \
+            _Pragma("unroll") for (int j = 0; j < MMVQ_SWIGLU_JOINT; ++j)                         \
+                vdot_##fmt(rows[j], u, xq, xds, K, T, ts, terms, acc[j]);                         \
+        }                                                                                         \
+        _Pragma("unroll") for (int j = 0; j < MMVQ_SWIGLU_JOINT; ++j) {                           \
+            _Pragma("unroll") for (int t = 0; t < MMVQ_MAX_T; ++t) {                              \
+                if (t < T) {                                                                      \
+                    const float s = warp_sum(acc[j][t]);                                          \
+                    if (lane == 0) sums[p][warp + j * MMVQ_SWIGLU_WARPS][t] = s;                  \
+                }                                                                                 \
             }                                                                                     \
         }                                                                                         \
     }                                                                                             \
     __syncthreads();                                                                              \
     if (warp < T) {                                                                               \
-        const float v = swiglu_f(out[0][warp][lane], out[1][warp][lane]);                         \
+        float g = sums[0][lane][warp], up = sums[0][32 + lane][warp];                             \
+        for (int p = 1; p < parts; ++p) {                     /* mmvq_fold_parts's order */       \
+            g += sums[p][lane][warp];                                                             \
+            up += sums[p][32 + lane][warp];                                                       \
+        }                                                                                         \
+        const float v = swiglu_f(g, up);                                                          \
         const i64 i = (i64)warp * F + 32 * (i64)blockIdx.x + lane;                                \
         y[i] = v;                                                                                 \
         quantize_block_warp(v, yq + i, (i64)T * F, yds + (i64)warp * (F >> 5) + blockIdx.x, terms); \

@@ -11,6 +11,8 @@ test-backend-ops holds quantized products to an NMSE of 5e-4).
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from worker.backend.cuda_runtime import NULL, i32, i64
@@ -19,10 +21,22 @@ VECDOT_FORMATS = frozenset({"q4_0", "q4_1", "q5_0", "q8_0", "mxfp4", "q4_k", "q5
 MMVQ_MAX_T = 4                        # must match vecdot.cuh
 MMVQ_MAX_SEGMENTS = 3                 # products of one input in one launch (vecdot.cuh)
 MMVQ_FORMAT_CODES = {"q4_0": 0, "q4_1": 1, "q5_0": 2, "q8_0": 3, "mxfp4": 4, "q4_k": 5, "q5_k": 6, "q6_k": 7}
-MMVQ_ROWS_PER_BLOCK = 4               # one warp per output row
+MMVQ_ROWS_PER_BLOCK = 4               # output rows a block (vecdot.cu)
+MMVQ_MAX_PARTS = 8                    # warps a row at most (vecdot.cu)
+# A row is split over ceil(K/32 / MMVQ_LANE_BLOCKS) warps, so that a lane walks at most about two of its
+# 32-value blocks (latency: each is a chain of dependent loads); M0_CUDA_MMVQ_LANE_BLOCKS=100000 keeps
+# one warp a row, to compare on the GPU. The split changes the order of a row's sum (mmvq_parts).
+MMVQ_LANE_BLOCKS = int(os.environ.get("M0_CUDA_MMVQ_LANE_BLOCKS", "64"))
 MMVQ_SWIGLU_WARPS = 16                # mmvq_swiglu: warps sharing a block's 64 rows (32 of gate, 32 of up)
 QUANT_BLOCK = 32
 QUANTIZE_WARPS = 8                    # 32-value blocks quantized per thread block
+
+
+def mmvq_parts(K: int) -> int:
+    """Warps one row of K values is split over (every kernel of vecdot.cu sums a row in the same order
+    for the same K, so fused products equal mmvq's bit for bit)."""
+    blocks = K // QUANT_BLOCK
+    return max(1, min(MMVQ_MAX_PARTS, -(-blocks // max(1, MMVQ_LANE_BLOCKS))))
 
 
 def activation_buffers(k, rows: int, K: int, spare: bool = False):
@@ -63,12 +77,13 @@ def mmvq(k, fmt: str, raw, row_bytes: int, xq, xds, y, N: int, K: int, T: int, t
     if T > MMVQ_MAX_T:
         raise ValueError(f"mmvq handles at most {MMVQ_MAX_T} tokens, got {T}")
     rows = quantized_rows if quantized_rows is not None else (slots * T if x_per_slot else T)
+    parts = mmvq_parts(K)
     k._launch("vecdot.cu", f"mmvq_{fmt}", ((N + MMVQ_ROWS_PER_BLOCK - 1) // MMVQ_ROWS_PER_BLOCK, slots),
-              32 * MMVQ_ROWS_PER_BLOCK,
+              32 * MMVQ_ROWS_PER_BLOCK * parts,
               (raw, i64(row_bytes), i64(expert_bytes), NULL if expert_ids is None else expert_ids, xq, xds,
                i64(rows * K), i32(1 if x_per_slot else 0), NULL if bias is None else bias,
                i32(1 if bias_per_expert else 0), NULL if residual is None else residual, y, i32(N), i32(K), i32(T),
-               i32(terms)), keeps_quantized_input=True)
+               i32(terms), i32(parts)), keeps_quantized_input=True)
 
 
 def mmvq_segments(k, xq, xds, K: int, T: int, terms: int, segments: list) -> None:
@@ -84,8 +99,9 @@ def mmvq_segments(k, xq, xds, K: int, T: int, terms: int, segments: list) -> Non
         args.append((NULL, 0, NULL, NULL, 0, 0, end))
     (w0, rb0, b0, y0, n0, f0, e0), (w1, rb1, b1, y1, n1, f1, e1), (w2, rb2, b2, y2, n2, f2, _) = args
     if end:
-        k._launch("vecdot.cu", "mmvq_segments", end, 32 * MMVQ_ROWS_PER_BLOCK,
-                  (xq, xds, i64(T * K), i32(K), i32(T), i32(terms),
+        parts = mmvq_parts(K)
+        k._launch("vecdot.cu", "mmvq_segments", end, 32 * MMVQ_ROWS_PER_BLOCK * parts,
+                  (xq, xds, i64(T * K), i32(K), i32(T), i32(terms), i32(parts),
                    w0, i64(rb0), b0, y0, i32(n0), i32(f0), i32(e0),
                    w1, i64(rb1), b1, y1, i32(n1), i32(f1), i32(e1),
                    w2, i64(rb2), b2, y2, i32(n2), i32(f2)), keeps_quantized_input=True)
@@ -99,7 +115,8 @@ def mmvq_swiglu(k, fmt: str, gate_raw, up_raw, row_bytes: int, xq, xds, y, yq, y
         raise ValueError(f"mmvq_swiglu: T={T} (at most {MMVQ_MAX_T}), F={F} (a multiple of {QUANT_BLOCK})")
     if F:
         k._launch("vecdot.cu", f"mmvq_swiglu_{fmt}", F // QUANT_BLOCK, 32 * MMVQ_SWIGLU_WARPS,
-                  (gate_raw, up_raw, i64(row_bytes), xq, xds, y, yq, yds, i32(F), i32(K), i32(T), i32(terms)))
+                  (gate_raw, up_raw, i64(row_bytes), xq, xds, y, yq, yds, i32(F), i32(K), i32(T), i32(terms),
+                   i32(mmvq_parts(K))))
 
 
 def output_buffers_besides(k, xq, rows: int, D: int):
