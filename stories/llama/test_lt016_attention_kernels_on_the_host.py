@@ -110,8 +110,10 @@ static void launch(unsigned gx, unsigned gy, unsigned threads, unsigned seed, co
 #define HOST_ARGS q, k_new, v_new, k_cache, v_cache, sinks, out, rope_cos, rope_sin, rope_dim, rope_neox, \
     T, H, KVH, hd, start_pos, start_pos_dev, window, scale_log2
 #define HOST_ENTRIES(kvt)                                                                              \
-extern "C" void host_prefill_##kvt(HOST_PARAMS, unsigned gx, unsigned threads, unsigned seed) {         \
-    if (hd <= 64) launch(gx, 1, threads, seed, [=] { attention_prefill_##kvt(HOST_ARGS); });             \
+extern "C" void host_prefill_##kvt(HOST_PARAMS, unsigned queries, unsigned gx, unsigned threads,       \
+                                   unsigned seed) {                                                     \
+    if (hd <= 64 && queries == 32) launch(gx, 1, threads, seed, [=] { attention_prefill_q32_##kvt(HOST_ARGS); }); \
+    else if (hd <= 64) launch(gx, 1, threads, seed, [=] { attention_prefill_##kvt(HOST_ARGS); });        \
     else if (hd <= 128) launch(gx, 1, threads, seed, [=] { attention_prefill_d128_##kvt(HOST_ARGS); });  \
     else launch(gx, 1, threads, seed, [=] { attention_prefill_d256_##kvt(HOST_ARGS); });                 \
 }                                                                                                       \
@@ -178,8 +180,9 @@ def _run_kernel(lib, *, q, k, v, kc, vc, sinks, start, window, rope, T, H, KVH, 
                                            ctypes.c_int(q8_terms), ctypes.c_uint(splits), ctypes.c_uint(seed))
         assert not counters.any(), "the merging blocks left a ticket counter non-zero"
     else:
-        queries, threads = prefill_tile(hd)
-        getattr(lib, f"host_prefill_{kvt}")(*args, ctypes.c_uint(-(-T // queries) * H), ctypes.c_uint(threads),
+        queries, threads = prefill_tile(hd, T)
+        getattr(lib, f"host_prefill_{kvt}")(*args, ctypes.c_uint(queries), ctypes.c_uint(-(-T // queries) * H),
+                                            ctypes.c_uint(threads),
                                             ctypes.c_uint(seed))
     return out, xq, xds
 
@@ -228,6 +231,19 @@ def test_attention_kernels_match_the_reference(host_attention, kv_dtype, case, h
     out, ref, _, _ = _case(host_attention, 1000 * T + start + hd + group, T, start, 2 if group < 7 else 1, group,
                            hd, kv_dtype=kv_dtype)
     assert nmse(out, ref) <= _threshold(kv_dtype), f"T={T} start={start} group={group}: NMSE {nmse(out, ref):.3e}"
+
+
+@pytest.mark.parametrize("kv_dtype", [np.float16, np.float32], ids=["f16", "f32"])
+@pytest.mark.parametrize("start, window, sinks", [(0, 0, False), (37, 300, True)])
+def test_long_prefill_takes_the_64_query_tiles(host_attention, kv_dtype, start, window, sinks):
+    """Past SHORT_PREFILL tokens, 64-wide heads take the 64 x 32 tiles (shorter inputs: 32 x 32)."""
+    from worker.backend.kernels.attention import SHORT_PREFILL
+
+    T = SHORT_PREFILL + 77
+    assert prefill_tile(64, T)[0] == 64
+    out, ref, _, _ = _case(host_attention, start + 5, T, start, 1, 2, 64, window=window, sinks=sinks,
+                           kv_dtype=kv_dtype)
+    assert nmse(out, ref) <= _threshold(kv_dtype), f"NMSE {nmse(out, ref):.3e}"
 
 
 @pytest.mark.parametrize("T, start", [(1, 200), (3, 40), (37, 0), (20, 90)])

@@ -70,9 +70,10 @@ def _call(k, T, hd, n_ctx=4096, start_dev=NULL, q8=None, rope=None, H=14, KVH=2)
 @pytest.mark.parametrize("T, hd, name, grid, block", [
     (1, 64, "attention_decode_f16", (16, 14), 128),
     (4, 128, "attention_decode_f16", (16, 14), 128),
-    (3, 20, "attention_prefill_f16", 14, 128),          # hd % 8 != 0: the tiled kernel takes it
-    (5, 64, "attention_prefill_f16", 14, 128),
-    (300, 64, "attention_prefill_f16", 5 * 14, 128),
+    (3, 20, "attention_prefill_q32_f16", 14, 128),      # hd % 8 != 0: the tiled kernel takes it
+    (5, 64, "attention_prefill_q32_f16", 14, 128),
+    (300, 64, "attention_prefill_q32_f16", 10 * 14, 128),
+    (2048, 64, "attention_prefill_f16", 32 * 14, 128),
     (300, 80, "attention_prefill_d128_f16", 10 * 14, 128),
     (300, 256, "attention_prefill_d256_f16", 19 * 14, 64),
 ])

@@ -276,7 +276,8 @@ __device__ void attention_prefill_tile(const AttentionArgs& a, float* smem) {
 }
 
 // Tile shapes by head-dimension class (static shared memory stays under 48 KiB):
-//   hd <= 64: 64 queries x 32 keys, 128 threads; hd <= 128: 32 x 32, 128; hd <= 256: 16 x 16, 64.
+//   hd <= 64: 64 queries x 32 keys, 128 threads (32 x 32 for shorter inputs: twice the blocks, where
+//   the longer tile would leave SMs idle); hd <= 128: 32 x 32, 128; hd <= 256: 16 x 16, 64.
 
 // -- decode: split keys, merged by the last block --------------------------------------------------
 //
@@ -506,6 +507,7 @@ extern "C" __global__ void name(ATTENTION_PARAMS) {                             
 
 #define DEFINE_ATTENTION(kvt, F16)                                                                \
 DEFINE_PREFILL(attention_prefill_##kvt, F16, 64, 64, 32, 128)                                     \
+DEFINE_PREFILL(attention_prefill_q32_##kvt, F16, 64, 32, 32, 128)                                 \
 DEFINE_PREFILL(attention_prefill_d128_##kvt, F16, 128, 32, 32, 128)                               \
 DEFINE_PREFILL(attention_prefill_d256_##kvt, F16, 256, 16, 16, 64)                                \
 extern "C" __global__ void                                                                      \
