@@ -274,3 +274,26 @@ def test_decode_attention_speed(context, heads, capsys):
     with capsys.disabled():
         print(f"\ndecode attention H={H} KV={KVH} context={context}: {us:.2f} us (fused rope {us_rope:.2f} us)")
     assert us <= 10.0                     # the per-(token, head) kernel it replaced: about 10 us
+
+
+@pytest.mark.parametrize("T", [128, 512, 1024, 2048])
+def test_prefill_tile_shapes_compared(T, monkeypatch, capsys):
+    """Both tile shapes of 64-wide heads timed at one length (Qwen2.5-0.5B heads): the figures that set
+    kernels/attention.py's SHORT_PREFILL (32-query tiles up to it, 64-query tiles past it)."""
+    from worker.backend.kernels import attention as kernels
+
+    b = _backend("float16", checking=False)
+    H, KVH, hd = 14, 2, 64
+    cache = b.new_kv_cache(1, T, KVH, hd)
+    rng = np.random.default_rng(2)
+    q, k, v = (b.asarray(rng.standard_normal((T, n, hd)).astype(np.float32)) for n in (H, KVH, KVH))
+    times, chosen = {}, kernels.SHORT_PREFILL
+    for queries, short in ((32, 1 << 30), (64, 0)):
+        monkeypatch.setattr(kernels, "SHORT_PREFILL", short)
+        assert kernels.prefill_tile(hd, T)[0] == queries
+        times[queries] = _time_us(b, lambda: b.attention(q, k, v, cache, 0, 0))
+    b.free_kv_cache(cache)
+    with capsys.disabled():
+        print(f"\nprefill attention T={T}: 32-query tiles {times[32]:.1f} us, 64-query tiles {times[64]:.1f} us "
+              f"(SHORT_PREFILL {chosen})")
+    assert all(np.isfinite(list(times.values())))
