@@ -83,6 +83,7 @@ static inline float f16_bits_to_f32(u16 h) {
 }
 static inline float warp_max(float v) { return v; }     // quantize_block_warp is not run here
 static inline float warp_sum(float v) { return v; }
+static inline float __shfl_xor_sync(unsigned, float v, int) { return v; }
 """
 
 _HOST_MAIN = r"""

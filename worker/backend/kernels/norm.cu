@@ -20,9 +20,10 @@ extern "C" __global__ void rmsnorm(const float* __restrict__ x, const float* __r
 // term stride T D): the product that reads y needs no quantize_q8 launch. D % 32 == 0.
 // A decode row is short (hundreds to a few thousand values) and alone on the GPU, so latency is what
 // counts: each warp owns 32-value blocks c = warp + j * warps (j < RMSNORM_Q8_BLOCKS_PER_WARP) and
-// keeps them in registers, the row is read once, one block reduction (in double, as rmsnorm) gives
-// the scale, and each warp quantizes its own blocks. D <= 32 * 32 * RMSNORM_Q8_BLOCKS_PER_WARP with
-// 32 * min(32, D / 32) threads; wider rows: rmsnorm_q8_wide.
+// keeps them in registers with their weights (both loaded at the start, so that the weights' memory
+// latency passes during the reduction), the row is read once, one block reduction (in double, as
+// rmsnorm, with a single barrier) gives the scale, and each warp quantizes its own blocks.
+// D <= 32 * 32 * RMSNORM_Q8_BLOCKS_PER_WARP with 32 * min(32, D / 32) threads; wider rows: rmsnorm_q8_wide.
 #define RMSNORM_Q8_BLOCKS_PER_WARP 8
 extern "C" __global__ void rmsnorm_q8(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
                                       i8* __restrict__ xq, float4* __restrict__ xds, int D, float eps, int T,
@@ -30,22 +31,28 @@ extern "C" __global__ void rmsnorm_q8(const float* __restrict__ x, const float* 
     __shared__ double scratch[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, blocks = D >> 5;
     const float* xr = x + (i64)blockIdx.x * D;
-    float v[RMSNORM_Q8_BLOCKS_PER_WARP];
-    double ss = 0.0;
+    float v[RMSNORM_Q8_BLOCKS_PER_WARP], wv[RMSNORM_Q8_BLOCKS_PER_WARP];
 #pragma unroll
     for (int j = 0; j < RMSNORM_Q8_BLOCKS_PER_WARP; ++j) {
         const int c = warp + j * warps;
         v[j] = c < blocks ? xr[32 * c + lane] : 0.0f;
-        ss += (double)v[j] * v[j];
+        wv[j] = c < blocks ? w[32 * c + lane] : 0.0f;
     }
-    ss = block_sum_d(ss, scratch);
+    double ss = 0.0;
+#pragma unroll
+    for (int j = 0; j < RMSNORM_Q8_BLOCKS_PER_WARP; ++j) ss += (double)v[j] * v[j];
+    // block_sum_d's numbers without its first barrier (which guards a reused scratch; this one is used once)
+    ss = warp_sum_d(ss);
+    if (lane == 0) scratch[warp] = ss;
+    __syncthreads();
+    ss = warp_sum_d(lane < warps ? scratch[lane] : 0.0);
     const double inv = 1.0 / sqrt(ss / D + (double)eps);
 #pragma unroll
     for (int j = 0; j < RMSNORM_Q8_BLOCKS_PER_WARP; ++j) {
         const int c = warp + j * warps;           // the same for the whole warp: its shuffles stay full
         if (c < blocks) {
             const int i = 32 * c + lane;
-            const float out = (float)(v[j] * inv * w[i]);
+            const float out = (float)(v[j] * inv * wv[j]);
             y[(i64)blockIdx.x * D + i] = out;
             quantize_block_warp(out, xq + (i64)blockIdx.x * D + i, (i64)T * D, xds + (i64)blockIdx.x * blocks + c,
                                 terms);

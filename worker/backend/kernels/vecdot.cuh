@@ -23,10 +23,18 @@ typedef signed char i8;
 // fused producers rmsnorm_q8 / swiglu_q8). Term 0: q0 = round(v / d0), d0 = max|v| / 127 (ggml's
 // quantize_q8_1); term 1 quantizes the residual v - d0 q0 the same way, so that d0 q0 + d1 q1 carries
 // v to about 1/32000 of the block's range. q: this value's term-0 byte; ds: the block's scales.
+// The block's max and sum share one butterfly (warp_max's and warp_sum's steps, two independent
+// shuffles a step: the same numbers, half the chain); every producer calls this one function.
 __device__ __forceinline__ void quantize_block_warp(float v, i8* q, i64 term_stride, float4* ds, int terms) {
-    const float d0 = warp_max(fabsf(v)) / 127.0f;
+    float amax = fabsf(v), s = v;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float m = __shfl_xor_sync(0xffffffffu, amax, o), t = __shfl_xor_sync(0xffffffffu, s, o);
+        amax = fmaxf(amax, m);
+        s += t;
+    }
+    const float d0 = amax / 127.0f;
     const float q0 = d0 > 0.0f ? rintf(v / d0) : 0.0f;
-    const float s = warp_sum(v);
     float d1 = 0.0f;
     q[0] = (i8)(int)q0;
     if (terms > 1) {
