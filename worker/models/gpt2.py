@@ -98,15 +98,20 @@ class GPT2Model:
             x = self._feed_forward(blk, b.layernorm(x, blk.ffn_norm, blk.ffn_norm_b, cfg.norm_eps), residual=x)
         return b.matmul(b.layernorm(x, self.output_norm, self.output_norm_b, cfg.norm_eps), self.output)
 
-    def _attention(self, blk: GPT2Block, x, cache, layer: int, start_pos: int, *, residual):
-        """residual + Wo · MHA(...) + bo of the normed input x."""
+    def _attention(self, blk: GPT2Block, x, cache, layer: int, start_pos: int, *, residual=None):
+        """(residual +) Wo · MHA(...) + bo of the normed input x."""
         b, cfg = self.backend, self.config
         T = x.shape[0]
         q, k, v = (y.reshape(T, cfg.n_heads, cfg.head_dim)
                    for y in b.matmuls(x, [blk.wq, blk.wk, blk.wv], [blk.bq, blk.bk, blk.bv]))
-        return b.matmul_add(b.attention(q, k, v, cache, layer, start_pos), blk.wo, blk.bo, residual=residual)
+        return _output(b, b.attention(q, k, v, cache, layer, start_pos), blk.wo, blk.bo, residual)
 
-    def _feed_forward(self, blk: GPT2Block, x, *, residual):
-        """residual + Wdown · gelu(Wup · x + bup) + bdown."""
+    def _feed_forward(self, blk: GPT2Block, x, *, residual=None):
+        """(residual +) Wdown · gelu(Wup · x + bup) + bdown."""
         b = self.backend
-        return b.matmul_add(b.gelu(b.matmul(x, blk.w_up, blk.b_up)), blk.w_down, blk.b_down, residual=residual)
+        return _output(b, b.gelu(b.matmul(x, blk.w_up, blk.b_up)), blk.w_down, blk.b_down, residual)
+
+
+def _output(b, h, w, bias, residual):
+    """A sublayer's output product, with the residual stream added in the same op when given."""
+    return b.matmul(h, w, bias) if residual is None else b.matmul_add(h, w, bias, residual=residual)
