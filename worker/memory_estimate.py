@@ -11,7 +11,9 @@ kv_cache   K and V for every layer and position: 2 * n_layers * n_ctx * n_kv_hea
            layers are counted at full context: a conservative bound.
 workspace  activations of one prefill chunk of `prefill_tokens` (at most n_ctx) in float32:
            hidden states and projections, the FFN (top-k experts for MoE), one layer's attention
-           scores [heads, T, n_ctx], the logits [T, vocab]; plus a fixed reserve for kernels.
+           scores [heads, T, n_ctx], the logits [T, vocab], the prefill products' split input
+           (3 floats a value of the widest product input); plus the prefill products' fixed
+           scratch (the dequantization tile, cuBLAS's workspace) and a reserve for kernels.
 All values are ints (bytes).
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ from worker.config import ModelConfig
 
 FLOAT32 = 4
 WORKSPACE_RESERVE = 64 << 20        # kernel scratch, sampling buffers, CUDA graph pools
+PREFILL_SCRATCH = (64 << 20) + (32 << 20)   # backend/cuda.py TILE_MAX_BYTES, kernels/matmul.py CUBLAS_WORKSPACE_BYTES
 
 
 def kv_cache_bytes(cfg: ModelConfig, n_ctx: int, kv_dtype_bytes: int = 2) -> int:
@@ -40,7 +43,8 @@ def workspace_bytes(cfg: ModelConfig, n_ctx: int, prefill_tokens: int = 512) -> 
         + cfg.vocab_size                # logits
     )
     scores = cfg.n_heads * t * n_ctx    # one layer's attention scores at a time
-    return FLOAT32 * (t * per_token + scores) + WORKSPACE_RESERVE
+    split_input = 3 * t * max(cfg.hidden_size, q_dim, ffn_width)
+    return FLOAT32 * (t * per_token + scores + split_input) + PREFILL_SCRATCH + WORKSPACE_RESERVE
 
 
 def parameter_bytes(cfg: ModelConfig, bytes_per_param: float = 2.0) -> int:
