@@ -221,9 +221,11 @@ INT8_FORMATS = [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q8_0, Q.MXFP4, Q.Q4_K, Q.Q5_K, Q.Q6_K]
 
 
 @pytest.mark.parametrize("qtype", INT8_FORMATS, ids=lambda q: q.name)
-def test_the_residual_is_added_to_the_finished_product(host_kernels, qtype):
-    rng = np.random.default_rng(int(qtype))
-    N, K, T = 9, 512, 3
+@pytest.mark.parametrize("T", [1, 3])
+def test_the_residual_is_added_to_the_finished_product(host_kernels, qtype, T):
+    """(T = 1 takes the kernels' one-token walk, T and terms known to the compiler; T = 3 the general one.)"""
+    rng = np.random.default_rng(int(qtype) + T)
+    N, K = 9, 512
     raw, row_bytes, _ = _weight(qtype, N, K, rng)
     k = HostBackend(host_kernels)
     xq, xds = _quantized(k, rng.standard_normal((T, K)).astype(np.float32))
@@ -302,18 +304,19 @@ def _term_nmse(y, x, dense, bias=None):
     return np.sum((y - ref) ** 2) / np.sum(scale ** 2)
 
 
-LONG_ROWS = [(Q.Q4_K, 4864), (Q.Q6_K, 4864), (Q.Q5_0, 4864), (Q.MXFP4, 2880), (Q.Q8_0, 2880), (Q.Q4_1, 2048 + 32)]
+LONG_ROWS = [(Q.Q4_K, 4864, 1), (Q.Q6_K, 4864, 1), (Q.Q5_0, 4864, 2), (Q.MXFP4, 2880, 1), (Q.Q8_0, 2880, 2),
+             (Q.Q4_1, 2048 + 32, 1), (Q.Q5_K, 8192 + 256, 1)]
 
 
-@pytest.mark.parametrize("qtype,K", LONG_ROWS, ids=lambda v: getattr(v, "name", str(v)))
-def test_long_rows_split_over_warps(host_kernels, qtype, K):
+@pytest.mark.parametrize("qtype,K,T", LONG_ROWS, ids=lambda v: getattr(v, "name", str(v)))
+def test_long_rows_split_over_warps(host_kernels, qtype, K, T):
     """A row past 2048 values is walked by several warps (no lane walks more than two 32-value blocks), their
     sums folded in shared memory: the product stays within matvec_q8x2 of the float product (its sum order
     changed), and the residual epilogue and the segments launch agree with it bit for bit."""
     rng = np.random.default_rng(K + int(qtype))
-    N, T = 9, 2
+    N = 9
     parts = vecdot.mmvq_parts(K)
-    assert parts == -(-(K // 32) // 64) > 1
+    assert parts == min(vecdot.MMVQ_MAX_PARTS, -(-(K // 32) // 64)) > 1
     raw, row_bytes, dense = _weight(qtype, N, K, rng)
     k = HostBackend(host_kernels)
     x = rng.standard_normal((T, K)).astype(np.float32)
@@ -334,7 +337,7 @@ def test_long_rows_split_over_warps(host_kernels, qtype, K):
     np.testing.assert_array_equal(ys[1], _mmvq(k, Q.Q8_0, other[0], other[1], xq, xds, 5, K, T))
 
 
-@pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q5_0], ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q5_0, Q.Q6_K], ids=lambda q: q.name)
 def test_swiglu_of_long_rows_equals_the_split_products(host_kernels, qtype):
     """mmvq_swiglu walks a long row's parts one after another in one warp, and folds them as mmvq does."""
     rng = np.random.default_rng(7 + int(qtype))
@@ -350,3 +353,22 @@ def test_swiglu_of_long_rows_equals_the_split_products(host_kernels, qtype):
     np.testing.assert_array_equal(y, want)
     np.testing.assert_array_equal(yq, wq)
     np.testing.assert_array_equal(yds, wds)
+
+
+@pytest.mark.parametrize("qtype", INT8_FORMATS, ids=lambda q: q.name)
+@pytest.mark.parametrize("terms", [1, 2])
+def test_the_one_token_walk_equals_the_general_one(host_kernels, qtype, terms):
+    """T = 1 runs a copy of the walk with T and terms constant (its loads issued together): the same sums as the
+    general walk gives token 0 of two."""
+    rng = np.random.default_rng(int(qtype) * 3 + terms)
+    N, K = 6, 2048 + 256
+    raw, row_bytes, _ = _weight(qtype, N, K, rng)
+    k = HostBackend(host_kernels)
+    x = rng.standard_normal((2, K)).astype(np.float32)
+    ys = []
+    for T in (1, 2):
+        xq, xds = _quantized(k, x[:T], terms)
+        y = np.full((T, N), np.nan, np.float32)
+        vecdot.mmvq(k, FORMATS[qtype].kernel, raw, row_bytes, xq, xds, y, N, K, T, terms)
+        ys.append(y)
+    np.testing.assert_array_equal(ys[0][0], ys[1][0])

@@ -16,10 +16,10 @@ extern "C" __global__ void quantize_q8(const float* __restrict__ x, i8* __restri
 
 // y[slot][t, n] = sum_k x[t, k] W_e[n, k] (+ bias_e[n]) for t < T <= MMVQ_MAX_T: MMVQ_ROWS_PER_BLOCK rows a
 // block, each row split over `parts` warps (vecdot.py's mmvq_parts: one warp up to K = 2048, so that no
-// lane walks more than about two 32-value blocks of a row; a long row is a chain of dependent loads a
-// lane, and splitting it shortens the chain). Part p's lanes walk units 32 p + lane, step 32 parts, and
-// the row's sum is warp_sum(part 0) + warp_sum(part 1) + ... in that order (MMVQ_FOLD_PARTS), the same
-// in every kernel here, so that fused kernels equal mmvq_<fmt> bit for bit.
+// lane walks more than two 32-value blocks of a row up to K = 8192; a long row is a chain of memory
+// latencies a lane, and splitting it shortens the chain). Part p's lanes walk units 32 p + lane, step
+// 32 parts, and the row's sum is warp_sum(part 0) + warp_sum(part 1) + ... in that order
+// (mmvq_fold_parts), the same in every kernel here, so that fused kernels equal mmvq_<fmt> bit for bit.
 // (Splitting a 2880-wide MXFP4 row over 4 warps, one row a block, measured slower than one warp:
 // benchmarks/bench_matvec.py on the H200, 7.7 -> 9.2 us; the split here keeps 4 rows a block and
 // starts at 2 warps a row only past K = 2048.)
@@ -28,7 +28,7 @@ extern "C" __global__ void quantize_q8(const float* __restrict__ x, i8* __restri
 // activations are rows [j T, j T + T) of the quantized input when x_per_slot, else rows [0, T). bias: [E, N] (expert_stride N) or [N].
 // residual [slots T, N] (or NULL): y = residual + (W x + b), the order of add(residual, product).
 #define MMVQ_ROWS_PER_BLOCK 4   // vecdot.py's; a block has 32 * MMVQ_ROWS_PER_BLOCK * parts threads
-#define MMVQ_MAX_PARTS 8        // warps a row at most (vecdot.py's mmvq_parts)
+#define MMVQ_MAX_PARTS 4        // warps a row at most (vecdot.py's mmvq_parts): 512 threads, 128 registers a thread
 
 // The row sums of one part's lane accumulators (warp_sum), folded over the row's parts in order: called
 // by every warp of the block (it synchronizes the block when parts > 1); the sums are complete in acc[t]
@@ -57,10 +57,27 @@ __device__ __forceinline__ void mmvq_fold_parts(float* acc, int T, int part, int
     }
 }
 
-// Lane `lane` of part `part` walks its units of the row (mmvq_<fmt>'s order).
+// Lane `lane` of part `part` walks its units of the row (mmvq_<fmt>'s order), two at a time where it has
+// two: both units' loads are then issued before either is used (one memory latency, not two); the
+// sum's order is that of walking them one by one.
+#define MMVQ_WALK_AS(fmt, row, part, parts, ts, acc, T_, terms_)                                  \
+    {                                                                                             \
+        const int units_ = K / MMVQ_UNIT_##fmt, stride_ = 32 * (parts);                           \
+        int u = 32 * (part) + lane;                                                               \
+        for (; u + stride_ < units_; u += 2 * stride_) {                                          \
+            vdot_##fmt(row, u, xq, xds, K, T_, ts, terms_, acc);                                  \
+            vdot_##fmt(row, u + stride_, xq, xds, K, T_, ts, terms_, acc);                        \
+        }                                                                                         \
+        if (u < units_) vdot_##fmt(row, u, xq, xds, K, T_, ts, terms_, acc);                      \
+    }
+
+// The decode cases (one token; one or two terms) with T and terms known to the compiler: a unit's
+// weight, activation and scale loads then sit in one basic block and are issued together, where the
+// runtime `t < T` and `terms > 1` branches would make each wait for the one before (the same sums).
 #define MMVQ_WALK(fmt, row, part, parts, ts, acc)                                                 \
-    for (int u = 32 * (part) + lane; u < K / MMVQ_UNIT_##fmt; u += 32 * (parts))                  \
-        vdot_##fmt(row, u, xq, xds, K, T, ts, terms, acc);
+    if (T == 1 && terms == 2) MMVQ_WALK_AS(fmt, row, part, parts, ts, acc, 1, 2)                 \
+    else if (T == 1 && terms == 1) MMVQ_WALK_AS(fmt, row, part, parts, ts, acc, 1, 1)            \
+    else MMVQ_WALK_AS(fmt, row, part, parts, ts, acc, T, terms)
 
 #define DEFINE_MMVQ(fmt)                                                                          \
 extern "C" __global__ void mmvq_##fmt(const u8* __restrict__ W, i64 row_bytes, i64 expert_bytes,  \
@@ -147,13 +164,28 @@ extern "C" __global__ void mmvq_segments(const i8* __restrict__ xq, const float4
 // The gate and up products of one quantized input, SwiGLU, and the result's int8 blocks for the down
 // product, in one launch (F % 32 == 0): block b computes outputs [32 b, 32 b + 32), i.e. 64 rows (32 of
 // gate, 32 of up), with MMVQ_SWIGLU_WARPS warps; warp w walks rows w, w + 16, w + 32, w + 48 together (the
-// four rows' loads in flight at once, where one row after another would wait for memory four times),
+// four rows' loads in flight at once (two and two for Q6_K), where one row after another would wait for memory four times),
 // each row split into `parts` walked one after another and summed as mmvq_<fmt> sums them. Then warp
 // t < T applies silu(gate) * up (swiglu_f: elementwise.cu's swiglu) to token t's 32 values, writes
 // them to y [T, F] and quantizes them as one block into yq/yds (term stride T F); yq/yds must not be
 // xq/xds. y equals swiglu(mmvq(gate), mmvq(up)) bit for bit, and yq/yds swiglu_q8's blocks of it.
 #define MMVQ_SWIGLU_WARPS 16
-#define MMVQ_SWIGLU_JOINT 4      // rows a warp walks together: 64 / MMVQ_SWIGLU_WARPS
+#define MMVQ_SWIGLU_ROWS 4       // rows a warp: 64 / MMVQ_SWIGLU_WARPS
+// Rows a warp walks together (MMVQ_SWIGLU_ROWS in groups of this many): Q6_K's unit takes twice the
+// registers of the others' (four rows of it would exceed a 512-thread block's 128 registers a thread).
+#define MMVQ_SWIGLU_JOINT_q4_0 4
+#define MMVQ_SWIGLU_JOINT_q4_1 4
+#define MMVQ_SWIGLU_JOINT_q5_0 4
+#define MMVQ_SWIGLU_JOINT_q8_0 4
+#define MMVQ_SWIGLU_JOINT_mxfp4 4
+#define MMVQ_SWIGLU_JOINT_q4_k 4
+#define MMVQ_SWIGLU_JOINT_q5_k 4
+#define MMVQ_SWIGLU_JOINT_q6_k 2
+#define MMVQ_SWIGLU_WALK(fmt, T_, terms_)                                                         \
+    for (int u = 32 * p + lane; u < K / MMVQ_UNIT_##fmt; u += 32 * parts) {                       \
+        _Pragma("unroll") for (int j = 0; j < MMVQ_SWIGLU_JOINT_##fmt; ++j)                       \
+            vdot_##fmt(rows[j0 + j], u, xq, xds, K, T_, ts, terms_, acc[j]);                      \
+    }
 #define DEFINE_MMVQ_SWIGLU(fmt)                                                                   \
 extern "C" __global__ void mmvq_swiglu_##fmt(const u8* __restrict__ Wg, const u8* __restrict__ Wu, i64 row_bytes, \
                                              const i8* __restrict__ xq, const float4* __restrict__ xds, \
@@ -163,24 +195,25 @@ extern "C" __global__ void mmvq_swiglu_##fmt(const u8* __restrict__ Wg, const u8
     __shared__ float sums[MMVQ_MAX_PARTS][64][MMVQ_MAX_T];   /* [part][gate i | up 32 + i][t] */  \
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;                                   \
     const i64 ts = (i64)T * K;                                                                    \
-    const u8* rows[MMVQ_SWIGLU_JOINT];                                                            \
-    _Pragma("unroll") for (int j = 0; j < MMVQ_SWIGLU_JOINT; ++j) {                               \
+    const u8* rows[MMVQ_SWIGLU_ROWS];                                                             \
+    _Pragma("unroll") for (int j = 0; j < MMVQ_SWIGLU_ROWS; ++j) {                                \
         const int r = warp + j * MMVQ_SWIGLU_WARPS;                                               \
         rows[j] = (r < 32 ? Wg : Wu) + (32 * (i64)blockIdx.x + (r & 31)) * row_bytes;             \
     }                                                                                             \
     for (int p = 0; p < parts; ++p) {                                                             \
-        float acc[MMVQ_SWIGLU_JOINT][MMVQ_MAX_T];                                                 \
-        _Pragma("unroll") for (int j = 0; j < MMVQ_SWIGLU_JOINT; ++j)                             \
-            _Pragma("unroll") for (int t = 0; t < MMVQ_MAX_T; ++t) acc[j][t] = 0.0f;              \
-        for (int u = 32 * p + lane; u < K / MMVQ_UNIT_##fmt; u += 32 * parts) {                   \
-            _Pragma("unroll") for (int j = 0; j < MMVQ_SWIGLU_JOINT; ++j)                         \
-                vdot_##fmt(rows[j], u, xq, xds, K, T, ts, terms, acc[j]);                         \
-        }                                                                                         \
-        _Pragma("unroll") for (int j = 0; j < MMVQ_SWIGLU_JOINT; ++j) {                           \
-            _Pragma("unroll") for (int t = 0; t < MMVQ_MAX_T; ++t) {                              \
-                if (t < T) {                                                                      \
-                    const float s = warp_sum(acc[j][t]);                                          \
-                    if (lane == 0) sums[p][warp + j * MMVQ_SWIGLU_WARPS][t] = s;                  \
+        _Pragma("unroll") for (int j0 = 0; j0 < MMVQ_SWIGLU_ROWS; j0 += MMVQ_SWIGLU_JOINT_##fmt) { \
+            float acc[MMVQ_SWIGLU_JOINT_##fmt][MMVQ_MAX_T];                                       \
+            _Pragma("unroll") for (int j = 0; j < MMVQ_SWIGLU_JOINT_##fmt; ++j)                   \
+                _Pragma("unroll") for (int t = 0; t < MMVQ_MAX_T; ++t) acc[j][t] = 0.0f;          \
+            if (T == 1 && terms == 2) MMVQ_SWIGLU_WALK(fmt, 1, 2)      /* as MMVQ_WALK */          \
+            else if (T == 1 && terms == 1) MMVQ_SWIGLU_WALK(fmt, 1, 1)                            \
+            else MMVQ_SWIGLU_WALK(fmt, T, terms)                                                  \
+            _Pragma("unroll") for (int j = 0; j < MMVQ_SWIGLU_JOINT_##fmt; ++j) {                 \
+                _Pragma("unroll") for (int t = 0; t < MMVQ_MAX_T; ++t) {                          \
+                    if (t < T) {                                                                  \
+                        const float s = warp_sum(acc[j][t]);                                      \
+                        if (lane == 0) sums[p][warp + (j0 + j) * MMVQ_SWIGLU_WARPS][t] = s;       \
+                    }                                                                             \
                 }                                                                                 \
             }                                                                                     \
         }                                                                                         \

@@ -22,7 +22,7 @@ MMVQ_MAX_T = 4                        # must match vecdot.cuh
 MMVQ_MAX_SEGMENTS = 3                 # products of one input in one launch (vecdot.cuh)
 MMVQ_FORMAT_CODES = {"q4_0": 0, "q4_1": 1, "q5_0": 2, "q8_0": 3, "mxfp4": 4, "q4_k": 5, "q5_k": 6, "q6_k": 7}
 MMVQ_ROWS_PER_BLOCK = 4               # output rows a block (vecdot.cu)
-MMVQ_MAX_PARTS = 8                    # warps a row at most (vecdot.cu)
+MMVQ_MAX_PARTS = 4                    # warps a row at most (vecdot.cu: 512-thread blocks, 128 registers a thread)
 # A row is split over ceil(K/32 / MMVQ_LANE_BLOCKS) warps, so that a lane walks at most about two of its
 # 32-value blocks (latency: each is a chain of dependent loads); M0_CUDA_MMVQ_LANE_BLOCKS=100000 keeps
 # one warp a row, to compare on the GPU. The split changes the order of a row's sum (mmvq_parts).
