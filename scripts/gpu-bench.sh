@@ -4,6 +4,8 @@
 #   scripts/gpu-bench.sh prepare   here: llama.cpp's source (from the llama-cpp-python sdist) into
 #                                  .peer/llama.cpp, the real files' headers into .peer/twins (timing
 #                                  twins: real tensor tables, random weights) and .peer/commit.txt
+#   scripts/gpu-bench.sh build     there, optional: start llama-bench's build early (detached), so
+#                                  that other work can run beside it before `run`
 #   scripts/gpu-bench.sh run       there (carry .peer, or its packed .peer/*.tar.xz with
 #                                  .peer/*.txt, and .whl): builds llama-bench (CUDA, sm_90) in
 #                                  the background while the models are written and ours is measured,
@@ -63,6 +65,17 @@ unpack_peer() {
   done
 }
 
+# llama-bench's CUDA build, detached (about 4 minutes there): /tmp/llb.rc holds its exit status when done
+start_build() {
+  mkdir -p "$OUT"
+  rm -f /tmp/llb.rc
+  touch /tmp/llb.started
+  setsid nohup nice -n 19 bash -c "cmake -S $PEER/llama.cpp -B /tmp/llb -G Ninja -DGGML_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF && cmake --build /tmp/llb --target llama-bench -j $(nproc); \
+    echo \$? > /tmp/llb.rc" > "$OUT/llama_build.log" 2>&1 < /dev/null &
+}
+
 # seconds left before the whole run must be done (the device tool stops a command at 600 s), less a reserve
 left() { local l=$(( ${BENCH_DEADLINE_S:-570} - SECONDS - $1 )); [ $l -gt 10 ] && echo $l || echo 10; }
 cap() { [ "$1" -lt "$2" ] && echo "$1" || echo "$2"; }
@@ -83,17 +96,16 @@ run() {
     date -u; } 2>&1 | tee -a "$log"
 
   # 1. llama-bench: configure and build in the background while the model files are written
+  #    (or already building: `scripts/gpu-bench.sh build` started it earlier in this machine's life)
   lb=/tmp/llb/bin/llama-bench
-  rm -f /tmp/llb.rc
   building=0
   if [ "${BENCH_LLAMA_CPP:-1}" = 0 ]; then
     echo "BENCH_LLAMA_CPP=0: ours only" | tee -a "$log"
+  elif [ -f /tmp/llb.started ]; then
+    building=1
   elif [ -f "$PEER/llama.cpp/CMakeLists.txt" ]; then
     building=1
-    setsid nohup nice -n 19 bash -c "cmake -S $PEER/llama.cpp -B /tmp/llb -G Ninja -DGGML_CUDA=ON \
-      -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
-      -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF && cmake --build /tmp/llb --target llama-bench -j $(nproc); \
-      echo \$? > /tmp/llb.rc" > "$OUT/llama_build.log" 2>&1 < /dev/null &
+    start_build
   else
     echo "no llama.cpp source in $PEER (run scripts/gpu-bench.sh prepare): llama.cpp NOT RUN" | tee -a "$log"
   fi
@@ -178,6 +190,7 @@ PY
 case "$mode" in
   prepare) prepare ;;
   unpack) unpack_peer ;;
+  build) unpack_peer && start_build ;;
   run) run ;;
-  *) echo "usage: scripts/gpu-bench.sh prepare|run|unpack" >&2; exit 2 ;;
+  *) echo "usage: scripts/gpu-bench.sh prepare|run|unpack|build" >&2; exit 2 ;;
 esac

@@ -8,6 +8,7 @@
 #     smol   SmolLM2 end to end + the decode benchmark (needs the SmolLM2 GGUF: installed, or
 #            reassembled from .dev/smol.part* / /tmp/smol.part*)
 #     all    full + smol
+#     memcheck  compute-sanitizer memcheck over the kernel suites alone
 #     gates  the gate board on the GPU (`python -m worker gates --device cuda`; SmolLM2 as for smol),
 #            its board files copied to $OUT; GATES_TIMEOUT bounds it (default 560 s)
 # Writes under $OUT (default reports/gpu): log.txt, junit.xml, cuda_conformance.json,
@@ -25,7 +26,7 @@ export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
 export M0_CONFORMANCE_JSON="$PWD/reports/cuda_conformance.json"
 log="$OUT/log.txt"
 status=0
-KERNEL_TESTS="stories/llama/test_lt019_kernel_unit_tests.py stories/gpt/test_gt016_kernel_integration_tests.py stories/foundation/test_ft016_gemm_wrapper.py"
+KERNEL_TESTS="stories/llama/test_lt019_kernel_unit_tests.py stories/gpt/test_gt016_kernel_integration_tests.py stories/foundation/test_ft016_gemm_wrapper.py stories/foundation/test_ft016_prefill_tf32_products.py stories/llama/test_lt019_fused_decode_ops.py stories/llama/test_lt016_flash_attention_gpu.py"
 
 { echo "== device"; nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader;
   python3 -c "import cupy; print('cupy', cupy.__version__, 'cuda runtime', cupy.cuda.runtime.runtimeGetVersion())"; } 2>&1 | tee -a "$log"
@@ -51,6 +52,10 @@ run_tests() {
   echo "== gpu-marked tests" | tee -a "$log"
   timeout "${PYTEST_TIMEOUT:-400}" python3 -m pytest ${GPU_TESTS:-stories gates} -m gpu --device cuda -q -p no:cacheprovider \
     -o addopts="" --junitxml="$OUT/junit.xml" 2>&1 | tee -a "$log" || status=1
+  run_memcheck
+}
+
+run_memcheck() {
   if command -v compute-sanitizer >/dev/null; then
     echo "== compute-sanitizer memcheck over the kernel suites" | tee -a "$log"
     M0_CUDA_DIRECT_MALLOC=1 M0_EXAMPLE_SCALE="${SANITIZER_SCALE:-0.15}" M0_CONFORMANCE_JSON=/tmp/sanitizer_conformance.json \
@@ -75,7 +80,8 @@ run_smol() {
 run_gates() {
   smol_ready || echo "SmolLM2 not available: its gate checks will be NOT RUN" | tee -a "$log"
   echo "== gate board on the GPU" | tee -a "$log"
-  timeout "${GATES_TIMEOUT:-560}" python3 -m worker gates --device cuda 2>&1 | tee "$OUT/gates.log" | grep -v '^[.sxFE]*\( *\[ *[0-9]*%\]\)\?$' \
+  # GATES_ARGS: extra pytest arguments, e.g. "-n 12" (pytest-xdist, present on the GPU machine)
+  timeout "${GATES_TIMEOUT:-560}" python3 -m worker gates --device cuda -- ${GATES_ARGS:-} 2>&1 | tee "$OUT/gates.log" | grep -v '^[.sxFE]*\( *\[ *[0-9]*%\]\)\?$' \
     | tee -a "$log"
   echo "gates exit status: ${PIPESTATUS[0]}" | tee -a "$log"
   cp reports/gate-board.md reports/gate-board.json reports/gate-board.html "$OUT/" 2>/dev/null
@@ -83,6 +89,7 @@ run_gates() {
 
 case "$mode" in
   gates) run_gates ;;
+  memcheck) run_memcheck ;;
   quick|full) run_tests ;;
   smol) run_smol ;;
   all) run_tests; run_smol ;;

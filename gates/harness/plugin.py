@@ -29,6 +29,9 @@ MARKERS = [
 # A test records a reproducibility run for the board's plot with
 # record_property(REPRO_PROPERTY, {"label": str, "runs": {seed: [ids of run 1, ids of run 2]}}).
 REPRO_PROPERTY = "repro"
+# The stories and checks of each test travel with its reports: under pytest-xdist (-n N) the workers
+# collect the tests and the controller, which writes the board, only sees reports.
+LABELS_PROPERTY = "m0_labels"
 # Real models a user may point at: name -> environment variable holding the GGUF path.
 MODEL_ENV = {"qwen2.5": "M0_QWEN25_GGUF", "phi3": "M0_PHI3_GGUF", "gpt-oss-20b": "M0_GPT_OSS_GGUF"}
 
@@ -154,6 +157,7 @@ def pytest_collection_modifyitems(session, config, items):
             continue
         state.item_stories[item.nodeid] = stories
         state.item_checks[item.nodeid] = checks
+        item.user_properties.append((LABELS_PROPERTY, {"stories": stories, "checks": checks}))
         _apply_skips(item, state)
         _add_allure_labels(item, state, stories, checks)
         keep.append(item)
@@ -236,7 +240,7 @@ def pytest_runtest_teardown(item):
                                  excluded=True)
         attach_json(f"{label}: {info['file']}", info)
     for key, value in item.user_properties:
-        if key == "model":
+        if key in ("model", LABELS_PROPERTY):
             continue
         if isinstance(value, str):
             attach_text(key, value)
@@ -249,6 +253,10 @@ def pytest_runtest_teardown(item):
 def record_report(state: "GateState", report) -> None:
     """Fold one phase report (setup/call/teardown) into the test's result."""
     models = [v for k, v in report.user_properties if k == "model"]
+    for key, labels in report.user_properties:
+        if key == LABELS_PROPERTY and report.nodeid not in state.item_stories:     # from an xdist worker
+            state.item_stories[report.nodeid] = labels["stories"]
+            state.item_checks[report.nodeid] = labels["checks"]
     if report.when == "teardown":
         state.repro_runs.update({v["label"]: v["runs"] for k, v in report.user_properties if k == REPRO_PROPERTY})
     previous = state.results.get(report.nodeid)
