@@ -239,6 +239,39 @@ def test_matmul_swiglu_and_the_down_product(qtype, seed, F32, n_blocks, T, D):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("qtype,K", [(Q.Q4_K, 4864), (Q.Q6_K, 4864), (Q.Q5_0, 4864), (Q.MXFP4, 2880), (Q.Q8_0, 2880),
+                                     (Q.Q4_1, 8192)], ids=lambda v: getattr(v, "name", str(v)))
+@pytest.mark.parametrize("T", [1, 2])
+def test_long_rows_split_over_warps(qtype, K, T):
+    """Rows past K = 2048 (Qwen2.5's ffn_down, GPT-OSS's 2880) are split over several warps (vecdot.py's
+    mmvq_parts), which changes the order of a row's sum: the products hold matvec_q8x2's term-normalized 1e-8
+    as before, and the fused ops still equal the ops they replace bit for bit (every kernel folds a row's
+    parts in one order)."""
+    from worker.backend.kernels import vecdot
+
+    assert vecdot.mmvq_parts(K) > 1
+    b = checking_backend()
+    rng = np.random.default_rng(K + T + int(qtype))
+    N, F = 77, 64
+    w, wg, wu = (random_weight(qtype, shape, rng, n) for n, shape in (("w", (N, K)), ("gate", (F, K)), ("up", (F, K))))
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    r = rng.standard_normal((T, N)).astype(np.float32)
+    cw, cg, cu = b.load_weight(w), b.load_weight(wg), b.load_weight(wu)
+    y = b.matmul(b.asarray(x), cw)
+    fused = b.matmul_add(b.asarray(x), cw, residual=b.asarray(r))
+    np.testing.assert_array_equal(b.to_host(fused), b.to_host(b.add(b.asarray(r), y)))
+    ref_w = REF.load_weight(w)
+    check_product(f"{product_op(b, 'matvec', qtype, T)}:{qtype.name}", f"split rows T={T} N={N} K={K}",
+                  b.to_host(y), REF.matmul(x, ref_w), x, ref_w.dense(), None)
+    segments = b.matmuls(b.asarray(x), [cw, cg])
+    np.testing.assert_array_equal(b.to_host(segments[0]), b.to_host(y))
+    np.testing.assert_array_equal(b.to_host(segments[1]), b.to_host(b.matmul(b.asarray(x), cg)))
+    h = b.matmul_swiglu(b.asarray(x), cg, cu)
+    separate = b.swiglu(b.matmul(b.asarray(x), cg), b.matmul(b.asarray(x), cu))
+    np.testing.assert_array_equal(b.to_host(h), b.to_host(separate))
+
+
+@pytest.mark.gpu
 def test_matmuls_fall_back_to_one_product_each():
     """Float weights and prefill-sized inputs take matmul's paths, one call per weight."""
     b = checking_backend()
