@@ -307,3 +307,36 @@ def test_rmsnorm_q8_for_every_row_width(seed, T, D, scale):
     vecdot.quantize(b, h, fused[-2], fused[-1], T, D, b.matvec_terms)     # the same blocks, quantized on their own
     np.testing.assert_array_equal(b.to_host(xds), b.to_host(fused[-1]))
     np.testing.assert_array_equal(xq.get(), fused[-2].get())
+
+
+@pytest.mark.gpu
+@pytest.mark.story("LT-019", "GT-016")
+@pytest.mark.parametrize("qtype", [Q.MXFP4, Q.Q8_0], ids=lambda q: q.name)
+@pytest.mark.parametrize("D", [96, 2880])
+def test_moe_chosen_experts_gate_up_swiglu_in_one_launch(qtype, D):
+    """GPT-OSS decode: the chosen experts' gate, up (with biases) and clamped SwiGLU in one mmvq_swiglu launch
+    (expert slots), equal bit for bit to the two slot products and swiglu_q8 (M0_CUDA_FUSED_SWIGLU=0's path)."""
+    b = checking_backend()
+    rng = np.random.default_rng(D + int(qtype))
+    E, F, k_used = 6, 64, 4
+    router, router_b = f32_tensor(rng.standard_normal((E, D)), "router"), f32_tensor(rng.standard_normal(E), "rb")
+    mats = [random_weight(qtype, shape, rng, name) for name, shape in
+            (("gate", (E, F, D)), ("up", (E, F, D)), ("down", (E, D, F)))]
+    biases = [f32_tensor(rng.standard_normal((E, n)) * 0.1, f"{name}_b") for name, n in (("g", F), ("u", F), ("d", D))]
+    x = rng.standard_normal((1, D)).astype(np.float32)
+    ws = [b.load_weight(t) for t in (router, router_b, mats[0], biases[0], mats[1], biases[1], mats[2], biases[2])]
+    outs = {}
+    try:
+        for fused in (True, False):
+            b.fused_swiglu = fused
+            with LaunchCounter(b) as launches:
+                outs[fused] = b.to_host(b.mixture_of_experts(b.asarray(x), *ws, k_used, limit=7.0, alpha=1.702))
+            kernel = f"mmvq_swiglu_{qtype.name.lower()}"
+            assert (kernel in launches.names) == fused and ("swiglu_q8" in launches.names) != fused, launches.names
+    finally:
+        del b.fused_swiglu
+    np.testing.assert_array_equal(outs[True], outs[False])
+    ref_ws = [REF.load_weight(t) for t in (router, router_b, mats[0], biases[0], mats[1], biases[1], mats[2],
+                                            biases[2])]
+    check("moe", f"{qtype.name} fused D={D}", outs[True], REF.mixture_of_experts(x, *ref_ws, k_used, limit=7.0,
+                                                                                  alpha=1.702))

@@ -372,3 +372,35 @@ def test_the_one_token_walk_equals_the_general_one(host_kernels, qtype, terms):
         vecdot.mmvq(k, FORMATS[qtype].kernel, raw, row_bytes, xq, xds, y, N, K, T, terms)
         ys.append(y)
     np.testing.assert_array_equal(ys[0][0], ys[1][0])
+
+
+@pytest.mark.parametrize("qtype", [Q.MXFP4, Q.Q8_0], ids=lambda q: q.name)
+@pytest.mark.parametrize("clamped", [False, True])
+def test_expert_slots_swiglu_in_one_launch(host_kernels, qtype, clamped):
+    """A MoE token's chosen experts (GPT-OSS): gate and up of each chosen expert with its biases, the (clamped)
+    SwiGLU and the down product's int8 input in one mmvq_swiglu launch, equal to the two slot products, then
+    swiglu_q8, bit for bit (values and blocks)."""
+    rng = np.random.default_rng(11 + int(qtype) + clamped)
+    E, F, K, n_used = 5, 64, 2880, 3
+    k = HostBackend(host_kernels)
+    xq, xds = _quantized(k, rng.standard_normal((1, K)).astype(np.float32))
+    (graw, rb, _), (uraw, _, _) = _weight(qtype, E * F, K, rng), _weight(qtype, E * F, K, rng)
+    bg, bu = (rng.standard_normal(E * F).astype(np.float32) for _ in range(2))
+    experts = np.array([3, 0, 4], np.int32)
+    limit, alpha = (7.0, 1.702) if clamped else (None, None)
+    h, hq = np.full((n_used, F), np.nan, np.float32), np.zeros(2 * n_used * F, np.int8)
+    hds = np.zeros((n_used, F // 32, 4), "f4")
+    k.launched.clear()
+    vecdot.mmvq_swiglu(k, FORMATS[qtype].kernel, graw, uraw, rb, xq, xds, h, hq, hds, F, K, 1, 2, slots=n_used,
+                       expert_ids=experts, expert_bytes=F * rb, bias_gate=bg, bias_up=bu, clamped=clamped,
+                       limit=limit, alpha=alpha)
+    assert k.launched == [f"mmvq_swiglu_{FORMATS[qtype].kernel}"]
+    g, u = (np.full((n_used, F), np.nan, np.float32) for _ in range(2))
+    for raw, b, y in ((graw, bg, g), (uraw, bu, u)):
+        vecdot.mmvq(k, FORMATS[qtype].kernel, raw, rb, xq, xds, y, F, K, 1, 2, bias=b, bias_per_expert=True,
+                    slots=n_used, expert_ids=experts, expert_bytes=F * rb)
+    want, wq, wds = np.full((n_used, F), np.nan, np.float32), np.zeros_like(hq), np.zeros_like(hds)
+    elementwise.swiglu_q8(k, g, u, want, wq, wds, 2, n_used * F, clamped, limit, alpha)
+    np.testing.assert_array_equal(h, want)
+    np.testing.assert_array_equal(hq, wq)
+    np.testing.assert_array_equal(hds, wds)

@@ -471,25 +471,31 @@ class CudaBackend(CudaMemory, Backend):
         weights = self.cp.empty((n_used,), dtype=np.float32)
         moe_kernels.route(self, logits, experts, weights, 1, E, n_used)
         biases = [self._vector(b, "expert bias") if b is not None else None for b in (gate_bias, up_bias, down_bias)]
-        g, u = self._out((n_used, F)), self._out((n_used, F))
-        for w, b, y in ((gate, biases[0], g), (up, biases[1], u)):
-            vecdot.mmvq(self, w.format, w.raw, w.row_bytes, xq, xds, y, F, D, 1, terms, bias=b, bias_per_expert=True,
-                        slots=n_used, expert_ids=experts, expert_bytes=F * w.row_bytes)
         h = self._out((n_used, F))
         clamped = not (limit is None and alpha is None)
         q8 = vecdot.fused_output_buffers(self, n_used, F)
-        if q8:
-            elementwise.swiglu_q8(self, g, u, h, *q8, n_used * F, clamped, limit, alpha)
-            hq, hds = q8[0], q8[1]
-            vecdot.remember_quantized(self, h, n_used, F, *q8)
-        else:                                   # more than MMVQ_MAX_T experts a token
-            if clamped:
-                elementwise.swiglu_clamped(self, g, u, h, n_used * F, limit, alpha)
-            else:
-                elementwise.swiglu(self, g, u, h, n_used * F)
-            hq, hds = vecdot.activation_buffers(self, n_used, F)
-            vecdot.quantize(self, h, hq, hds, n_used, F, terms)
-            vecdot.remember_quantized(self, h, n_used, F, hq, hds, terms)
+        if q8 and self.fused_swiglu and gate.format == up.format and gate.row_bytes == up.row_bytes:
+            # the chosen experts' gate, up and SwiGLU in one launch, also writing the down product's int8 input
+            hq, hds = vecdot.output_buffers_besides(self, xq, n_used, F)
+            vecdot.mmvq_swiglu(self, gate.format, gate.raw, up.raw, gate.row_bytes, xq, xds, h, hq, hds, F, D, 1,
+                               terms, slots=n_used, expert_ids=experts, expert_bytes=F * gate.row_bytes,
+                               bias_gate=biases[0], bias_up=biases[1], clamped=clamped, limit=limit, alpha=alpha)
+        else:
+            g, u = self._out((n_used, F)), self._out((n_used, F))
+            for w, b, y in ((gate, biases[0], g), (up, biases[1], u)):
+                vecdot.mmvq(self, w.format, w.raw, w.row_bytes, xq, xds, y, F, D, 1, terms, bias=b,
+                            bias_per_expert=True, slots=n_used, expert_ids=experts, expert_bytes=F * w.row_bytes)
+            if q8:
+                hq, hds = q8[0], q8[1]
+                elementwise.swiglu_q8(self, g, u, h, hq, hds, terms, n_used * F, clamped, limit, alpha)
+            else:                               # more than MMVQ_MAX_T experts a token
+                if clamped:
+                    elementwise.swiglu_clamped(self, g, u, h, n_used * F, limit, alpha)
+                else:
+                    elementwise.swiglu(self, g, u, h, n_used * F)
+                hq, hds = vecdot.activation_buffers(self, n_used, F)
+                vecdot.quantize(self, h, hq, hds, n_used, F, terms)
+        vecdot.remember_quantized(self, h, n_used, F, hq, hds, terms)
         y = self._out((n_used, D))
         vecdot.mmvq(self, down.format, down.raw, down.row_bytes, hq, hds, y, D, F, 1, terms, bias=biases[2],
                     bias_per_expert=True, slots=n_used, expert_ids=experts, expert_bytes=D * down.row_bytes,

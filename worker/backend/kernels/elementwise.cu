@@ -27,7 +27,8 @@ extern "C" __global__ void mul_cols(const float* __restrict__ a, const float* __
 
 // Activations are evaluated in double with the reference's formulas (worker/backend/numpy.py):
 // 1 + tanh(z) cancels catastrophically for z << 0 in float32 (GELU at x = -6 would give 0 instead of
-// -3e-8); double costs nothing here next to the memory traffic. sigmoid_d, swiglu_f: activation.cuh.
+// -3e-8); double costs nothing here next to the memory traffic. sigmoid_d, swiglu_f, swiglu_clamped_f:
+// activation.cuh.
 
 // silu(g) * u
 extern "C" __global__ void swiglu(const float* __restrict__ g, const float* __restrict__ u, float* __restrict__ y, i64 n) {
@@ -37,14 +38,7 @@ extern "C" __global__ void swiglu(const float* __restrict__ g, const float* __re
 // GPT-OSS: g = min(g, limit); u = clip(u, -limit, limit); y = g * sigmoid(alpha g) * (u + 1)
 extern "C" __global__ void swiglu_clamped(const float* __restrict__ g, const float* __restrict__ u, float* __restrict__ y,
                                           i64 n, int has_limit, float limit, float alpha) {
-    GRID_STRIDE(i, n) {
-        double gi = g[i], ui = u[i];
-        if (has_limit) {
-            gi = fmin(gi, (double)limit);
-            ui = fmin(fmax(ui, -(double)limit), (double)limit);
-        }
-        y[i] = (float)(gi * sigmoid_d((double)alpha * gi) * (ui + 1.0));
-    }
+    GRID_STRIDE(i, n) y[i] = swiglu_clamped_f(g[i], u[i], has_limit, limit, alpha);
 }
 
 // swiglu / swiglu_clamped (clamped != 0) of [T, F] values, F % 32 == 0, and the output as the int8
@@ -56,17 +50,7 @@ extern "C" __global__ void swiglu_q8(const float* __restrict__ g, const float* _
     const i64 blk = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (blk >= (n >> 5)) return;
     const i64 i = 32 * blk + (threadIdx.x & 31);
-    double gi = g[i], ui = u[i];
-    float v;
-    if (clamped) {
-        if (has_limit) {
-            gi = fmin(gi, (double)limit);
-            ui = fmin(fmax(ui, -(double)limit), (double)limit);
-        }
-        v = (float)(gi * sigmoid_d((double)alpha * gi) * (ui + 1.0));
-    } else {
-        v = swiglu_f(g[i], u[i]);
-    }
+    const float v = clamped ? swiglu_clamped_f(g[i], u[i], has_limit, limit, alpha) : swiglu_f(g[i], u[i]);
     y[i] = v;
     quantize_block_warp(v, xq + i, n, xds + blk, terms);
 }

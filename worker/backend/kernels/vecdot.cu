@@ -166,9 +166,13 @@ extern "C" __global__ void mmvq_segments(const i8* __restrict__ xq, const float4
 // gate, 32 of up), with MMVQ_SWIGLU_WARPS warps; warp w walks rows w, w + 16, w + 32, w + 48 together (the
 // four rows' loads in flight at once (two and two for Q6_K), where one row after another would wait for memory four times),
 // each row split into `parts` walked one after another and summed as mmvq_<fmt> sums them. Then warp
-// t < T applies silu(gate) * up (swiglu_f: elementwise.cu's swiglu) to token t's 32 values, writes
-// them to y [T, F] and quantizes them as one block into yq/yds (term stride T F); yq/yds must not be
-// xq/xds. y equals swiglu(mmvq(gate), mmvq(up)) bit for bit, and yq/yds swiglu_q8's blocks of it.
+// t < T applies silu(gate) * up (swiglu_f: elementwise.cu's swiglu; clamped: swiglu_clamped_f, GPT-OSS)
+// to token t's 32 values, writes them to y [slots, T, F] and quantizes them as one block into yq/yds
+// (term stride slots T F); yq/yds must not be xq/xds. y equals swiglu(mmvq(gate), mmvq(up)) bit for
+// bit, and yq/yds swiglu_q8's blocks of it.
+// Expert slots (blockIdx.y, as mmvq_<fmt>'s): slot j uses expert e = expert_ids ? expert_ids[j] : j of
+// stacked [E, F, K] gate and up weights (expert_bytes apart) and biases bias_g/bias_u [E, F] (or NULL),
+// all slots reading the same activations: a MoE token's chosen experts' gate, up and SwiGLU in one launch.
 #define MMVQ_SWIGLU_WARPS 16
 #define MMVQ_SWIGLU_ROWS 4       // rows a warp: 64 / MMVQ_SWIGLU_WARPS
 // Rows a warp walks together (MMVQ_SWIGLU_ROWS in groups of this many): Q6_K's unit takes twice the
@@ -188,17 +192,20 @@ extern "C" __global__ void mmvq_segments(const i8* __restrict__ xq, const float4
     }
 #define DEFINE_MMVQ_SWIGLU(fmt)                                                                   \
 extern "C" __global__ void mmvq_swiglu_##fmt(const u8* __restrict__ Wg, const u8* __restrict__ Wu, i64 row_bytes, \
+                                             i64 expert_bytes, const int* __restrict__ expert_ids, \
+                                             const float* __restrict__ bias_g, const float* __restrict__ bias_u, \
                                              const i8* __restrict__ xq, const float4* __restrict__ xds, \
                                              float* __restrict__ y, i8* __restrict__ yq,           \
                                              float4* __restrict__ yds, int F, int K, int T, int terms, \
-                                             int parts) {                                          \
+                                             int parts, int clamped, int has_limit, float limit, float alpha) { \
     __shared__ float sums[MMVQ_MAX_PARTS][64][MMVQ_MAX_T];   /* [part][gate i | up 32 + i][t] */  \
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;                                   \
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, slot = blockIdx.y;                \
+    const int e = expert_ids ? expert_ids[slot] : slot;                                           \
     const i64 ts = (i64)T * K;                                                                    \
     const u8* rows[MMVQ_SWIGLU_ROWS];                                                             \
     _Pragma("unroll") for (int j = 0; j < MMVQ_SWIGLU_ROWS; ++j) {                                \
         const int r = warp + j * MMVQ_SWIGLU_WARPS;                                               \
-        rows[j] = (r < 32 ? Wg : Wu) + (32 * (i64)blockIdx.x + (r & 31)) * row_bytes;             \
+        rows[j] = (r < 32 ? Wg : Wu) + (i64)e * expert_bytes + (32 * (i64)blockIdx.x + (r & 31)) * row_bytes; \
     }                                                                                             \
     for (int p = 0; p < parts; ++p) {                                                             \
         _Pragma("unroll") for (int j0 = 0; j0 < MMVQ_SWIGLU_ROWS; j0 += MMVQ_SWIGLU_JOINT_##fmt) { \
@@ -225,10 +232,12 @@ extern "C" __global__ void mmvq_swiglu_##fmt(const u8* __restrict__ Wg, const u8
             g += sums[p][lane][warp];                                                             \
             up += sums[p][32 + lane][warp];                                                       \
         }                                                                                         \
-        const float v = swiglu_f(g, up);                                                          \
-        const i64 i = (i64)warp * F + 32 * (i64)blockIdx.x + lane;                                \
-        y[i] = v;                                                                                 \
-        quantize_block_warp(v, yq + i, (i64)T * F, yds + (i64)warp * (F >> 5) + blockIdx.x, terms); \
+        const i64 n = 32 * (i64)blockIdx.x + lane, row = (i64)slot * T + warp;                    \
+        if (bias_g) g += bias_g[(i64)e * F + n];              /* mmvq's epilogue: s + b */        \
+        if (bias_u) up += bias_u[(i64)e * F + n];                                                 \
+        const float v = clamped ? swiglu_clamped_f(g, up, has_limit, limit, alpha) : swiglu_f(g, up); \
+        y[row * F + n] = v;                                                                       \
+        quantize_block_warp(v, yq + row * F + n, (i64)gridDim.y * T * F, yds + row * (F >> 5) + blockIdx.x, terms); \
     }                                                                                             \
 }
 

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from worker.backend.cuda_runtime import NULL, i32, i64
+from worker.backend.cuda_runtime import NULL, f32, i32, i64
 
 VECDOT_FORMATS = frozenset({"q4_0", "q4_1", "q5_0", "q8_0", "mxfp4", "q4_k", "q5_k", "q6_k"})   # vecdot.cuh
 MMVQ_MAX_T = 4                        # must match vecdot.cuh
@@ -108,15 +108,21 @@ def mmvq_segments(k, xq, xds, K: int, T: int, terms: int, segments: list) -> Non
 
 
 def mmvq_swiglu(k, fmt: str, gate_raw, up_raw, row_bytes: int, xq, xds, y, yq, yds, F: int, K: int, T: int,
-                terms: int = 2) -> None:
-    """y [T, F] = swiglu(xq . Wgate^T, xq . Wup^T) in one launch (F % 32 == 0), also written as int8
-    activation blocks yq/yds (buffers other than xq/xds: output_buffers_besides)."""
+                terms: int = 2, *, slots: int = 1, expert_ids=None, expert_bytes: int = 0, bias_gate=None,
+                bias_up=None, clamped: bool = False, limit: float | None = None, alpha: float | None = None) -> None:
+    """y [slots, T, F] = swiglu(xq . Wgate_e^T + bg_e, xq . Wup_e^T + bu_e) in one launch (F % 32 == 0), also
+    written as int8 activation blocks yq/yds (term stride slots T F; buffers other than xq/xds:
+    output_buffers_besides). Slot j uses expert e = expert_ids[j] (device int32) or j of stacked [E, F, K]
+    weights (expert_bytes apart) and biases [E, F]; clamped: GPT-OSS's swiglu_clamped(limit, alpha)."""
     if T > MMVQ_MAX_T or F % QUANT_BLOCK:
         raise ValueError(f"mmvq_swiglu: T={T} (at most {MMVQ_MAX_T}), F={F} (a multiple of {QUANT_BLOCK})")
-    if F:
-        k._launch("vecdot.cu", f"mmvq_swiglu_{fmt}", F // QUANT_BLOCK, 32 * MMVQ_SWIGLU_WARPS,
-                  (gate_raw, up_raw, i64(row_bytes), xq, xds, y, yq, yds, i32(F), i32(K), i32(T), i32(terms),
-                   i32(mmvq_parts(K))))
+    if F and slots:
+        k._launch("vecdot.cu", f"mmvq_swiglu_{fmt}", (F // QUANT_BLOCK, slots), 32 * MMVQ_SWIGLU_WARPS,
+                  (gate_raw, up_raw, i64(row_bytes), i64(expert_bytes), NULL if expert_ids is None else expert_ids,
+                   NULL if bias_gate is None else bias_gate, NULL if bias_up is None else bias_up,
+                   xq, xds, y, yq, yds, i32(F), i32(K), i32(T), i32(terms), i32(mmvq_parts(K)),
+                   i32(1 if clamped else 0), i32(limit is not None), f32(limit or 0.0),
+                   f32(1.0 if alpha is None else alpha)))
 
 
 def output_buffers_besides(k, xq, rows: int, D: int):
