@@ -340,3 +340,28 @@ def test_moe_chosen_experts_gate_up_swiglu_in_one_launch(qtype, D):
                                             biases[2])]
     check("moe", f"{qtype.name} fused D={D}", outs[True], REF.mixture_of_experts(x, *ref_ws, k_used, limit=7.0,
                                                                                   alpha=1.702))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_1, Q.Q4_K, Q.MXFP4, Q.Q6_K], ids=lambda q: q.name)
+@pytest.mark.parametrize("T", [1, 2])
+def test_output_product_rows_walked_together(qtype, T, monkeypatch):
+    """A product of many rows (the output product over a vocabulary: N >= vecdot.MMVQ_JOINT_MIN_N) walks several
+    rows a warp (mmvq_joint_<fmt>; Q6_K keeps one): each row's sum as one row a warp gives it, bit for bit."""
+    from worker.backend.kernels import vecdot
+
+    b = checking_backend()
+    rng = np.random.default_rng(T + int(qtype))
+    N, K = vecdot.MMVQ_JOINT_MIN_N + 3, (512 if qtype in (Q.Q4_K, Q.Q6_K) else 576)
+    w = random_weight(qtype, (N, K), rng)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    cw = b.load_weight(w)
+    with LaunchCounter(b) as launches:
+        y = b.to_host(b.matmul(b.asarray(x), cw))
+    joint = vecdot.MMVQ_JOINT_ROWS.get(qtype.name.lower(), 1) > 1
+    assert launches.names[-1] == f"mmvq_{'joint_' if joint else ''}{qtype.name.lower()}", launches.names
+    monkeypatch.setattr(vecdot, "MMVQ_JOINT_MIN_N", 10 ** 9)
+    np.testing.assert_array_equal(y, b.to_host(b.matmul(b.asarray(x), cw)))
+    ref_w = REF.load_weight(w)
+    check_product(f"{product_op(b, 'matvec', qtype, T)}:{qtype.name}", f"joint rows T={T} N={N} K={K}",
+                  y, REF.matmul(x, ref_w), x, ref_w.dense(), None)

@@ -404,3 +404,30 @@ def test_expert_slots_swiglu_in_one_launch(host_kernels, qtype, clamped):
     np.testing.assert_array_equal(h, want)
     np.testing.assert_array_equal(hq, wq)
     np.testing.assert_array_equal(hds, wds)
+
+
+@pytest.mark.parametrize("qtype", [q for q in INT8_FORMATS if FORMATS[q].kernel in vecdot.MMVQ_JOINT_ROWS],
+                         ids=lambda q: q.name)
+@pytest.mark.parametrize("T,terms", [(1, 2), (1, 1), (3, 2)])
+def test_rows_walked_together_equal_one_row_a_warp(host_kernels, monkeypatch, qtype, T, terms):
+    """mmvq_joint_<fmt> (a warp walks several rows together: products of many rows, such as the output
+    product) gives each row mmvq_<fmt>'s sum: bias, residual and expert slots included, N not a multiple
+    of the rows a warp."""
+    rng = np.random.default_rng(int(qtype) * 7 + T + terms)
+    E, N, K, slots = 3, 13, 2048, 2
+    raw, row_bytes, _ = _weight(qtype, E * N, K, rng)
+    k = HostBackend(host_kernels)
+    xq, xds = _quantized(k, rng.standard_normal((T, K)).astype(np.float32), terms)
+    bias = rng.standard_normal(E * N).astype(np.float32)
+    r = rng.standard_normal((slots, T, N)).astype(np.float32)
+    experts = np.array([2, 0], np.int32)
+    ys = []
+    for min_n in (10 ** 9, 1):
+        monkeypatch.setattr(vecdot, "MMVQ_JOINT_MIN_N", min_n)
+        y = np.full((slots, T, N), np.nan, np.float32)
+        k.launched.clear()
+        vecdot.mmvq(k, FORMATS[qtype].kernel, raw, row_bytes, xq, xds, y, N, K, T, terms, bias=bias,
+                    bias_per_expert=True, slots=slots, expert_ids=experts, expert_bytes=N * row_bytes, residual=r)
+        assert k.launched == [f"mmvq_{'joint_' if min_n == 1 else ''}{FORMATS[qtype].kernel}"]
+        ys.append(y)
+    np.testing.assert_array_equal(ys[0], ys[1])

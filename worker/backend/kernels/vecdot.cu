@@ -114,6 +114,70 @@ extern "C" __global__ void mmvq_##fmt(const u8* __restrict__ W, i64 row_bytes, i
 
 FOR_EACH_VECDOT_FORMAT(DEFINE_MMVQ)
 
+// mmvq_<fmt> for many rows of one warp each (an output product: tens of thousands of rows, several
+// waves of warps): each warp walks MMVQ_JOINT_ROWS_<fmt> consecutive rows together, their loads in flight at
+// once, so that fewer, longer-lived warps cover the rows. Same arguments (parts must be 1) and each
+// row's sum in mmvq_<fmt>'s order: the same numbers. A row past N is walked as row N - 1 (no branch
+// between the rows' loads) and not stored.
+// (MMVQ_JOINT_ROWS_<fmt>: two for Q4_K/Q5_K, whose units take twice the registers; Q6_K's two rows
+// take 165 registers, fewer rows in flight than one a warp: vecdot.py launches mmvq_q6_k instead.)
+#define MMVQ_JOINT_ROWS_q4_0 4
+#define MMVQ_JOINT_ROWS_q4_1 4
+#define MMVQ_JOINT_ROWS_q5_0 4
+#define MMVQ_JOINT_ROWS_q8_0 4
+#define MMVQ_JOINT_ROWS_mxfp4 4
+#define MMVQ_JOINT_ROWS_q4_k 2
+#define MMVQ_JOINT_ROWS_q5_k 2
+#define MMVQ_JOINT_ROWS_q6_k 1
+#define MMVQ_JOINT_WALK(fmt, T_, terms_)                                                          \
+    for (int u = lane; u < K / MMVQ_UNIT_##fmt; u += 32) {                                        \
+        _Pragma("unroll") for (int j = 0; j < MMVQ_JOINT_ROWS; ++j)                               \
+            vdot_##fmt(rows[j], u, xq, xds, K, T_, term_stride, terms_, acc[j]);                  \
+    }
+#define DEFINE_MMVQ_JOINT(fmt)                                                                    \
+extern "C" __global__ void mmvq_joint_##fmt(const u8* __restrict__ W, i64 row_bytes, i64 expert_bytes, \
+                                            const int* __restrict__ expert_ids, const i8* __restrict__ xq, \
+                                            const float4* __restrict__ xds, i64 term_stride, int x_per_slot, \
+                                            const float* __restrict__ bias, int bias_per_expert,  \
+                                            const float* __restrict__ residual, float* __restrict__ y, \
+                                            int N, int K, int T, int terms, int parts) {          \
+    constexpr int MMVQ_JOINT_ROWS = MMVQ_JOINT_ROWS_##fmt;                                        \
+    const int lane = threadIdx.x & 31;                                                            \
+    const int n0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * MMVQ_JOINT_ROWS;       \
+    if (n0 >= N) return;                                                                          \
+    const int slot = blockIdx.y;                                                                  \
+    const int e = expert_ids ? expert_ids[slot] : slot;                                           \
+    const u8* rows[MMVQ_JOINT_ROWS];                                                              \
+    _Pragma("unroll") for (int j = 0; j < MMVQ_JOINT_ROWS; ++j)                                   \
+        rows[j] = W + (i64)e * expert_bytes + (i64)min(n0 + j, N - 1) * row_bytes;                \
+    if (x_per_slot) {                                                                             \
+        xq += (i64)slot * T * K;                                                                  \
+        xds += (i64)slot * T * (K >> 5);                                                          \
+    }                                                                                             \
+    float acc[MMVQ_JOINT_ROWS][MMVQ_MAX_T];                                                       \
+    _Pragma("unroll") for (int j = 0; j < MMVQ_JOINT_ROWS; ++j)                                   \
+        _Pragma("unroll") for (int t = 0; t < MMVQ_MAX_T; ++t) acc[j][t] = 0.0f;                  \
+    if (T == 1 && terms == 2) MMVQ_JOINT_WALK(fmt, 1, 2)                 /* as MMVQ_WALK */       \
+    else if (T == 1 && terms == 1) MMVQ_JOINT_WALK(fmt, 1, 1)                                     \
+    else MMVQ_JOINT_WALK(fmt, T, terms)                                                           \
+    _Pragma("unroll") for (int j = 0; j < MMVQ_JOINT_ROWS; ++j) {                                 \
+        const int n = n0 + j;                                                                     \
+        _Pragma("unroll") for (int t = 0; t < MMVQ_MAX_T; ++t)                                    \
+            if (t < T) acc[j][t] = warp_sum(acc[j][t]);                                           \
+        if (n < N && lane == 0) {                                                                 \
+            const float b = bias ? bias[(bias_per_expert ? (i64)e * N : 0) + n] : 0.0f;           \
+            _Pragma("unroll") for (int t = 0; t < MMVQ_MAX_T; ++t) {                              \
+                if (t < T) {                                                                      \
+                    const i64 at = ((i64)slot * T + t) * N + n;                                   \
+                    y[at] = residual ? residual[at] + (acc[j][t] + b) : acc[j][t] + b;            \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+    }                                                                                             \
+}
+
+FOR_EACH_VECDOT_FORMAT(DEFINE_MMVQ_JOINT)
+
 // Up to MMVQ_MAX_SEGMENTS products of one quantized input in one launch (q, k, v; gate, up): segment
 // j has its own weight (format code fmt_j, MMVQ_FMT_<fmt>), N_j rows, bias (or NULL) and output
 // y_j [T, N_j]; it takes blocks [end_{j-1}, end_j) of the grid, rows split over parts as in mmvq_<fmt>

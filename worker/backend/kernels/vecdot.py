@@ -27,6 +27,10 @@ MMVQ_MAX_PARTS = 4                    # warps a row at most (vecdot.cu: 512-thre
 # 32-value blocks (latency: each is a chain of dependent loads); M0_CUDA_MMVQ_LANE_BLOCKS=100000 keeps
 # one warp a row, to compare on the GPU. The split changes the order of a row's sum (mmvq_parts).
 MMVQ_LANE_BLOCKS = int(os.environ.get("M0_CUDA_MMVQ_LANE_BLOCKS", "64"))
+# mmvq_joint_<fmt>: rows a warp walks together (vecdot.cu), for products of at least MMVQ_JOINT_MIN_N rows
+# (an output product over the vocabulary: several waves of one-row warps otherwise)
+MMVQ_JOINT_ROWS = {"q4_0": 4, "q4_1": 4, "q5_0": 4, "q8_0": 4, "mxfp4": 4, "q4_k": 2, "q5_k": 2}
+MMVQ_JOINT_MIN_N = 16384
 MMVQ_SWIGLU_WARPS = 16                # mmvq_swiglu: warps sharing a block's 64 rows (32 of gate, 32 of up)
 QUANT_BLOCK = 32
 QUANTIZE_WARPS = 8                    # 32-value blocks quantized per thread block
@@ -78,8 +82,10 @@ def mmvq(k, fmt: str, raw, row_bytes: int, xq, xds, y, N: int, K: int, T: int, t
         raise ValueError(f"mmvq handles at most {MMVQ_MAX_T} tokens, got {T}")
     rows = quantized_rows if quantized_rows is not None else (slots * T if x_per_slot else T)
     parts = mmvq_parts(K)
-    k._launch("vecdot.cu", f"mmvq_{fmt}", ((N + MMVQ_ROWS_PER_BLOCK - 1) // MMVQ_ROWS_PER_BLOCK, slots),
-              32 * MMVQ_ROWS_PER_BLOCK * parts,
+    joint = MMVQ_JOINT_ROWS.get(fmt, 1) if parts == 1 and N >= MMVQ_JOINT_MIN_N else 1
+    rows_per_block = MMVQ_ROWS_PER_BLOCK * joint
+    k._launch("vecdot.cu", f"mmvq_joint_{fmt}" if joint > 1 else f"mmvq_{fmt}",
+              ((N + rows_per_block - 1) // rows_per_block, slots), 32 * MMVQ_ROWS_PER_BLOCK * parts,
               (raw, i64(row_bytes), i64(expert_bytes), NULL if expert_ids is None else expert_ids, xq, xds,
                i64(rows * K), i32(1 if x_per_slot else 0), NULL if bias is None else bias,
                i32(1 if bias_per_expert else 0), NULL if residual is None else residual, y, i32(N), i32(K), i32(T),
