@@ -84,12 +84,18 @@ def mmvq(k, fmt: str, raw, row_bytes: int, xq, xds, y, N: int, K: int, T: int, t
     parts = mmvq_parts(K)
     joint = MMVQ_JOINT_ROWS.get(fmt, 1) if parts == 1 and N >= MMVQ_JOINT_MIN_N else 1
     rows_per_block = MMVQ_ROWS_PER_BLOCK * joint
-    k._launch("vecdot.cu", f"mmvq_joint_{fmt}" if joint > 1 else f"mmvq_{fmt}",
-              ((N + rows_per_block - 1) // rows_per_block, slots), 32 * MMVQ_ROWS_PER_BLOCK * parts,
-              (raw, i64(row_bytes), i64(expert_bytes), NULL if expert_ids is None else expert_ids, xq, xds,
-               i64(rows * K), i32(1 if x_per_slot else 0), NULL if bias is None else bias,
-               i32(1 if bias_per_expert else 0), NULL if residual is None else residual, y, i32(N), i32(K), i32(T),
-               i32(terms), i32(parts)), keeps_quantized_input=True)
+    grid, block = ((N + rows_per_block - 1) // rows_per_block, slots), 32 * MMVQ_ROWS_PER_BLOCK * parts
+    ids, b, r = (NULL if a is None else a for a in (expert_ids, bias, residual))
+    if joint > 1:                                   # several rows a warp (the same arguments)
+        k._launch("vecdot.cu", f"mmvq_joint_{fmt}", grid, block,
+                  (raw, i64(row_bytes), i64(expert_bytes), ids, xq, xds, i64(rows * K), i32(x_per_slot), b,
+                   i32(bias_per_expert), r, y, i32(N), i32(K), i32(T), i32(terms), i32(parts)),
+                  keeps_quantized_input=True)
+    else:
+        k._launch("vecdot.cu", f"mmvq_{fmt}", grid, block,
+                  (raw, i64(row_bytes), i64(expert_bytes), ids, xq, xds, i64(rows * K), i32(x_per_slot), b,
+                   i32(bias_per_expert), r, y, i32(N), i32(K), i32(T), i32(terms), i32(parts)),
+                  keeps_quantized_input=True)
 
 
 def mmvq_segments(k, xq, xds, K: int, T: int, terms: int, segments: list) -> None:
