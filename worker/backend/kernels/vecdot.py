@@ -4,6 +4,12 @@
     quantize(k, x, xq, xds, rows, K, terms)           # once per product input
     mmvq(k, w.format, raw, w.row_bytes, xq, xds, y, N, K, T, terms, bias=b)     # residual=r: y = r + (W x + b)
     mmvq_segments(k, xq, xds, K, T, terms, [(fmt, raw, row_bytes, N, bias, y), ...])   # q, k, v in one launch
+    mmvq_swiglu(k, fmt, gate_raw, up_raw, row_bytes, xq, xds, y, yq, yds, F, K, T, terms)   # gate, up, SwiGLU
+                                                      # (expert slots: a MoE token's chosen experts)
+
+Geometry (latency: a decode product is a few microseconds, alone on the GPU): one warp a row, a row
+longer than 2048 values split over several warps (mmvq_parts), several rows a warp for products of
+many rows (mmvq_joint_<fmt>); every kernel sums a row in the same order for the same K.
 
 `terms` is how many int8 terms carry the activations: 2 (the default path) keeps them to about
 1/32000 of each 32-value block's range, close to float32 products; 1 is llama.cpp's Q8_1 (its
