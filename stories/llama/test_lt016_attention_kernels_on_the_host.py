@@ -22,7 +22,7 @@ import pytest
 
 from fixtures.paths import REPO_ROOT
 from stories.foundation._cuda_conformance import THRESHOLDS, nmse
-from worker.backend.kernels.attention import decode_splits, decodes, prefill_tile
+from worker.backend.kernels.attention import decode_grid, decodes, prefill_tile
 from worker.backend.numpy import NumpyBackend
 from worker.config import RopeConfig
 from worker.rope import rope_cos_sin
@@ -54,6 +54,7 @@ typedef long long i64;
 #define __global__
 #define __forceinline__ inline
 #define __shared__ static
+#define __launch_bounds__(n)
 struct dim3 { unsigned x = 0, y = 0, z = 0; };
 thread_local dim3 threadIdx;
 dim3 blockIdx, gridDim, blockDim;
@@ -118,8 +119,8 @@ extern "C" void host_prefill_##kvt(HOST_PARAMS, unsigned queries, unsigned gx, u
     else launch(gx, 1, threads, seed, [=] { attention_prefill_d256_##kvt(HOST_ARGS); });                 \
 }                                                                                                       \
 extern "C" void host_decode_##kvt(HOST_PARAMS, float* part, int* counters, i8* xq, float4* xds, int terms, \
-                                  unsigned splits, unsigned seed) {                                     \
-    launch(splits, H, 128, seed, [=] { attention_decode_##kvt(HOST_ARGS, part, counters, xq, xds, terms); }); \
+                                  unsigned splits, unsigned groups, unsigned seed) {                    \
+    launch(splits, groups, 128, seed, [=] { attention_decode_##kvt(HOST_ARGS, part, counters, xq, xds, terms); }); \
 }
 HOST_ENTRIES(f16)
 HOST_ENTRIES(f32)
@@ -170,14 +171,15 @@ def _run_kernel(lib, *, q, k, v, kc, vc, sinks, start, window, rope, T, H, KVH, 
             ctypes.c_int(window), ctypes.c_float(1.0 / math.sqrt(hd) * math.log2(math.e))]
     xq = xds = None
     if decodes(T, hd):
-        splits = decode_splits(n_ctx)
+        splits, groups = decode_grid(n_ctx, T, H, KVH, hd)
         part = np.full(H * splits * T * (hd + 2), np.nan, np.float32)
-        counters = np.zeros(max(H, 64), np.int32)
+        counters = np.zeros(max(groups, 64), np.int32)
         if q8_terms:
             xq = np.zeros(2 * T * H * hd, np.int8)
             xds = np.zeros((T * H * hd // 32, 4), np.float32)
         getattr(lib, f"host_decode_{kvt}")(*args, _ptr(part), _ptr(counters), _ptr(xq), _ptr(xds),
-                                           ctypes.c_int(q8_terms), ctypes.c_uint(splits), ctypes.c_uint(seed))
+                                           ctypes.c_int(q8_terms), ctypes.c_uint(splits), ctypes.c_uint(groups),
+                                           ctypes.c_uint(seed))
         assert not counters.any(), "the merging blocks left a ticket counter non-zero"
     else:
         queries, threads = prefill_tile(hd, T)
@@ -188,10 +190,10 @@ def _run_kernel(lib, *, q, k, v, kc, vc, sinks, start, window, rope, T, H, KVH, 
 
 
 def _case(lib, seed, T, start, KVH, group, hd, window=0, sinks=False, kv_dtype=np.float16, rope=None,
-          from_device=False, q8_terms=0):
+          from_device=False, q8_terms=0, n_ctx=None):
     rng = np.random.default_rng(seed)
     H = KVH * group
-    n_ctx = start + T + int(rng.integers(0, 40))
+    n_ctx = n_ctx or start + T + int(rng.integers(0, 40))
     ref_cache = REF.new_kv_cache(1, n_ctx, KVH, hd)
     kc = np.zeros((n_ctx, KVH, hd), kv_dtype)
     vc = np.zeros((n_ctx, KVH, hd), kv_dtype)
@@ -273,10 +275,36 @@ def test_decode_splits_merge_long_contexts(host_attention, T, start):
     assert nmse(out, ref) <= _threshold(np.float16), f"NMSE {nmse(out, ref):.3e}"
 
 
+# (group, KVH, hd, T, start, n_ctx, window, sinks): one block serves up to decode_rows(hd) (head, token)
+# rows of a KV group; the grid's splits follow n_ctx, the active chunks the position.
+DECODE_GEOMETRY = [
+    (1, 4, 64, 1, 25, 256, 0, False),          # MHA, one chunk: the block writes the output itself
+    (3, 3, 64, 1, 25, 8192, 0, False),         # SmolLM2 heads early in a long cache: 1 of 32 chunks active
+    (7, 2, 64, 1, 1000, 1024, 0, False),       # Qwen2.5 heads: 4 chunks merged
+    (7, 2, 64, 4, 1000, 1100, 0, True),        # 28 rows: 4 row groups, each merged over 4 chunks
+    (2, 2, 80, 2, 700, 4096, 0, True),         # hd 80 in the 128 class (idle lanes past hd)
+    (8, 1, 256, 3, 300, 8192, 0, True),        # 24 rows in 6 groups of 4
+    (8, 2, 64, 1, 5000, 5200, 128, True),      # GPT-OSS sliding layer: one chunk covers the window
+    (8, 1, 64, 2, 3000, 3100, 1000, True),     # a window spread over several chunks
+    (1, 2, 128, 4, 508, 512, 0, False),        # MHA, 4 tokens in one row group
+    (3, 3, 64, 1, 16500, 16501, 0, False),     # 64 chunks (MAX_SPLITS) merged
+]
+
+
+@pytest.mark.parametrize("kv_dtype", [np.float16, np.float32], ids=["f16", "f32"])
+@pytest.mark.parametrize("geometry", range(len(DECODE_GEOMETRY)))
+def test_decode_geometry(host_attention, kv_dtype, geometry):
+    group, KVH, hd, T, start, n_ctx, window, sinks = DECODE_GEOMETRY[geometry]
+    rope = RopeConfig(dim=hd, base=10000.0, style="neox") if geometry % 2 else None
+    out, ref, _, _ = _case(host_attention, geometry, T, start, KVH, group, hd, window=window, sinks=sinks,
+                           kv_dtype=kv_dtype, rope=rope, from_device=geometry % 3 == 0, n_ctx=n_ctx)
+    assert nmse(out, ref) <= _threshold(kv_dtype), f"{DECODE_GEOMETRY[geometry]}: NMSE {nmse(out, ref):.3e}"
+
+
 @pytest.mark.parametrize("terms", [1, 2])
-@pytest.mark.parametrize("T", [1, 4])
-def test_decode_writes_the_int8_blocks_of_its_output(host_attention, terms, T):
-    out, ref, xq, xds = _case(host_attention, terms + 10 * T, T, 600, 2, 2, 64, q8_terms=terms)
+@pytest.mark.parametrize("T, group, hd", [(1, 2, 64), (4, 2, 64), (3, 7, 128), (2, 8, 256)])
+def test_decode_writes_the_int8_blocks_of_its_output(host_attention, terms, T, group, hd):
+    out, ref, xq, xds = _case(host_attention, terms + 10 * T, T, 600, 2, group, hd, q8_terms=terms)
     assert nmse(out, ref) <= _threshold(np.float16)
     blocks = out.reshape(-1, 32).astype(np.float64)
     d0 = xds[:, 0:1].astype(np.float64)
@@ -290,7 +318,9 @@ def test_decode_writes_the_int8_blocks_of_its_output(host_attention, terms, T):
 
 @pytest.mark.parametrize("constant, macro", [("ATT_MAX_HEAD_DIM", "ATT_MAX_HEAD_DIM"),
                                              ("DECODE_MAX_T", "ATT_DECODE_MAX_T"), ("DECODE_WARPS", "ATT_DECODE_WARPS"),
-                                             ("MAX_SPLITS", "ATT_MAX_SPLITS")])
+                                             ("MAX_SPLITS", "ATT_MAX_SPLITS"), ("MIN_CHUNK", "ATT_DECODE_MIN_CHUNK"),
+                                             ("DECODE_ROWS", "ATT_DECODE_ROWS"),
+                                             ("DECODE_ROWS_WIDE", "ATT_DECODE_ROWS_WIDE")])
 def test_launcher_limits_match_the_kernel(constant, macro):
     from worker.backend.kernels import attention as launcher
 

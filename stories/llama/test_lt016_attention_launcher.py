@@ -68,8 +68,9 @@ def _call(k, T, hd, n_ctx=4096, start_dev=NULL, q8=None, rope=None, H=14, KVH=2)
 
 
 @pytest.mark.parametrize("T, hd, name, grid, block", [
-    (1, 64, "attention_decode_f16", (16, 14), 128),
-    (4, 128, "attention_decode_f16", (16, 14), 128),
+    (1, 64, "attention_decode_f16", (16, 2), 128),        # 7 heads a KV head: one block a group
+    (4, 128, "attention_decode_f16", (16, 2 * 4), 128),   # 28 rows a group: 4 blocks of 8
+    (4, 256, "attention_decode_f16", (16, 2 * 7), 128),   # 4 rows a block at hd 256
     (3, 20, "attention_prefill_q32_f16", 14, 128),      # hd % 8 != 0: the tiled kernel takes it
     (5, 64, "attention_prefill_q32_f16", 14, 128),
     (300, 64, "attention_prefill_q32_f16", 10 * 14, 128),
@@ -85,10 +86,17 @@ def test_the_kernel_a_call_takes(T, hd, name, grid, block):
 
 
 def test_splits_depend_on_the_cache_size_only():
-    assert [launcher.decode_splits(n) for n in (1, 256, 257, 2048, 8192, 10**6)] == [1, 1, 2, 8, 32, 32]
+    assert [launcher.decode_splits(n) for n in (1, 256, 257, 2048, 8192, 16384, 10**6)] == [1, 1, 2, 8, 32, 64, 64]
     k = _Backend()
     grids = {_call(k, 1, 64, n_ctx=3000)[2] for _ in range(3)}
-    assert grids == {(12, 14)}
+    assert grids == {(12, 2)}
+
+
+@pytest.mark.parametrize("H, KVH, T, hd, groups", [(9, 3, 1, 64, 3), (14, 2, 1, 64, 2), (64, 8, 1, 64, 8),
+                                                     (64, 8, 4, 64, 32), (8, 8, 1, 128, 8), (32, 4, 2, 256, 16)])
+def test_a_decode_block_serves_the_rows_of_one_kv_group(H, KVH, T, hd, groups):
+    """K/V rows are read once for the group's query heads: KV heads x ceil(group x T / rows a block)."""
+    assert launcher.decode_grid(1024, T, H, KVH, hd) == (4, groups)
 
 
 def test_rope_tables_and_int8_output_reach_the_decode_kernel():
@@ -109,5 +117,5 @@ def test_merge_tickets_are_zeroed_once_and_again_after_a_capture():
     _call(k, 1, 64)
     _call(k, 1, 64, start_dev="captured start")
     assert _Buffer.fills == 2                            # the kernels leave it at zero from then on
-    _call(k, 1, 64, H=200, KVH=2)                         # more heads: a larger buffer, zeroed again
-    assert _Buffer.fills == 3 and k._workspace[launcher.COUNTERS].size >= 200
+    _call(k, 1, 64, H=200, KVH=100)                       # more row groups: a larger buffer, zeroed again
+    assert _Buffer.fills == 3 and k._workspace[launcher.COUNTERS].size >= 100

@@ -3,11 +3,12 @@
 // attention_prefill_<kvt> (any T): tiled flash attention. A block takes BQ queries of one head,
 //   walks the visible keys in tiles of BK (K and V staged in shared memory as float32) and keeps
 //   an online softmax per query; all arithmetic is float32. The grid is 1-D: query tiles x heads.
-// attention_decode_<kvt> (T <= 4): flash decoding. The visible keys are split into chunks, one
-//   block per (chunk, head); a lane scores one key at a time against every query of the step.
-//   Each block leaves its partial softmax (max, sum, weighted values) in a workspace; the last
-//   block of a head (an atomic ticket after __threadfence) merges them and writes the output, so
-//   a decode step needs one launch.
+// attention_decode_<kvt> (T <= 4): flash decoding. A block takes one chunk of the visible keys for
+//   up to RB (query head, token) rows of one KV head's group, so K/V rows are read once a group;
+//   lanes run over dimensions (8 lanes x 8 dimensions a 64-wide key). A single active chunk writes
+//   the output directly; otherwise each block leaves its partial softmax (max, sum, weighted values)
+//   in a workspace and the last block of its rows (an atomic ticket after __threadfence) merges
+//   them, so a decode step needs one launch.
 //
 // Common arguments. q: [T, H, hd] float32; k_new, v_new: [T, KVH, hd] float32, the step's own
 // keys and values; k_cache, v_cache: [n_ctx, KVH, hd] (float16 or float32); out: [T, H * hd].
@@ -17,15 +18,18 @@
 // rope_cos, rope_sin: [positions, rope_dim / 2] tables or null (no RoPE); with them, q and the
 // step's keys are rotated here (rope_neox: pairs (i, i + dim/2), else (2i, 2i+1)); dimensions
 // >= rope_dim pass through. Keys at positions >= start are read from k_new/v_new (rotated on the
-// fly), so no block reads a cache row that another block of the same launch writes; the blocks
-// of the first head of each KV group store the step's rows (rotated keys) into the cache.
+// fly), so no block reads a cache row that another block of the same launch writes; one block of
+// each KV head (prefill: of each query tile) stores the step's rows (rotated keys) into the cache.
 #include "common.cuh"
 #include "vecdot.cuh"
 
 #define ATT_MAX_HEAD_DIM 256
 #define ATT_DECODE_MAX_T 4
 #define ATT_DECODE_WARPS 4
-#define ATT_MAX_SPLITS 32
+#define ATT_MAX_SPLITS 64
+#define ATT_DECODE_MIN_CHUNK 256      // keys a decode chunk, at least
+#define ATT_DECODE_ROWS 8             // (query head, token) rows a decode block, hd <= 128
+#define ATT_DECODE_ROWS_WIDE 4        // hd 256
 #define ATT_LOG2E 1.4426950408889634f
 
 // -- cache element access ------------------------------------------------------------------------
@@ -279,205 +283,349 @@ __device__ void attention_prefill_tile(const AttentionArgs& a, float* smem) {
 //   hd <= 64: 64 queries x 32 keys, 128 threads (32 x 32 for shorter inputs: twice the blocks, where
 //   the longer tile would leave SMs idle); hd <= 128: 32 x 32, 128; hd <= 256: 16 x 16, 64.
 
-// -- decode: split keys, merged by the last block --------------------------------------------------
+// -- decode: one block per (split, KV head, row group), merged by the last block ----------------------
 //
-// Lane-per-key scoring: a warp takes 32 consecutive keys, each lane reads its key's row and dots it
-// with the (up to 4) queries held in shared memory; the values are then read lane-per-dimension
-// (VPL = HD/32 consecutive dimensions a lane) with the weights broadcast by shuffles.
-// partials: per (head, split, token) [max, sum, weighted values (hd)]; counters: [H] int32 tickets,
-// zero between launches (the merging block resets its head's).
+// A block serves up to RB rows (query head, token) of one KV head's group, so each K/V row is read once
+// for the whole group. Lanes run over dimensions: LPK lanes a key, 8 dimensions a lane (one 16-byte
+// load of a float16 row), KPW = 32 / LPK keys a warp at once; a score is reduced over its LPK lanes
+// by log2(LPK) shuffles. Each lane group keeps an online softmax per row over its keys (U keys a
+// step, one rescale a step); the groups of a warp merge by shuffles, the warps through shared memory.
+// The block's first batch of K/V loads is issued before the queries are staged, and each step loads
+// the next batch before computing on the current one.
+// With one active chunk (short contexts) the block writes the output itself. Otherwise each block
+// leaves its partial softmax (max, sum, weighted values) in `part`: per (head, split, token)
+// [max, sum, values (hd)]; the last block of a (KV head, row group) (an atomic ticket after
+// __threadfence, counters[blockIdx.y], zero between launches) merges them.
+
+template <int HD> struct DecodeShape {
+    static constexpr int LPK = HD / 8 < 32 ? HD / 8 : 32;        // lanes a key
+    static constexpr int KPW = 32 / LPK;                         // keys a warp at once
+    static constexpr int RB = HD <= 128 ? ATT_DECODE_ROWS : ATT_DECODE_ROWS_WIDE;   // rows a block
+};
+
+// 8 consecutive cache values of a row, as loaded (one 16-byte load for float16, two for float32).
+template <bool F16> struct Row8 { uint4 w; };
+template <> struct Row8<false> { float4 a, b; };
+
+template <bool F16> __device__ __forceinline__ Row8<F16> row8_load(const void* p, i64 i) {
+    Row8<F16> r;
+    if constexpr (F16) {
+        r.w = *(const uint4*)((const u16*)p + i);
+    } else {
+        r.a = *(const float4*)((const float*)p + i);
+        r.b = *(const float4*)((const float*)p + i + 4);
+    }
+    return r;
+}
+
+template <bool F16> __device__ __forceinline__ Row8<F16> row8_zero() {
+    Row8<F16> r;
+    if constexpr (F16) r.w = uint4{0u, 0u, 0u, 0u};
+    else r.a = r.b = float4{0.0f, 0.0f, 0.0f, 0.0f};
+    return r;
+}
+
+template <bool F16> __device__ __forceinline__ void row8_unpack(const Row8<F16>& r, float* o) {
+    if constexpr (F16) {
+        halves2(r.w.x, o); halves2(r.w.y, o + 2); halves2(r.w.z, o + 4); halves2(r.w.w, o + 6);
+    } else {
+        o[0] = r.a.x; o[1] = r.a.y; o[2] = r.a.z; o[3] = r.a.w;
+        o[4] = r.b.x; o[5] = r.b.y; o[6] = r.b.z; o[7] = r.b.w;
+    }
+}
+
+template <int HD, int MT> struct DecodeSmem {
+    static constexpr int RB = DecodeShape<HD>::RB, NW = ATT_DECODE_WARPS;
+    static constexpr int PARTS = ATT_MAX_SPLITS > NW ? ATT_MAX_SPLITS : NW;
+    static constexpr int FLOATS = (RB + 2 * MT) * HD + 2 * NW * RB + NW * RB * HD + (2 * PARTS + 1) * RB;
+};
+
+// Stage the block's queries (rotated, scaled) in qs [RB][HD] and the step's keys (rotated) and values
+// in kn, vn [MT][HD]: every load of a thread issued before any is used (one memory latency).
+template <int HD, int MT>
+__device__ __forceinline__ void stage_decode_inputs(const AttentionArgs& a, int kvh, int r0, int nr, int G,
+                                                    float* qs, float* kn, float* vn) {
+    constexpr int RB = DecodeShape<HD>::RB, NT = 32 * ATT_DECODE_WARPS;
+    constexpr int QE = RB * HD, NE = QE + 2 * MT * HD, ITEMS = (NE + NT - 1) / NT;
+    const int half = a.rope_dim >> 1;
+    float x[ITEMS], y[ITEMS], c[ITEMS], s[ITEMS];
+    _Pragma("unroll") for (int i = 0; i < ITEMS; ++i) {
+        const int e = threadIdx.x + i * NT;
+        x[i] = y[i] = s[i] = 0.0f;
+        c[i] = 1.0f;
+        if (e >= NE) continue;
+        const int kind = e < QE ? 0 : e < QE + MT * HD ? 1 : 2;          // query, key, value
+        const int f = kind == 0 ? e : kind == 1 ? e - QE : e - QE - MT * HD;
+        const int row = f / HD, d = f % HD;
+        int t;
+        const float* src;
+        if (kind == 0) {
+            if (row >= nr) continue;
+            const int r = r0 + row, g = r % G;
+            t = r / G;
+            src = a.q + ((i64)t * a.H + (i64)kvh * G + g) * a.hd;
+        } else {
+            t = row;
+            if (t >= a.T) continue;
+            src = (kind == 1 ? a.k_new : a.v_new) + ((i64)t * a.KVH + kvh) * a.hd;
+        }
+        if (d >= a.hd) continue;
+        x[i] = src[d];
+        if (kind < 2 && a.rope_cos && d < a.rope_dim) {
+            const bool first = a.rope_neox ? d < half : (d & 1) == 0;
+            const int pair = a.rope_neox ? (first ? d : d - half) : d >> 1;
+            const int partner = a.rope_neox ? (first ? d + half : d - half) : d ^ 1;
+            const i64 pos = a.start + t;
+            y[i] = src[partner];
+            c[i] = a.rope_cos[pos * half + pair];
+            s[i] = a.rope_sin[pos * half + pair];
+        }
+    }
+    _Pragma("unroll") for (int i = 0; i < ITEMS; ++i) {
+        const int e = threadIdx.x + i * NT;
+        if (e >= NE) continue;
+        const int kind = e < QE ? 0 : e < QE + MT * HD ? 1 : 2;
+        const int f = kind == 0 ? e : kind == 1 ? e - QE : e - QE - MT * HD;
+        const int d = f % HD;
+        float v = x[i];
+        if (kind < 2 && a.rope_cos && d < a.rope_dim) {   // the same expressions as rope.cu (a, b = x, y)
+            const bool first = a.rope_neox ? d < half : (d & 1) == 0;
+            v = first ? x[i] * c[i] - y[i] * s[i] : y[i] * s[i] + x[i] * c[i];
+        }
+        if (kind == 0) qs[f] = v * a.scale_log2;
+        else (kind == 1 ? kn : vn)[f] = v;
+    }
+}
 
 template <bool F16, int HD, int MT>          // MT: the most tokens this instance takes (1, or up to 4)
-__device__ void attention_decode_chunk(const AttentionArgs& a, float* part, int* counters, i8* xq, float4* xds,
-                                       int terms, float* smem) {
-    constexpr int VPL = HD / 32, NW = ATT_DECODE_WARPS;
-    float* qs = smem;                                   // [MT][HD] queries, rotated and scaled
-    float* kn = qs + MT * HD;                           // [MT][HD] the step's keys, rotated
-    float* wm = kn + MT * HD;                           // [NW][MT]
-    float* wl = wm + NW * MT;                           // [NW][MT]
-    float* wo = wl + NW * MT;                           // [NW][MT][HD]; then the merge's weights
+__device__ void attention_decode_rows(const AttentionArgs& a, float* part, int* counters, i8* xq, float4* xds,
+                                      int terms, float* smem) {
+    using Shape = DecodeShape<HD>;
+    constexpr int LPK = Shape::LPK, KPW = Shape::KPW, RB = Shape::RB, NW = ATT_DECODE_WARPS;
+    constexpr int NG = NW * KPW;                        // lane groups of the block
+    constexpr int U = F16 ? 4 : 2;                      // keys a lane group takes a step
+    constexpr int STEP = NG * U;                        // keys the block takes a step
+    float* qs = smem;                                   // [RB][HD] queries, rotated and scaled
+    float* kn = qs + RB * HD;                           // [MT][HD] the step's keys, rotated
+    float* vn = kn + MT * HD;                           // [MT][HD] the step's values
+    float* wm = vn + MT * HD;                           // [NW][RB]
+    float* wl = wm + NW * RB;                           // [NW][RB]
+    float* wo = wl + NW * RB;                           // [NW][RB][HD]
+    float* pf = wo + NW * RB * HD;                      // [PARTS][RB]: m_s, then f_s
+    float* pl = pf + DecodeSmem<HD, MT>::PARTS * RB;    // [PARTS][RB]: l_s
+    float* pden = pl + DecodeSmem<HD, MT>::PARTS * RB;  // [RB]
     __shared__ int last_block;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int d0 = (lane % LPK) * 8, gi = warp * KPW + lane / LPK;    // the lane's dimensions, its group
     const int split = blockIdx.x, n_splits = gridDim.x;
-    const int h = blockIdx.y, group = a.H / a.KVH, kvh = h / group;
-    const int T = a.T, hd = a.hd, start = a.start;
+    const int T = a.T, hd = a.hd, start = a.start, G = a.H / a.KVH, R = T * G;
+    const int n_rg = (R + RB - 1) / RB;
+    const int kvh = blockIdx.y / n_rg, r0 = (blockIdx.y % n_rg) * RB, nr = min(RB, R - r0);
     const int lo = a.window > 0 ? max(0, start - a.window + 1) : 0;   // the lowest key query 0 sees
-    const int end = start + T;
-    const int n_keys = end - lo;
-    // Chunks of whole warps' worth of keys, at least one per warp: short contexts use fewer splits.
-    const int chunk = max(32 * NW, ((n_keys + n_splits - 1) / n_splits + 31) & ~31);
+    const int end = start + T, n_keys = end - lo;
+    // At least ATT_DECODE_MIN_CHUNK keys a chunk: short contexts take one block, which needs no merge.
+    const int chunk = max(ATT_DECODE_MIN_CHUNK, ((n_keys + n_splits - 1) / n_splits + 31) & ~31);
     const int n_active = (n_keys + chunk - 1) / chunk;
-    if (split == 0 && h % group == 0) store_step_rows<F16>(a, kvh, 0, T);
     if (split >= n_active) return;
     const int c0 = lo + split * chunk, c1 = min(end, c0 + chunk);
-
-    // The queries and the step's own keys, staged once by the whole block (a lane reading its fresh
-    // key element by element would stall its warp for a memory latency per element).
-    for (int e = threadIdx.x; e < MT * HD; e += blockDim.x) {
-        const int t = e / HD, d = e % HD;
-        const bool in = t < T && d < hd;
-        qs[e] = in ? rope_elem(a.q + ((i64)t * a.H + h) * hd, d, start + t, a.rope_cos, a.rope_sin, a.rope_dim,
-                               a.rope_neox) * a.scale_log2
-                   : 0.0f;
-        kn[e] = in ? rope_elem(a.k_new + ((i64)t * a.KVH + kvh) * hd, d, start + t, a.rope_cos, a.rope_sin,
-                               a.rope_dim, a.rope_neox)
-                   : 0.0f;
-    }
-    __syncthreads();
+    const bool lane_dims = d0 < hd;
     const float NEG_INF = -__int_as_float(0x7f800000);
-    float m[MT], l[MT], acc[MT][VPL];
-    _Pragma("unroll") for (int t = 0; t < MT; ++t) {
-        m[t] = NEG_INF; l[t] = 0.0f;
-        _Pragma("unroll") for (int i = 0; i < VPL; ++i) acc[t][i] = 0.0f;
-    }
-    const bool lane_dims = lane * VPL < hd;             // this lane holds output dimensions
-    for (int base = c0 + 32 * warp; base < c1; base += 32 * NW) {
-        const int j = base + lane;
-        float s[MT];
-        _Pragma("unroll") for (int t = 0; t < MT; ++t) s[t] = 0.0f;
-        if (j < c1) {
-            const bool fresh = j >= start;              // the step's own key, from shared memory
-            const float* kf = kn + (fresh ? j - start : 0) * HD;
-            const i64 row = ((i64)j * a.KVH + kvh) * hd;
-            _Pragma("unroll") for (int d0 = 0; d0 < HD; d0 += 8) {
-                if (d0 < hd) {
-                    float x[8];
-                    if (fresh) {
-                        _Pragma("unroll") for (int e = 0; e < 8; ++e) x[e] = kf[d0 + e];
-                    } else {
-                        kv_load_n<F16, 8>(a.k_cache, row + d0, x);
-                    }
-                    _Pragma("unroll") for (int t = 0; t < MT; ++t)
-                        _Pragma("unroll") for (int e = 0; e < 8; ++e) s[t] = fmaf(qs[t * HD + d0 + e], x[e], s[t]);
-                }
-            }
+
+    // Cache rows j < start of this step's keys (the step's own rows come from shared memory).
+    auto load_batch = [&](int base, Row8<F16>* kr, Row8<F16>* vr) {
+        _Pragma("unroll") for (int u = 0; u < U; ++u) {
+            const int j = base + gi + NG * u;
+            const bool in = lane_dims && j < c1 && j < start;
+            const i64 row = ((i64)j * a.KVH + kvh) * hd + d0;
+            kr[u] = in ? row8_load<F16>(a.k_cache, row) : row8_zero<F16>();
+            vr[u] = in ? row8_load<F16>(a.v_cache, row) : row8_zero<F16>();
         }
-        float p[MT];
-        _Pragma("unroll") for (int t = 0; t < MT; ++t) {
-            const float st = j < c1 && t < T && key_visible(j, start + t, a.window) ? s[t] : NEG_INF;
-            const float m_new = fmaxf(m[t], warp_max(st));
-            const bool none = m_new == NEG_INF;
-            const float corr = none ? 1.0f : exp2f(m[t] - m_new);
-            p[t] = none ? 0.0f : exp2f(st - m_new);
-            l[t] = fmaf(l[t], corr, warp_sum(p[t]));
-            m[t] = m_new;
-            _Pragma("unroll") for (int i = 0; i < VPL; ++i) acc[t][i] *= corr;
-        }
-        // Values: a batch of KB keys' rows loaded before any is used (one memory latency a batch).
-        constexpr int KB = HD <= 128 ? 16 : 8;
-        const int n = min(32, c1 - base);
-        for (int k0 = 0; k0 < n; k0 += KB) {
-            float v[KB][VPL];
-            _Pragma("unroll") for (int u = 0; u < KB; ++u) {
-                const int jj = base + k0 + u;
-                if (!lane_dims || k0 + u >= n) {
-                    _Pragma("unroll") for (int i = 0; i < VPL; ++i) v[u][i] = 0.0f;
-                } else if (jj >= start) {
-                    const float* vn = a.v_new + ((i64)(jj - start) * a.KVH + kvh) * hd + lane * VPL;
-                    _Pragma("unroll") for (int i = 0; i < VPL; ++i) v[u][i] = vn[i];
-                } else {
-                    kv_load_n<F16, VPL>(a.v_cache, ((i64)jj * a.KVH + kvh) * hd + lane * VPL, v[u]);
-                }
-            }
-            _Pragma("unroll") for (int u = 0; u < KB; ++u)
-                _Pragma("unroll") for (int t = 0; t < MT; ++t) {
-                    const float pk = __shfl_sync(0xffffffffu, p[t], k0 + u);
-                    _Pragma("unroll") for (int i = 0; i < VPL; ++i) acc[t][i] = fmaf(pk, v[u][i], acc[t][i]);
-                }
+    };
+    Row8<F16> kr[U], vr[U];
+    load_batch(c0, kr, vr);                             // in flight while the queries are staged
+    stage_decode_inputs<HD, MT>(a, kvh, r0, nr, G, qs, kn, vn);
+    __syncthreads();
+    if (split == 0 && r0 == 0) {                        // the step's rows into the cache, once a KV head
+        for (int e = threadIdx.x; e < T * hd; e += blockDim.x) {
+            const int t = e / hd, d = e % hd;
+            const i64 dst = ((i64)(start + t) * a.KVH + kvh) * hd + d;
+            kv_store<F16>(a.k_cache, dst, kn[t * HD + d]);
+            kv_store<F16>(a.v_cache, dst, vn[t * HD + d]);
         }
     }
-    // Merge the warps of the block.
-    _Pragma("unroll") for (int t = 0; t < MT; ++t) {
-        if (lane == 0) { wm[warp * MT + t] = m[t]; wl[warp * MT + t] = l[t]; }
-        _Pragma("unroll") for (int i = 0; i < VPL; ++i) wo[(warp * MT + t) * HD + lane * VPL + i] = acc[t][i];
+
+    float m[RB], l[RB], acc[RB][8];
+    _Pragma("unroll") for (int r = 0; r < RB; ++r) {
+        m[r] = NEG_INF; l[r] = 0.0f;
+        _Pragma("unroll") for (int e = 0; e < 8; ++e) acc[r][e] = 0.0f;
+    }
+    for (int base = c0; base < c1; base += STEP) {
+        Row8<F16> kc[U], vc[U];
+        _Pragma("unroll") for (int u = 0; u < U; ++u) { kc[u] = kr[u]; vc[u] = vr[u]; }
+        if (base + STEP < c1) load_batch(base + STEP, kr, vr);     // the next step's rows
+        float k[U][8];
+        _Pragma("unroll") for (int u = 0; u < U; ++u) {
+            const int j = base + gi + NG * u;
+            if (j >= start && j < c1) {
+                _Pragma("unroll") for (int e = 0; e < 8; ++e) k[u][e] = kn[(j - start) * HD + d0 + e];
+            } else {
+                row8_unpack<F16>(kc[u], k[u]);
+            }
+        }
+        float s[RB][U];
+        _Pragma("unroll") for (int r = 0; r < RB; ++r) {
+            if (r >= nr) continue;                      // uniform over the block
+            const float4 qa = *(const float4*)(qs + r * HD + d0), qb = *(const float4*)(qs + r * HD + d0 + 4);
+            const float qv[8] = {qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w};
+            _Pragma("unroll") for (int u = 0; u < U; ++u) {
+                float x = 0.0f;
+                _Pragma("unroll") for (int e = 0; e < 8; ++e) x = fmaf(qv[e], k[u][e], x);
+                s[r][u] = x;
+            }
+            _Pragma("unroll") for (int off = LPK / 2; off > 0; off >>= 1)
+                _Pragma("unroll") for (int u = 0; u < U; ++u) s[r][u] += __shfl_xor_sync(0xffffffffu, s[r][u], off);
+            const int qpos = start + (r0 + r) / G;
+            _Pragma("unroll") for (int u = 0; u < U; ++u) {
+                const int j = base + gi + NG * u;
+                if (!(j < c1 && key_visible(j, qpos, a.window))) s[r][u] = NEG_INF;
+            }
+        }
+        float v[U][8];
+        _Pragma("unroll") for (int u = 0; u < U; ++u) {
+            const int j = base + gi + NG * u;
+            if (j >= start && j < c1) {
+                _Pragma("unroll") for (int e = 0; e < 8; ++e) v[u][e] = vn[(j - start) * HD + d0 + e];
+            } else {
+                row8_unpack<F16>(vc[u], v[u]);
+            }
+        }
+        _Pragma("unroll") for (int r = 0; r < RB; ++r) {
+            if (r >= nr) continue;
+            float mx = s[r][0];
+            _Pragma("unroll") for (int u = 1; u < U; ++u) mx = fmaxf(mx, s[r][u]);
+            const float m_new = fmaxf(m[r], mx);
+            if (m_new == NEG_INF) continue;             // nothing visible to this group yet
+            const float corr = exp2f(m[r] - m_new);     // 0 while m is -inf
+            float p[U], sum = 0.0f;
+            _Pragma("unroll") for (int u = 0; u < U; ++u) { p[u] = exp2f(s[r][u] - m_new); sum += p[u]; }
+            l[r] = fmaf(l[r], corr, sum);
+            m[r] = m_new;
+            _Pragma("unroll") for (int e = 0; e < 8; ++e) {
+                float o = acc[r][e] * corr;
+                _Pragma("unroll") for (int u = 0; u < U; ++u) o = fmaf(p[u], v[u][e], o);
+                acc[r][e] = o;
+            }
+        }
+    }
+    // Merge the lane groups of each warp (butterflies over the groups), then stage the warps' states.
+    _Pragma("unroll") for (int r = 0; r < RB; ++r) {
+        if (r >= nr) continue;
+        _Pragma("unroll") for (int off = LPK; off < 32; off <<= 1) {
+            const float mo = __shfl_xor_sync(0xffffffffu, m[r], off), lo_ = __shfl_xor_sync(0xffffffffu, l[r], off);
+            const float M = fmaxf(m[r], mo);
+            const float f = m[r] == NEG_INF ? 0.0f : exp2f(m[r] - M), fo = mo == NEG_INF ? 0.0f : exp2f(mo - M);
+            l[r] = l[r] * f + lo_ * fo;
+            _Pragma("unroll") for (int e = 0; e < 8; ++e) {
+                const float ao = __shfl_xor_sync(0xffffffffu, acc[r][e], off);
+                acc[r][e] = acc[r][e] * f + ao * fo;
+            }
+            m[r] = M;
+        }
+        if (lane < LPK) {
+            if (lane == 0) { wm[warp * RB + r] = m[r]; wl[warp * RB + r] = l[r]; }
+            *(float4*)(wo + (warp * RB + r) * HD + d0) = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+            *(float4*)(wo + (warp * RB + r) * HD + d0 + 4) = make_float4(acc[r][4], acc[r][5], acc[r][6], acc[r][7]);
+        }
     }
     __syncthreads();
-    const float sink = a.sinks ? a.sinks[h] * ATT_LOG2E : NEG_INF;
+    auto head_of = [&](int r) { return kvh * G + (r0 + r) % G; };
+    auto token_of = [&](int r) { return (r0 + r) / G; };
     const int stride = hd + 2;                          // one partial: max, sum, values
     if (n_active > 1) {
-        for (int e = threadIdx.x; e < T * stride; e += blockDim.x) {
-            const int t = e / stride, c = e % stride;
+        for (int e = threadIdx.x; e < nr * stride; e += blockDim.x) {
+            const int r = e / stride, c = e % stride;
             float M = NEG_INF;
-            for (int w = 0; w < NW; ++w) M = fmaxf(M, wm[w * MT + t]);
+            for (int w = 0; w < NW; ++w) M = fmaxf(M, wm[w * RB + r]);
             float x = 0.0f;
             if (c == 0) {
                 x = M;
             } else {
                 for (int w = 0; w < NW; ++w) {
-                    const float mw = wm[w * MT + t];
+                    const float mw = wm[w * RB + r];
                     const float f = mw == NEG_INF ? 0.0f : exp2f(mw - M);
-                    x = fmaf(c == 1 ? wl[w * MT + t] : wo[(w * MT + t) * HD + c - 2], f, x);
+                    x = fmaf(c == 1 ? wl[w * RB + r] : wo[(w * RB + r) * HD + c - 2], f, x);
                 }
             }
-            part[(((i64)h * n_splits + split) * T + t) * stride + c] = x;
+            part[(((i64)head_of(r) * n_splits + split) * T + token_of(r)) * stride + c] = x;
         }
         __threadfence();                                // the partial is visible before the ticket
         __syncthreads();
-        if (threadIdx.x == 0) last_block = atomicAdd(counters + h, 1) == n_active - 1;
+        if (threadIdx.x == 0) last_block = atomicAdd(counters + blockIdx.y, 1) == n_active - 1;
         __syncthreads();
         if (!last_block) return;
         __threadfence();
-        if (threadIdx.x == 0) counters[h] = 0;          // ready for the next launch
+        if (threadIdx.x == 0) counters[blockIdx.y] = 0;  // ready for the next launch
     }
     // Final: out = sum_s f_s O_s / (sum_s f_s l_s + exp(sink - M)), f_s = exp(m_s - M), over the parts:
-    // the splits' partials, or this block's warps. The weights f_s are computed once a token.
+    // the splits' partials, or this block's warps. The weights f_s are computed once a row.
     const bool split_parts = n_active > 1;
     const int n_parts = split_parts ? n_active : NW;
-    float* pf = wo + NW * MT * HD;                      // [ATT_MAX_SPLITS][MT]: m_s, then f_s
-    float* pl = pf + ATT_MAX_SPLITS * MT;               // [ATT_MAX_SPLITS][MT]: l_s
-    float* pden = pl + ATT_MAX_SPLITS * MT;             // [MT]
-    const float* pbase = part + (i64)h * n_splits * T * stride;
-    for (int e = threadIdx.x; e < n_parts * T; e += blockDim.x) {
-        const int sp = e / T, t = e % T;
-        pf[sp * MT + t] = split_parts ? __ldcg(pbase + ((i64)sp * T + t) * stride) : wm[sp * MT + t];
-        pl[sp * MT + t] = split_parts ? __ldcg(pbase + ((i64)sp * T + t) * stride + 1) : wl[sp * MT + t];
+    auto part_at = [&](int sp, int r) {
+        return part + (((i64)head_of(r) * n_splits + sp) * T + token_of(r)) * stride;
+    };
+    for (int e = threadIdx.x; e < n_parts * nr; e += blockDim.x) {
+        const int sp = e / nr, r = e % nr;
+        pf[sp * RB + r] = split_parts ? __ldcg(part_at(sp, r)) : wm[sp * RB + r];
+        pl[sp * RB + r] = split_parts ? __ldcg(part_at(sp, r) + 1) : wl[sp * RB + r];
     }
     __syncthreads();
-    if (threadIdx.x < T) {
-        const int t = threadIdx.x;
+    if (threadIdx.x < nr) {
+        const int r = threadIdx.x;
+        const float sink = a.sinks ? a.sinks[head_of(r)] * ATT_LOG2E : NEG_INF;
         float M = sink;
-        for (int sp = 0; sp < n_parts; ++sp) M = fmaxf(M, pf[sp * MT + t]);
+        for (int sp = 0; sp < n_parts; ++sp) M = fmaxf(M, pf[sp * RB + r]);
         float den = a.sinks ? exp2f(sink - M) : 0.0f;
         for (int sp = 0; sp < n_parts; ++sp) {
-            const float ms = pf[sp * MT + t];
+            const float ms = pf[sp * RB + r];
             const float f = ms == NEG_INF ? 0.0f : exp2f(ms - M);
-            pf[sp * MT + t] = f;
-            den = fmaf(pl[sp * MT + t], f, den);
+            pf[sp * RB + r] = f;
+            den = fmaf(pl[sp * RB + r], f, den);
         }
-        pden[t] = den;
+        pden[r] = den;
     }
     __syncthreads();
-    auto combine = [&](int t, int d) -> float {
+    auto combine = [&](int r, int d) -> float {
         float num = 0.0f;
         if (split_parts) {
+            const float* p0 = part_at(0, r) + 2 + d;
+            const i64 sp_stride = (i64)T * stride;
             _Pragma("unroll 8") for (int sp = 0; sp < n_parts; ++sp)
-                num = fmaf(__ldcg(pbase + ((i64)sp * T + t) * stride + 2 + d), pf[sp * MT + t], num);
+                num = fmaf(__ldcg(p0 + sp * sp_stride), pf[sp * RB + r], num);
         } else {
-            _Pragma("unroll") for (int w = 0; w < NW; ++w) num = fmaf(wo[(w * MT + t) * HD + d], pf[w * MT + t], num);
+            _Pragma("unroll") for (int w = 0; w < NW; ++w) num = fmaf(wo[(w * RB + r) * HD + d], pf[w * RB + r], num);
         }
-        return num / pden[t];
+        return num / pden[r];
     };
     if (xq) {                                           // whole warps over blocks of 32 (hd % 32 == 0)
         const int blocks = hd >> 5;
-        for (int b = warp; b < T * blocks; b += NW) {
-            const int t = b / blocks, d0 = (b % blocks) * 32, d = d0 + lane;
-            const i64 o0 = ((i64)t * a.H + h) * hd;
-            const float y = combine(t, d);
+        for (int b = warp; b < nr * blocks; b += NW) {
+            const int r = b / blocks, dd = (b % blocks) * 32, d = dd + lane;
+            const i64 o0 = ((i64)token_of(r) * a.H + head_of(r)) * hd;
+            const float y = combine(r, d);
             a.out[o0 + d] = y;
-            quantize_block_warp(y, xq + o0 + d, (i64)T * a.H * hd, xds + ((o0 + d0) >> 5), terms);
+            quantize_block_warp(y, xq + o0 + d, (i64)T * a.H * hd, xds + ((o0 + dd) >> 5), terms);
         }
     } else {
-        for (int e = threadIdx.x; e < T * hd; e += blockDim.x) {
-            const int t = e / hd, d = e % hd;
-            a.out[((i64)t * a.H + h) * hd + d] = combine(t, d);
+        for (int e = threadIdx.x; e < nr * hd; e += blockDim.x) {
+            const int r = e / hd, d = e % hd;
+            a.out[((i64)token_of(r) * a.H + head_of(r)) * hd + d] = combine(r, d);
         }
     }
 }
 
-template <int HD> struct DecodeSmem {
-    static constexpr int FLOATS = 2 * ATT_DECODE_MAX_T * HD + 2 * ATT_DECODE_WARPS * ATT_DECODE_MAX_T
-                                  + ATT_DECODE_WARPS * ATT_DECODE_MAX_T * HD + (2 * ATT_MAX_SPLITS + 1) * ATT_DECODE_MAX_T;
-};
+template <int A, int B> struct MaxOf { static constexpr int value = A > B ? A : B; };
+#define DECODE_SMEM_FLOATS MaxOf<DecodeSmem<64, ATT_DECODE_MAX_T>::FLOATS,                             \
+    MaxOf<DecodeSmem<128, ATT_DECODE_MAX_T>::FLOATS, DecodeSmem<256, ATT_DECODE_MAX_T>::FLOATS>::value>::value
 
 // -- entry points ------------------------------------------------------------------------------------
 // Per cache type: a prefill kernel a head-dimension class (64, 128 or 256: the smallest that holds
@@ -510,20 +658,20 @@ DEFINE_PREFILL(attention_prefill_##kvt, F16, 64, 64, 32, 128)                   
 DEFINE_PREFILL(attention_prefill_q32_##kvt, F16, 64, 32, 32, 128)                                 \
 DEFINE_PREFILL(attention_prefill_d128_##kvt, F16, 128, 32, 32, 128)                               \
 DEFINE_PREFILL(attention_prefill_d256_##kvt, F16, 256, 16, 16, 64)                                \
-extern "C" __global__ void                                                                      \
+extern "C" __global__ void __launch_bounds__(32 * ATT_DECODE_WARPS)                                \
 attention_decode_##kvt(ATTENTION_PARAMS, float* __restrict__ part, int* __restrict__ counters,    \
                        i8* __restrict__ xq, float4* __restrict__ xds, int terms) {                \
-    __shared__ float4 smem4[(DecodeSmem<256>::FLOATS + 3) / 4];                                   \
+    __shared__ float4 smem4[(DECODE_SMEM_FLOATS + 3) / 4];                                        \
     ATTENTION_ARGS_INIT;                                                                          \
     float* sm = (float*)smem4;                                                                    \
-    if (T == 1) {                                 /* a decode step: no work for absent tokens */   \
-        if (hd <= 64) attention_decode_chunk<F16, 64, 1>(a, part, counters, xq, xds, terms, sm);   \
-        else if (hd <= 128) attention_decode_chunk<F16, 128, 1>(a, part, counters, xq, xds, terms, sm); \
-        else attention_decode_chunk<F16, 256, 1>(a, part, counters, xq, xds, terms, sm);           \
+    if (T == 1) {                                 /* a decode step: no staging for absent tokens */ \
+        if (hd <= 64) attention_decode_rows<F16, 64, 1>(a, part, counters, xq, xds, terms, sm);    \
+        else if (hd <= 128) attention_decode_rows<F16, 128, 1>(a, part, counters, xq, xds, terms, sm); \
+        else attention_decode_rows<F16, 256, 1>(a, part, counters, xq, xds, terms, sm);            \
     } else {                                                                                      \
-        if (hd <= 64) attention_decode_chunk<F16, 64, ATT_DECODE_MAX_T>(a, part, counters, xq, xds, terms, sm); \
-        else if (hd <= 128) attention_decode_chunk<F16, 128, ATT_DECODE_MAX_T>(a, part, counters, xq, xds, terms, sm); \
-        else attention_decode_chunk<F16, 256, ATT_DECODE_MAX_T>(a, part, counters, xq, xds, terms, sm); \
+        if (hd <= 64) attention_decode_rows<F16, 64, ATT_DECODE_MAX_T>(a, part, counters, xq, xds, terms, sm); \
+        else if (hd <= 128) attention_decode_rows<F16, 128, ATT_DECODE_MAX_T>(a, part, counters, xq, xds, terms, sm); \
+        else attention_decode_rows<F16, 256, ATT_DECODE_MAX_T>(a, part, counters, xq, xds, terms, sm); \
     }                                                                                             \
 }
 

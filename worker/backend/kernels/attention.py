@@ -1,7 +1,8 @@
 """Launcher of attention.cu: causal attention over the KV cache, storing the step's K/V rows into it.
 
-Up to DECODE_MAX_T tokens (decode) run flash decoding: the keys split over `decode_splits(n_ctx)`
-blocks a head, merged inside the same launch; longer inputs (prefill) run the tiled kernel.
+Up to DECODE_MAX_T tokens (decode) run flash decoding: a block serves up to `decode_rows(hd)` (query head,
+token) rows of one KV head's group, the keys split over `decode_splits(n_ctx)` blocks, merged inside the
+same launch (a single active chunk writes the output directly); longer inputs (prefill) run the tiled kernel.
 The first position comes either as a value (`start_pos`) or from device memory (`start_pos_dev`,
 an int32 pointer, NULL otherwise): a captured decode graph reads it there, so one graph serves
 every step. The number of splits depends on the cache's size only, never on the position.
@@ -17,14 +18,27 @@ from worker.backend.cuda_runtime import NULL, f32, i32, process_allocations
 ATT_MAX_HEAD_DIM = 256                # must match attention.cu
 DECODE_MAX_T = 4                      # ATT_DECODE_MAX_T
 DECODE_WARPS = 4                      # ATT_DECODE_WARPS
-MAX_SPLITS = 32                       # key chunks a head on the decode path, at most
-SPLIT_POSITIONS = 256                 # cache positions a split (a chunk is never under 32 * DECODE_WARPS keys)
+MAX_SPLITS = 64                       # key chunks a row group on the decode path, at most
+SPLIT_POSITIONS = 256                 # cache positions a split
+MIN_CHUNK = 256                       # ATT_DECODE_MIN_CHUNK: keys a chunk, at least (the kernel's choice)
+DECODE_ROWS = 8                       # ATT_DECODE_ROWS: (head, token) rows a decode block, hd <= 128
+DECODE_ROWS_WIDE = 4                  # ATT_DECODE_ROWS_WIDE: hd > 128
 COUNTERS = "attention_split_counters"
 
 
 def decode_splits(n_ctx: int) -> int:
     """Blocks a head for a decode step on a cache of n_ctx positions."""
     return max(1, min(MAX_SPLITS, -(-n_ctx // SPLIT_POSITIONS)))
+
+
+def decode_rows(hd: int) -> int:
+    """(query head, token) rows a decode block serves (attention.cu's DecodeShape)."""
+    return DECODE_ROWS if hd <= 128 else DECODE_ROWS_WIDE
+
+
+def decode_grid(n_ctx: int, T: int, H: int, KVH: int, hd: int) -> tuple[int, int]:
+    """(splits, KV heads x row groups): the decode kernel's grid, from the cache size and the shapes only."""
+    return decode_splits(n_ctx), KVH * -(-(H // KVH) * T // decode_rows(hd))
 
 
 def decodes(T: int, hd: int) -> bool:
@@ -74,10 +88,10 @@ def attention(k, kvt: str, q, k_new, v_new, k_cache, v_cache, sinks, out, T: int
     scale_log2 = scale * math.log2(math.e)
     if decodes(T, hd):
         xq, xds, terms = q8 if q8 is not None else (NULL, NULL, 0)
-        splits = decode_splits(n_ctx)
-        part = k._scratch("attention_partials", H * splits * T * (hd + 2))
-        counters = split_counters(k, H, start_pos_dev is not NULL)
-        k._launch("attention.cu", f"attention_decode_{kvt}", (splits, H), 32 * DECODE_WARPS,
+        grid = decode_grid(n_ctx, T, H, KVH, hd)
+        part = k._scratch("attention_partials", H * grid[0] * T * (hd + 2))
+        counters = split_counters(k, grid[1], start_pos_dev is not NULL)
+        k._launch("attention.cu", f"attention_decode_{kvt}", grid, 32 * DECODE_WARPS,
                   (q, k_new, v_new, k_cache, v_cache, sinks, out, cos, sin, i32(rope_dim), i32(1 if neox else 0),
                    i32(T), i32(H), i32(KVH), i32(hd), i32(start_pos), start_pos_dev, i32(window), f32(scale_log2),
                    part, counters, xq, xds, i32(terms)))
