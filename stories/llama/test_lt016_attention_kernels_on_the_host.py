@@ -120,7 +120,8 @@ extern "C" void host_prefill_##kvt(HOST_PARAMS, unsigned queries, unsigned gx, u
 }                                                                                                       \
 extern "C" void host_decode_##kvt(HOST_PARAMS, float* part, int* counters, i8* xq, float4* xds, int terms, \
                                   unsigned splits, unsigned groups, unsigned seed) {                    \
-    launch(splits, groups, 128, seed, [=] { attention_decode_##kvt(HOST_ARGS, part, counters, xq, xds, terms); }); \
+    launch(splits, groups, 32 * ATT_DECODE_WARPS, seed,                                                \
+           [=] { attention_decode_##kvt(HOST_ARGS, part, counters, xq, xds, terms); });                  \
 }
 HOST_ENTRIES(f16)
 HOST_ENTRIES(f32)
@@ -320,7 +321,7 @@ def test_decode_writes_the_int8_blocks_of_its_output(host_attention, terms, T, g
                                              ("DECODE_MAX_T", "ATT_DECODE_MAX_T"), ("DECODE_WARPS", "ATT_DECODE_WARPS"),
                                              ("MAX_SPLITS", "ATT_MAX_SPLITS"), ("MIN_CHUNK", "ATT_DECODE_MIN_CHUNK"),
                                              ("DECODE_ROWS", "ATT_DECODE_ROWS"),
-                                             ("DECODE_ROWS_WIDE", "ATT_DECODE_ROWS_WIDE")])
+                                             ("DECODE_ROWS_FEW", "ATT_DECODE_ROWS_FEW")])
 def test_launcher_limits_match_the_kernel(constant, macro):
     from worker.backend.kernels import attention as launcher
 

@@ -68,9 +68,9 @@ def _call(k, T, hd, n_ctx=4096, start_dev=NULL, q8=None, rope=None, H=14, KVH=2)
 
 
 @pytest.mark.parametrize("T, hd, name, grid, block", [
-    (1, 64, "attention_decode_f16", (16, 2), 128),        # 7 heads a KV head: one block a group
-    (4, 128, "attention_decode_f16", (16, 2 * 4), 128),   # 28 rows a group: 4 blocks of 8
-    (4, 256, "attention_decode_f16", (16, 2 * 7), 128),   # 4 rows a block at hd 256
+    (1, 64, "attention_decode_f16", (16, 2), 256),        # 7 heads a KV head: one block a group
+    (4, 128, "attention_decode_f16", (16, 2 * 4), 256),   # 28 rows a group: 4 blocks of 8
+    (4, 256, "attention_decode_f16", (16, 2 * 7), 256),   # 4 rows a block at hd 256
     (3, 20, "attention_prefill_q32_f16", 14, 128),      # hd % 8 != 0: the tiled kernel takes it
     (5, 64, "attention_prefill_q32_f16", 14, 128),
     (300, 64, "attention_prefill_q32_f16", 10 * 14, 128),
@@ -92,10 +92,13 @@ def test_splits_depend_on_the_cache_size_only():
     assert grids == {(12, 2)}
 
 
-@pytest.mark.parametrize("H, KVH, T, hd, groups", [(9, 3, 1, 64, 3), (14, 2, 1, 64, 2), (64, 8, 1, 64, 8),
-                                                     (64, 8, 4, 64, 32), (8, 8, 1, 128, 8), (32, 4, 2, 256, 16)])
-def test_a_decode_block_serves_the_rows_of_one_kv_group(H, KVH, T, hd, groups):
-    """K/V rows are read once for the group's query heads: KV heads x ceil(group x T / rows a block)."""
+@pytest.mark.parametrize("H, KVH, T, hd, rows, groups", [
+    (9, 3, 1, 64, 4, 3), (14, 2, 1, 64, 8, 2), (64, 8, 1, 64, 8, 8), (64, 8, 4, 64, 8, 32), (8, 8, 1, 128, 4, 8),
+    (8, 8, 4, 128, 4, 8), (16, 8, 3, 64, 8, 8), (32, 4, 2, 256, 4, 16)])
+def test_a_decode_block_serves_the_rows_of_one_kv_group(H, KVH, T, hd, rows, groups):
+    """K/V rows are read once for the group's query heads: KV heads x ceil(group x T / rows a block), with
+    blocks of 4 rows where a group has 4 or fewer (every row of a block is computed) or heads are 256 wide."""
+    assert launcher.decode_rows(hd, T * H // KVH) == rows
     assert launcher.decode_grid(1024, T, H, KVH, hd) == (4, groups)
 
 

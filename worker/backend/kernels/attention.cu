@@ -25,11 +25,11 @@
 
 #define ATT_MAX_HEAD_DIM 256
 #define ATT_DECODE_MAX_T 4
-#define ATT_DECODE_WARPS 4
+#define ATT_DECODE_WARPS 8
 #define ATT_MAX_SPLITS 64
 #define ATT_DECODE_MIN_CHUNK 256      // keys a decode chunk, at least
-#define ATT_DECODE_ROWS 8             // (query head, token) rows a decode block, hd <= 128
-#define ATT_DECODE_ROWS_WIDE 4        // hd 256
+#define ATT_DECODE_ROWS 8             // (query head, token) rows a decode block: hd <= 128 and more than
+#define ATT_DECODE_ROWS_FEW 4         // ATT_DECODE_ROWS_FEW rows a KV head; otherwise ATT_DECODE_ROWS_FEW
 #define ATT_LOG2E 1.4426950408889634f
 
 // -- cache element access ------------------------------------------------------------------------
@@ -285,8 +285,9 @@ __device__ void attention_prefill_tile(const AttentionArgs& a, float* smem) {
 
 // -- decode: one block per (split, KV head, row group), merged by the last block ----------------------
 //
-// A block serves up to RB rows (query head, token) of one KV head's group, so each K/V row is read once
-// for the whole group. Lanes run over dimensions: LPK lanes a key, 8 dimensions a lane (one 16-byte
+// A block serves RB rows (query head, token) of one KV head's group (RB = 4 where the group has 4 rows
+// or fewer, or heads are 256 wide, else 8; every row is computed, absent ones masked, so that the rows'
+// dependency chains interleave), so each K/V row is read once for the whole group. Lanes run over dimensions: LPK lanes a key, 8 dimensions a lane (one 16-byte
 // load of a float16 row), KPW = 32 / LPK keys a warp at once; a score is reduced over its LPK lanes
 // by log2(LPK) shuffles. Each lane group keeps an online softmax per row over its keys (U keys a
 // step, one rescale a step); the groups of a warp merge by shuffles, the warps through shared memory.
@@ -300,8 +301,10 @@ __device__ void attention_prefill_tile(const AttentionArgs& a, float* smem) {
 template <int HD> struct DecodeShape {
     static constexpr int LPK = HD / 8 < 32 ? HD / 8 : 32;        // lanes a key
     static constexpr int KPW = 32 / LPK;                         // keys a warp at once
-    static constexpr int RB = HD <= 128 ? ATT_DECODE_ROWS : ATT_DECODE_ROWS_WIDE;   // rows a block
+    static constexpr int RB = HD <= 128 ? ATT_DECODE_ROWS : ATT_DECODE_ROWS_FEW;   // rows a block, at most
 };
+
+template <int N> struct IntTag { static constexpr int value = N; };
 
 // 8 consecutive cache values of a row, as loaded (one 16-byte load for float16, two for float32).
 template <bool F16> struct Row8 { uint4 w; };
@@ -342,10 +345,10 @@ template <int HD, int MT> struct DecodeSmem {
 
 // Stage the block's queries (rotated, scaled) in qs [RB][HD] and the step's keys (rotated) and values
 // in kn, vn [MT][HD]: every load of a thread issued before any is used (one memory latency).
-template <int HD, int MT>
+template <int HD, int MT, int RB>
 __device__ __forceinline__ void stage_decode_inputs(const AttentionArgs& a, int kvh, int r0, int nr, int G,
                                                     float* qs, float* kn, float* vn) {
-    constexpr int RB = DecodeShape<HD>::RB, NT = 32 * ATT_DECODE_WARPS;
+    constexpr int NT = 32 * ATT_DECODE_WARPS;
     constexpr int QE = RB * HD, NE = QE + 2 * MT * HD, ITEMS = (NE + NT - 1) / NT;
     const int half = a.rope_dim >> 1;
     float x[ITEMS], y[ITEMS], c[ITEMS], s[ITEMS];
@@ -397,14 +400,15 @@ __device__ __forceinline__ void stage_decode_inputs(const AttentionArgs& a, int 
     }
 }
 
-template <bool F16, int HD, int MT>          // MT: the most tokens this instance takes (1, or up to 4)
+// MT: the most tokens this instance takes (1, or up to 4); RB: rows a block (decode_rows in the launcher).
+template <bool F16, int HD, int MT, int RB>
 __device__ void attention_decode_rows(const AttentionArgs& a, float* part, int* counters, i8* xq, float4* xds,
                                       int terms, float* smem) {
     using Shape = DecodeShape<HD>;
-    constexpr int LPK = Shape::LPK, KPW = Shape::KPW, RB = Shape::RB, NW = ATT_DECODE_WARPS;
+    constexpr int LPK = Shape::LPK, KPW = Shape::KPW, NW = ATT_DECODE_WARPS;
+    static_assert(RB <= Shape::RB, "rows a block");
     constexpr int NG = NW * KPW;                        // lane groups of the block
     constexpr int U = F16 ? 4 : 2;                      // keys a lane group takes a step
-    constexpr int STEP = NG * U;                        // keys the block takes a step
     float* qs = smem;                                   // [RB][HD] queries, rotated and scaled
     float* kn = qs + RB * HD;                           // [MT][HD] the step's keys, rotated
     float* vn = kn + MT * HD;                           // [MT][HD] the step's values
@@ -443,7 +447,7 @@ __device__ void attention_decode_rows(const AttentionArgs& a, float* part, int* 
     };
     Row8<F16> kr[U], vr[U];
     load_batch(c0, kr, vr);                             // in flight while the queries are staged
-    stage_decode_inputs<HD, MT>(a, kvh, r0, nr, G, qs, kn, vn);
+    stage_decode_inputs<HD, MT, RB>(a, kvh, r0, nr, G, qs, kn, vn);
     __syncthreads();
     if (split == 0 && r0 == 0) {                        // the step's rows into the cache, once a KV head
         for (int e = threadIdx.x; e < T * hd; e += blockDim.x) {
@@ -459,12 +463,12 @@ __device__ void attention_decode_rows(const AttentionArgs& a, float* part, int* 
         m[r] = NEG_INF; l[r] = 0.0f;
         _Pragma("unroll") for (int e = 0; e < 8; ++e) acc[r][e] = 0.0f;
     }
-    for (int base = c0; base < c1; base += STEP) {
-        Row8<F16> kc[U], vc[U];
-        _Pragma("unroll") for (int u = 0; u < U; ++u) { kc[u] = kr[u]; vc[u] = vr[u]; }
-        if (base + STEP < c1) load_batch(base + STEP, kr, vr);     // the next step's rows
-        float k[U][8];
-        _Pragma("unroll") for (int u = 0; u < U; ++u) {
+    // One step: UU keys a lane group (keys base + gi + NG u), rows r >= nr masked rather than skipped, so
+    // that the rows' dependency chains (shuffles, exponentials) interleave.
+    auto step = [&](auto keys, int base, const Row8<F16>* kc, const Row8<F16>* vc) {
+        constexpr int UU = decltype(keys)::value;
+        float k[UU][8];
+        _Pragma("unroll") for (int u = 0; u < UU; ++u) {
             const int j = base + gi + NG * u;
             if (j >= start && j < c1) {
                 _Pragma("unroll") for (int e = 0; e < 8; ++e) k[u][e] = kn[(j - start) * HD + d0 + e];
@@ -472,26 +476,21 @@ __device__ void attention_decode_rows(const AttentionArgs& a, float* part, int* 
                 row8_unpack<F16>(kc[u], k[u]);
             }
         }
-        float s[RB][U];
+        float s[RB][UU];
         _Pragma("unroll") for (int r = 0; r < RB; ++r) {
-            if (r >= nr) continue;                      // uniform over the block
             const float4 qa = *(const float4*)(qs + r * HD + d0), qb = *(const float4*)(qs + r * HD + d0 + 4);
             const float qv[8] = {qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w};
-            _Pragma("unroll") for (int u = 0; u < U; ++u) {
+            _Pragma("unroll") for (int u = 0; u < UU; ++u) {
                 float x = 0.0f;
                 _Pragma("unroll") for (int e = 0; e < 8; ++e) x = fmaf(qv[e], k[u][e], x);
                 s[r][u] = x;
             }
-            _Pragma("unroll") for (int off = LPK / 2; off > 0; off >>= 1)
-                _Pragma("unroll") for (int u = 0; u < U; ++u) s[r][u] += __shfl_xor_sync(0xffffffffu, s[r][u], off);
-            const int qpos = start + (r0 + r) / G;
-            _Pragma("unroll") for (int u = 0; u < U; ++u) {
-                const int j = base + gi + NG * u;
-                if (!(j < c1 && key_visible(j, qpos, a.window))) s[r][u] = NEG_INF;
-            }
         }
-        float v[U][8];
-        _Pragma("unroll") for (int u = 0; u < U; ++u) {
+        _Pragma("unroll") for (int off = LPK / 2; off > 0; off >>= 1)
+            _Pragma("unroll") for (int r = 0; r < RB; ++r)
+                _Pragma("unroll") for (int u = 0; u < UU; ++u) s[r][u] += __shfl_xor_sync(0xffffffffu, s[r][u], off);
+        float v[UU][8];
+        _Pragma("unroll") for (int u = 0; u < UU; ++u) {
             const int j = base + gi + NG * u;
             if (j >= start && j < c1) {
                 _Pragma("unroll") for (int e = 0; e < 8; ++e) v[u][e] = vn[(j - start) * HD + d0 + e];
@@ -500,26 +499,42 @@ __device__ void attention_decode_rows(const AttentionArgs& a, float* part, int* 
             }
         }
         _Pragma("unroll") for (int r = 0; r < RB; ++r) {
-            if (r >= nr) continue;
-            float mx = s[r][0];
-            _Pragma("unroll") for (int u = 1; u < U; ++u) mx = fmaxf(mx, s[r][u]);
+            const int qpos = start + (r0 + r) / G;
+            float mx = NEG_INF;
+            _Pragma("unroll") for (int u = 0; u < UU; ++u) {
+                const int j = base + gi + NG * u;
+                if (!(r < nr && j < c1 && key_visible(j, qpos, a.window))) s[r][u] = NEG_INF;
+                mx = fmaxf(mx, s[r][u]);
+            }
             const float m_new = fmaxf(m[r], mx);
-            if (m_new == NEG_INF) continue;             // nothing visible to this group yet
-            const float corr = exp2f(m[r] - m_new);     // 0 while m is -inf
-            float p[U], sum = 0.0f;
-            _Pragma("unroll") for (int u = 0; u < U; ++u) { p[u] = exp2f(s[r][u] - m_new); sum += p[u]; }
+            const float m_ref = m_new == NEG_INF ? 0.0f : m_new;     // nothing visible yet: every weight 0
+            const float corr = exp2f(m[r] - m_ref);
+            float p[UU], sum = 0.0f;
+            _Pragma("unroll") for (int u = 0; u < UU; ++u) { p[u] = exp2f(s[r][u] - m_ref); sum += p[u]; }
             l[r] = fmaf(l[r], corr, sum);
             m[r] = m_new;
             _Pragma("unroll") for (int e = 0; e < 8; ++e) {
                 float o = acc[r][e] * corr;
-                _Pragma("unroll") for (int u = 0; u < U; ++u) o = fmaf(p[u], v[u][e], o);
+                _Pragma("unroll") for (int u = 0; u < UU; ++u) o = fmaf(p[u], v[u][e], o);
                 acc[r][e] = o;
             }
         }
+    };
+    // Full steps of U keys a group; the last step takes as few as cover the keys left (a short
+    // context is one step of one key a group).
+    for (int base = c0; base < c1;) {
+        const int left = c1 - base, uu = left > 2 * NG ? U : left > NG ? 2 : 1;
+        const int next = base + NG * uu;
+        Row8<F16> kc[U], vc[U];
+        _Pragma("unroll") for (int u = 0; u < U; ++u) { kc[u] = kr[u]; vc[u] = vr[u]; }
+        if (next < c1) load_batch(next, kr, vr);      // the next step's rows, in flight during this one
+        if (uu == U) step(IntTag<U>{}, base, kc, vc);
+        else if (uu == 2) step(IntTag<2>{}, base, kc, vc);
+        else step(IntTag<1>{}, base, kc, vc);
+        base = next;
     }
     // Merge the lane groups of each warp (butterflies over the groups), then stage the warps' states.
     _Pragma("unroll") for (int r = 0; r < RB; ++r) {
-        if (r >= nr) continue;
         _Pragma("unroll") for (int off = LPK; off < 32; off <<= 1) {
             const float mo = __shfl_xor_sync(0xffffffffu, m[r], off), lo_ = __shfl_xor_sync(0xffffffffu, l[r], off);
             const float M = fmaxf(m[r], mo);
@@ -653,6 +668,13 @@ extern "C" __global__ void name(ATTENTION_PARAMS) {                             
     attention_prefill_tile<F16, HD, BQ, BK, NT>(a, (float*)smem4);                                \
 }
 
+#define DECODE_BY_ROWS(F16, MT)                                                                      \
+    if (hd <= 64 && few) attention_decode_rows<F16, 64, MT, ATT_DECODE_ROWS_FEW>(a, part, counters, xq, xds, terms, sm); \
+    else if (hd <= 64) attention_decode_rows<F16, 64, MT, ATT_DECODE_ROWS>(a, part, counters, xq, xds, terms, sm); \
+    else if (hd <= 128 && few) attention_decode_rows<F16, 128, MT, ATT_DECODE_ROWS_FEW>(a, part, counters, xq, xds, terms, sm); \
+    else if (hd <= 128) attention_decode_rows<F16, 128, MT, ATT_DECODE_ROWS>(a, part, counters, xq, xds, terms, sm); \
+    else attention_decode_rows<F16, 256, MT, ATT_DECODE_ROWS_FEW>(a, part, counters, xq, xds, terms, sm)
+
 #define DEFINE_ATTENTION(kvt, F16)                                                                \
 DEFINE_PREFILL(attention_prefill_##kvt, F16, 64, 64, 32, 128)                                     \
 DEFINE_PREFILL(attention_prefill_q32_##kvt, F16, 64, 32, 32, 128)                                 \
@@ -664,14 +686,11 @@ attention_decode_##kvt(ATTENTION_PARAMS, float* __restrict__ part, int* __restri
     __shared__ float4 smem4[(DECODE_SMEM_FLOATS + 3) / 4];                                        \
     ATTENTION_ARGS_INIT;                                                                          \
     float* sm = (float*)smem4;                                                                    \
+    const bool few = hd > 128 || T * (H / KVH) <= ATT_DECODE_ROWS_FEW;  /* rows a block: decode_rows */ \
     if (T == 1) {                                 /* a decode step: no staging for absent tokens */ \
-        if (hd <= 64) attention_decode_rows<F16, 64, 1>(a, part, counters, xq, xds, terms, sm);    \
-        else if (hd <= 128) attention_decode_rows<F16, 128, 1>(a, part, counters, xq, xds, terms, sm); \
-        else attention_decode_rows<F16, 256, 1>(a, part, counters, xq, xds, terms, sm);            \
+        DECODE_BY_ROWS(F16, 1);                                                                      \
     } else {                                                                                      \
-        if (hd <= 64) attention_decode_rows<F16, 64, ATT_DECODE_MAX_T>(a, part, counters, xq, xds, terms, sm); \
-        else if (hd <= 128) attention_decode_rows<F16, 128, ATT_DECODE_MAX_T>(a, part, counters, xq, xds, terms, sm); \
-        else attention_decode_rows<F16, 256, ATT_DECODE_MAX_T>(a, part, counters, xq, xds, terms, sm); \
+        DECODE_BY_ROWS(F16, ATT_DECODE_MAX_T);                                                       \
     }                                                                                             \
 }
 

@@ -17,12 +17,12 @@ from worker.backend.cuda_runtime import NULL, f32, i32, process_allocations
 
 ATT_MAX_HEAD_DIM = 256                # must match attention.cu
 DECODE_MAX_T = 4                      # ATT_DECODE_MAX_T
-DECODE_WARPS = 4                      # ATT_DECODE_WARPS
+DECODE_WARPS = 8                      # ATT_DECODE_WARPS
 MAX_SPLITS = 64                       # key chunks a row group on the decode path, at most
 SPLIT_POSITIONS = 256                 # cache positions a split
 MIN_CHUNK = 256                       # ATT_DECODE_MIN_CHUNK: keys a chunk, at least (the kernel's choice)
-DECODE_ROWS = 8                       # ATT_DECODE_ROWS: (head, token) rows a decode block, hd <= 128
-DECODE_ROWS_WIDE = 4                  # ATT_DECODE_ROWS_WIDE: hd > 128
+DECODE_ROWS = 8                       # ATT_DECODE_ROWS: (head, token) rows a decode block, at most
+DECODE_ROWS_FEW = 4                   # ATT_DECODE_ROWS_FEW: for hd > 128, or groups of this many rows or fewer
 COUNTERS = "attention_split_counters"
 
 
@@ -31,14 +31,16 @@ def decode_splits(n_ctx: int) -> int:
     return max(1, min(MAX_SPLITS, -(-n_ctx // SPLIT_POSITIONS)))
 
 
-def decode_rows(hd: int) -> int:
-    """(query head, token) rows a decode block serves (attention.cu's DecodeShape)."""
-    return DECODE_ROWS if hd <= 128 else DECODE_ROWS_WIDE
+def decode_rows(hd: int, rows: int) -> int:
+    """(query head, token) rows a decode block serves when a KV head has `rows` of them (T x group), as
+    attention_decode_<kvt> picks: every row of a block is computed, so small groups take small blocks."""
+    return DECODE_ROWS_FEW if hd > 128 or rows <= DECODE_ROWS_FEW else DECODE_ROWS
 
 
 def decode_grid(n_ctx: int, T: int, H: int, KVH: int, hd: int) -> tuple[int, int]:
     """(splits, KV heads x row groups): the decode kernel's grid, from the cache size and the shapes only."""
-    return decode_splits(n_ctx), KVH * -(-(H // KVH) * T // decode_rows(hd))
+    rows = (H // KVH) * T
+    return decode_splits(n_ctx), KVH * -(-rows // decode_rows(hd, rows))
 
 
 def decodes(T: int, hd: int) -> bool:
