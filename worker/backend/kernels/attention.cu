@@ -447,6 +447,9 @@ __device__ void attention_decode_rows(const AttentionArgs& a, float* part, int* 
     };
     Row8<F16> kr[U], vr[U];
     load_batch(c0, kr, vr);                             // in flight while the queries are staged
+    // Thread r's row's sink logit, read now rather than on the way out.
+    const int r_own = (int)threadIdx.x < nr ? (int)threadIdx.x : 0;
+    const float sink_own = a.sinks ? a.sinks[kvh * G + (r0 + r_own) % G] * ATT_LOG2E : NEG_INF;
     stage_decode_inputs<HD, MT, RB>(a, kvh, r0, nr, G, qs, kn, vn);
     __syncthreads();
     if (split == 0 && r0 == 0) {                        // the step's rows into the cache, once a KV head
@@ -596,7 +599,7 @@ __device__ void attention_decode_rows(const AttentionArgs& a, float* part, int* 
     __syncthreads();
     if (threadIdx.x < nr) {
         const int r = threadIdx.x;
-        const float sink = a.sinks ? a.sinks[head_of(r)] * ATT_LOG2E : NEG_INF;
+        const float sink = sink_own;
         float M = sink;
         for (int sp = 0; sp < n_parts; ++sp) M = fmaxf(M, pf[sp * RB + r]);
         float den = a.sinks ? exp2f(sink - M) : 0.0f;
