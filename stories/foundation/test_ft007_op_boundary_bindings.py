@@ -56,6 +56,9 @@ LAUNCH_FILES = [Path(cuda_module.__file__)] + sorted(KERNEL_DIR.glob("*.py"))
 
 # -- kernel side: signatures from the preprocessed sources --------------------------------------
 
+KERNEL_DECLARATION = r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)'
+
+
 @lru_cache(maxsize=None)
 def kernel_signatures(module: str) -> dict[str, list[str]]:
     """{kernel name: [parameter kind, ...]} of one .cu file as NVRTC compiles it."""
@@ -63,7 +66,7 @@ def kernel_signatures(module: str) -> dict[str, list[str]]:
                          capture_output=True, text=True, timeout=120)
     assert pre.returncode == 0, pre.stderr
     signatures = {}
-    for m in re.finditer(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)', pre.stdout):
+    for m in re.finditer(KERNEL_DECLARATION, pre.stdout):
         kinds = []
         for param in m.group(2).split(","):
             words = [w for w in param.replace("*", " * ").split() if w not in ("const", "__restrict__")]
