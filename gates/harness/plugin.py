@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ MARKERS = [
     "slow: takes more than a few seconds",
     "needs_model(name): needs a real model file (smollm2, qwen2.5, phi3, gpt-oss-20b)",
     "allure_label: set by the plugin (gate/team/story labels)",
+    "uses_device: runs on the --device under test without the gpu mark (kept with the gpu tests under -n)",
 ]
 # A test records a reproducibility run for the board's plot with
 # record_property(REPRO_PROPERTY, {"label": str, "runs": {seed: [ids of run 1, ids of run 2]}}).
@@ -144,6 +146,7 @@ def pytest_configure(config):
             config.args.append(str(stories_dir))
 
 
+@pytest.hookimpl(tryfirst=True)          # before pytest-xdist's loadgroup reads the xdist_group marks
 def pytest_collection_modifyitems(session, config, items):
     state: GateState = config._m0
     required = state.required_stories(state.selected_gates) if state.selected_gates else None
@@ -159,6 +162,7 @@ def pytest_collection_modifyitems(session, config, items):
         state.item_checks[item.nodeid] = checks
         item.user_properties.append((LABELS_PROPERTY, {"stories": stories, "checks": checks}))
         _apply_skips(item, state)
+        _keep_device_tests_together(item, config)
         _add_allure_labels(item, state, stories, checks)
         keep.append(item)
     if drop:
@@ -176,6 +180,17 @@ def _apply_skips(item, state: GateState) -> None:
                 env = MODEL_ENV.get(name, "")
                 item.add_marker(pytest.mark.skip(
                     reason=f"real model {name!r} not available" + (f": set {env} to its GGUF file" if env else "")))
+
+
+def _keep_device_tests_together(item, config) -> None:
+    """Under pytest-xdist, every test that uses the device under test runs on one worker, one at a time
+    (with --dist loadgroup): some measure the whole GPU's free memory or take nearly all of it, which
+    other tests on the GPU at the same moment would disturb. The other tests spread over the workers."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    in_gates = (config.rootpath / "gates") in Path(str(item.path)).parents
+    if in_gates or item.get_closest_marker("gpu") or item.get_closest_marker("uses_device"):
+        item.add_marker(pytest.mark.xdist_group("device"))
 
 
 def model_file(name: str, config=None) -> Path | None:

@@ -147,7 +147,7 @@ def test_the_board_is_the_same_from_parallel_workers(pytester):
     each test's stories and checks travel with its reports, so the verdicts are those of a plain run."""
     pytest.importorskip("xdist")
     make_project(pytester, story_body="assert 1 + 1 == 3", stories=("XX-001", "XX-002"))
-    result = run_gate(pytester, "-n", "2")
+    result = run_gate(pytester, "-n", "2", "--dist", "loadgroup")
     result.stdout.fnmatch_lines(["*Gate 1: Mini  ->  FAIL*", "*FAIL*XX-001*1 of 1 tests failed*",
                                  "*NOT RUN*XX-002*no test for this story yet*"])
     rows = {row["id"]: row["status"] for row in board(pytester)["gates"][0]["rows"]}

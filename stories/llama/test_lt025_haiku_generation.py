@@ -19,7 +19,7 @@ from fixtures.haiku import contains_word, minute_word, run_haiku_twice
 from fixtures.server_process import worker_server
 
 pytest_plugins = ["fixtures.server_fixtures"]
-pytestmark = pytest.mark.story("LT-025")
+pytestmark = [pytest.mark.story("LT-025"), pytest.mark.uses_device]
 
 
 def test_minute_words():       # the derivation itself, against hand-written values
