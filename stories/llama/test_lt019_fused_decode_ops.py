@@ -365,3 +365,24 @@ def test_output_product_rows_walked_together(qtype, T, monkeypatch):
     ref_w = REF.load_weight(w)
     check_product(f"{product_op(b, 'matvec', qtype, T)}:{qtype.name}", f"joint rows T={T} N={N} K={K}",
                   y, REF.matmul(x, ref_w), x, ref_w.dense(), None)
+
+
+def test_rmsnorm_q8_blocks_stay_within_what_the_kernel_can_launch():
+    """GPT-OSS's 2880-wide row asked 1024 threads of a kernel whose registers allow fewer
+    (CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES on the H200): the launcher asks the compiled kernel."""
+    import types
+
+    from worker.backend.kernels import norm
+
+    launches = []
+
+    class Launcher:
+        def _fn(self, module, name):
+            return types.SimpleNamespace(max_threads_per_block=768)
+
+        def _launch(self, module, name, grid, block, args):
+            launches.append((name, block))
+
+    for D in (576, 896, 2880, 8192):
+        norm.rmsnorm_q8(Launcher(), None, None, None, None, None, 2, 1, D, 1e-5)
+    assert launches == [("rmsnorm_q8", 576), ("rmsnorm_q8", 768), ("rmsnorm_q8", 768), ("rmsnorm_q8_wide", 256)]

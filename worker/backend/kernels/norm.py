@@ -22,12 +22,24 @@ RMSNORM_Q8_BLOCKS_PER_WARP = 8        # norm.cu: 32-value blocks a warp of rmsno
 RMSNORM_Q8_MAX_D = 32 * 32 * RMSNORM_Q8_BLOCKS_PER_WARP
 
 
+def _warps_allowed(k, name: str) -> int:
+    """Warps a block of kernel `name` may have: its registers bound the block (a 1024-thread block needs
+    64 registers a thread at most), as the driver reports once the module is compiled."""
+    known = k.__dict__.setdefault("_norm_warps", {})
+    if name not in known:
+        fn = getattr(k, "_fn", None)
+        limit = getattr(fn("norm.cu", name), "max_threads_per_block", 1024) if fn else 1024
+        known[name] = max(1, min(32, int(limit) // 32))
+    return known[name]
+
+
 def rmsnorm_q8(k, x, w, y, xq, xds, terms: int, rows: int, D: int, eps: float) -> None:
     """rmsnorm, also writing y as int8 activation blocks (vecdot.py's layout); D % 32 == 0."""
     if not rows:
         return
-    if D <= RMSNORM_Q8_MAX_D:                 # the row in registers: a warp per 32-value block (up to 32 warps)
-        k._launch("norm.cu", "rmsnorm_q8", rows, 32 * min(32, D // 32),
+    warps = min(D // 32, _warps_allowed(k, "rmsnorm_q8"))
+    if D <= 32 * RMSNORM_Q8_BLOCKS_PER_WARP * warps:   # the row in registers: a warp per 32-value block or a few
+        k._launch("norm.cu", "rmsnorm_q8", rows, 32 * warps,
                   (x, w, y, xq, xds, i32(D), f32(eps), i32(rows), i32(terms)))
     else:
         k._launch("norm.cu", "rmsnorm_q8_wide", rows, _block(D),
