@@ -77,6 +77,9 @@ def test_replayed_steps_equal_op_by_op_steps(arch):
 def test_graph_buffers_are_workspace_and_go_with_the_cache():
     b = _backend(decode_graphs=True)
     model = _model("qwen2", b)
+    warm = model.new_cache(32)                   # kernels compiled, cuBLAS handle made, scratch sized
+    model.forward(np.asarray(PROMPT), warm, 0)
+    b.free_kv_cache(warm)
     b.release_cached_memory()
     before = b.memory_report()
     cache = model.new_cache(32)
