@@ -44,7 +44,7 @@ def test_kv_cache_alloc_free_cycles_return_to_baseline():
         b.release_cached_memory()
         report = b.memory_report()
         assert report["kv_cache"] == 0
-        # persistent scratch sized by the context (attention's split partials) stays, counted as workspace
+        # persistent scratch sized by the context (RoPE tables, attention's split partials) stays, counted as workspace
         grown = report["workspace"] - workspace
         assert abs(_device_used() - baseline - grown) <= 2 << 20, f"device memory did not return after n_ctx={n_ctx}"
 
