@@ -15,13 +15,13 @@ import ctypes
 import math
 import re
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 
 from fixtures.paths import REPO_ROOT
 from stories.foundation._cuda_conformance import THRESHOLDS, nmse
+from stories.llama._host_cuda import THREADED_LAUNCH, build_host_library, device_function
 from worker.backend.kernels.attention import decode_grid, decodes, prefill_tile
 from worker.backend.numpy import NumpyBackend
 from worker.config import RopeConfig
@@ -86,25 +86,7 @@ static inline float __ldcg(const float* p) { return *p; }
 using std::max; using std::min;
 """
 
-_LAUNCH = r"""
-static void launch(unsigned gx, unsigned gy, unsigned threads, unsigned seed, const std::function<void()>& body) {
-    gridDim = dim3{gx, gy, 1};
-    blockDim = dim3{threads, 1, 1};
-    std::vector<dim3> blocks;
-    for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x) blocks.push_back(dim3{x, y, 0});
-    std::shuffle(blocks.begin(), blocks.end(), std::mt19937(seed));
-    for (const dim3& b : blocks) {
-        blockIdx = b;
-        std::barrier<> bb(threads);
-        block_barrier = &bb;
-        std::vector<std::barrier<>*> wb;
-        for (unsigned w = 0; w < threads / 32; ++w) wb.push_back(warp_barriers[w] = new std::barrier<>(32));
-        std::vector<std::thread> ts;
-        for (unsigned i = 0; i < threads; ++i) ts.emplace_back([&, i] { threadIdx = dim3{i, 0, 0}; body(); });
-        for (auto& t : ts) t.join();
-        for (auto* p : wb) delete p;
-    }
-}
+_ENTRIES = r"""
 #define HOST_PARAMS const float* q, const float* k_new, const float* v_new, void* k_cache, void* v_cache, \
     const float* sinks, float* out, const float* rope_cos, const float* rope_sin, int rope_dim, int rope_neox, \
     int T, int H, int KVH, int hd, int start_pos, const int* start_pos_dev, int window, float scale_log2
@@ -128,26 +110,13 @@ HOST_ENTRIES(f32)
 """
 
 
-def _function(path, name: str) -> str:
-    """The text of device function `name` of a header (from its signature to its closing brace)."""
-    text = path.read_text()
-    m = re.search(rf"^__device__ __forceinline__ \w+ {name}\(.*?^}}\n", text, flags=re.S | re.M)
-    assert m, f"{path.name} no longer defines {name}"
-    return m.group(0)
-
-
 @pytest.fixture(scope="module")
 def host_attention(tmp_path_factory):
     body = re.sub(r'^#include "[^"]+"\s*$', "", (KERNELS / "attention.cu").read_text(), flags=re.M)
-    helpers = "".join(_function(KERNELS / "common.cuh", n) for n in ("warp_sum", "warp_max"))
-    helpers += _function(KERNELS / "vecdot.cuh", "quantize_block_warp")
-    work = tmp_path_factory.mktemp("attention")
-    src, lib = work / "attention_host.cpp", work / "attention_host.so"
-    src.write_text(_PRELUDE + helpers + body + _LAUNCH)
-    result = subprocess.run(["g++", "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-Wno-unknown-pragmas",
-                             "-o", str(lib), str(src)], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return ctypes.CDLL(str(lib))
+    helpers = "".join(device_function(KERNELS / "common.cuh", n) for n in ("warp_sum", "warp_max"))
+    helpers += device_function(KERNELS / "vecdot.cuh", "quantize_block_warp")
+    return build_host_library(_PRELUDE + helpers + body + THREADED_LAUNCH + _ENTRIES,
+                              tmp_path_factory.mktemp("attention"), "attention_host", timeout=600)
 
 
 def _ptr(a: np.ndarray | None):

@@ -30,6 +30,7 @@ import pytest
 from fixtures.gguf_corrupt import random_blocks
 from fixtures.paths import REPO_ROOT
 from stories.foundation._cuda_conformance import THRESHOLDS, nmse
+from stories.llama._host_cuda import THREADED_LAUNCH, build_host_library, device_function
 from worker.backend.cuda_runtime import NULL, kernel_source
 from worker.backend.kernels import elementwise, norm, vecdot
 from worker.backend.numpy import NumpyBackend
@@ -106,35 +107,7 @@ static inline double __shfl_xor_sync(unsigned, double v, int o) { return shuffle
 using std::max; using std::min;
 """
 
-_LAUNCH = r"""
-static void launch(unsigned gx, unsigned gy, unsigned threads, unsigned seed, const std::function<void()>& body) {
-    gridDim = dim3{gx, gy, 1};
-    blockDim = dim3{threads, 1, 1};
-    std::vector<dim3> blocks;
-    for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x) blocks.push_back(dim3{x, y, 0});
-    std::shuffle(blocks.begin(), blocks.end(), std::mt19937(seed));
-    for (const dim3& b : blocks) {
-        blockIdx = b;
-        std::barrier<> bb(threads);
-        block_barrier = &bb;
-        std::vector<std::barrier<>*> wb;
-        for (unsigned w = 0; w < threads / 32; ++w) wb.push_back(warp_barriers[w] = new std::barrier<>(32));
-        std::vector<std::thread> ts;
-        for (unsigned i = 0; i < threads; ++i) ts.emplace_back([&, i] { threadIdx = dim3{i, 0, 0}; body(); });
-        for (auto& t : ts) t.join();
-        for (auto* p : wb) delete p;
-    }
-}
-"""
-
 _KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
-
-
-def _function(path, name: str) -> str:
-    text = path.read_text()
-    m = re.search(rf"^__device__ __forceinline__ \w+ {name}\(.*?^}}\n", text, flags=re.S | re.M)
-    assert m, f"{path.name} no longer defines {name}"
-    return m.group(0)
 
 
 def _host_entries() -> str:
@@ -160,17 +133,11 @@ def host_kernels(tmp_path_factory):
         return re.sub(r'^\s*#include "[^"]+"\s*$', "", (KERNELS / name).read_text(), flags=re.M).replace(
             "#pragma once", "")
 
-    helpers = "".join(_function(KERNELS / "common.cuh", n) for n in ("warp_sum", "warp_max", "warp_sum_d",
+    helpers = "".join(device_function(KERNELS / "common.cuh", n) for n in ("warp_sum", "warp_max", "warp_sum_d",
                                                                       "block_sum_d"))
-    text = (_PRELUDE + helpers + body("vecdot.cuh") + body("activation.cuh") + _LAUNCH
+    text = (_PRELUDE + helpers + body("vecdot.cuh") + body("activation.cuh") + THREADED_LAUNCH
             + "".join(body(s) for s in SOURCES) + _host_entries())
-    work = tmp_path_factory.mktemp("fused")
-    src, lib = work / "fused_host.cpp", work / "fused_host.so"
-    src.write_text(text)
-    result = subprocess.run(["g++", "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-Wno-unknown-pragmas",
-                             "-o", str(lib), str(src)], capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return ctypes.CDLL(str(lib))
+    return build_host_library(text, tmp_path_factory.mktemp("fused"), "fused_host", timeout=900)
 
 
 class HostBackend:
@@ -267,18 +234,26 @@ def test_swiglu_of_the_products_in_one_launch(host_kernels, qtype, T):
     F, K = 64, 256
     k = HostBackend(host_kernels)
     xq, xds = _quantized(k, rng.standard_normal((T, K)).astype(np.float32) * 2)
+    y, g, u, launches = _swiglu_equals_the_unfused_ops(k, qtype, xq, xds, F, K, T, rng)
+    assert launches == [f"mmvq_swiglu_{FORMATS[qtype].kernel}"]
+    assert nmse(y, REF.swiglu(g, u)) <= THRESHOLDS["swiglu"]
+
+
+def _swiglu_equals_the_unfused_ops(k, qtype, xq, xds, F: int, K: int, T: int, rng):
+    """mmvq_swiglu of random gate/up weights equals swiglu_q8 of the two mmvq products, values and int8
+    blocks bit for bit; returns (its output, gate, up, the launches mmvq_swiglu made)."""
     (graw, rb, _), (uraw, _, _) = _weight(qtype, F, K, rng), _weight(qtype, F, K, rng)
     y, yq, yds = np.full((T, F), np.nan, np.float32), np.zeros(2 * T * F, np.int8), np.zeros((T, F // 32, 4), "f4")
-    k.launched.clear()
+    before = len(k.launched)
     vecdot.mmvq_swiglu(k, FORMATS[qtype].kernel, graw, uraw, rb, xq, xds, y, yq, yds, F, K, T, 2)
-    assert k.launched == [f"mmvq_swiglu_{FORMATS[qtype].kernel}"]
+    launches = k.launched[before:]
     g, u = (_mmvq(k, qtype, raw, rb, xq, xds, F, K, T) for raw in (graw, uraw))
     want, wq, wds = np.full((T, F), np.nan, np.float32), np.zeros(2 * T * F, np.int8), np.zeros_like(yds)
     elementwise.swiglu_q8(k, g, u, want, wq, wds, 2, T * F)
     np.testing.assert_array_equal(y, want)
     np.testing.assert_array_equal(yq, wq)
     np.testing.assert_array_equal(yds, wds)
-    assert nmse(y, REF.swiglu(g, u)) <= THRESHOLDS["swiglu"]
+    return y, g, u, launches
 
 
 @pytest.mark.parametrize("D", [32, 576, 1056, 2880, 8224])
@@ -344,15 +319,7 @@ def test_swiglu_of_long_rows_equals_the_split_products(host_kernels, qtype):
     F, K, T = 32, 4864, 1
     k = HostBackend(host_kernels)
     xq, xds = _quantized(k, rng.standard_normal((T, K)).astype(np.float32))
-    (graw, rb, _), (uraw, _, _) = _weight(qtype, F, K, rng), _weight(qtype, F, K, rng)
-    y, yq, yds = np.full((T, F), np.nan, np.float32), np.zeros(2 * T * F, np.int8), np.zeros((T, F // 32, 4), "f4")
-    vecdot.mmvq_swiglu(k, FORMATS[qtype].kernel, graw, uraw, rb, xq, xds, y, yq, yds, F, K, T, 2)
-    g, u = (_mmvq(k, qtype, raw, rb, xq, xds, F, K, T) for raw in (graw, uraw))
-    want, wq, wds = np.full((T, F), np.nan, np.float32), np.zeros(2 * T * F, np.int8), np.zeros_like(yds)
-    elementwise.swiglu_q8(k, g, u, want, wq, wds, 2, T * F)
-    np.testing.assert_array_equal(y, want)
-    np.testing.assert_array_equal(yq, wq)
-    np.testing.assert_array_equal(yds, wds)
+    _swiglu_equals_the_unfused_ops(k, qtype, xq, xds, F, K, T, rng)
 
 
 @pytest.mark.parametrize("qtype", INT8_FORMATS, ids=lambda q: q.name)
