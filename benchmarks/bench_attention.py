@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -25,6 +24,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_matvec import time_graph  # noqa: E402 — after the path insert
 
 MODELS = {  # name: (H, KVH, hd, sliding window, sinks)
     "SmolLM2-135M": (9, 3, 64, 0, False),
@@ -38,30 +39,6 @@ DECODE_POINTS = [  # (position, cache positions)
 ]
 PREFILL_TOKENS = [128, 512, 1024, 2048]
 L2_BYTES = 60 << 20
-
-
-def time_graph(cp, body, reps: int) -> float:
-    """Median microseconds of one `body()` call, from graph replays of `reps` calls."""
-    stream = cp.cuda.Stream(non_blocking=True)
-    with stream:
-        body()                                       # compile, size the workspace and tables
-        stream.synchronize()
-        cp.cuda.Device().synchronize()               # the capture stream does not wait for the null stream
-        stream.begin_capture()
-        for _ in range(reps):
-            body()
-        graph = stream.end_capture()
-        graph.launch()
-        stream.synchronize()
-        times = []
-        for _ in range(7):
-            start, stop = cp.cuda.Event(), cp.cuda.Event()
-            start.record(stream)
-            graph.launch()
-            stop.record(stream)
-            stop.synchronize()
-            times.append(cp.cuda.get_elapsed_time(start, stop) * 1e3 / reps)
-    return statistics.median(times)
 
 
 def _layers(n_ctx: int, KVH: int, hd: int) -> int:

@@ -48,8 +48,9 @@ def time_graph(cp, body, reps: int) -> float:
     """Median microseconds of one `body()` call, from graph replays of `reps` calls."""
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
-        body()                                       # compile, warm
+        body()                                       # compile, warm, size the workspace and tables
         stream.synchronize()
+        cp.cuda.Device().synchronize()               # the capture stream does not wait for the null stream
         stream.begin_capture()
         for _ in range(reps):
             body()
