@@ -450,13 +450,39 @@ class CudaBackend(CudaMemory, Backend):
 
     def mixture_of_experts(self, x: Array, router, router_bias, gate, gate_bias, up, up_bias, down, down_bias,
                            n_used: int, *, limit: float | None = None, alpha: float | None = None) -> Array:
-        """A decode token's experts chosen and run on the device (kernels/moe.py, vecdot.py's expert slots):
-        no host round trip, so a captured decode graph holds the whole step. Other cases: the host routing
-        of Backend.mixture_of_experts."""
+        """Experts chosen and run on the device, no host round trip, so a captured graph holds the whole
+        pass: a decode token through vecdot.py's expert slots; T >= 2 tokens grouped by expert
+        (kernels/moe.py: moe_plan, then moe_gemm.cu's tensor-core products). Other cases (formats
+        without grouped kernels, odd shapes; the reason in moe_host_reason): the host routing of
+        Backend.mixture_of_experts."""
         x = self._act(x)
         experts_w = (gate, up, down)
         T, D = self._rows(x)
         E, F = (gate.shape[0], gate.shape[1]) if isinstance(gate, CudaWeight) and gate.ndim == 3 else (0, 0)
+        if T >= 2:
+            self.moe_host_reason = moe_kernels.grouped_unsupported(gate, up, down, D, n_used)
+        if T >= 2 and self.moe_host_reason is None:     # route, sort the pairs by expert into tiles, products, sum
+            cp = self.cp
+            n_pairs, n_tiles = T * n_used, moe_kernels.max_tiles(T * n_used, E)
+            logits = self.matmul(x, router, router_bias)
+            experts = cp.empty((T, n_used), dtype=np.int32)
+            weights = cp.empty((T, n_used), dtype=np.float32)
+            moe_kernels.route(self, logits, experts, weights, T, E, n_used)
+            order, pos = cp.empty((n_pairs,), dtype=np.int32), cp.empty((n_pairs,), dtype=np.int32)
+            tiles = cp.empty((n_tiles, 4), dtype=np.int32)
+            moe_kernels.plan(self, experts, order, pos, tiles, n_pairs, E, n_tiles)
+            biases = [self._vector(b, "expert bias") if b is not None else None
+                      for b in (gate_bias, up_bias, down_bias)]
+            h = self._out((n_pairs, F))
+            moe_kernels.gate_up(self, gate.format, x.reshape(T, D), order, n_used, tiles, n_tiles, gate.raw, up.raw,
+                                gate.row_bytes, F * gate.row_bytes, biases[0], biases[1], h, F, D,
+                                clamped=not (limit is None and alpha is None), limit=limit, alpha=alpha)
+            y = self._out((n_pairs, D))
+            moe_kernels.down(self, down.format, h, tiles, n_tiles, down.raw, down.row_bytes, D * down.row_bytes,
+                             biases[2], y, D, F)
+            out = self._out((T, D))
+            moe_kernels.combine_rows(self, y, pos, weights, out, T, n_used, D)
+            return out.reshape(x.shape)
         if not (T == 1 and self.matvec_terms and n_used <= 32 and D % 32 == 0 and F % 32 == 0 and E
                 and all(isinstance(w, CudaWeight) and w.ndim == 3 and w.format in vecdot.VECDOT_FORMATS
                         for w in experts_w)

@@ -1,7 +1,17 @@
-"""Launchers of moe.cu: expert routing (top-k + softmax) and the weighted sum of the chosen experts."""
+"""Launchers of moe.cu and moe_gemm.cu: expert routing (top-k + softmax), the prefill's grouping of
+token-expert pairs by expert, its grouped expert products, and the weighted sums of the chosen experts."""
 from __future__ import annotations
 
-from worker.backend.cuda_runtime import i32
+from worker.backend.cuda_runtime import NULL, f32, i32, i64
+
+MOE_PLAN_THREADS = 1024               # must match moe.cu
+MOE_MAX_EXPERTS = 256                 # experts moe_plan's shared tables hold (moe.cu)
+MOE_TILE_ROWS = 64                    # sorted rows a tile: moe_gemm.cu's MOE_BM
+MOE_TILE_COLS = 64                    # output columns a block: moe_gemm.cu's MOE_BN
+MOE_THREADS = 128                     # moe_gemm.cu's MOE_THREADS
+MOE_K_STEP = 32                       # moe_gemm.cu's MOE_BK: K must be a multiple
+# Formats with grouped kernels (moe_gemm.cu's FOR_EACH_MOE_FORMAT): the formats with int8 decode products.
+MOE_GEMM_FORMATS = frozenset({"q4_0", "q4_1", "q5_0", "q8_0", "mxfp4", "q4_k", "q5_k", "q6_k"})
 
 
 def route(k, logits, experts, weights, T: int, E: int, n_used: int) -> None:
@@ -14,3 +24,66 @@ def route(k, logits, experts, weights, T: int, E: int, n_used: int) -> None:
 def combine(k, y, weights, out, n_used: int, D: int) -> None:
     """out [D] = sum_j weights[j] * y[j] for the n_used rows of y [n_used, D] (one token)."""
     k._launch("moe.cu", "moe_combine", max(1, min((D + 255) // 256, 1024)), 256, (y, weights, out, i32(n_used), i32(D)))
+
+
+def max_tiles(n_pairs: int, E: int) -> int:
+    """Entries of the tile table: every expert's run cut into MOE_TILE_ROWS-row tiles needs at most
+    ceil(n_pairs / MOE_TILE_ROWS) + E of them (each expert adds at most one part-filled tile)."""
+    return (n_pairs + MOE_TILE_ROWS - 1) // MOE_TILE_ROWS + E
+
+
+def plan(k, experts, order, pos, tiles, n_pairs: int, E: int, n_tiles: int, threads: int = MOE_PLAN_THREADS) -> None:
+    """experts [n_pairs] int32 -> order [n_pairs] (pairs sorted by expert, stable), pos [n_pairs] (its
+    inverse) and tiles [n_tiles, 4] int32 (expert, first sorted row, rows, 0), unused entries rows = 0."""
+    if not 0 < E <= MOE_MAX_EXPERTS:
+        raise ValueError(f"moe_plan groups 1..{MOE_MAX_EXPERTS} experts, got {E}")
+    if n_tiles < max_tiles(n_pairs, E):
+        raise ValueError(f"a tile table of {n_tiles} entries is short of {max_tiles(n_pairs, E)}")
+    k._launch("moe.cu", "moe_plan", 1, threads,
+              (experts, order, pos, tiles, i32(n_pairs), i32(E), i32(MOE_TILE_ROWS), i32(n_tiles)))
+
+
+def combine_rows(k, y, pos, weights, out, T: int, n_used: int, D: int) -> None:
+    """out [T, D]: out[t] = sum_j weights[t, j] * y[pos[t * n_used + j]] (y: the experts' rows, sorted)."""
+    if T:
+        k._launch("moe.cu", "moe_combine_rows", T, 256, (y, pos, weights, out, i32(n_used), i32(D)))
+
+
+def gate_up(k, fmt: str, x, order, n_used: int, tiles, n_tiles: int, gate, up, row_bytes: int, expert_bytes: int,
+            bias_gate, bias_up, h, F: int, D: int, *, clamped: bool, limit: float | None, alpha: float | None) -> None:
+    """h [n_pairs, F] in sorted-row order: swiglu(x Wgate_e^T + bgate_e, x Wup_e^T + bup_e) for each pair's
+    token x and expert e; gate and up: the stacked [E, F, D] weights' bytes (one format, one row size)."""
+    k._launch("moe_gemm.cu", f"moe_gate_up_{fmt}", ((F + MOE_TILE_COLS - 1) // MOE_TILE_COLS, n_tiles), MOE_THREADS,
+              (x, order, i32(n_used), tiles, gate, up, i64(row_bytes), i64(expert_bytes),
+               NULL if bias_gate is None else bias_gate, NULL if bias_up is None else bias_up, h, i32(F), i32(D),
+               i32(1 if clamped else 0), i32(limit is not None), f32(limit or 0.0),
+               f32(1.0 if alpha is None else alpha)))
+
+
+def down(k, fmt: str, h, tiles, n_tiles: int, down_w, row_bytes: int, expert_bytes: int, bias_down, y,
+         D: int, F: int) -> None:
+    """y [n_pairs, D] in sorted-row order: h Wdown_e^T + bdown_e for each sorted row's expert e."""
+    k._launch("moe_gemm.cu", f"moe_down_{fmt}", ((D + MOE_TILE_COLS - 1) // MOE_TILE_COLS, n_tiles), MOE_THREADS,
+              (h, tiles, down_w, i64(row_bytes), i64(expert_bytes), NULL if bias_down is None else bias_down, y,
+               i32(D), i32(F)))
+
+
+def grouped_unsupported(gate, up, down, D: int, n_used: int) -> str | None:
+    """Why the grouped prefill kernels cannot run these experts (None: they can). Expert weights are
+    stacked CudaWeights [E, F, D] (gate, up: one format, one row size) and [E, D, F] (down)."""
+    ws = (gate, up, down)
+    if not all(getattr(w, "ndim", 0) == 3 and hasattr(w, "raw") for w in ws):
+        return "expert weights are not stacked [E, N, K] device weights"
+    formats = sorted({w.format for w in ws} - MOE_GEMM_FORMATS)
+    if formats:
+        return f"no grouped expert kernel for {', '.join(formats)} (grouped formats: {sorted(MOE_GEMM_FORMATS)})"
+    E, F = gate.shape[0], gate.shape[1]
+    if up.shape != gate.shape or down.shape != (E, D, F) or gate.shape[2] != D:
+        return f"expert shapes gate {gate.shape}, up {up.shape}, down {down.shape} do not fit width {D}"
+    if gate.format != up.format or gate.row_bytes != up.row_bytes:
+        return "gate and up are stored differently"
+    if D % MOE_K_STEP or F % MOE_K_STEP:
+        return f"widths {D} and {F} are not multiples of {MOE_K_STEP}"
+    if not 0 < n_used <= min(E, 32) or E > MOE_MAX_EXPERTS:
+        return f"{n_used} of {E} experts a token (grouped: at most 32 of at most {MOE_MAX_EXPERTS})"
+    return None
