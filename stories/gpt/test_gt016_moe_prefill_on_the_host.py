@@ -1,0 +1,344 @@
+"""GT-016 prefill experts on the device, checked without a GPU: moe.cu and moe_gemm.cu compiled for the
+host by the system C++ compiler, each CUDA thread of a block run as a host thread (stories/llama/_host_cuda.py;
+__syncthreads and the warp exchanges are barriers, blocks run one after another in a shuffled order),
+launched through the backend's own launchers (worker/backend/kernels/moe.py), so that their grids, block
+sizes and argument order are checked as well. The tensor-core instruction (mma_tf32.cuh) is replaced by a
+host version that multiplies the fragments as the PTX ISA lays them out and refuses an operand that is not
+a TF32 value (the split must hand the tensor cores exact TF32 values).
+
+  * moe_plan: the token-expert pairs sorted by expert exactly as NumPy's stable argsort, pos its inverse,
+    the tile table each expert's run cut into 64-row tiles, unused entries empty; hypothesis over
+    T 1..600, k 1..4, E 2..32, with all tokens on one expert and tied router logits among the cases;
+  * moe_route on tied logits: the lower expert first, as the reference's top_k_softmax;
+  * the whole T >= 2 expert FFN (route, plan, gate/up + SwiGLU, down, weighted sum) against the NumPy
+    backend's mixture_of_experts (its host routing) under the conformance row "moe" (plain NMSE 1e-6),
+    and the down product alone within the prefill products' term-normalized bound ("matmul", 1e-11),
+    for MXFP4 (two TF32 terms) and Q8_0 (three).
+The GPU runs the same comparisons in test_gt016_moe_prefill_on_device.py. Skipped where g++ or cpp is missing.
+"""
+from __future__ import annotations
+
+import ctypes
+import re
+import shutil
+import subprocess
+
+import gguf
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fixtures.gguf_corrupt import random_blocks
+from fixtures.paths import REPO_ROOT
+from stories.foundation._cuda_conformance import THRESHOLDS, f32_tensor, nmse
+from stories.llama._host_cuda import THREADED_LAUNCH, build_host_library, device_function
+from worker.backend.base import top_k_softmax
+from worker.backend.cuda_runtime import NULL, kernel_source
+from worker.backend.kernels import moe
+from worker.backend.numpy import NumpyBackend
+from worker.quant import FORMATS, QuantTensor
+
+pytestmark = [pytest.mark.story("GT-016"),
+              pytest.mark.skipif(shutil.which("g++") is None or shutil.which("cpp") is None,
+                                 reason="g++ and cpp are needed to build the kernels for the host")]
+
+Q = gguf.GGMLQuantizationType
+KERNELS = REPO_ROOT / "worker" / "backend" / "kernels"
+HOST_FORMATS = ("mxfp4", "q8_0")      # of moe_gemm.cu's list: the host build compiles these alone
+REF = NumpyBackend()
+PAD = 16                              # worker/backend/cuda_memory.py's WEIGHT_TAIL_PAD
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+_PRELUDE = r"""
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <thread>
+#include <vector>
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef long long i64;
+#define __device__
+#define __global__
+#define __forceinline__ inline
+#define __shared__ static
+#define __restrict__
+#define __launch_bounds__(n)
+#define __align__(n) __attribute__((aligned(n)))
+struct dim3 { unsigned x = 0, y = 0, z = 0; };
+thread_local dim3 threadIdx;
+dim3 blockIdx, gridDim, blockDim;
+struct float4 { float x, y, z, w; };
+static inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
+static inline float __uint_as_float(u32 u) { float f; std::memcpy(&f, &u, 4); return f; }
+static inline u32 __float_as_uint(float f) { u32 u; std::memcpy(&u, &f, 4); return u; }
+static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline int __popc(u32 v) { return __builtin_popcount(v); }
+static inline float f16_bits_to_f32(u16 h) { _Float16 x; std::memcpy(&x, &h, 2); return (float)x; }
+static inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+static std::barrier<>* block_barrier;
+static std::barrier<>* warp_barriers[32];
+static double shuffle_slots[32][32];
+static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+static inline void __syncwarp() { warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
+static inline double shuffle_from(double v, int src) {
+    const int w = threadIdx.x / 32, l = threadIdx.x % 32;
+    warp_barriers[w]->arrive_and_wait();
+    shuffle_slots[w][l] = v;
+    warp_barriers[w]->arrive_and_wait();
+    return shuffle_slots[w][src & 31];
+}
+static inline float __shfl_xor_sync(unsigned, float v, int o) { return (float)shuffle_from(v, (threadIdx.x % 32) ^ o); }
+static inline int __shfl_xor_sync(unsigned, int v, int o) { return (int)shuffle_from(v, (threadIdx.x % 32) ^ o); }
+using std::max; using std::min;
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 on the host: the warp's fragments gathered as the
+// PTX ISA lays them out (g = lane / 4, q = lane % 4), each product exact (TF32 x TF32 fits float32), the
+// eight of an output summed in double and added once. An operand with any of its low 13 bits set is not
+// a TF32 value: counted in mma_not_tf32 (the hardware would drop those bits).
+static u32 mma_a[32][32][4], mma_b[32][32][2];
+static std::atomic<long long> mma_not_tf32{0};
+extern "C" long long host_mma_not_tf32() { return mma_not_tf32.exchange(0); }
+static inline void mma_tf32_16x8x8(float* d, const u32* a, const u32* b) {
+    const int w = threadIdx.x / 32, l = threadIdx.x % 32, g = l / 4, q = l % 4;
+    warp_barriers[w]->arrive_and_wait();
+    for (int i = 0; i < 4; ++i) { mma_a[w][l][i] = a[i]; if (a[i] & 0x1fffu) ++mma_not_tf32; }
+    for (int i = 0; i < 2; ++i) { mma_b[w][l][i] = b[i]; if (b[i] & 0x1fffu) ++mma_not_tf32; }
+    warp_barriers[w]->arrive_and_wait();
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + 8 * (i >> 1), col = 2 * q + (i & 1);
+        double s = 0.0;
+        for (int k = 0; k < 8; ++k) {
+            const float av = __uint_as_float(mma_a[w][(row % 8) * 4 + k % 4][(row >= 8) + 2 * (k >= 4)]);
+            const float bv = __uint_as_float(mma_b[w][col * 4 + k % 4][k >= 4]);
+            s += (double)(av * bv);
+        }
+        d[i] = (float)((double)d[i] + s);
+    }
+    warp_barriers[w]->arrive_and_wait();
+}
+"""
+
+_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)')
+
+
+def _body(name: str) -> str:
+    return re.sub(r'^\s*#include "[^"]+"\s*$', "", (KERNELS / name).read_text(), flags=re.M).replace("#pragma once", "")
+
+
+def _gemm_source() -> str:
+    """moe_gemm.cu with its format list cut to HOST_FORMATS (each with the exactness flag the source gives it)."""
+    text = _body("moe_gemm.cu")
+    listed = dict(re.findall(r"X\((\w+), (true|false)\)", text))
+    assert set(HOST_FORMATS) <= set(listed) and set(listed) == moe.MOE_GEMM_FORMATS
+    assert "FOR_EACH_MOE_FORMAT(DEFINE_MOE_GEMM)" in text
+    return text.replace("FOR_EACH_MOE_FORMAT(DEFINE_MOE_GEMM)",
+                        " ".join(f"DEFINE_MOE_GEMM({f}, {listed[f]})" for f in HOST_FORMATS))
+
+
+def _host_entries(text: str) -> str:
+    pre = subprocess.run(["cpp", "-P", "-x", "c++", "-"], input=text, capture_output=True, text=True, timeout=120)
+    assert pre.returncode == 0, pre.stderr
+    entries = []
+    for m in _KERNEL.finditer(pre.stdout):
+        params = " ".join(m.group(2).split())
+        names = [re.findall(r"\w+", p)[-1] for p in params.split(",")]
+        entries.append(f'extern "C" void host_{m.group(1)}(unsigned gx, unsigned gy, unsigned threads, '
+                       f'unsigned seed, {params}) {{ launch(gx, gy, threads, seed, [=] {{ '
+                       f'{m.group(1)}({", ".join(names)}); }}); }}\n')
+    return "".join(entries)
+
+
+@pytest.fixture(scope="module")
+def host_moe(tmp_path_factory):
+    assert "mma_tf32_16x8x8" in kernel_source("moe_gemm.cu")     # the instruction the host version stands in for
+    helpers = "".join(device_function(KERNELS / "common.cuh", n) for n in ("load_f16", "bf16_bits_to_f32"))
+    kernels = _body("moe.cu") + _gemm_source()
+    text = (_PRELUDE + helpers + _body("iq_tables.cuh") + _body("quant.cuh") + _body("tf32.cuh")
+            + _body("activation.cuh") + THREADED_LAUNCH + kernels)
+    return build_host_library(text + _host_entries(kernels), tmp_path_factory.mktemp("moe"), "moe_host", timeout=900)
+
+
+class HostBackend:
+    """Just enough of a CudaBackend for the launchers: `_launch` runs the host build of the kernel."""
+
+    def __init__(self, lib, seed: int = 0):
+        self.lib, self.seed, self.launched = lib, seed, []
+
+    def _launch(self, module, name, grid, block, args, *, keeps_quantized_input: bool = False) -> None:
+        gx, gy = (grid + (1,))[:2] if isinstance(grid, tuple) else (grid, 1)
+        self.launched.append(name)
+        self.seed += 1
+        getattr(self.lib, f"host_{name}")(ctypes.c_uint(int(gx)), ctypes.c_uint(int(gy)), ctypes.c_uint(int(block)),
+                                          ctypes.c_uint(self.seed), *(_c(a) for a in args))
+
+
+def _c(a):
+    if isinstance(a, np.ndarray):
+        return ctypes.c_void_p(a.ctypes.data)
+    if a is NULL or (isinstance(a, np.uint64) and int(a) == 0):
+        return ctypes.c_void_p(0)
+    return {np.int32: ctypes.c_int, np.int64: ctypes.c_longlong, np.float32: ctypes.c_float}[type(a)](a)
+
+
+# -- the plan --------------------------------------------------------------------------------------
+
+def _expected_tiles(experts: np.ndarray, E: int, n_tiles: int) -> np.ndarray:
+    counts = np.bincount(experts, minlength=E)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    rows = [(e, starts[e] + i, min(moe.MOE_TILE_ROWS, counts[e] - i)) for e in range(E)
+            for i in range(0, counts[e], moe.MOE_TILE_ROWS)]
+    table = np.zeros((n_tiles, 4), np.int32)
+    table[:len(rows), :3] = np.asarray(rows, np.int32).reshape(-1, 3)
+    return table
+
+
+def _plan(k, experts: np.ndarray, E: int, threads: int = moe.MOE_PLAN_THREADS):
+    n_pairs = experts.size
+    n_tiles = moe.max_tiles(n_pairs, E)
+    order, pos = np.full(n_pairs, -1, np.int32), np.full(n_pairs, -1, np.int32)
+    tiles = np.full((n_tiles, 4), -7, np.int32)
+    moe.plan(k, np.ascontiguousarray(experts, np.int32).reshape(-1), order, pos, tiles, n_pairs, E, n_tiles,
+             threads=threads)
+    return order, pos, tiles
+
+
+def _check_plan(k, experts: np.ndarray, E: int, threads: int = moe.MOE_PLAN_THREADS) -> None:
+    flat = experts.reshape(-1)
+    order, pos, tiles = _plan(k, flat, E, threads)
+    want = np.argsort(flat, kind="stable")
+    np.testing.assert_array_equal(order, want)
+    np.testing.assert_array_equal(pos[order], np.arange(flat.size))
+    np.testing.assert_array_equal(tiles, _expected_tiles(flat, E, tiles.shape[0]))
+
+
+@st.composite
+def routings(draw):
+    """experts [T, k]: k distinct experts a token (as moe_route picks them), drawn from a skewed set."""
+    T, E = draw(st.integers(1, 600)), draw(st.integers(2, 32))
+    k = draw(st.integers(1, min(4, E)))
+    seed = draw(st.integers(0, 2**31))
+    mode = draw(st.sampled_from(["random", "one-set", "few"]))
+    rng = np.random.default_rng(seed)
+    if mode == "one-set":                                 # every token the same experts
+        return np.tile(rng.choice(E, size=k, replace=False), (T, 1)).astype(np.int32), E
+    pool = E if mode == "random" else min(E, k + 1)
+    return np.stack([rng.choice(pool, size=k, replace=False) for _ in range(T)]).astype(np.int32), E
+
+
+@settings(max_examples=25, **SETTINGS)
+@given(case=routings())
+def test_plan_sorts_pairs_by_expert_stably_and_tiles_each_run(host_moe, case):
+    experts, E = case
+    _check_plan(HostBackend(host_moe), experts, E)
+
+
+@pytest.mark.parametrize("T,k,E", [(600, 1, 2), (512, 4, 32), (130, 4, 4), (2, 1, 32), (1, 4, 32)])
+def test_plan_with_every_token_on_one_expert(host_moe, T, k, E):
+    experts = np.tile(np.arange(E - k, E, dtype=np.int32), (T, 1))         # the last experts, the rest idle
+    _check_plan(HostBackend(host_moe), experts, E)
+
+
+@pytest.mark.parametrize("threads", [32, 64, 1024])
+def test_plan_is_the_same_whatever_the_block(host_moe, threads):
+    """Chunks of blockDim pairs, several warps a chunk: one warp a chunk to the whole block."""
+    rng = np.random.default_rng(threads)
+    experts = np.stack([rng.choice(8, size=3, replace=False) for _ in range(300)]).astype(np.int32)
+    _check_plan(HostBackend(host_moe), experts, 8, threads)
+
+
+def test_route_breaks_ties_towards_the_lower_expert(host_moe):
+    rng = np.random.default_rng(5)
+    T, E, k_used = 40, 16, 4
+    logits = np.round(rng.standard_normal((T, E)) * 2).astype(np.float32)     # many equal logits
+    logits[0] = 1.0                                                            # all tied
+    experts, weights = np.full((T, k_used), -1, np.int32), np.full((T, k_used), np.nan, np.float32)
+    moe.route(HostBackend(host_moe), logits, experts, weights, T, E, k_used)
+    want_e, want_w = top_k_softmax(logits.astype(np.float64), k_used)
+    np.testing.assert_array_equal(experts, want_e)
+    np.testing.assert_allclose(weights, want_w, rtol=1e-6)
+
+
+# -- the whole expert FFN ----------------------------------------------------------------------------
+
+def _expert_weight(qtype, shape, rng):
+    """A QuantTensor of random blocks with moderate scales (values of order one), and its padded bytes."""
+    n_blocks = int(np.prod(shape)) // gguf.GGML_QUANT_SIZES[qtype][0]
+    blocks = random_blocks(qtype, n_blocks, rng)
+    if qtype == Q.MXFP4:
+        blocks[:, 0] = rng.integers(127 - 4, 127 + 1, size=n_blocks)
+    else:
+        for start in FORMATS[qtype].f16_fields:
+            blocks[:, start:start + 2] = (rng.uniform(-1, 1, n_blocks) / 64).astype(np.float16).view(np.uint8).reshape(
+                n_blocks, 2)
+    raw = np.ascontiguousarray(blocks).reshape(-1)
+    return QuantTensor("w", qtype, tuple(shape), raw), np.concatenate([raw, np.zeros(PAD, np.uint8)])
+
+
+def _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha):
+    """The device path's launches (as CudaBackend.mixture_of_experts makes them) on host buffers."""
+    T, D = x.shape
+    F = mats[0][0].shape[1]
+    n_pairs, n_tiles = T * k_used, moe.max_tiles(T * k_used, E)
+    experts, weights = np.full((T, k_used), -1, np.int32), np.full((T, k_used), np.nan, np.float32)
+    moe.route(k, logits, experts, weights, T, E, k_used)
+    order, pos, tiles = np.zeros(n_pairs, np.int32), np.zeros(n_pairs, np.int32), np.zeros((n_tiles, 4), np.int32)
+    moe.plan(k, experts, order, pos, tiles, n_pairs, E, n_tiles)
+    (gate, graw), (_, uraw), (down, draw) = mats
+    rb_g, rb_d = (graw.size - PAD) // (E * F), (draw.size - PAD) // (E * D)
+    h = np.full((n_pairs, F), np.nan, np.float32)
+    moe.gate_up(k, fmt, x, order, k_used, tiles, n_tiles, graw, uraw, rb_g, F * rb_g, biases[0], biases[1], h, F, D,
+                clamped=not (limit is None and alpha is None), limit=limit, alpha=alpha)
+    y = np.full((n_pairs, D), np.nan, np.float32)
+    moe.down(k, fmt, h, tiles, n_tiles, draw, rb_d, D * rb_d, biases[2], y, D, F)
+    out = np.full((T, D), np.nan, np.float32)
+    moe.combine_rows(k, y, pos, weights, out, T, k_used, D)
+    return out, h, y, experts, order
+
+
+@pytest.mark.parametrize("qtype", [Q.MXFP4, Q.Q8_0], ids=lambda q: q.name)
+@pytest.mark.parametrize("T,E,k_used,D,F,case", [
+    (2, 4, 2, 64, 64, "random"), (5, 4, 2, 96, 64, "random"), (17, 8, 4, 64, 96, "random"),
+    (70, 4, 2, 64, 64, "one-expert"), (9, 4, 4, 64, 64, "every-expert"), (3, 32, 4, 64, 64, "plain-swiglu")])
+def test_expert_ffn_matches_the_reference(host_moe, qtype, T, E, k_used, D, F, case):
+    rng = np.random.default_rng(T * 100 + E + int(qtype))
+    k = HostBackend(host_moe)
+    fmt = FORMATS[qtype].kernel
+    mats = [_expert_weight(qtype, shape, rng) for shape in ((E, F, D), (E, F, D), (E, D, F))]
+    biases = [rng.standard_normal((E, n)).astype(np.float32) * 0.1 for n in (F, F, D)]
+    router = rng.standard_normal((E, D)).astype(np.float32)
+    router_b = rng.standard_normal(E).astype(np.float32)
+    if case == "one-expert":                              # every token's first choice: expert 1
+        router_b[1] = 1e4
+    x = rng.standard_normal((T, D)).astype(np.float32)
+    limit, alpha = (None, None) if case == "plain-swiglu" else (7.0, 1.702)
+    logits = (x @ router.T + router_b).astype(np.float32)    # the device path takes the router product's output
+    out, h, y, experts, order = _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha)
+    assert host_moe.host_mma_not_tf32() == 0, "an mma operand was not a TF32 value"
+    if case == "one-expert":
+        assert (experts[:, 0] == 1).all()
+    if case == "every-expert":
+        assert len(np.unique(experts)) == E
+    ws = [REF.load_weight(t) for t in (f32_tensor(router), f32_tensor(router_b), mats[0][0], f32_tensor(biases[0]),
+                                       mats[1][0], f32_tensor(biases[1]), mats[2][0], f32_tensor(biases[2]))]
+    ref = REF.mixture_of_experts(x, *ws, k_used, limit=limit, alpha=alpha)
+    assert np.isfinite(out).all()
+    value = nmse(out, ref)
+    assert value <= THRESHOLDS["moe"], f"moe NMSE {value:.3e}"
+    # the down product alone, held to the prefill products' term-normalized bound
+    dense_down = REF.load_weight(mats[2][0]).dense().astype(np.float64)
+    ex = experts.reshape(-1)[order]
+    want = np.einsum("rf,rdf->rd", h.astype(np.float64), dense_down[ex]) + biases[2][ex]
+    scale = np.einsum("rf,rdf->rd", np.abs(h.astype(np.float64)), np.abs(dense_down[ex])) + np.abs(biases[2][ex])
+    term_nmse = float(np.sum((y - want) ** 2) / np.sum(scale ** 2))
+    assert term_nmse <= THRESHOLDS["matmul"], f"down product term-normalized NMSE {term_nmse:.3e}"
