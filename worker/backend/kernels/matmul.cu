@@ -6,39 +6,60 @@
 #include "tf32.cuh"
 
 #define MATVEC_MAX_T 4   // tokens one launch of the fused kernel handles (decode: 1)
+#define MATVEC_ROWS_PER_BLOCK 4   // matmul.py's
 
 // y[t, n] = sum_k x[t, k] * W[n, k] (+ bias[n]) for t < T <= MATVEC_MAX_T.
-// One warp per output row; each lane takes 8-value chunks c = lane, lane + 32, ...
+// Each output row is split over `parts` warps (a block: MATVEC_ROWS_PER_BLOCK rows x parts warps):
+// part p's lanes take 8-value chunks c = 32 p + lane, step 32 parts; the parts' warp sums add in
+// part order. A product of few rows (GPT-OSS's router: 32 rows of 2880) takes several warps a row,
+// where one warp a row would leave most SMs idle and make each lane's walk a long chain of loads.
+#define MATVEC_MAX_PARTS 8
 #define DEFINE_MATVEC(fmt)                                                                        \
 extern "C" __global__ void matvec_##fmt(const u8* __restrict__ W, i64 row_bytes,                  \
                                         const float* __restrict__ x, const float* __restrict__ bias, \
-                                        float* __restrict__ y, int N, int K, int T) {             \
-    const int lane = threadIdx.x & 31;                                                            \
-    const int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);                            \
-    if (n >= N) return;                                                                           \
-    const u8* row = W + (i64)n * row_bytes;                                                       \
+                                        float* __restrict__ y, int N, int K, int T, int parts) {  \
+    __shared__ float part_sums[MATVEC_MAX_PARTS][MATVEC_ROWS_PER_BLOCK][MATVEC_MAX_T];            \
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;                                   \
+    const int r = warp % MATVEC_ROWS_PER_BLOCK, part = warp / MATVEC_ROWS_PER_BLOCK;              \
+    const int n = blockIdx.x * MATVEC_ROWS_PER_BLOCK + r;                                         \
+    const bool active = n < N;               /* no early return: the parts meet at a barrier */   \
+    const u8* row = W + (i64)(active ? n : 0) * row_bytes;                                        \
     float acc[MATVEC_MAX_T];                                                                      \
     _Pragma("unroll") for (int t = 0; t < MATVEC_MAX_T; ++t) acc[t] = 0.0f;                       \
     const int n_chunks = K >> 3;                                                                  \
-    for (int c = lane; c < n_chunks; c += 32) {                                                   \
-        float w[8];                                                                               \
-        dq8_##fmt(row, c, w);                                                                     \
-        _Pragma("unroll") for (int t = 0; t < MATVEC_MAX_T; ++t) {                                \
-            if (t < T) {                                                                          \
-                const float* xp = x + (i64)t * K + 8 * c;                                         \
-                _Pragma("unroll") for (int i = 0; i < 8; ++i) acc[t] = fmaf(w[i], xp[i], acc[t]); \
+    if (active) {                                                                                 \
+        for (int c = 32 * part + lane; c < n_chunks; c += 32 * parts) {                           \
+            float w[8];                                                                           \
+            dq8_##fmt(row, c, w);                                                                 \
+            _Pragma("unroll") for (int t = 0; t < MATVEC_MAX_T; ++t) {                            \
+                if (t < T) {                                                                      \
+                    const float* xp = x + (i64)t * K + 8 * c;                                     \
+                    _Pragma("unroll") for (int i = 0; i < 8; ++i) acc[t] = fmaf(w[i], xp[i], acc[t]); \
+                }                                                                                 \
             }                                                                                     \
         }                                                                                         \
-    }                                                                                             \
-    for (int k = 8 * n_chunks + lane; k < K; k += 32) {  /* float formats: K % 8 tail */          \
-        const float wk = dq1_##fmt(row, k);                                                       \
-        _Pragma("unroll") for (int t = 0; t < MATVEC_MAX_T; ++t)                                  \
-            if (t < T) acc[t] = fmaf(wk, x[(i64)t * K + k], acc[t]);                              \
+        if (part == 0) {                                                                          \
+            for (int k = 8 * n_chunks + lane; k < K; k += 32) {  /* float formats: K % 8 tail */  \
+                const float wk = dq1_##fmt(row, k);                                               \
+                _Pragma("unroll") for (int t = 0; t < MATVEC_MAX_T; ++t)                          \
+                    if (t < T) acc[t] = fmaf(wk, x[(i64)t * K + k], acc[t]);                      \
+            }                                                                                     \
+        }                                                                                         \
     }                                                                                             \
     _Pragma("unroll") for (int t = 0; t < MATVEC_MAX_T; ++t) {                                    \
         if (t < T) {                                                                              \
             const float s = warp_sum(acc[t]);                                                     \
-            if (lane == 0) y[(i64)t * N + n] = s + (bias ? bias[n] : 0.0f);                       \
+            if (parts > 1 && lane == 0) part_sums[part][r][t] = s;                                \
+            acc[t] = s;                                                                           \
+        }                                                                                         \
+    }                                                                                             \
+    if (parts > 1) __syncthreads();                                                               \
+    if (!active || part != 0 || lane != 0) return;                                                \
+    _Pragma("unroll") for (int t = 0; t < MATVEC_MAX_T; ++t) {                                    \
+        if (t < T) {                                                                              \
+            float s = acc[t];                                                                     \
+            for (int p = 1; p < parts; ++p) s += part_sums[p][r][t];                              \
+            y[(i64)t * N + n] = s + (bias ? bias[n] : 0.0f);                                      \
         }                                                                                         \
     }                                                                                             \
 }

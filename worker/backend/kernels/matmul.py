@@ -39,10 +39,29 @@ CUBLAS_WORKSPACE = "cublas_workspace"  # cuBLAS's own scratch (set once: none al
 CUBLAS_WORKSPACE_BYTES = 32 << 20     # what cuBLAS recommends for Hopper
 
 
+MATVEC_MAX_PARTS = 8                  # warps a row at most (matmul.cu)
+MATVEC_MIN_WARPS = 512                # a product's warps, where its rows allow: about 4 an SM of an H200
+
+
+def matvec_parts(k, fmt: str, N: int, K: int) -> int:
+    """Warps each of N rows of K values is split over: one for products of many rows; few rows (a
+    router's 32) take several, each lane keeping at least one 8-value chunk, within the block size
+    the compiled kernel allows (its registers bound it)."""
+    parts = min(MATVEC_MAX_PARTS, -(-MATVEC_MIN_WARPS // max(1, N)), max(1, K // 256))
+    if parts <= 1:
+        return 1
+    known = k.__dict__.setdefault("_matvec_max_threads", {})
+    if fmt not in known:
+        known[fmt] = int(getattr(k._fn("matmul.cu", f"matvec_{fmt}"), "max_threads_per_block", 1024))
+    return max(1, min(parts, known[fmt] // (32 * MATVEC_ROWS_PER_BLOCK)))
+
+
 def matvec(k, w, raw, x, bias, y, N: int, K: int, T: int) -> None:
     """y[t, n] = x[t] . W[n] (+ bias[n]) for T <= MATVEC_MAX_T tokens; raw: the weight's (expert's) bytes."""
+    parts = matvec_parts(k, w.format, N, K)
     k._launch("matmul.cu", f"matvec_{w.format}", (N + MATVEC_ROWS_PER_BLOCK - 1) // MATVEC_ROWS_PER_BLOCK,
-              32 * MATVEC_ROWS_PER_BLOCK, (raw, i64(w.row_bytes), x, bias, y, i32(N), i32(K), i32(T)))
+              32 * MATVEC_ROWS_PER_BLOCK * parts,
+              (raw, i64(w.row_bytes), x, bias, y, i32(N), i32(K), i32(T), i32(parts)))
 
 
 def _chunks(n_rows: int, K: int) -> int:
