@@ -386,3 +386,29 @@ def test_rmsnorm_q8_blocks_stay_within_what_the_kernel_can_launch():
     for D in (576, 896, 2880, 8192):
         norm.rmsnorm_q8(Launcher(), None, None, None, None, None, 2, 1, D, 1e-5)
     assert launches == [("rmsnorm_q8", 576), ("rmsnorm_q8", 768), ("rmsnorm_q8", 768), ("rmsnorm_q8_wide", 256)]
+
+
+def test_float_matvec_splits_few_rows_within_what_the_kernel_can_launch():
+    """A product of few rows (GPT-OSS's router: 32 rows of 2880) splits each row over several warps, so
+    that more than a handful of warps run it; many rows keep one warp a row; the block stays within the
+    size the compiled kernel allows, and every lane keeps at least one 8-value chunk."""
+    import types
+
+    from worker.backend.kernels import matmul
+
+    launches = []
+
+    class Launcher:
+        def _fn(self, module, name):
+            return types.SimpleNamespace(max_threads_per_block=512)
+
+        def _launch(self, module, name, grid, block, args):
+            launches.append((name, grid, block, int(args[-1])))
+
+    w = types.SimpleNamespace(format="f32", row_bytes=4 * 2880)
+    for N, K in ((32, 2880), (2880, 2880), (64, 512), (8, 200)):
+        matmul.matvec(Launcher(), w, None, None, None, None, N, K, 1)
+    assert launches == [("matvec_f32", 8, 512, 4),          # 8 parts wanted, 4 fit 512 threads
+                        ("matvec_f32", 720, 128, 1),
+                        ("matvec_f32", 16, 256, 2),         # K / 256 = 2 chunks of 8 a lane at least
+                        ("matvec_f32", 2, 128, 1)]

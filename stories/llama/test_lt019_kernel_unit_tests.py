@@ -100,11 +100,13 @@ def test_prefill_matmul_matches_reference(qtype, seed, N, n_blocks, odd, T):
 
 @pytest.mark.story("LT-019")
 @pytest.mark.parametrize("qtype,N,K", [(Q.Q4_1, 49152, 576), (Q.Q8_0, 1536, 576), (Q.Q4_K, 896, 4864),
-                                       (Q.Q6_K, 151936 // 8, 1024), (Q.MXFP4, 2880, 2880)],
+                                       (Q.Q6_K, 151936 // 8, 1024), (Q.MXFP4, 2880, 2880),
+                                       (Q.F32, 32, 2880), (Q.F16, 20, 2049)],
                          ids=lambda v: getattr(v, "name", str(v)))
 @pytest.mark.parametrize("T", [1, 33])
 def test_model_sized_products(qtype, N, K, T):
-    """Hand-picked real shapes: SmolLM2's LM head and FFN, Qwen2.5's down projection, GPT-OSS."""
+    """Hand-picked real shapes: SmolLM2's LM head and FFN, Qwen2.5's down projection, GPT-OSS's experts and
+    router (few rows: the float matvec splits each row over several warps), a float row with a K % 8 tail."""
     b = checking_backend()
     rng = np.random.default_rng(N + K + T)
     w = random_weight(qtype, (N, K), rng)
