@@ -5,11 +5,33 @@ CUDA_DEVICE_NOT_FOUND; device memory exhausted -> VRAM_OOM (DeviceOOMError with 
 available bytes and the device); bad kernel input -> INVALID_PARAMS naming the field. Each error
 serializes to {"code", "message"[, "field"]}, never a traceback.
 """
+import json
+import os
+import subprocess
+import sys
+
 import gguf
 import numpy as np
 import pytest
 
 from worker.errors import DeviceOOMError, InvalidParamsError, WorkerError
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The no-GPU path in a process of its own, for a machine whose GPU this process already sees: the
+# CUDA runtime reads CUDA_VISIBLE_DEVICES once, at its start, so the child sees no device at all.
+NO_GPU_CHILD = """
+import json
+from worker.backend import get_backend, visible_gpu
+from worker.errors import WorkerError
+answer = {"gpu_seen": visible_gpu()}
+try:
+    get_backend("cuda")
+except WorkerError as exc:
+    answer.update(kind="WorkerError", code=exc.code, as_dict=exc.to_dict())
+except BaseException as exc:
+    answer.update(kind=type(exc).__name__, message=str(exc))
+print(json.dumps(answer))
+"""
 
 
 def _gpu_visible() -> bool:
@@ -21,16 +43,40 @@ def _gpu_visible() -> bool:
         return False
 
 
+def _no_gpu_answer_in_a_child() -> dict:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", NO_GPU_CHILD], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.story("FT-008", "FT-009")
 def test_no_gpu_is_a_clear_error_not_a_traceback():
-    if _gpu_visible():
-        pytest.skip("a GPU is visible here: the no-GPU path cannot be exercised")
+    if _gpu_visible():   # hide it from a child process and check there (the same assertions)
+        answer = _no_gpu_answer_in_a_child()
+        assert answer["gpu_seen"] is None, f"the child still sees a GPU: {answer}"
+        assert answer["kind"] == "WorkerError", answer
+        assert answer["code"] == "CUDA_UNAVAILABLE"
+        assert answer["as_dict"]["code"] == "CUDA_UNAVAILABLE" and answer["as_dict"]["message"]
+        return
     from worker.backend import get_backend
 
     with pytest.raises(WorkerError) as info:
         get_backend("cuda")
     assert info.value.code == "CUDA_UNAVAILABLE"
     assert info.value.to_dict()["code"] == "CUDA_UNAVAILABLE" and info.value.message
+
+
+@pytest.mark.story("FT-008", "FT-009")
+def test_the_no_gpu_check_in_a_child_with_the_gpu_hidden():
+    """The path a GPU machine takes: the child sees no device and gets CUDA_UNAVAILABLE as an error
+    object (here it runs on a machine without a GPU too, so the child's check cannot rot)."""
+    answer = _no_gpu_answer_in_a_child()
+    assert answer["gpu_seen"] is None
+    assert answer["kind"] == "WorkerError" and answer["code"] == "CUDA_UNAVAILABLE", answer
+    assert set(answer["as_dict"]) == {"code", "message"} and answer["as_dict"]["message"]
 
 
 @pytest.mark.gpu
