@@ -29,15 +29,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fixtures.gguf_corrupt import random_blocks
 from fixtures.paths import REPO_ROOT
 from stories.foundation._cuda_conformance import THRESHOLDS, f32_tensor, nmse
+from stories.gpt._moe_cases import expert_blocks
 from stories.llama._host_cuda import THREADED_LAUNCH, build_host_library, device_function
 from worker.backend.base import top_k_softmax
 from worker.backend.cuda_runtime import NULL, kernel_source
 from worker.backend.kernels import moe
 from worker.backend.numpy import NumpyBackend
-from worker.quant import FORMATS, QuantTensor
+from worker.quant import FORMATS
 
 pytestmark = [pytest.mark.story("GT-016"),
               pytest.mark.skipif(shutil.which("g++") is None or shutil.which("cpp") is None,
@@ -272,17 +272,9 @@ def test_route_breaks_ties_towards_the_lower_expert(host_moe):
 # -- the whole expert FFN ----------------------------------------------------------------------------
 
 def _expert_weight(qtype, shape, rng):
-    """A QuantTensor of random blocks with moderate scales (values of order one), and its padded bytes."""
-    n_blocks = int(np.prod(shape)) // gguf.GGML_QUANT_SIZES[qtype][0]
-    blocks = random_blocks(qtype, n_blocks, rng)
-    if qtype == Q.MXFP4:
-        blocks[:, 0] = rng.integers(127 - 4, 127 + 1, size=n_blocks)
-    else:
-        for start in FORMATS[qtype].f16_fields:
-            blocks[:, start:start + 2] = (rng.uniform(-1, 1, n_blocks) / 64).astype(np.float16).view(np.uint8).reshape(
-                n_blocks, 2)
-    raw = np.ascontiguousarray(blocks).reshape(-1)
-    return QuantTensor("w", qtype, tuple(shape), raw), np.concatenate([raw, np.zeros(PAD, np.uint8)])
+    """A QuantTensor of random expert blocks (stories/gpt/_moe_cases.py) and its bytes with the device's tail pad."""
+    tensor = expert_blocks(qtype, shape, rng)
+    return tensor, np.concatenate([np.asarray(tensor.raw, np.uint8).reshape(-1), np.zeros(PAD, np.uint8)])
 
 
 def _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha):

@@ -1,0 +1,133 @@
+"""GPT-OSS prefill experts: the device path (T >= 2 tokens grouped by expert) against the host routing.
+
+One GPT-OSS-20B-shaped expert layer of random weights (width D = F = 2880, E = 32 experts, k = 4 a token,
+MXFP4 experts, F32 router and biases; stories/gpt/_moe_cases.py) and T = 128, 512, 2048 tokens:
+  device_graph_ms  CudaBackend.mixture_of_experts (router product, moe_route, moe_plan, moe_gate_up,
+                   moe_down, moe_combine_rows), median device time of one call from CUDA-graph replays;
+  device_eager_ms  the same launched from Python, CUDA events around back-to-back calls (host work included
+                   where the GPU waits for it);
+  host_ms          Backend.mixture_of_experts, the host routing it replaces (router logits to the host,
+                   then per active expert a gather, three products, SwiGLU and a scatter-add), wall time;
+  stages_ms        each launch of the device path alone (CUDA events over back-to-back launches), and the
+                   tensor-core rate of the grouped products (useful multiply-adds of the float product, the
+                   split's extra TF32 terms not counted);
+  nmse_vs_host     the device path's output against the host routing's on the same backend.
+Per-layer times; a model's prefill runs 24 such layers. Writes JSON (--out). Never asserts a time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+D = F = 2880
+E, K_USED = 32, 4
+LIMIT, ALPHA = 7.0, 1.702
+
+
+def events_ms(cp, body, reps: int) -> float:
+    """Mean milliseconds of one body() over reps back-to-back calls, CUDA events on the current stream."""
+    body()
+    cp.cuda.Device().synchronize()
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    start.record()
+    for _ in range(reps):
+        body()
+    stop.record()
+    stop.synchronize()
+    return cp.cuda.get_elapsed_time(start, stop) / reps
+
+
+def main() -> None:
+    import gguf
+
+    from benchmarks.bench_matvec import time_graph
+    from stories.gpt._moe_cases import moe_layer
+    from worker.backend.base import Backend
+    from worker.backend.cuda import CudaBackend
+    from worker.backend.kernels import moe
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=str(ROOT / "reports" / "bench_moe_prefill.json"))
+    ap.add_argument("--tokens", default="128,512,2048")
+    ap.add_argument("--reps", type=int, default=10)
+    args = ap.parse_args()
+    b = CudaBackend()
+    cp = b.cp
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    weights = [b.load_weight(t) for t in moe_layer(gguf.GGMLQuantizationType.MXFP4, E, D, F, rng)]
+    print(f"layer written and uploaded in {time.perf_counter() - t0:.1f} s", flush=True)
+    router, router_b, gate, gate_b, up, up_b, down, down_b = weights
+    rows = []
+    for T in (int(t) for t in args.tokens.split(",")):
+        x = cp.asarray(rng.standard_normal((T, D)).astype(np.float32))
+        row = {"T": T}
+
+        def device():
+            return b.mixture_of_experts(x, *weights, K_USED, limit=LIMIT, alpha=ALPHA)
+
+        out = device()
+        assert b.moe_host_reason is None, b.moe_host_reason
+        row["device_eager_ms"] = round(events_ms(cp, device, args.reps), 3)
+        try:
+            row["device_graph_ms"] = round(time_graph(cp, device, args.reps) / 1e3, 3)
+        except Exception as exc:  # noqa: BLE001 - a capture failure is a result to report
+            row["device_graph_ms"] = None
+            row["graph_failure"] = f"{type(exc).__name__}: {exc}"[:300]
+
+        host_times = []
+        for _ in range(3):
+            cp.cuda.Device().synchronize()
+            t0 = time.perf_counter()
+            ref = Backend.mixture_of_experts(b, x, *weights, K_USED, limit=LIMIT, alpha=ALPHA)
+            cp.cuda.Device().synchronize()
+            host_times.append((time.perf_counter() - t0) * 1e3)
+        row["host_ms"] = round(statistics.median(host_times), 3)
+        o, r = b.to_host(out).astype(np.float64), b.to_host(ref).astype(np.float64)
+        row["nmse_vs_host"] = float(np.sum((o - r) ** 2) / np.sum(r * r))
+
+        # the device path's launches one by one, on buffers made once
+        n_pairs, n_tiles = T * K_USED, moe.max_tiles(T * K_USED, E)
+        logits = b.matmul(x, router, router_b)
+        experts, wts = cp.empty((T, K_USED), np.int32), cp.empty((T, K_USED), np.float32)
+        order, pos = cp.empty(n_pairs, np.int32), cp.empty(n_pairs, np.int32)
+        tiles = cp.empty((n_tiles, 4), np.int32)
+        h, y, o2 = cp.empty((n_pairs, F), np.float32), cp.empty((n_pairs, D), np.float32), cp.empty((T, D), np.float32)
+        bg, bu, bd = (w.raw.view(np.float32) for w in (gate_b, up_b, down_b))
+        moe.route(b, logits, experts, wts, T, E, K_USED)
+        moe.plan(b, experts, order, pos, tiles, n_pairs, E, n_tiles)
+        stages = {
+            "router_product": lambda: b.matmul(x, router, router_b),
+            "route": lambda: moe.route(b, logits, experts, wts, T, E, K_USED),
+            "plan": lambda: moe.plan(b, experts, order, pos, tiles, n_pairs, E, n_tiles),
+            "gate_up_swiglu": lambda: moe.gate_up(b, gate.format, x, order, K_USED, tiles, n_tiles, gate.raw, up.raw,
+                                                  gate.row_bytes, F * gate.row_bytes, bg, bu, h, F, D, clamped=True,
+                                                  limit=LIMIT, alpha=ALPHA),
+            "down": lambda: moe.down(b, down.format, h, tiles, n_tiles, down.raw, down.row_bytes, D * down.row_bytes,
+                                     bd, y, D, F),
+            "combine": lambda: moe.combine_rows(b, y, pos, wts, o2, T, K_USED, D),
+        }
+        row["stages_ms"] = {name: round(events_ms(cp, body, args.reps), 4) for name, body in stages.items()}
+        macs = {"gate_up_swiglu": n_pairs * D * 2 * F, "down": n_pairs * F * D}
+        row["tflops"] = {name: round(2 * m / (row["stages_ms"][name] * 1e-3) / 1e12, 1) for name, m in macs.items()}
+        row["device_tokens_per_s"] = round(T / ((row["device_graph_ms"] or row["device_eager_ms"]) * 1e-3))
+        row["host_tokens_per_s"] = round(T / (row["host_ms"] * 1e-3))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    result = {"device": b.device_name, "layer": {"D": D, "F": F, "E": E, "k": K_USED, "experts": "MXFP4"},
+              "metric": "milliseconds per expert layer (one of GPT-OSS-20B's 24)", "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
