@@ -25,6 +25,8 @@ Rules (docs/sampling.md has the full statement):
   `backend.prefill_chunk_tokens` prompt tokens (64 on the CPU, 512 on the GPU): a long prompt's
   prefill stops within one chunk. A cancelled job ends with End("cancelled"). The KV cache is
   freed when the job ends, however it ends (also when the consumer closes the generator early).
+  Its capacity is what the job needs rounded up to a power-of-two bucket (`cache_capacity`), so
+  that jobs of different lengths share the GPU's captured graphs.
 - End(stop_reason="error") is the error event: error_code and error say what failed. A
   WorkerError keeps its code (VRAM_OOM, ...); an InvalidParamsError raised after Started is a
   bug of ours, not the client's bad input, and so is INTERNAL; anything else is INFERENCE_FAILED.
@@ -44,12 +46,13 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from worker.backend.base import PREFILL_CHUNK  # noqa: F401 (the CPU chunk, named for tests and docs)
-from worker.errors import InvalidParamsError, PromptTooLongError, WorkerError
+from worker.errors import DeviceOOMError, InvalidParamsError, PromptTooLongError, WorkerError
 from worker.sampling import DEFAULT_MAX_TOKENS, Sampler, SamplingParams, random_seed
 
 STOP_REASONS = ("max_tokens", "eos", "stop_sequence", "cancelled", "context_full")   # how a job ends well
 ERROR_STOP = "error"        # End.stop_reason of a job that failed after Started
 DEFAULT_CTX_CAP = 4096      # the engine's context when none is given: the model's, at most this
+KV_BUCKET_MIN = 256         # a job's KV cache has at least this many positions (Engine.cache_capacity)
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,31 @@ class Engine:
         budget, limit_reason = self.token_budget(len(ids), params)
         return Prepared(tuple(ids), params, budget, limit_reason)
 
+    def cache_capacity(self, needed: int) -> int:
+        """Positions of a job's KV cache: `needed` rounded up to a KV_BUCKET_MIN * 2^k bucket, at most the
+        context (the engine's, and the model's where it has one), never less than needed. Jobs of
+        different lengths then share a capacity, and the CUDA backend's captured graphs, which serve
+        caches up to the capacity they were captured for (worker/backend/cuda_graph.py), with it."""
+        limit = self.n_ctx
+        model_ctx = int(getattr(self.model.config, "context_length", 0) or 0)
+        if model_ctx:
+            limit = min(limit, model_ctx)
+        bucket = KV_BUCKET_MIN
+        while bucket < needed:
+            bucket *= 2
+        return max(needed, min(bucket, limit))
+
+    def new_job_cache(self, needed: int):
+        """A job's KV cache of cache_capacity(needed) positions (the bytes reported are the bucket's); when
+        the bucket does not fit the device, one of exactly `needed` positions, whose refusal is the job's."""
+        capacity = self.cache_capacity(needed)
+        if capacity == needed:
+            return self.model.new_cache(needed)
+        try:
+            return self.model.new_cache(capacity)
+        except DeviceOOMError:
+            return self.model.new_cache(needed)
+
     # -- the loop --------------------------------------------------------------------------------
     def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
                  cancel: threading.Event | None = None, job_id: str | None = None) -> Iterator[Event]:
@@ -212,7 +240,7 @@ class Engine:
                 yield run.end("cancelled")
                 return
             # The last generated token is never fed back: the cache needs prompt + budget - 1.
-            cache = self.model.new_cache(len(ids) + budget - 1)
+            cache = self.new_job_cache(len(ids) + budget - 1)
             t0 = time.perf_counter()
             prompt = np.asarray(ids, dtype=np.int64)
             chunk = backend.prefill_chunk_tokens

@@ -89,9 +89,10 @@ using std::max; using std::min;
 _ENTRIES = r"""
 #define HOST_PARAMS const float* q, const float* k_new, const float* v_new, void* k_cache, void* v_cache, \
     const float* sinks, float* out, const float* rope_cos, const float* rope_sin, int rope_dim, int rope_neox, \
-    int T, int H, int KVH, int hd, int start_pos, const int* start_pos_dev, int window, float scale_log2
+    int T, int H, int KVH, int hd, int start_pos, const int* start_pos_dev, int window, float scale_log2, \
+    const unsigned long long* kv_table, int layer
 #define HOST_ARGS q, k_new, v_new, k_cache, v_cache, sinks, out, rope_cos, rope_sin, rope_dim, rope_neox, \
-    T, H, KVH, hd, start_pos, start_pos_dev, window, scale_log2
+    T, H, KVH, hd, start_pos, start_pos_dev, window, scale_log2, kv_table, layer
 #define HOST_ENTRIES(kvt)                                                                              \
 extern "C" void host_prefill_##kvt(HOST_PARAMS, unsigned queries, unsigned gx, unsigned threads,       \
                                    unsigned seed) {                                                     \
@@ -124,12 +125,21 @@ def _ptr(a: np.ndarray | None):
 
 
 def _run_kernel(lib, *, q, k, v, kc, vc, sinks, start, window, rope, T, H, KVH, hd, n_ctx, seed,
-                from_device, q8_terms=0):
-    """out [T, H*hd] from the host build of the kernel the backend would launch (kernels/attention.py)."""
+                from_device, q8_terms=0, via_table=False, capacity=None):
+    """out [T, H*hd] from the host build of the kernel the backend would launch (kernels/attention.py).
+    via_table: the cache comes as layer 1 of a 3-layer address table (as in a captured graph), the
+    k_cache / v_cache arguments and the table's other layers being NaN decoys that must stay untouched.
+    capacity: the positions the launch is sized for (a graph captured on a larger cache), n_ctx if None."""
     kvt = "f16" if kc.dtype == np.float16 else "f32"
     out = np.full((T, H * hd), np.nan, np.float32)
+    capacity = capacity or n_ctx
+    table, layer, decoys = None, 0, []
+    if via_table:
+        decoys = [np.full_like(kc, np.nan) for _ in range(4)]
+        table = np.array([a.ctypes.data for a in (decoys[0], decoys[1], kc, vc, decoys[2], decoys[3])], np.uint64)
+        layer, kc, vc = 1, decoys[0], decoys[1]
     if rope is not None:
-        cos, sin = (np.ascontiguousarray(t) for t in rope_cos_sin(np.arange(n_ctx), rope))
+        cos, sin = (np.ascontiguousarray(t) for t in rope_cos_sin(np.arange(capacity), rope))
         rope_args = [_ptr(cos), _ptr(sin), ctypes.c_int(rope.dim), ctypes.c_int(rope.style == "neox")]
     else:
         cos = sin = None
@@ -138,10 +148,11 @@ def _run_kernel(lib, *, q, k, v, kc, vc, sinks, start, window, rope, T, H, KVH, 
     args = [_ptr(q), _ptr(k), _ptr(v), _ptr(kc), _ptr(vc), _ptr(sinks), _ptr(out), *rope_args,
             ctypes.c_int(T), ctypes.c_int(H), ctypes.c_int(KVH), ctypes.c_int(hd),
             ctypes.c_int(-12345 if from_device else start), _ptr(dev_start if from_device else None),
-            ctypes.c_int(window), ctypes.c_float(1.0 / math.sqrt(hd) * math.log2(math.e))]
+            ctypes.c_int(window), ctypes.c_float(1.0 / math.sqrt(hd) * math.log2(math.e)),
+            _ptr(table), ctypes.c_int(layer)]
     xq = xds = None
     if decodes(T, hd):
-        splits, groups = decode_grid(n_ctx, T, H, KVH, hd)
+        splits, groups = decode_grid(capacity, T, H, KVH, hd)
         part = np.full(H * splits * T * (hd + 2), np.nan, np.float32)
         counters = np.zeros(max(groups, 64), np.int32)
         if q8_terms:
@@ -156,11 +167,13 @@ def _run_kernel(lib, *, q, k, v, kc, vc, sinks, start, window, rope, T, H, KVH, 
         getattr(lib, f"host_prefill_{kvt}")(*args, ctypes.c_uint(queries), ctypes.c_uint(-(-T // queries) * H),
                                             ctypes.c_uint(threads),
                                             ctypes.c_uint(seed))
+    for decoy in decoys:
+        assert np.isnan(decoy.astype(np.float32)).all(), "the kernel wrote past the table's layer"
     return out, xq, xds
 
 
 def _case(lib, seed, T, start, KVH, group, hd, window=0, sinks=False, kv_dtype=np.float16, rope=None,
-          from_device=False, q8_terms=0, n_ctx=None):
+          from_device=False, q8_terms=0, n_ctx=None, via_table=False, capacity=None):
     rng = np.random.default_rng(seed)
     H = KVH * group
     n_ctx = n_ctx or start + T + int(rng.integers(0, 40))
@@ -178,7 +191,7 @@ def _case(lib, seed, T, start, KVH, group, hd, window=0, sinks=False, kv_dtype=n
     sink = (rng.standard_normal(H) * 2).astype(np.float32) if sinks else None
     out, xq, xds = _run_kernel(lib, q=q, k=k, v=v, kc=kc, vc=vc, sinks=sink, start=start, window=window, rope=rope,
                                T=T, H=H, KVH=KVH, hd=hd, n_ctx=n_ctx, seed=seed, from_device=from_device,
-                               q8_terms=q8_terms)
+                               q8_terms=q8_terms, via_table=via_table, capacity=capacity)
     ref = REF.attention(q, k, v, ref_cache, 0, start, sliding_window=window, sinks=sink, rope=rope)
     stored = ref_cache.k[0][start:start + T].astype(kv_dtype)       # rotated keys when rope is given
     np.testing.assert_array_equal(kc[start:start + T], stored)     # the step's rows went to the right place
@@ -271,6 +284,24 @@ def test_decode_geometry(host_attention, kv_dtype, geometry):
     assert nmse(out, ref) <= _threshold(kv_dtype), f"{DECODE_GEOMETRY[geometry]}: NMSE {nmse(out, ref):.3e}"
 
 
+# (T, start, hd, n_ctx, capacity): every kernel (decode, each prefill tile shape), the cache found in
+# the address table; a graph captured on a larger cache replays with the grid and RoPE tables of its
+# capacity over a smaller cache (cuda_graph.py).
+TABLE_CASES = [(1, 40, 64, 64, 64), (1, 1000, 64, 1100, 8192), (4, 300, 128, 310, 4096), (3, 20, 256, 30, 1024),
+               (5, 0, 64, 256, 256), (37, 10, 64, 60, 4096), (40, 17, 128, 64, 512), (20, 3, 256, 30, 30),
+               (1100, 0, 64, 1101, 2048)]
+
+
+@pytest.mark.parametrize("kv_dtype", [np.float16, np.float32], ids=["f16", "f32"])
+@pytest.mark.parametrize("case", range(len(TABLE_CASES)))
+def test_every_kernel_reads_its_cache_from_the_address_table(host_attention, kv_dtype, case):
+    T, start, hd, n_ctx, capacity = TABLE_CASES[case]
+    rope = RopeConfig(dim=hd, base=10000.0, style="neox") if case % 2 else None
+    out, ref, _, _ = _case(host_attention, 50 + case, T, start, 2, 3, hd, kv_dtype=kv_dtype, rope=rope,
+                           from_device=True, n_ctx=n_ctx, via_table=True, capacity=capacity)
+    assert nmse(out, ref) <= _threshold(kv_dtype), f"{TABLE_CASES[case]}: NMSE {nmse(out, ref):.3e}"
+
+
 @pytest.mark.parametrize("terms", [1, 2])
 @pytest.mark.parametrize("T, group, hd", [(1, 2, 64), (4, 2, 64), (3, 7, 128), (2, 8, 256)])
 def test_decode_writes_the_int8_blocks_of_its_output(host_attention, terms, T, group, hd):
@@ -296,3 +327,38 @@ def test_launcher_limits_match_the_kernel(constant, macro):
 
     m = re.search(rf"^#define\s+{macro}\s+(\d+)", (KERNELS / "attention.cu").read_text(), flags=re.M)
     assert m and int(m.group(1)) == getattr(launcher, constant)
+
+
+# (choice, (group, KVH, hd, T, start, n_ctx, window, sinks)): every row count a block may take
+# (M0_CUDA_ATT_DECODE_ROWS), and short contexts in long caches, whose one active chunk lets the grid's split
+# blocks share a row group's rows; MHA, GQA groups of 3, 7, 8, hd 80 and 256, several tokens, windows, sinks.
+ROW_CASES = [
+    ("1", (7, 2, 64, 1, 25, 256, 0, False)),          # Qwen2.5, a short cache: a row a block
+    ("2", (7, 2, 64, 1, 25, 256, 0, False)),
+    ("auto", (7, 2, 64, 1, 40, 4352, 0, False)),      # a short context in a long cache: split blocks take rows
+    ("group", (8, 2, 64, 1, 30, 4352, 0, True)),      # GPT-OSS heads, whole groups shared by 8 split blocks
+    ("auto", (8, 2, 64, 1, 5000, 5200, 128, True)),   # a sliding layer: one chunk covers the window
+    ("1", (8, 1, 64, 2, 3000, 3100, 1000, True)),     # two tokens (4 rows a block at least), merged chunks
+    ("4", (3, 3, 64, 1, 25, 8192, 0, False)),
+    ("8", (7, 2, 64, 4, 1000, 1100, 0, True)),        # 28 rows in blocks of 8, merged over 4 chunks
+    ("auto", (7, 2, 64, 4, 20, 4096, 0, False)),      # four tokens, short context, long cache: blocks of 4
+    ("2", (2, 2, 80, 2, 700, 4096, 0, True)),         # hd 80
+    ("1", (8, 1, 256, 3, 300, 8192, 0, True)),        # hd 256, two chunks merged
+    ("auto", (8, 1, 256, 1, 40, 8192, 0, True)),      # hd 256, short: 4-row groups shared by 4 blocks
+    ("2", (1, 4, 64, 1, 0, 256, 0, False)),           # MHA, the first token
+    ("group", (7, 2, 64, 1, 1000, 1024, 0, False)),   # the earlier geometry, 4 chunks merged
+]
+
+
+@pytest.mark.parametrize("choice, geometry", ROW_CASES)
+def test_decode_rows_a_block_as_chosen(host_attention, monkeypatch, choice, geometry):
+    """The kernel reads its rows a block back from the grid (and the active chunks from the position): any
+    choice gives the reference's output."""
+    from worker.backend.kernels import attention as launcher
+
+    monkeypatch.setattr(launcher, "DECODE_ROWS_CHOICE", choice)
+    group, KVH, hd, T, start, n_ctx, window, sinks = geometry
+    rope = RopeConfig(dim=hd, base=10000.0, style="neox") if start % 2 == 0 else None
+    out, ref, _, _ = _case(host_attention, 7 + start, T, start, KVH, group, hd, window=window, sinks=sinks,
+                           kv_dtype=np.float16, rope=rope, from_device=True, n_ctx=n_ctx)
+    assert nmse(out, ref) <= _threshold(np.float16), f"{choice} {geometry}: NMSE {nmse(out, ref):.3e}"

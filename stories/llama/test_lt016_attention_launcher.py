@@ -61,10 +61,17 @@ def _host_allocations(monkeypatch):
     _Buffer.fills = 0
 
 
-def _call(k, T, hd, n_ctx=4096, start_dev=NULL, q8=None, rope=None, H=14, KVH=2):
+def _call(k, T, hd, n_ctx=4096, start_dev=NULL, q8=None, rope=None, H=14, KVH=2, **table):
     launcher.attention(k, "f16", "q", "k", "v", "kc", "vc", NULL, "out", T, H, KVH, hd, 100, start_dev, 0, 0.125,
-                       n_ctx=n_ctx, rope=rope, q8=q8)
+                       n_ctx=n_ctx, rope=rope, q8=q8, **table)
     return k.launches[-1]
+
+
+@pytest.mark.parametrize("T, hd", [(1, 64), (4, 128), (300, 64), (2048, 64), (300, 80), (300, 256)])
+def test_every_kernel_takes_the_kv_table_and_the_layer(T, hd):
+    """A captured graph's attention reads the cache's addresses from the backend's table (cuda_graph.py)."""
+    args = _call(_Backend(), T, hd, kv_table="table", layer=7)[4]
+    assert args[3:5] == ("kc", "vc") and args[19] == "table" and int(args[20]) == 7
 
 
 @pytest.mark.parametrize("T, hd, name, grid, block", [
@@ -81,8 +88,9 @@ def _call(k, T, hd, n_ctx=4096, start_dev=NULL, q8=None, rope=None, H=14, KVH=2)
 def test_the_kernel_a_call_takes(T, hd, name, grid, block):
     module, launched, g, b, args = _call(_Backend(), T, hd)
     assert (module, launched, g, b) == ("attention.cu", name, grid, block)
-    assert len(args) == (24 if "decode" in name else 19)
+    assert len(args) == (26 if "decode" in name else 21)             # the KV table and the layer included
     assert float(args[18]) == pytest.approx(0.125 * np.log2(np.e))     # scores in base 2
+    assert args[19] is NULL and int(args[20]) == 0                     # no table: the kernel takes kc / vc
 
 
 def test_splits_depend_on_the_cache_size_only():
@@ -105,7 +113,7 @@ def test_a_decode_block_serves_the_rows_of_one_kv_group(H, KVH, T, hd, rows, gro
 def test_rope_tables_and_int8_output_reach_the_decode_kernel():
     k = _Backend()
     args = _call(k, 1, 64, rope=("cos", "sin", 32, True), q8=("xq", "xds", 2))[4]
-    assert args[7:11] == ("cos", "sin", 32, 1) and args[21:24] == ("xq", "xds", 2)
+    assert args[7:11] == ("cos", "sin", 32, 1) and args[23:26] == ("xq", "xds", 2)
     with pytest.raises(ValueError):
         _call(k, 5, 64, q8=("xq", "xds", 2))               # the tiled kernel writes no int8 blocks
 
@@ -122,3 +130,33 @@ def test_merge_tickets_are_zeroed_once_and_again_after_a_capture():
     assert _Buffer.fills == 2                            # the kernels leave it at zero from then on
     _call(k, 1, 64, H=200, KVH=100)                       # more row groups: a larger buffer, zeroed again
     assert _Buffer.fills == 3 and k._workspace[launcher.COUNTERS].size >= 100
+
+
+@pytest.fixture(autouse=True)
+def _whole_groups(monkeypatch):
+    """The tests above describe the "group" geometry (M0_CUDA_ATT_DECODE_ROWS=group); those below pick theirs."""
+    monkeypatch.setattr(launcher, "DECODE_ROWS_CHOICE", "group")
+
+
+@pytest.mark.parametrize("n_ctx, T, H, KVH, hd, grid", [
+    (256, 1, 14, 2, 64, (1, 14)),      # Qwen2.5, a short cache: one row a block, 14 blocks rather than 2
+    (256, 1, 64, 8, 64, (1, 64)),      # GPT-OSS: 64 blocks rather than 8
+    (256, 1, 9, 3, 64, (1, 9)),        # SmolLM2
+    (4096, 1, 14, 2, 64, (16, 8)),     # 16 splits x 2 KV heads: 2 rows a block make 128 blocks
+    (4096, 1, 64, 8, 64, (16, 8)),     # 16 splits x 8 KV heads are 128 blocks already: whole groups
+    (256, 4, 14, 2, 64, (1, 14)),      # several tokens: 4 rows a block at least (the kernel's instances)
+    (256, 1, 8, 1, 256, (1, 8)),       # hd 256: at most 4 rows a block
+])
+def test_auto_rows_give_short_contexts_more_blocks(monkeypatch, n_ctx, T, H, KVH, hd, grid):
+    """A short context is one key chunk a row group: the step's blocks are its row groups, each a chain of
+    steps as long as its rows; "auto" halves the rows a block until the grid has DECODE_TARGET_BLOCKS."""
+    monkeypatch.setattr(launcher, "DECODE_ROWS_CHOICE", "auto")
+    assert launcher.decode_grid(n_ctx, T, H, KVH, hd) == grid
+    assert _call(_Backend(), T, hd, n_ctx=n_ctx, H=H, KVH=KVH)[2] == grid
+
+
+@pytest.mark.parametrize("choice, T, hd, rows", [("1", 1, 64, 1), ("2", 1, 128, 2), ("8", 1, 64, 8), ("1", 4, 64, 4),
+                                                 ("8", 1, 256, 4), ("group", 1, 64, 8), ("group", 1, 256, 4)])
+def test_a_chosen_row_count_is_held_to_the_kernels_instances(choice, T, hd, rows):
+    """1, 2, 4 or 8 rows a block for one token; 4 or 8 for several; at most 4 for heads 256 wide."""
+    assert launcher.decode_rows(hd, 8 * T, T, 1, choice) == rows

@@ -441,9 +441,12 @@ class CudaBackend(CudaMemory, Backend):
         if attention_kernels.decodes(T, hd) and hd % 32 == 0:
             q8 = vecdot.fused_output_buffers(self, T, H * hd)     # the output product's input
         if T:
+            # in a capture: the cache's addresses from the backend's table (cuda_graph.py), the grid for its capacity
+            kv_table, n_ctx = self.graphs.kv_table(cache)
             attention_kernels.attention(self, kvt, q, k, v, cache.k[layer], cache.v[layer],
                                         sink if sink is not None else NULL, out, T, H, KVH, hd, start_pos, dev_start,
-                                        max(0, sliding_window), scale, n_ctx=cache.n_ctx, rope=tables, q8=q8)
+                                        max(0, sliding_window), scale, n_ctx=n_ctx, rope=tables, q8=q8,
+                                        kv_table=kv_table, layer=layer)
         if q8:
             vecdot.remember_quantized(self, out, T, H * hd, *q8)
         return out
@@ -463,23 +466,25 @@ class CudaBackend(CudaMemory, Backend):
             self.moe_host_reason = moe_kernels.grouped_unsupported(gate, up, down, D, n_used)
         if T >= 2 and self.moe_host_reason is None:     # route, sort the pairs by expert into tiles, products, sum
             cp = self.cp
-            n_pairs, n_tiles = T * n_used, moe_kernels.max_tiles(T * n_used, E)
+            n_pairs = T * n_used
+            tile_rows = moe_kernels.tile_rows_for(n_pairs, E)
+            n_tiles = moe_kernels.max_tiles(n_pairs, E, tile_rows)
             logits = self.matmul(x, router, router_bias)
             experts = cp.empty((T, n_used), dtype=np.int32)
             weights = cp.empty((T, n_used), dtype=np.float32)
             moe_kernels.route(self, logits, experts, weights, T, E, n_used)
             order, pos = cp.empty((n_pairs,), dtype=np.int32), cp.empty((n_pairs,), dtype=np.int32)
             tiles = cp.empty((n_tiles, 4), dtype=np.int32)
-            moe_kernels.plan(self, experts, order, pos, tiles, n_pairs, E, n_tiles)
+            moe_kernels.plan(self, experts, order, pos, tiles, n_pairs, E, n_tiles, tile_rows)
             biases = [self._vector(b, "expert bias") if b is not None else None
                       for b in (gate_bias, up_bias, down_bias)]
             h = self._out((n_pairs, F))
-            moe_kernels.gate_up(self, gate.format, x.reshape(T, D), order, n_used, tiles, n_tiles, gate.raw, up.raw,
-                                gate.row_bytes, F * gate.row_bytes, biases[0], biases[1], h, F, D,
+            moe_kernels.gate_up(self, gate.format, x.reshape(T, D), order, n_used, tiles, n_tiles, tile_rows,
+                                gate.raw, up.raw, gate.row_bytes, F * gate.row_bytes, biases[0], biases[1], h, F, D,
                                 clamped=not (limit is None and alpha is None), limit=limit, alpha=alpha)
             y = self._out((n_pairs, D))
-            moe_kernels.down(self, down.format, h, tiles, n_tiles, down.raw, down.row_bytes, D * down.row_bytes,
-                             biases[2], y, D, F)
+            moe_kernels.down(self, down.format, h, tiles, n_tiles, tile_rows, down.raw, down.row_bytes,
+                             D * down.row_bytes, biases[2], y, D, F)
             out = self._out((T, D))
             moe_kernels.combine_rows(self, y, pos, weights, out, T, n_used, D)
             return out.reshape(x.shape)

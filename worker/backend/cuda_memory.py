@@ -106,6 +106,11 @@ class CudaMemory:
             self.pool.free_all_blocks()
             raise self._oom(what, nbytes, self.available_bytes()) from exc
 
+    def _persistent(self, what: str, shape, dtype):
+        """Device memory that outlives any graph being captured: from the process pool, never a graph's own."""
+        with process_allocations():
+            return self._allocate(what, shape, dtype)
+
     def _scratch(self, name: str, n_floats: int):
         """A persistent float32 workspace buffer of at least n_floats (grown, never shrunk)."""
         buf = self._workspace.get(name)
@@ -196,6 +201,11 @@ class CudaMemory:
         per = int(np.prod(shape)) * self.kv_dtype.itemsize
         required = 2 * n_layers * per
         available = self.available_bytes()
+        if required > available and self.graphs.graphs():
+            # the kept forward graphs (cuda_graph.py) are an optimisation: a request's cache comes first
+            self.graphs.release_all()
+            self.pool.free_all_blocks()
+            available = self.available_bytes()
         if required > available:                     # refuse before allocating anything
             raise self._oom(f"KV cache ({n_layers} layers x {n_ctx} positions)", required, available)
         k, v = [], []
@@ -212,15 +222,12 @@ class CudaMemory:
         return KVCache(n_layers, n_ctx, n_kv_heads, head_dim, k, v, required)
 
     def free_kv_cache(self, cache: KVCache) -> None:
-        self._drop_decode_graphs(cache)
+        # the forward graphs stay (they serve the next cache of this shape); the KV address table forgets
+        # this cache, and graphs whose model is gone go
+        self.graphs.forget(cache)
+        self.graphs.prune()
         if cache.k or cache.v:
             self._kv_bytes -= cache.nbytes
         cache.k.clear()
         cache.v.clear()
         self.pool.free_all_blocks()                  # back to the device: memory returns to baseline
-
-    def _drop_decode_graphs(self, cache: KVCache | None = None) -> None:
-        """Forget the captured decode graphs of `cache` (all graphs when None): their buffers are workspace."""
-        for name in [n for n, g in self._workspace.items()
-                     if n.startswith("decode_graph") and (cache is None or g.serves(cache))]:
-            self._workspace.pop(name).release()

@@ -15,6 +15,9 @@
 // The step's tokens sit at positions start + t (start = *start_pos_dev when that is not null, else
 // start_pos); query t sees keys [lo, start + t], lo = start + t - window + 1 when window > 0.
 // sinks: [H] float32 or null. scale_log2: the score scale times log2(e) (scores live in base 2).
+// kv_table: null, or the device addresses of every layer's cache, [2 * layers] (K, V of layer l at
+// 2l, 2l + 1): then k_cache, v_cache are kv_table[2 * layer], kv_table[2 * layer + 1], read at launch,
+// so that a captured graph serves any cache of its shape (cuda_graph.py writes the table before a replay).
 // rope_cos, rope_sin: [positions, rope_dim / 2] tables or null (no RoPE); with them, q and the
 // step's keys are rotated here (rope_neox: pairs (i, i + dim/2), else (2i, 2i+1)); dimensions
 // >= rope_dim pass through. Keys at positions >= start are read from k_new/v_new (rotated on the
@@ -28,8 +31,8 @@
 #define ATT_DECODE_WARPS 8
 #define ATT_MAX_SPLITS 64
 #define ATT_DECODE_MIN_CHUNK 256      // keys a decode chunk, at least
-#define ATT_DECODE_ROWS 8             // (query head, token) rows a decode block: hd <= 128 and more than
-#define ATT_DECODE_ROWS_FEW 4         // ATT_DECODE_ROWS_FEW rows a KV head; otherwise ATT_DECODE_ROWS_FEW
+#define ATT_DECODE_ROWS 8             // (query head, token) rows a decode block, at most: hd <= 128
+#define ATT_DECODE_ROWS_FEW 4         // and for hd > 128 (the launcher's grid picks 1, 2, 4 or 8)
 #define ATT_LOG2E 1.4426950408889634f
 
 // -- cache element access ------------------------------------------------------------------------
@@ -285,11 +288,13 @@ __device__ void attention_prefill_tile(const AttentionArgs& a, float* smem) {
 
 // -- decode: one block per (split, KV head, row group), merged by the last block ----------------------
 //
-// A block serves RB rows (query head, token) of one KV head's group (RB = 4 where the group has 4 rows
-// or fewer, or heads are 256 wide, else 8; every row is computed, absent ones masked, so that the rows'
-// dependency chains interleave), so each K/V row is read once for the whole group. Lanes run over dimensions: LPK lanes a key, 8 dimensions a lane (one 16-byte
-// load of a float16 row), KPW = 32 / LPK keys a warp at once; a score is reduced over its LPK lanes
-// by log2(LPK) shuffles. Each lane group keeps an online softmax per row over its keys (U keys a
+// A block serves RB rows (query head, token) of one KV head's group: RB = 1, 2, 4 or 8 (at most 4 for
+// heads 256 wide), as the launcher's grid says (kernels/attention.py decode_rows: few rows a block at
+// short contexts, where the step is a few blocks and each block's chain of dependent steps is its time;
+// whole groups where the cache is long and K/V reads count). Every row of a block is computed, absent
+// ones masked, so that the rows' dependency chains interleave; each K/V row is read once a block.
+// Lanes run over dimensions: LPK lanes a key, 8 dimensions a lane (one 16-byte load of a float16
+// row), KPW = 32 / LPK keys a warp at once; a score is reduced over its LPK lanes by log2(LPK) shuffles. Each lane group keeps an online softmax per row over its keys (U keys a
 // step, one rescale a step); the groups of a warp merge by shuffles, the warps through shared memory.
 // The block's first batch of K/V loads is issued before the queries are staged, and each step loads
 // the next batch before computing on the current one.
@@ -400,10 +405,23 @@ __device__ __forceinline__ void stage_decode_inputs(const AttentionArgs& a, int 
     }
 }
 
-// MT: the most tokens this instance takes (1, or up to 4); RB: rows a block (decode_rows in the launcher).
+// The keys of a decode step, [lo, lo + n_keys), in chunks of `chunk` keys over n_splits blocks: at least
+// ATT_DECODE_MIN_CHUNK keys a chunk, so that short contexts take one chunk, which needs no merge.
+struct DecodeChunks { int lo, n_keys, chunk, n_active; };
+
+__device__ __forceinline__ DecodeChunks decode_chunks(const AttentionArgs& a, int n_splits) {
+    const int lo = a.window > 0 ? max(0, a.start - a.window + 1) : 0;   // the lowest key query 0 sees
+    const int n_keys = a.start + a.T - lo;
+    const int chunk = max(ATT_DECODE_MIN_CHUNK, ((n_keys + n_splits - 1) / n_splits + 31) & ~31);
+    return DecodeChunks{lo, n_keys, chunk, (n_keys + chunk - 1) / chunk};
+}
+
+// MT: the most tokens this instance takes (1, or up to 4); RB: rows a block. The grid's row groups hold
+// RB * sub rows: with sub > 1 (one active chunk, so the grid's split blocks would idle) block (x, y) takes
+// rows [RB x, RB x + RB) of row group y as the only chunk, blocks x >= sub nothing.
 template <bool F16, int HD, int MT, int RB>
 __device__ void attention_decode_rows(const AttentionArgs& a, float* part, int* counters, i8* xq, float4* xds,
-                                      int terms, float* smem) {
+                                      int terms, float* smem, int sub) {
     using Shape = DecodeShape<HD>;
     constexpr int LPK = Shape::LPK, KPW = Shape::KPW, NW = ATT_DECODE_WARPS;
     static_assert(RB <= Shape::RB, "rows a block");
@@ -421,15 +439,15 @@ __device__ void attention_decode_rows(const AttentionArgs& a, float* part, int* 
     __shared__ int last_block;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int d0 = (lane % LPK) * 8, gi = warp * KPW + lane / LPK;    // the lane's dimensions, its group
-    const int split = blockIdx.x, n_splits = gridDim.x;
+    if ((int)blockIdx.x >= sub && sub > 1) return;
+    const int split = sub > 1 ? 0 : blockIdx.x, n_splits = gridDim.x;
     const int T = a.T, hd = a.hd, start = a.start, G = a.H / a.KVH, R = T * G;
-    const int n_rg = (R + RB - 1) / RB;
-    const int kvh = blockIdx.y / n_rg, r0 = (blockIdx.y % n_rg) * RB, nr = min(RB, R - r0);
-    const int lo = a.window > 0 ? max(0, start - a.window + 1) : 0;   // the lowest key query 0 sees
-    const int end = start + T, n_keys = end - lo;
-    // At least ATT_DECODE_MIN_CHUNK keys a chunk: short contexts take one block, which needs no merge.
-    const int chunk = max(ATT_DECODE_MIN_CHUNK, ((n_keys + n_splits - 1) / n_splits + 31) & ~31);
-    const int n_active = (n_keys + chunk - 1) / chunk;
+    const int n_rg = gridDim.y / a.KVH;                 // row groups a KV head (the launcher's choice)
+    const int kvh = blockIdx.y / n_rg;
+    const int r0 = (blockIdx.y % n_rg) * RB * sub + (sub > 1 ? blockIdx.x * RB : 0), nr = min(RB, R - r0);
+    if (nr <= 0) return;                                // rows past R (row groups rounded up)
+    const DecodeChunks dc = decode_chunks(a, n_splits);
+    const int lo = dc.lo, end = start + T, chunk = dc.chunk, n_active = dc.n_active;
     if (split >= n_active) return;
     const int c0 = lo + split * chunk, c1 = min(end, c0 + chunk);
     const bool lane_dims = d0 < hd;
@@ -655,10 +673,14 @@ template <int A, int B> struct MaxOf { static constexpr int value = A > B ? A : 
     void* __restrict__ k_cache, void* __restrict__ v_cache, const float* __restrict__ sinks,         \
     float* __restrict__ out, const float* __restrict__ rope_cos, const float* __restrict__ rope_sin, \
     int rope_dim, int rope_neox, int T, int H, int KVH, int hd, int start_pos,                       \
-    const int* __restrict__ start_pos_dev, int window, float scale_log2
+    const int* __restrict__ start_pos_dev, int window, float scale_log2,                             \
+    const unsigned long long* __restrict__ kv_table, int layer
 
 #define ATTENTION_ARGS_INIT                                                                       \
-    AttentionArgs a{q, k_new, v_new, k_cache, v_cache, sinks, out, rope_cos, rope_sin, rope_dim,     \
+    AttentionArgs a{q, k_new, v_new,                                                                 \
+                    kv_table ? (void*)kv_table[2 * layer] : k_cache,                                 \
+                    kv_table ? (void*)kv_table[2 * layer + 1] : v_cache,                             \
+                    sinks, out, rope_cos, rope_sin, rope_dim,                                        \
                     rope_neox, T, H, KVH, hd, start_pos_dev ? start_pos_dev[0] : start_pos, window,  \
                     scale_log2}
 
@@ -671,12 +693,40 @@ extern "C" __global__ void name(ATTENTION_PARAMS) {                             
     attention_prefill_tile<F16, HD, BQ, BK, NT>(a, (float*)smem4);                                \
 }
 
+// Rows a block: the launcher's grid has n_rg = gridDim.y / KVH row groups a KV head of RBG rows, RBG the
+// smallest of 1, 2, 4, 8 holding ceil(R / n_rg) (so n_rg * RBG >= R). With one active chunk the grid's
+// split blocks share a row group's rows instead (sub of them, RBG / sub rows each): a short context in a
+// long cache gets as many blocks as a short cache would. Several tokens (MT 4) take blocks of 4 or 8 rows
+// only (fewer instances to compile).
+template <bool F16, int HD, int MT, int RB>
+__device__ __forceinline__ void attention_decode_rb(const AttentionArgs& a, float* part, int* counters, i8* xq,
+                                                    float4* xds, int terms, float* sm, int sub) {
+    if constexpr (RB <= DecodeShape<HD>::RB && (MT == 1 || RB >= ATT_DECODE_ROWS_FEW))
+        attention_decode_rows<F16, HD, MT, RB>(a, part, counters, xq, xds, terms, sm, sub);
+}
+
+template <bool F16, int HD, int MT>
+__device__ __forceinline__ void attention_decode_by_rows(const AttentionArgs& a, float* part, int* counters, i8* xq,
+                                                         float4* xds, int terms, float* sm) {
+    constexpr int LEAST = MT == 1 ? 1 : ATT_DECODE_ROWS_FEW;
+    const int R = a.T * (a.H / a.KVH), n_rg = max(1, (int)gridDim.y / a.KVH), need = (R + n_rg - 1) / n_rg;
+    int rbg = LEAST;
+    while (rbg < need && rbg < DecodeShape<HD>::RB) rbg *= 2;
+    int sub = 1;
+    if (decode_chunks(a, gridDim.x).n_active == 1)
+        while (2 * sub <= (int)gridDim.x && rbg / (2 * sub) >= LEAST) sub *= 2;
+    switch (rbg / sub) {
+        case 1: attention_decode_rb<F16, HD, MT, 1>(a, part, counters, xq, xds, terms, sm, sub); break;
+        case 2: attention_decode_rb<F16, HD, MT, 2>(a, part, counters, xq, xds, terms, sm, sub); break;
+        case 4: attention_decode_rb<F16, HD, MT, 4>(a, part, counters, xq, xds, terms, sm, sub); break;
+        default: attention_decode_rb<F16, HD, MT, 8>(a, part, counters, xq, xds, terms, sm, sub); break;
+    }
+}
+
 #define DECODE_BY_ROWS(F16, MT)                                                                      \
-    if (hd <= 64 && few) attention_decode_rows<F16, 64, MT, ATT_DECODE_ROWS_FEW>(a, part, counters, xq, xds, terms, sm); \
-    else if (hd <= 64) attention_decode_rows<F16, 64, MT, ATT_DECODE_ROWS>(a, part, counters, xq, xds, terms, sm); \
-    else if (hd <= 128 && few) attention_decode_rows<F16, 128, MT, ATT_DECODE_ROWS_FEW>(a, part, counters, xq, xds, terms, sm); \
-    else if (hd <= 128) attention_decode_rows<F16, 128, MT, ATT_DECODE_ROWS>(a, part, counters, xq, xds, terms, sm); \
-    else attention_decode_rows<F16, 256, MT, ATT_DECODE_ROWS_FEW>(a, part, counters, xq, xds, terms, sm)
+    if (hd <= 64) attention_decode_by_rows<F16, 64, MT>(a, part, counters, xq, xds, terms, sm);       \
+    else if (hd <= 128) attention_decode_by_rows<F16, 128, MT>(a, part, counters, xq, xds, terms, sm); \
+    else attention_decode_by_rows<F16, 256, MT>(a, part, counters, xq, xds, terms, sm)
 
 #define DEFINE_ATTENTION(kvt, F16)                                                                \
 DEFINE_PREFILL(attention_prefill_##kvt, F16, 64, 64, 32, 128)                                     \
@@ -689,7 +739,6 @@ attention_decode_##kvt(ATTENTION_PARAMS, float* __restrict__ part, int* __restri
     __shared__ float4 smem4[(DECODE_SMEM_FLOATS + 3) / 4];                                        \
     ATTENTION_ARGS_INIT;                                                                          \
     float* sm = (float*)smem4;                                                                    \
-    const bool few = hd > 128 || T * (H / KVH) <= ATT_DECODE_ROWS_FEW;  /* rows a block: decode_rows */ \
     if (T == 1) {                                 /* a decode step: no staging for absent tokens */ \
         DECODE_BY_ROWS(F16, 1);                                                                      \
     } else {                                                                                      \
