@@ -18,7 +18,7 @@ import textwrap
 
 import pytest
 
-from stories.foundation.test_ft023_integration_test_framework import make_project
+from stories.foundation.test_ft023_integration_test_framework import make_project, nested_pythonpath
 
 pytestmark = pytest.mark.story("FT-023")
 pytest_plugins = ["pytester"]
@@ -44,9 +44,7 @@ def labels(result: dict, name: str) -> list[str]:
 
 @pytest.fixture
 def pytester(pytester, monkeypatch):
-    from stories.foundation.test_ft023_integration_test_framework import REPO
-
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("PYTHONPATH", nested_pythonpath())
     return pytester
 
 

@@ -14,14 +14,14 @@ import json
 import textwrap
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
+
+from stories.foundation.test_ft023_integration_test_framework import nested_pythonpath
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.story("FT-023")
 
-REPO = Path(__file__).resolve().parents[2]
 HEALTH = {"status": "ready", "model": "served.gguf", "model_path": "/elsewhere/served.gguf", "context_length": 777}
 
 
@@ -48,7 +48,7 @@ def stand_in_worker():
 
 @pytest.fixture
 def project(pytester, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("PYTHONPATH", nested_pythonpath())
     gates = pytester.mkdir("gates")
     (gates / "gate1").mkdir()
     stories = ["XX-001", "XX-002", "XX-003", "XX-004", "XX-005"]

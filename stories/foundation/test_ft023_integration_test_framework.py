@@ -6,6 +6,7 @@ makes it INCOMPLETE; all passing is PASS; a required story with no test is NOT R
 as JSON and Markdown.
 """
 import json
+import os
 import textwrap
 from pathlib import Path
 
@@ -15,6 +16,12 @@ pytestmark = pytest.mark.story("FT-023")
 pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def nested_pythonpath() -> str:
+    """PYTHONPATH of the nested pytest runs: the project first, then what this run had (packages
+    installed beside the interpreter's, e.g. allure-pytest on a machine given its wheels)."""
+    return os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 
 def make_project(pytester, story_body: str, check_body: str = "pass", stories=("XX-001",)):
@@ -56,7 +63,7 @@ def board(pytester) -> dict:
 
 @pytest.fixture
 def pytester(pytester, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("PYTHONPATH", nested_pythonpath())
     return pytester
 
 
@@ -153,3 +160,38 @@ def test_the_board_is_the_same_from_parallel_workers(pytester):
     rows = {row["id"]: row["status"] for row in board(pytester)["gates"][0]["rows"]}
     assert rows == {"G1-X": "PASS", "XX-001": "FAIL", "XX-002": "NOT RUN"}
     assert result.ret != 0
+
+
+def test_a_served_model_that_cannot_be_had_fails_its_tests_alone(pytester):
+    """A test whose served model cannot be built errors at setup, and only that test: the board's
+    teardown hook, which names the served model, must not raise too (an exception there keeps
+    pytest's own teardown from running, and each later test then fails with "previous item was
+    not torn down properly")."""
+    make_project(pytester, story_body="pass")
+    pytester.makeconftest(textwrap.dedent("""
+        import pytest
+        from gates.harness import plugin
+        pytest_plugins = ["gates.harness.plugin"]
+
+        def no_vocabulary():
+            raise FileNotFoundError("the tiny model needs a vocabulary that is not here")
+
+        plugin.SERVED_MODELS["tiny_server"] = no_vocabulary
+
+        @pytest.fixture(scope="module")
+        def tiny_server():
+            return "http://127.0.0.1:9"  # never reached by the tests below: it is not the point
+    """))
+    (pytester.path / "stories" / "test_served.py").write_text(textwrap.dedent("""
+        import pytest
+        @pytest.mark.story("XX-001")
+        @pytest.mark.parametrize("n", [1, 2, 3])
+        def test_uses_the_server(tiny_server, n):
+            pass
+        @pytest.mark.story("XX-001")
+        def test_after_them():
+            pass
+    """))
+    result = run_gate(pytester)
+    result.assert_outcomes(passed=6, deselected=1)
+    assert "not torn down properly" not in result.stdout.str()
