@@ -5,8 +5,15 @@ Acceptance:
   captured graph give the same tokens and bit-identical logits as the same steps launched op by op
   (the graph holds the same kernels; only the position and token are read from device memory),
   and the graph is captured once and then replayed for every later step;
-- the graph's buffers are workspace in memory_report while the graph lives and are freed with
-  the KV cache it serves: device memory returns to where it was before the request;
+- a graph does not belong to a KV cache: captured on one cache, it replays on another of the same
+  geometry and no larger capacity (attention reads the cache's addresses from the backend's table)
+  with the logits an op-by-op pass gives on that cache, bit for bit;
+- the graph's buffers are workspace in memory_report and are kept when a KV cache is freed, for the
+  next cache: device memory returns to where it was before the request, less the kept graphs'
+  pools, which the workspace figure counts;
+- jobs served one after another (Engine.run, a new cache each): the second job's decode steps, and
+  its prefill of a token count the first job had, replay the first job's graphs (no capture), with
+  the NumPy reference's greedy tokens;
 - a memory cap too tight for the graph's buffers leaves decoding on the op-by-op path with the
   same tokens, and says why (backend.graphs.stats);
 - a replayed step still refuses a token outside the vocabulary (INVALID_PARAMS) and a position
@@ -74,7 +81,7 @@ def test_replayed_steps_equal_op_by_op_steps(arch):
 
 
 @pytest.mark.story("FT-013")
-def test_graph_buffers_are_workspace_and_go_with_the_cache():
+def test_graph_buffers_are_workspace_and_stay_for_the_next_cache():
     b = _backend(decode_graphs=True)
     model = _model("qwen2", b)
     warm = model.new_cache(32)                   # kernels compiled, cuBLAS handle made, scratch sized
@@ -88,17 +95,64 @@ def test_graph_buffers_are_workspace_and_go_with_the_cache():
         logits = model.forward(np.array([int(b.argmax(logits[-1]))]), cache, pos)
     during = b.memory_report()
     graphs = [g for n, g in b._workspace.items() if n.startswith("decode_graph") and g.graph is not None]
+    decode = [g for g in graphs if g.n_tokens == 1]
     graph_bytes = sum(g.nbytes for g in graphs)
-    assert b.graphs.stats["replays"] >= 1 and len(graphs) == 1
-    assert logits is graphs[0].logits and graphs[0].pool.used_bytes() >= logits.nbytes   # replayed in its own pool
+    assert b.graphs.stats["replays"] >= 1 and len(decode) == 1
+    assert logits is decode[0].logits and decode[0].pool.used_bytes() >= logits.nbytes   # replayed in its own pool
     assert during["workspace"] >= before["workspace"] + graph_bytes
     del logits
     b.free_kv_cache(cache)
     after = b.memory_report()
-    assert not any(n.startswith("decode_graph") for n in b._workspace)
-    assert after["workspace"] <= during["workspace"] - graph_bytes
+    kept = [g for n, g in b._workspace.items() if n.startswith("decode_graph") and g.graph is not None]
+    assert kept == graphs                                    # kept for the next cache, still counted
+    assert after["workspace"] >= before["workspace"] + graph_bytes
     assert after["kv_cache"] == before["kv_cache"]
     assert after["device_free"] >= before["device_free"] - (after["workspace"] - before["workspace"])
+    captures = b.graphs.stats["captures"]
+    nxt = model.new_cache(32)                                # the next request: a replay, no capture
+    try:
+        logits = model.forward(np.array([3]), nxt, 0)
+        assert np.isfinite(b.to_host(logits)).all()
+    finally:
+        b.free_kv_cache(nxt)
+    assert b.graphs.stats["captures"] == captures
+    b.graphs.release_all()
+    assert b.memory_report()["workspace"] <= after["workspace"] - graph_bytes
+
+
+def test_a_graph_captured_on_one_cache_replays_on_a_smaller_one_like_op_by_op():
+    """Decode and prefill graphs captured on cache A (128 positions) replay on cache B (48): the
+    logits of every step on B equal an op-by-op pass on a cache of B's size, bit for bit."""
+    graphed = _model("qwen2", _backend(decode_graphs=True))
+    eager = _model("qwen2", _backend(decode_graphs=False))
+    g = graphed.backend
+    a = graphed.new_cache(128)
+    try:
+        logits = graphed.forward(np.array([1, 7, 3, 12, 5]), a, 0)          # 5 tokens: seen once, op by op
+        logits = graphed.forward(np.array([2, 9, 4, 11, 6]), a, 5)          # seen again: captured on A
+        for pos in range(10, 14):
+            logits = graphed.forward(np.array([int(g.argmax(logits[-1]))]), a, pos)
+    finally:
+        g.free_kv_cache(a)
+    stats = dict(g.graphs.stats)
+    assert stats["captures"] == 1 and stats["prefill_captures"] == 1 and stats["failures"] == [], stats
+
+    def run_on_b(model):
+        b = model.new_cache(48)
+        try:
+            rows = [model.backend.to_host(model.forward(np.array([8, 3, 3, 1, 9]), b, 0)[-1])]
+            for pos in range(5, 5 + 24):
+                rows.append(model.backend.to_host(model.forward(np.array([int(np.argmax(rows[-1]))]), b, pos)[-1]))
+            return np.stack(rows)
+        finally:
+            model.backend.free_kv_cache(b)
+
+    on_b, ref = run_on_b(graphed), run_on_b(eager)
+    after = g.graphs.stats
+    assert after["captures"] == 1 and after["prefill_captures"] == 1, after        # nothing captured for B
+    assert after["replays"] == stats["replays"] + 24 and after["prefill_replays"] == stats["prefill_replays"] + 1
+    assert after["table_writes"] > stats["table_writes"]                           # B's addresses went in
+    np.testing.assert_array_equal(on_b, ref)
 
 
 def test_a_cap_too_tight_for_the_graph_keeps_decoding_op_by_op():
@@ -144,18 +198,53 @@ def test_a_replayed_step_refuses_bad_tokens_and_positions():
         b.free_kv_cache(cache)
 
 
-def test_engine_jobs_one_after_another_each_capture_and_free_their_graph():
-    """The served loop: each job's KV cache gets its own graph (captured at its first single-token
-    step, a one-token prompt included) and loses it when the job ends; tokens equal op by op."""
-    from fixtures.engine_greedy import IdsOnly, engine_greedy
+def test_served_jobs_replay_the_graphs_of_earlier_jobs():
+    """The served loop: each job gets a new KV cache (Engine.run); the first job captures the decode
+    step, the second replays it at its first decode step and replays its prefill (a token count the
+    first job had); tokens equal the NumPy reference's; memory returns to the pre-job figure less the
+    kept graphs' pools, which are workspace."""
+    from fixtures.engine_greedy import IdsOnly
+    from worker.backend.numpy import NumpyBackend
+    from worker.engine import Engine, Token
+    from worker.sampling import SamplingParams
 
-    graphed = _model("llama", _backend(decode_graphs=True))
-    eager = _model("llama", _backend(decode_graphs=False))
-    prompts = [[1, 7, 3], [5, 2, 9, 4, 11, 6], [8]]
-    for prompt in prompts:
-        ids = engine_greedy(graphed, IdsOnly(), prompt, 12)
-        assert ids == engine_greedy(eager, IdsOnly(), prompt, 12)
-        assert not any(n.startswith("decode_graph") for n in graphed.backend._workspace)
-        assert graphed.backend.memory_report()["kv_cache"] == 0
-    stats = graphed.backend.graphs.stats
-    assert stats["captures"] == len(prompts) and stats["failures"] == [], stats
+    b = _backend(decode_graphs=True)
+    graphed, reference = _model("llama", b), _model("llama", NumpyBackend())
+    prompts = [[1, 7, 3, 12, 5, 9], [5, 2, 9, 4, 11, 6], [8]]
+
+    def job(model, prompt):
+        engine = Engine(model, IdsOnly())                    # the model's context: every job's cache is 128
+        events = engine.generate(prompt, SamplingParams(temperature=0.0, max_tokens=12, seed=0))
+        return [e.id for e in events if isinstance(e, Token)]
+
+    b.graphs.enabled = False                                 # warm up op by op: kernels, cuBLAS, scratch
+    job(graphed, prompts[0])
+    b.graphs.enabled = True
+    b.release_cached_memory()
+    before, used_before = b.memory_report(), _device_used()
+    stats = b.graphs.stats
+    tokens = [job(graphed, prompts[0])]
+    assert stats["captures"] == 1 and stats["prefill_eager"] == 1 and stats["prefill_captures"] == 0, stats
+    replays = stats["replays"]
+    tokens.append(job(graphed, prompts[1]))
+    assert stats["captures"] == 1, stats                                   # no capture at its first decode step
+    assert stats["replays"] == replays + 11, stats                         # every decode step replayed
+    assert stats["prefill_captures"] == 1 and stats["prefill_replays"] == 1, stats   # 6 tokens, seen before
+    tokens.append(job(graphed, prompts[2]))
+    assert stats["captures"] == 1 and stats["failures"] == [], stats
+    assert tokens == [job(reference, p) for p in prompts]
+    b.release_cached_memory()
+    after = b.memory_report()
+    kept = [g for n, g in b._workspace.items() if n.startswith("decode_graph") and g.graph is not None]
+    grown = after["workspace"] - before["workspace"]
+    assert after["kv_cache"] == 0 and len(kept) == 2
+    assert grown >= sum(g.nbytes for g in kept)
+    # the instantiated graphs' own device memory is the driver's, outside any pool: a few MiB allowed
+    assert abs(_device_used() - used_before - grown) <= 4 << 20, (_device_used() - used_before, grown)
+
+
+def _device_used() -> int:
+    import cupy
+
+    free, total = cupy.cuda.runtime.memGetInfo()
+    return int(total - free)

@@ -3,7 +3,8 @@
 Acceptance: under a cap that leaves room for a few request caches, caches are allocated until the
 next one is refused with VRAM_OOM (never a crash, never a host fallback); every admitted cache
 still runs a forward pass; freeing them all returns the KV figure to zero and device memory to
-baseline; the cycle repeats with the same number of admitted caches (no leak).
+baseline, less the kept forward graphs counted as workspace; the cycle repeats with the same number
+of admitted caches (no leak).
 """
 import gc
 
@@ -27,7 +28,7 @@ def test_caches_fill_the_cap_then_memory_returns():
     b.free_kv_cache(warm)
     gc.collect()
     b.release_cached_memory()
-    baseline = device_used()
+    baseline, workspace = device_used(), b.memory_report()["workspace"]
     admitted_per_cycle = []
     for _cycle in range(3):
         caches = []
@@ -45,6 +46,9 @@ def test_caches_fill_the_cap_then_memory_returns():
         del caches
         gc.collect()
         b.release_cached_memory()
-        assert b.memory_report()["kv_cache"] == 0
-        assert abs(device_used() - baseline) <= 2 << 20
+        report = b.memory_report()
+        assert report["kv_cache"] == 0
+        # the forward graphs captured on the way stay for the next cache, counted as workspace
+        # (worker/backend/cuda_graph.py); a cache that would not fit beside them releases them
+        assert abs(device_used() - baseline - (report["workspace"] - workspace)) <= 2 << 20
     assert len(set(admitted_per_cycle)) == 1, admitted_per_cycle
