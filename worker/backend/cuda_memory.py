@@ -132,7 +132,9 @@ class CudaMemory:
                 "device_name": self.device_name}
 
     def release_cached_memory(self) -> None:
-        """Give the pool's unused blocks back to the device (after a model or cache was dropped)."""
+        """Give the pool's unused blocks back to the device (after a model or cache was dropped), and the
+        forward graphs of a dropped model with them."""
+        self.graphs.prune()
         self.pool.free_all_blocks()
 
     # -- weights -------------------------------------------------------------------------------
