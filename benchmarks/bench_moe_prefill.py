@@ -11,6 +11,7 @@ MXFP4 experts, F32 router and biases; stories/gpt/_moe_cases.py) and T = 128, 51
   stages_ms        each launch of the device path alone (CUDA events over back-to-back launches), and the
                    tensor-core rate of the grouped products (useful multiply-adds of the float product, the
                    split's extra TF32 terms not counted);
+  gate_up_ms_by_tile_rows  the gate/up launch with each tile height (the choice: moe.tile_rows_for);
   nmse_vs_host     the device path's output against the host routing's on the same backend.
 Per-layer times; a model's prefill runs 24 such layers. Writes JSON (--out). Never asserts a time.
 """
@@ -96,7 +97,10 @@ def main() -> None:
         row["nmse_vs_host"] = float(np.sum((o - r) ** 2) / np.sum(r * r))
 
         # the device path's launches one by one, on buffers made once
-        n_pairs, n_tiles = T * K_USED, moe.max_tiles(T * K_USED, E)
+        n_pairs = T * K_USED
+        rows_a_tile = moe.tile_rows_for(n_pairs, E)
+        n_tiles = moe.max_tiles(n_pairs, E, rows_a_tile)
+        row["tile_rows"] = rows_a_tile
         logits = b.matmul(x, router, router_b)
         experts, wts = cp.empty((T, K_USED), np.int32), cp.empty((T, K_USED), np.float32)
         order, pos = cp.empty(n_pairs, np.int32), cp.empty(n_pairs, np.int32)
@@ -104,19 +108,27 @@ def main() -> None:
         h, y, o2 = cp.empty((n_pairs, F), np.float32), cp.empty((n_pairs, D), np.float32), cp.empty((T, D), np.float32)
         bg, bu, bd = (w.raw.view(np.float32) for w in (gate_b, up_b, down_b))
         moe.route(b, logits, experts, wts, T, E, K_USED)
-        moe.plan(b, experts, order, pos, tiles, n_pairs, E, n_tiles)
+        moe.plan(b, experts, order, pos, tiles, n_pairs, E, n_tiles, rows_a_tile)
         stages = {
             "router_product": lambda: b.matmul(x, router, router_b),
             "route": lambda: moe.route(b, logits, experts, wts, T, E, K_USED),
-            "plan": lambda: moe.plan(b, experts, order, pos, tiles, n_pairs, E, n_tiles),
-            "gate_up_swiglu": lambda: moe.gate_up(b, gate.format, x, order, K_USED, tiles, n_tiles, gate.raw, up.raw,
-                                                  gate.row_bytes, F * gate.row_bytes, bg, bu, h, F, D, clamped=True,
-                                                  limit=LIMIT, alpha=ALPHA),
-            "down": lambda: moe.down(b, down.format, h, tiles, n_tiles, down.raw, down.row_bytes, D * down.row_bytes,
-                                     bd, y, D, F),
+            "plan": lambda: moe.plan(b, experts, order, pos, tiles, n_pairs, E, n_tiles, rows_a_tile),
+            "gate_up_swiglu": lambda: moe.gate_up(b, gate.format, x, order, K_USED, tiles, n_tiles, rows_a_tile,
+                                                  gate.raw, up.raw, gate.row_bytes, F * gate.row_bytes, bg, bu, h, F,
+                                                  D, clamped=True, limit=LIMIT, alpha=ALPHA),
+            "down": lambda: moe.down(b, down.format, h, tiles, n_tiles, rows_a_tile, down.raw, down.row_bytes,
+                                     D * down.row_bytes, bd, y, D, F),
             "combine": lambda: moe.combine_rows(b, y, pos, wts, o2, T, K_USED, D),
         }
         row["stages_ms"] = {name: round(events_ms(cp, body, args.reps), 4) for name, body in stages.items()}
+        row["gate_up_ms_by_tile_rows"] = {}                  # the tile-height choice (moe.tile_rows_for) checked
+        for rows_opt in moe.MOE_TILE_ROWS:
+            n_opt = moe.max_tiles(n_pairs, E, rows_opt)
+            tiles_opt = cp.empty((n_opt, 4), np.int32)
+            moe.plan(b, experts, order, pos, tiles_opt, n_pairs, E, n_opt, rows_opt)
+            row["gate_up_ms_by_tile_rows"][rows_opt] = round(events_ms(cp, lambda: moe.gate_up(
+                b, gate.format, x, order, K_USED, tiles_opt, n_opt, rows_opt, gate.raw, up.raw, gate.row_bytes,
+                F * gate.row_bytes, bg, bu, h, F, D, clamped=True, limit=LIMIT, alpha=ALPHA), args.reps), 4)
         macs = {"gate_up_swiglu": n_pairs * D * 2 * F, "down": n_pairs * F * D}
         row["tflops"] = {name: round(2 * m / (row["stages_ms"][name] * 1e-3) / 1e12, 1) for name, m in macs.items()}
         row["device_tokens_per_s"] = round(T / ((row["device_graph_ms"] or row["device_eager_ms"]) * 1e-3))

@@ -7,13 +7,13 @@ host version that multiplies the fragments as the PTX ISA lays them out and refu
 a TF32 value (the split must hand the tensor cores exact TF32 values).
 
   * moe_plan: the token-expert pairs sorted by expert exactly as NumPy's stable argsort, pos its inverse,
-    the tile table each expert's run cut into 64-row tiles, unused entries empty; hypothesis over
+    the tile table each expert's run cut into tiles of 16, 32 or 64 rows, unused entries empty; hypothesis over
     T 1..600, k 1..4, E 2..32, with all tokens on one expert and tied router logits among the cases;
   * moe_route on tied logits: the lower expert first, as the reference's top_k_softmax;
   * the whole T >= 2 expert FFN (route, plan, gate/up + SwiGLU, down, weighted sum) against the NumPy
     backend's mixture_of_experts (its host routing) under the conformance row "moe" (plain NMSE 1e-6),
     and the down product alone within the prefill products' term-normalized bound ("matmul", 1e-11),
-    for MXFP4 (two TF32 terms) and Q8_0 (three).
+    for MXFP4 (two TF32 terms) and Q8_0 (three), each tile height (16, 32, 64 rows: three warp layouts).
 The GPU runs the same comparisons in test_gt016_moe_prefill_on_device.py. Skipped where g++ or cpp is missing.
 """
 from __future__ import annotations
@@ -193,33 +193,33 @@ def _c(a):
 
 # -- the plan --------------------------------------------------------------------------------------
 
-def _expected_tiles(experts: np.ndarray, E: int, n_tiles: int) -> np.ndarray:
+def _expected_tiles(experts: np.ndarray, E: int, n_tiles: int, tile_rows: int) -> np.ndarray:
     counts = np.bincount(experts, minlength=E)
     starts = np.concatenate([[0], np.cumsum(counts)])
-    rows = [(e, starts[e] + i, min(moe.MOE_TILE_ROWS, counts[e] - i)) for e in range(E)
-            for i in range(0, counts[e], moe.MOE_TILE_ROWS)]
+    rows = [(e, starts[e] + i, min(tile_rows, counts[e] - i)) for e in range(E)
+            for i in range(0, counts[e], tile_rows)]
     table = np.zeros((n_tiles, 4), np.int32)
     table[:len(rows), :3] = np.asarray(rows, np.int32).reshape(-1, 3)
     return table
 
 
-def _plan(k, experts: np.ndarray, E: int, threads: int = moe.MOE_PLAN_THREADS):
+def _plan(k, experts: np.ndarray, E: int, tile_rows: int, threads: int = moe.MOE_PLAN_THREADS):
     n_pairs = experts.size
-    n_tiles = moe.max_tiles(n_pairs, E)
+    n_tiles = moe.max_tiles(n_pairs, E, tile_rows)
     order, pos = np.full(n_pairs, -1, np.int32), np.full(n_pairs, -1, np.int32)
     tiles = np.full((n_tiles, 4), -7, np.int32)
     moe.plan(k, np.ascontiguousarray(experts, np.int32).reshape(-1), order, pos, tiles, n_pairs, E, n_tiles,
-             threads=threads)
+             tile_rows, threads=threads)
     return order, pos, tiles
 
 
-def _check_plan(k, experts: np.ndarray, E: int, threads: int = moe.MOE_PLAN_THREADS) -> None:
+def _check_plan(k, experts: np.ndarray, E: int, tile_rows: int = 64, threads: int = moe.MOE_PLAN_THREADS) -> None:
     flat = experts.reshape(-1)
-    order, pos, tiles = _plan(k, flat, E, threads)
+    order, pos, tiles = _plan(k, flat, E, tile_rows, threads)
     want = np.argsort(flat, kind="stable")
     np.testing.assert_array_equal(order, want)
     np.testing.assert_array_equal(pos[order], np.arange(flat.size))
-    np.testing.assert_array_equal(tiles, _expected_tiles(flat, E, tiles.shape[0]))
+    np.testing.assert_array_equal(tiles, _expected_tiles(flat, E, tiles.shape[0], tile_rows))
 
 
 @st.composite
@@ -237,10 +237,10 @@ def routings(draw):
 
 
 @settings(max_examples=25, **SETTINGS)
-@given(case=routings())
-def test_plan_sorts_pairs_by_expert_stably_and_tiles_each_run(host_moe, case):
+@given(case=routings(), tile_rows=st.sampled_from(moe.MOE_TILE_ROWS))
+def test_plan_sorts_pairs_by_expert_stably_and_tiles_each_run(host_moe, case, tile_rows):
     experts, E = case
-    _check_plan(HostBackend(host_moe), experts, E)
+    _check_plan(HostBackend(host_moe), experts, E, tile_rows)
 
 
 @pytest.mark.parametrize("T,k,E", [(600, 1, 2), (512, 4, 32), (130, 4, 4), (2, 1, 32), (1, 4, 32)])
@@ -254,7 +254,7 @@ def test_plan_is_the_same_whatever_the_block(host_moe, threads):
     """Chunks of blockDim pairs, several warps a chunk: one warp a chunk to the whole block."""
     rng = np.random.default_rng(threads)
     experts = np.stack([rng.choice(8, size=3, replace=False) for _ in range(300)]).astype(np.int32)
-    _check_plan(HostBackend(host_moe), experts, 8, threads)
+    _check_plan(HostBackend(host_moe), experts, 8, 32, threads)
 
 
 def test_route_breaks_ties_towards_the_lower_expert(host_moe):
@@ -277,32 +277,34 @@ def _expert_weight(qtype, shape, rng):
     return tensor, np.concatenate([np.asarray(tensor.raw, np.uint8).reshape(-1), np.zeros(PAD, np.uint8)])
 
 
-def _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha):
+def _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha, tile_rows):
     """The device path's launches (as CudaBackend.mixture_of_experts makes them) on host buffers."""
     T, D = x.shape
     F = mats[0][0].shape[1]
-    n_pairs, n_tiles = T * k_used, moe.max_tiles(T * k_used, E)
+    n_pairs = T * k_used
+    n_tiles = moe.max_tiles(n_pairs, E, tile_rows)
     experts, weights = np.full((T, k_used), -1, np.int32), np.full((T, k_used), np.nan, np.float32)
     moe.route(k, logits, experts, weights, T, E, k_used)
     order, pos, tiles = np.zeros(n_pairs, np.int32), np.zeros(n_pairs, np.int32), np.zeros((n_tiles, 4), np.int32)
-    moe.plan(k, experts, order, pos, tiles, n_pairs, E, n_tiles)
+    moe.plan(k, experts, order, pos, tiles, n_pairs, E, n_tiles, tile_rows)
     (gate, graw), (_, uraw), (down, draw) = mats
     rb_g, rb_d = (graw.size - PAD) // (E * F), (draw.size - PAD) // (E * D)
     h = np.full((n_pairs, F), np.nan, np.float32)
-    moe.gate_up(k, fmt, x, order, k_used, tiles, n_tiles, graw, uraw, rb_g, F * rb_g, biases[0], biases[1], h, F, D,
-                clamped=not (limit is None and alpha is None), limit=limit, alpha=alpha)
+    moe.gate_up(k, fmt, x, order, k_used, tiles, n_tiles, tile_rows, graw, uraw, rb_g, F * rb_g, biases[0], biases[1],
+                h, F, D, clamped=not (limit is None and alpha is None), limit=limit, alpha=alpha)
     y = np.full((n_pairs, D), np.nan, np.float32)
-    moe.down(k, fmt, h, tiles, n_tiles, draw, rb_d, D * rb_d, biases[2], y, D, F)
+    moe.down(k, fmt, h, tiles, n_tiles, tile_rows, draw, rb_d, D * rb_d, biases[2], y, D, F)
     out = np.full((T, D), np.nan, np.float32)
     moe.combine_rows(k, y, pos, weights, out, T, k_used, D)
     return out, h, y, experts, order
 
 
 @pytest.mark.parametrize("qtype", [Q.MXFP4, Q.Q8_0], ids=lambda q: q.name)
-@pytest.mark.parametrize("T,E,k_used,D,F,case", [
-    (2, 4, 2, 64, 64, "random"), (5, 4, 2, 96, 64, "random"), (17, 8, 4, 64, 96, "random"),
-    (70, 4, 2, 64, 64, "one-expert"), (9, 4, 4, 64, 64, "every-expert"), (3, 32, 4, 64, 64, "plain-swiglu")])
-def test_expert_ffn_matches_the_reference(host_moe, qtype, T, E, k_used, D, F, case):
+@pytest.mark.parametrize("T,E,k_used,D,F,case,tile_rows", [
+    (2, 4, 2, 64, 64, "random", 16), (5, 4, 2, 96, 64, "random", 64), (17, 8, 4, 64, 96, "random", 32),
+    (70, 4, 2, 64, 64, "one-expert", 64), (70, 4, 2, 64, 64, "one-expert", 16), (9, 4, 4, 64, 64, "every-expert", 16),
+    (40, 4, 3, 64, 96, "random", 32), (3, 32, 4, 64, 64, "plain-swiglu", 16)])
+def test_expert_ffn_matches_the_reference(host_moe, qtype, T, E, k_used, D, F, case, tile_rows):
     rng = np.random.default_rng(T * 100 + E + int(qtype))
     k = HostBackend(host_moe)
     fmt = FORMATS[qtype].kernel
@@ -315,7 +317,7 @@ def test_expert_ffn_matches_the_reference(host_moe, qtype, T, E, k_used, D, F, c
     x = rng.standard_normal((T, D)).astype(np.float32)
     limit, alpha = (None, None) if case == "plain-swiglu" else (7.0, 1.702)
     logits = (x @ router.T + router_b).astype(np.float32)    # the device path takes the router product's output
-    out, h, y, experts, order = _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha)
+    out, h, y, experts, order = _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha, tile_rows)
     assert host_moe.host_mma_not_tf32() == 0, "an mma operand was not a TF32 value"
     if case == "one-expert":
         assert (experts[:, 0] == 1).all()

@@ -466,23 +466,25 @@ class CudaBackend(CudaMemory, Backend):
             self.moe_host_reason = moe_kernels.grouped_unsupported(gate, up, down, D, n_used)
         if T >= 2 and self.moe_host_reason is None:     # route, sort the pairs by expert into tiles, products, sum
             cp = self.cp
-            n_pairs, n_tiles = T * n_used, moe_kernels.max_tiles(T * n_used, E)
+            n_pairs = T * n_used
+            tile_rows = moe_kernels.tile_rows_for(n_pairs, E)
+            n_tiles = moe_kernels.max_tiles(n_pairs, E, tile_rows)
             logits = self.matmul(x, router, router_bias)
             experts = cp.empty((T, n_used), dtype=np.int32)
             weights = cp.empty((T, n_used), dtype=np.float32)
             moe_kernels.route(self, logits, experts, weights, T, E, n_used)
             order, pos = cp.empty((n_pairs,), dtype=np.int32), cp.empty((n_pairs,), dtype=np.int32)
             tiles = cp.empty((n_tiles, 4), dtype=np.int32)
-            moe_kernels.plan(self, experts, order, pos, tiles, n_pairs, E, n_tiles)
+            moe_kernels.plan(self, experts, order, pos, tiles, n_pairs, E, n_tiles, tile_rows)
             biases = [self._vector(b, "expert bias") if b is not None else None
                       for b in (gate_bias, up_bias, down_bias)]
             h = self._out((n_pairs, F))
-            moe_kernels.gate_up(self, gate.format, x.reshape(T, D), order, n_used, tiles, n_tiles, gate.raw, up.raw,
-                                gate.row_bytes, F * gate.row_bytes, biases[0], biases[1], h, F, D,
+            moe_kernels.gate_up(self, gate.format, x.reshape(T, D), order, n_used, tiles, n_tiles, tile_rows,
+                                gate.raw, up.raw, gate.row_bytes, F * gate.row_bytes, biases[0], biases[1], h, F, D,
                                 clamped=not (limit is None and alpha is None), limit=limit, alpha=alpha)
             y = self._out((n_pairs, D))
-            moe_kernels.down(self, down.format, h, tiles, n_tiles, down.raw, down.row_bytes, D * down.row_bytes,
-                             biases[2], y, D, F)
+            moe_kernels.down(self, down.format, h, tiles, n_tiles, tile_rows, down.raw, down.row_bytes,
+                             D * down.row_bytes, biases[2], y, D, F)
             out = self._out((T, D))
             moe_kernels.combine_rows(self, y, pos, weights, out, T, n_used, D)
             return out.reshape(x.shape)

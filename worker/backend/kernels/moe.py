@@ -6,7 +6,7 @@ from worker.backend.cuda_runtime import NULL, f32, i32, i64
 
 MOE_PLAN_THREADS = 1024               # must match moe.cu
 MOE_MAX_EXPERTS = 256                 # experts moe_plan's shared tables hold (moe.cu)
-MOE_TILE_ROWS = 64                    # sorted rows a tile: moe_gemm.cu's MOE_BM
+MOE_TILE_ROWS = (16, 32, 64)          # sorted rows a tile, the heights moe_gemm.cu serves (its MOE_BM: the most)
 MOE_TILE_COLS = 64                    # output columns a block: moe_gemm.cu's MOE_BN
 MOE_THREADS = 128                     # moe_gemm.cu's MOE_THREADS
 MOE_K_STEP = 32                       # moe_gemm.cu's MOE_BK: K must be a multiple
@@ -26,21 +26,32 @@ def combine(k, y, weights, out, n_used: int, D: int) -> None:
     k._launch("moe.cu", "moe_combine", max(1, min((D + 255) // 256, 1024)), 256, (y, weights, out, i32(n_used), i32(D)))
 
 
-def max_tiles(n_pairs: int, E: int) -> int:
-    """Entries of the tile table: every expert's run cut into MOE_TILE_ROWS-row tiles needs at most
-    ceil(n_pairs / MOE_TILE_ROWS) + E of them (each expert adds at most one part-filled tile)."""
-    return (n_pairs + MOE_TILE_ROWS - 1) // MOE_TILE_ROWS + E
+def tile_rows_for(n_pairs: int, E: int) -> int:
+    """The tile height for n_pairs token-expert pairs over E experts: the smallest that holds an expert's
+    average share (a tile's rows past its expert's run are work thrown away; a taller tile reads each
+    weight row for more rows)."""
+    share = n_pairs / E
+    return next((rows for rows in MOE_TILE_ROWS if share <= rows), MOE_TILE_ROWS[-1])
 
 
-def plan(k, experts, order, pos, tiles, n_pairs: int, E: int, n_tiles: int, threads: int = MOE_PLAN_THREADS) -> None:
+def max_tiles(n_pairs: int, E: int, tile_rows: int) -> int:
+    """Entries of the tile table: every expert's run cut into tile_rows-row tiles needs at most
+    ceil(n_pairs / tile_rows) + E of them (each expert adds at most one part-filled tile)."""
+    return (n_pairs + tile_rows - 1) // tile_rows + E
+
+
+def plan(k, experts, order, pos, tiles, n_pairs: int, E: int, n_tiles: int, tile_rows: int,
+         threads: int = MOE_PLAN_THREADS) -> None:
     """experts [n_pairs] int32 -> order [n_pairs] (pairs sorted by expert, stable), pos [n_pairs] (its
     inverse) and tiles [n_tiles, 4] int32 (expert, first sorted row, rows, 0), unused entries rows = 0."""
     if not 0 < E <= MOE_MAX_EXPERTS:
         raise ValueError(f"moe_plan groups 1..{MOE_MAX_EXPERTS} experts, got {E}")
-    if n_tiles < max_tiles(n_pairs, E):
-        raise ValueError(f"a tile table of {n_tiles} entries is short of {max_tiles(n_pairs, E)}")
+    if tile_rows not in MOE_TILE_ROWS:
+        raise ValueError(f"tiles of {tile_rows} rows: the grouped kernels take {MOE_TILE_ROWS}")
+    if n_tiles < max_tiles(n_pairs, E, tile_rows):
+        raise ValueError(f"a tile table of {n_tiles} entries is short of {max_tiles(n_pairs, E, tile_rows)}")
     k._launch("moe.cu", "moe_plan", 1, threads,
-              (experts, order, pos, tiles, i32(n_pairs), i32(E), i32(MOE_TILE_ROWS), i32(n_tiles)))
+              (experts, order, pos, tiles, i32(n_pairs), i32(E), i32(tile_rows), i32(n_tiles)))
 
 
 def combine_rows(k, y, pos, weights, out, T: int, n_used: int, D: int) -> None:
@@ -49,23 +60,25 @@ def combine_rows(k, y, pos, weights, out, T: int, n_used: int, D: int) -> None:
         k._launch("moe.cu", "moe_combine_rows", T, 256, (y, pos, weights, out, i32(n_used), i32(D)))
 
 
-def gate_up(k, fmt: str, x, order, n_used: int, tiles, n_tiles: int, gate, up, row_bytes: int, expert_bytes: int,
-            bias_gate, bias_up, h, F: int, D: int, *, clamped: bool, limit: float | None, alpha: float | None) -> None:
+def gate_up(k, fmt: str, x, order, n_used: int, tiles, n_tiles: int, tile_rows: int, gate, up, row_bytes: int,
+            expert_bytes: int, bias_gate, bias_up, h, F: int, D: int, *, clamped: bool, limit: float | None,
+            alpha: float | None) -> None:
     """h [n_pairs, F] in sorted-row order: swiglu(x Wgate_e^T + bgate_e, x Wup_e^T + bup_e) for each pair's
-    token x and expert e; gate and up: the stacked [E, F, D] weights' bytes (one format, one row size)."""
+    token x and expert e; gate and up: the stacked [E, F, D] weights' bytes (one format, one row size);
+    tiles: moe_plan's table of tile_rows-row tiles."""
     k._launch("moe_gemm.cu", f"moe_gate_up_{fmt}", ((F + MOE_TILE_COLS - 1) // MOE_TILE_COLS, n_tiles), MOE_THREADS,
-              (x, order, i32(n_used), tiles, gate, up, i64(row_bytes), i64(expert_bytes),
+              (x, order, i32(n_used), tiles, i32(tile_rows), gate, up, i64(row_bytes), i64(expert_bytes),
                NULL if bias_gate is None else bias_gate, NULL if bias_up is None else bias_up, h, i32(F), i32(D),
                i32(1 if clamped else 0), i32(limit is not None), f32(limit or 0.0),
                f32(1.0 if alpha is None else alpha)))
 
 
-def down(k, fmt: str, h, tiles, n_tiles: int, down_w, row_bytes: int, expert_bytes: int, bias_down, y,
-         D: int, F: int) -> None:
+def down(k, fmt: str, h, tiles, n_tiles: int, tile_rows: int, down_w, row_bytes: int, expert_bytes: int,
+         bias_down, y, D: int, F: int) -> None:
     """y [n_pairs, D] in sorted-row order: h Wdown_e^T + bdown_e for each sorted row's expert e."""
     k._launch("moe_gemm.cu", f"moe_down_{fmt}", ((D + MOE_TILE_COLS - 1) // MOE_TILE_COLS, n_tiles), MOE_THREADS,
-              (h, tiles, down_w, i64(row_bytes), i64(expert_bytes), NULL if bias_down is None else bias_down, y,
-               i32(D), i32(F)))
+              (h, tiles, i32(tile_rows), down_w, i64(row_bytes), i64(expert_bytes),
+               NULL if bias_down is None else bias_down, y, i32(D), i32(F)))
 
 
 def grouped_unsupported(gate, up, down, D: int, n_used: int) -> str | None:
