@@ -216,7 +216,8 @@ def test_matmul_swiglu_and_the_down_product(qtype, seed, F32, n_blocks, T, D):
     h = b.rmsnorm(b.asarray(x), b.load_weight(norm), 1e-5)
     with LaunchCounter(b) as launches:
         y = b.matmul_swiglu(h, cg, cu)
-    assert launches.names == [f"mmvq_swiglu_{qtype.name.lower()}"], launches.names
+    fmt = qtype.name.lower()                     # two blocks an SM or one (vecdot.py): the same sums
+    assert launches.names == [f"mmvq_swiglu_x2_{fmt}" if fmt in vecdot.MMVQ_SWIGLU_X2 else f"mmvq_swiglu_{fmt}"]
     fused = b._q8_last
     assert fused is not None and fused[0] is y
     r = rng.standard_normal((T, D)).astype(np.float32)
@@ -242,13 +243,14 @@ def test_matmul_swiglu_and_the_down_product(qtype, seed, F32, n_blocks, T, D):
 @pytest.mark.parametrize("qtype,K", [(Q.Q4_K, 4864), (Q.Q6_K, 4864), (Q.Q5_0, 4864), (Q.MXFP4, 2880), (Q.Q8_0, 2880),
                                      (Q.Q4_1, 8192)], ids=lambda v: getattr(v, "name", str(v)))
 @pytest.mark.parametrize("T", [1, 2])
-def test_long_rows_split_over_warps(qtype, K, T):
-    """Rows past K = 2048 (Qwen2.5's ffn_down, GPT-OSS's 2880) are split over several warps (vecdot.py's
-    mmvq_parts), which changes the order of a row's sum: the products hold matvec_q8x2's term-normalized 1e-8
-    as before, and the fused ops still equal the ops they replace bit for bit (every kernel folds a row's
-    parts in one order)."""
+def test_long_rows_split_over_warps(monkeypatch, qtype, K, T):
+    """Rows split over several warps (vecdot.py's mmvq_parts; here past 64 blocks of 32, as
+    M0_CUDA_MMVQ_ONE_WARP_BLOCKS=0 asks: Qwen2.5's ffn_down, GPT-OSS's 2880), which changes the order of a
+    row's sum: the products hold matvec_q8x2's term-normalized 1e-8 as before, and the fused ops still equal
+    the ops they replace bit for bit (every kernel folds a row's parts in one order)."""
     from worker.backend.kernels import vecdot
 
+    monkeypatch.setattr(vecdot, "MMVQ_ONE_WARP_BLOCKS", 0)
     assert vecdot.mmvq_parts(K) > 1
     b = checking_backend()
     rng = np.random.default_rng(K + T + int(qtype))
@@ -316,6 +318,8 @@ def test_rmsnorm_q8_for_every_row_width(seed, T, D, scale):
 def test_moe_chosen_experts_gate_up_swiglu_in_one_launch(qtype, D):
     """GPT-OSS decode: the chosen experts' gate, up (with biases) and clamped SwiGLU in one mmvq_swiglu launch
     (expert slots), equal bit for bit to the two slot products and swiglu_q8 (M0_CUDA_FUSED_SWIGLU=0's path)."""
+    from worker.backend.kernels import vecdot
+
     b = checking_backend()
     rng = np.random.default_rng(D + int(qtype))
     E, F, k_used = 6, 64, 4
@@ -331,7 +335,8 @@ def test_moe_chosen_experts_gate_up_swiglu_in_one_launch(qtype, D):
             b.fused_swiglu = fused
             with LaunchCounter(b) as launches:
                 outs[fused] = b.to_host(b.mixture_of_experts(b.asarray(x), *ws, k_used, limit=7.0, alpha=1.702))
-            kernel = f"mmvq_swiglu_{qtype.name.lower()}"
+            fmt = qtype.name.lower()
+            kernel = f"mmvq_swiglu_x2_{fmt}" if fmt in vecdot.MMVQ_SWIGLU_X2 else f"mmvq_swiglu_{fmt}"
             assert (kernel in launches.names) == fused and ("swiglu_q8" in launches.names) != fused, launches.names
     finally:
         del b.fused_swiglu

@@ -8,8 +8,9 @@
                                                       # (expert slots: a MoE token's chosen experts)
 
 Geometry (latency: a decode product is a few microseconds, alone on the GPU): one warp a row, a row
-longer than 2048 values split over several warps (mmvq_parts), several rows a warp for products of
-many rows (mmvq_joint_<fmt>); every kernel sums a row in the same order for the same K.
+longer than MMVQ_ONE_WARP_BLOCKS blocks of 32 (3072 values) split over several warps (mmvq_parts), several
+rows a warp for products of many rows (mmvq_joint_<fmt>); every kernel sums a row in the same order for
+the same K.
 
 `terms` is how many int8 terms carry the activations: 2 (the default path) keeps them to about
 1/32000 of each 32-value block's range, close to float32 products; 1 is llama.cpp's Q8_1 (its
@@ -33,11 +34,20 @@ MMVQ_MAX_PARTS = 4                    # warps a row at most (vecdot.cu: 512-thre
 # 32-value blocks (latency: each is a chain of dependent loads); M0_CUDA_MMVQ_LANE_BLOCKS=100000 keeps
 # one warp a row, to compare on the GPU. The split changes the order of a row's sum (mmvq_parts).
 MMVQ_LANE_BLOCKS = int(os.environ.get("M0_CUDA_MMVQ_LANE_BLOCKS", "64"))
+# Rows of up to this many 32-value blocks stay on one warp (M0_CUDA_MMVQ_ONE_WARP_BLOCKS, to compare): on the
+# H200 a GPT-OSS decode step (K = 2880, 90 blocks) took 2.85 ms with one warp a row against 3.29 ms split
+# over 2, while Qwen2.5's K = 4864 (152 blocks) gains from its split over 3.
+MMVQ_ONE_WARP_BLOCKS = int(os.environ.get("M0_CUDA_MMVQ_ONE_WARP_BLOCKS", "96"))
 # mmvq_joint_<fmt>: rows a warp walks together (vecdot.cu), for products of at least MMVQ_JOINT_MIN_N rows
 # (an output product over the vocabulary: several waves of one-row warps otherwise)
 MMVQ_JOINT_ROWS = {"q4_0": 4, "q4_1": 4, "q5_0": 4, "q8_0": 4, "mxfp4": 4, "q4_k": 2, "q5_k": 2}
 MMVQ_JOINT_MIN_N = 16384
 MMVQ_SWIGLU_WARPS = 16                # mmvq_swiglu: warps sharing a block's 64 rows (32 of gate, 32 of up)
+# Formats whose mmvq_swiglu takes the two-blocks-an-SM instance, mmvq_swiglu_x2_<fmt> (vecdot.cu; at most 64
+# registers a thread, spill-free for Q5_0 and Q8_0): Qwen2.5's 152 blocks are one wave of 132 SMs rather than
+# two. M0_CUDA_SWIGLU_X2: a comma-separated list of formats, "all" or "none", to compare on the GPU.
+_SWIGLU_X2 = os.environ.get("M0_CUDA_SWIGLU_X2", "q5_0,q8_0")
+MMVQ_SWIGLU_X2 = VECDOT_FORMATS if _SWIGLU_X2 == "all" else frozenset(f for f in _SWIGLU_X2.split(",") if f != "none")
 QUANT_BLOCK = 32
 QUANTIZE_WARPS = 8                    # 32-value blocks quantized per thread block
 
@@ -46,6 +56,8 @@ def mmvq_parts(K: int) -> int:
     """Warps one row of K values is split over (every kernel of vecdot.cu sums a row in the same order
     for the same K, so fused products equal mmvq's bit for bit)."""
     blocks = K // QUANT_BLOCK
+    if blocks <= MMVQ_ONE_WARP_BLOCKS:
+        return 1
     return max(1, min(MMVQ_MAX_PARTS, -(-blocks // max(1, MMVQ_LANE_BLOCKS))))
 
 
@@ -134,13 +146,20 @@ def mmvq_swiglu(k, fmt: str, gate_raw, up_raw, row_bytes: int, xq, xds, y, yq, y
     weights (expert_bytes apart) and biases [E, F]; clamped: GPT-OSS's swiglu_clamped(limit, alpha)."""
     if T > MMVQ_MAX_T or F % QUANT_BLOCK:
         raise ValueError(f"mmvq_swiglu: T={T} (at most {MMVQ_MAX_T}), F={F} (a multiple of {QUANT_BLOCK})")
-    if F and slots:
+    if not (F and slots):
+        return
+    ids, bg, bu = (NULL if a is None else a for a in (expert_ids, bias_gate, bias_up))
+    alpha = 1.0 if alpha is None else alpha
+    if fmt in MMVQ_SWIGLU_X2:                       # two blocks an SM (the same sums)
+        k._launch("vecdot.cu", f"mmvq_swiglu_x2_{fmt}", (F // QUANT_BLOCK, slots), 32 * MMVQ_SWIGLU_WARPS,
+                  (gate_raw, up_raw, i64(row_bytes), i64(expert_bytes), ids, bg, bu, xq, xds, y, yq, yds, i32(F),
+                   i32(K), i32(T), i32(terms), i32(mmvq_parts(K)), i32(1 if clamped else 0), i32(limit is not None),
+                   f32(limit or 0.0), f32(alpha)))
+    else:
         k._launch("vecdot.cu", f"mmvq_swiglu_{fmt}", (F // QUANT_BLOCK, slots), 32 * MMVQ_SWIGLU_WARPS,
-                  (gate_raw, up_raw, i64(row_bytes), i64(expert_bytes), NULL if expert_ids is None else expert_ids,
-                   NULL if bias_gate is None else bias_gate, NULL if bias_up is None else bias_up,
-                   xq, xds, y, yq, yds, i32(F), i32(K), i32(T), i32(terms), i32(mmvq_parts(K)),
-                   i32(1 if clamped else 0), i32(limit is not None), f32(limit or 0.0),
-                   f32(1.0 if alpha is None else alpha)))
+                  (gate_raw, up_raw, i64(row_bytes), i64(expert_bytes), ids, bg, bu, xq, xds, y, yq, yds, i32(F),
+                   i32(K), i32(T), i32(terms), i32(mmvq_parts(K)), i32(1 if clamped else 0), i32(limit is not None),
+                   f32(limit or 0.0), f32(alpha)))
 
 
 def output_buffers_besides(k, xq, rows: int, D: int):
