@@ -11,7 +11,12 @@ Times are medians of CUDA-graph replays (Python launch costs stay out), cycling 
 caches to exceed the L2 cache where one layer's fits in it, as a decode step reads them. Writes JSON
 (--out). Never asserts a time.
 
+--rows-variants times the decode kernel at every row count a block may take (kernels/attention.py's
+DECODE_ROWS_CHOICE, M0_CUDA_ATT_DECODE_ROWS: "group" the earlier whole-group blocks, "auto", 1, 2, 4, 8) on
+Qwen2.5's and GPT-OSS's heads at contexts 32, 128, 1024 and 4096 and prints one table.
+
 Run on the GPU machine: .venv/bin/python benchmarks/bench_attention.py [--out reports/bench_attention.json]
+[--rows-variants]
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ DECODE_POINTS = [  # (position, cache positions)
 ]
 PREFILL_TOKENS = [128, 512, 1024, 2048]
 L2_BYTES = 60 << 20
+DEFAULT_OUT = str(ROOT / "reports" / "bench_attention.json")
 
 
 def _layers(n_ctx: int, KVH: int, hd: int) -> int:
@@ -47,34 +53,81 @@ def _layers(n_ctx: int, KVH: int, hd: int) -> int:
     return max(1, min(24, -(-2 * L2_BYTES // per_layer)))
 
 
-def bench_decode(b, rng) -> list[dict]:
+ROWS_VARIANT_MODELS = ("Qwen2.5-0.5B", "GPT-OSS-20B full", "GPT-OSS-20B sliding")
+ROWS_VARIANT_POINTS = [(32, 256), (128, 256), (1024, 1280), (4096, 4352)]   # (position, cache positions)
+ROWS_CHOICES = ("group", "auto", "1", "2", "4", "8")
+
+
+def _decode_inputs(b, rng, model: str):
+    """(q, k, v, sinks weight or None) of one decode token for a model's heads."""
+    H, KVH, hd, _, sinks = MODELS[model]
+    sink_w = None
+    if sinks:
+        from stories.foundation._cuda_conformance import f32_tensor
+        sink_w = b.load_weight(f32_tensor(rng.standard_normal(H), "sinks"))
+    q, k, v = (b.asarray(rng.standard_normal((1, n, hd)).astype(np.float32)) for n in (H, KVH, KVH))
+    return q, k, v, sink_w
+
+
+def _decode_timer(b, model: str, inputs, pos: int, n_ctx: int):
+    """(time(): median us of one decode launch at `pos` over caches of n_ctx positions, the caches, layers)."""
     from worker.config import RopeConfig
 
     rope = RopeConfig(dim=64, base=10000.0, style="neox")
+    _, KVH, hd, window, _ = MODELS[model]
+    q, k, v, sink_w = inputs
+    layers = _layers(n_ctx, KVH, hd)
+    cache = b.new_kv_cache(layers, n_ctx, KVH, hd)
+    for layer in range(layers):               # finite values everywhere the kernel may read
+        for c in (cache.k[layer], cache.v[layer]):
+            c[:pos] = b.cp.random.standard_normal((pos, KVH, hd), dtype=np.float32).astype(c.dtype)
+    state = {"layer": 0}
+
+    def step():
+        state["layer"] = (state["layer"] + 1) % layers
+        b.attention(q, k, v, cache, state["layer"], pos, sliding_window=window, sinks=sink_w, rope=rope)
+
+    return (lambda: time_graph(b.cp, step, reps=4 * layers if layers > 1 else 100)), cache, layers
+
+
+def bench_decode(b, rng) -> list[dict]:
     rows = []
-    for model, (H, KVH, hd, window, sinks) in MODELS.items():
-        sink_w = None
-        if sinks:
-            from stories.foundation._cuda_conformance import f32_tensor
-            sink_w = b.load_weight(f32_tensor(rng.standard_normal(H), "sinks"))
-        q, k, v = (b.asarray(rng.standard_normal((1, n, hd)).astype(np.float32)) for n in (H, KVH, KVH))
+    for model in MODELS:
+        inputs = _decode_inputs(b, rng, model)
         for pos, n_ctx in DECODE_POINTS:
-            layers = _layers(n_ctx, KVH, hd)
-            cache = b.new_kv_cache(layers, n_ctx, KVH, hd)
-            for layer in range(layers):               # finite values everywhere the kernel may read
-                for c in (cache.k[layer], cache.v[layer]):
-                    c[:pos] = b.cp.random.standard_normal((pos, KVH, hd), dtype=np.float32).astype(c.dtype)
-            state = {"layer": 0}
-
-            def step():
-                state["layer"] = (state["layer"] + 1) % layers
-                b.attention(q, k, v, cache, state["layer"], pos, sliding_window=window, sinks=sink_w, rope=rope)
-
-            us = time_graph(b.cp, step, reps=4 * layers if layers > 1 else 100)
+            timer, cache, layers = _decode_timer(b, model, inputs, pos, n_ctx)
+            us = timer()
             b.free_kv_cache(cache)
             row = {"model": model, "position": pos, "n_ctx": n_ctx, "layers": layers, "us": round(us, 2)}
             rows.append(row)
             print(f"decode  {model:20s} pos {pos:6d} cache {n_ctx:6d}: {us:8.2f} us", flush=True)
+    return rows
+
+
+def bench_decode_rows_variants(b, rng) -> list[dict]:
+    """The decode launch at each row count a block may take (DECODE_ROWS_CHOICE), one table."""
+    from worker.backend.kernels import attention as kernels
+
+    chosen, rows = kernels.DECODE_ROWS_CHOICE, []
+    print(f"decode us ({', '.join(ROWS_CHOICES)}: rows a block; 'group' the earlier whole groups)")
+    print(f"{'model':20s} {'pos':>5s} {'cache':>6s} " + " ".join(f"{c:>7s}" for c in ROWS_CHOICES) + "   grid(auto)")
+    try:
+        for model in ROWS_VARIANT_MODELS:
+            H, KVH, hd, _, _ = MODELS[model]
+            inputs = _decode_inputs(b, rng, model)
+            for pos, n_ctx in ROWS_VARIANT_POINTS:
+                timer, cache, layers = _decode_timer(b, model, inputs, pos, n_ctx)
+                row = {"model": model, "position": pos, "n_ctx": n_ctx, "layers": layers,
+                       "grid_auto": kernels.decode_grid(n_ctx, 1, H, KVH, hd, "auto")}
+                for choice in ROWS_CHOICES:
+                    kernels.DECODE_ROWS_CHOICE = choice
+                    row[choice] = round(timer(), 2)
+                b.free_kv_cache(cache)
+                rows.append(row)
+                print(f"{model:20s} {pos:5d} {n_ctx:6d} " + " ".join(f"{row[c]:7.2f}" for c in ROWS_CHOICES)
+                      + f"   {row['grid_auto']}", flush=True)
+    finally:
+        kernels.DECODE_ROWS_CHOICE = chosen
     return rows
 
 
@@ -111,11 +164,21 @@ def main() -> None:
     from worker.backend.cuda import CudaBackend
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(ROOT / "reports" / "bench_attention.json"))
+    ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--decode-only", action="store_true")
+    ap.add_argument("--rows-variants", action="store_true", help="only the decode table over rows a block")
     args = ap.parse_args()
     b = CudaBackend(kv_dtype="float16")
     rng = np.random.default_rng(0)
+    if args.rows_variants:
+        result = {"device": b.device_name, "metric": "median us per decode launch over CUDA-graph replays, "
+                  "T = 1, fused RoPE, int8 output, by rows a block (M0_CUDA_ATT_DECODE_ROWS)",
+                  "decode_rows_variants": bench_decode_rows_variants(b, rng)}
+        out = Path(args.out if args.out != DEFAULT_OUT else ROOT / "reports" / "bench_attention_rows.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+        return
     result = {"device": b.device_name,
               "metric": "median us per launch over CUDA-graph replays (decode: T = 1, fused RoPE, int8 output)",
               "decode": bench_decode(b, rng)}

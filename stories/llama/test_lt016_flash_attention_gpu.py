@@ -290,3 +290,49 @@ def test_decode_int8_side_output_equals_quantize_q8(T, H, KVH, hd):
         np.testing.assert_array_equal(got_ds, b.cp.asnumpy(xds2))
     finally:
         b.free_kv_cache(cache)
+
+
+# (H, KVH, hd, T, start, n_ctx, window, sinks): contexts 1..4096 of Qwen2.5's and GPT-OSS's heads in short
+# and long caches (one active chunk in a long cache: the grid's split blocks share the rows), T = 1..4.
+ROWS_GEOMETRY = [
+    (14, 2, 64, 1, 0, 256, 0, False),
+    (14, 2, 64, 1, 31, 256, 0, False),
+    (14, 2, 64, 2, 127, 256, 0, False),
+    (14, 2, 64, 1, 40, 4352, 0, False),
+    (14, 2, 64, 4, 1023, 1280, 0, False),
+    (14, 2, 64, 1, 4095, 4352, 0, False),
+    (64, 8, 64, 1, 31, 256, 0, True),
+    (64, 8, 64, 3, 200, 4352, 128, True),
+    (64, 8, 64, 1, 4000, 4352, 128, True),
+    (64, 8, 64, 1, 1023, 1280, 0, True),
+    (32, 4, 256, 1, 60, 2048, 0, True),
+    (9, 3, 64, 4, 10, 8192, 0, False),
+]
+
+
+@pytest.mark.parametrize("choice", ["group", "auto", "1", "2", "4", "8"])
+@pytest.mark.parametrize("geometry", range(len(ROWS_GEOMETRY)))
+def test_decode_rows_a_block_as_chosen(monkeypatch, choice, geometry):
+    """Every row count a decode block may take (kernels/attention.py DECODE_ROWS_CHOICE, which
+    M0_CUDA_ATT_DECODE_ROWS sets) gives the reference's output within attention_f16kv's bound."""
+    from worker.backend.kernels import attention as launcher
+
+    monkeypatch.setattr(launcher, "DECODE_ROWS_CHOICE", choice)
+    H, KVH, hd, T, start, n_ctx, window, sinks = ROWS_GEOMETRY[geometry]
+    b = _backend("float16")
+    rng = np.random.default_rng(100 + geometry)
+    old_k, old_v, q, k, v = _inputs(rng, T, start, KVH, H, hd, "float16", n_ctx)
+    rope = RopeConfig(dim=hd, base=10000.0, style="neox")
+    ref_cache, cache = REF.new_kv_cache(1, n_ctx, KVH, hd), b.new_kv_cache(1, n_ctx, KVH, hd)
+    try:
+        ref_cache.k[0][:start], ref_cache.v[0][:start] = old_k, old_v
+        cache.k[0][:start] = b.cp.asarray(old_k).astype(cache.k[0].dtype)
+        cache.v[0][:start] = b.cp.asarray(old_v).astype(cache.v[0].dtype)
+        sink_w = f32_tensor(rng.standard_normal(H) * 2, "sinks") if sinks else None
+        out = b.to_host(b.attention(b.asarray(q), b.asarray(k), b.asarray(v), cache, 0, start, sliding_window=window,
+                                    sinks=b.load_weight(sink_w) if sinks else None, rope=rope))
+        ref = REF.attention(q, k, v, ref_cache, 0, start, sliding_window=window,
+                            sinks=REF.load_weight(sink_w) if sinks else None, rope=rope)
+    finally:
+        b.free_kv_cache(cache)
+    check(_op("float16", "rope"), f"decode rows {choice} {ROWS_GEOMETRY[geometry]}", out, ref)
