@@ -217,18 +217,22 @@ class DecodeGraphs:
 
     # -- the KV address table ----------------------------------------------------------------------
     def _table(self, n_layers: int):
-        """The backend's table, made (or grown, which releases the graphs that read the old one) for n_layers."""
+        """The backend's table, made (or grown: the graphs that read the old one are released once the
+        capture has ended, `_release_old_table_graphs`) for n_layers."""
         workspace = self.backend._workspace
         table = workspace.get(KV_TABLE)
         if table is None or table.size < 2 * n_layers:
             workspace.pop(KV_TABLE, None)
-            for g in self.graphs():
-                if g.table is not None and g is not self._capturing:
-                    self._release(g)
             table = self.backend._persistent("workspace KV address table", (2 * n_layers,), np.uint64)
             workspace[KV_TABLE] = table
             self._table_holds = None
         return table
+
+    def _release_old_table_graphs(self) -> None:
+        table = self.backend._workspace.get(KV_TABLE)
+        for g in self.graphs():
+            if g.table is not None and g.table is not table:
+                self._release(g)
 
     def _point_table_at(self, cache, stream) -> None:
         """Write `cache`'s addresses into the table, unless it holds them already (one async copy)."""
@@ -368,6 +372,7 @@ class DecodeGraphs:
             finally:
                 self._capturing = None
                 self.positions_needed = 0
+        self._release_old_table_graphs()         # after the capture: freeing memory may synchronize
         if error is None and g.token_rows is None:
             error = RuntimeError("decode capture: the step read no token ids from the device buffer")
         if error is None and b.memory_limit_bytes is not None and b._in_use() > b.memory_limit_bytes:
