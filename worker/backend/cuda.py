@@ -128,7 +128,8 @@ class CudaBackend(CudaMemory, Backend):
 
     def run_forward(self, forward, ids: np.ndarray, cache: KVCache, start_pos: int) -> Array:
         """forward(ids, cache, start_pos) through the graphs of cuda_graph.py: a single token replays the
-        cache's decode graph; a prefill chunk whose token count recurs on the cache replays its own."""
+        decode graph, a prefill chunk of a token count the backend has seen before replays its own; a graph
+        serves every cache of its geometry up to the capacity it was captured for."""
         if self.graphs.enabled:
             return self.graphs.step(forward, ids, cache, start_pos)
         return forward(ids, cache, start_pos)
