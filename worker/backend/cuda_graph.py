@@ -134,6 +134,10 @@ class DecodeGraph:
         """Whether a replay may run over `cache` (same geometry, within the captured capacity)."""
         return self.graph is not None and kv_geometry(cache) == self.geometry and cache.n_ctx <= self.capacity
 
+    def fits(self, cache) -> bool:
+        """serves(cache) for a cache known to have this graph's geometry."""
+        return self.graph is not None and cache.n_ctx <= self.capacity
+
     def release(self) -> None:
         self.graph, self.inputs, self.logits, self.held, self.table = None, None, None, [], None
         self.capacity, self.token_rows = 0, None
@@ -291,16 +295,16 @@ class DecodeGraphs:
             raise PromptTooLongError(
                 f"positions {start_pos}..{start_pos + T - 1} do not fit a KV cache of {cache.n_ctx} positions",
                 field="n_ctx")
-        g = self._shape_for(forward, cache, T)
+        g = self._shape_for(forward, cache, T)      # its geometry is the cache's: fits() checks the capacity
         g.sightings += 1
         if g._attempts_on is None or g._attempts_on() is not cache:
             g._attempts_on = weakref.ref(cache)
             if g.memory_failure:                  # memory may have come free since: try again on this cache
                 g.attempts, g.failure, g.memory_failure = 0, None, False
         worth_capturing = T == 1 or g.sightings > 1
-        if (not g.serves(cache) and worth_capturing and g.attempts < CAPTURE_ATTEMPTS and g.failure is None):
+        if not g.fits(cache) and worth_capturing and g.attempts < CAPTURE_ATTEMPTS and g.failure is None:
             self._capture(g, cache, start_pos)
-        if not g.serves(cache):
+        if not g.fits(cache):
             return self._eager(forward, ids, cache, start_pos)
         ids = np.asarray(ids)
         if ids.min() < 0 or ids.max() >= g.token_rows:
