@@ -15,6 +15,8 @@ Acceptance, against the NumPy backend's mixture_of_experts (its host routing, fl
 - expert loads at the edges: every token on the same experts (the others idle), every expert used.
 - the device path is the one taken: Backend.mixture_of_experts (the host routing) is patched to fail and
   to_host is counted (none).
+- each grouped product on the tensor cores (gate, up, down; every tile height) within the prefill products'
+  term-normalized bound against float64 ("matmul_expert", 1e-11).
 - a GPT-OSS prefill chunk of the tiny fixture is captured as a CUDA graph on its second sighting and its
   replays give the op-by-op logits bit for bit.
 The kernels' logic runs on the CPU in test_gt016_moe_prefill_on_the_host.py.
@@ -151,3 +153,59 @@ def test_a_gpt_oss_prefill_chunk_is_captured_and_replayed():
         eager.backend.free_kv_cache(ref_cache)
     for row in rows:
         np.testing.assert_array_equal(row, ref)
+
+
+def _zeros_like(tensor):
+    """The same stored type and shape, every value 0 (all-zero blocks: scale 0 or 2^-127, codes 0)."""
+    from worker.quant import QuantTensor
+
+    return QuantTensor("zero", tensor.qtype, tensor.shape, np.zeros(np.asarray(tensor.raw).size, np.uint8))
+
+
+@pytest.mark.parametrize("qtype", [Q.MXFP4, Q.Q8_0], ids=lambda q: q.name)
+@pytest.mark.parametrize("tile_rows", [16, 32, 64])
+@pytest.mark.parametrize("product", ["gate", "up"])
+def test_grouped_products_keep_the_prefill_products_bound(qtype, tile_rows, product):
+    """Each grouped product on the tensor cores against float64 under the prefill products' term-normalized
+    threshold ("matmul_expert", 1e-11), so the split's low terms are all there on the hardware. The SwiGLU
+    epilogue is made to pass one product through: alpha = 0 and no limit give g * 0.5 * (u + 1); with a zero
+    up weight and up bias 1 that is g, with a zero gate weight and gate bias 2 it is u + 1. The down product
+    then multiplies that h."""
+    from stories.foundation._cuda_conformance import record
+    from worker.backend.kernels import moe
+
+    b = checking_backend()
+    cp = b.cp
+    rng = np.random.default_rng(tile_rows + int(qtype))
+    T, E, k_used, D, F = 77, 8, 3, 256, 192
+    layer = list(moe_layer(qtype, E, D, F, rng))
+    live, dead = (2, 4) if product == "gate" else (4, 2)           # the product under test, the zeroed one
+    layer[dead] = _zeros_like(layer[dead])
+    layer[dead + 1] = f32(np.full((E, F), 1.0 if product == "gate" else 2.0), "bias")
+    _, _, gate, gate_b, up, up_b, down, down_b = [b.load_weight(t) for t in layer]
+    w_live, b_live = (REF.load_weight(layer[i]).dense().astype(np.float64) for i in (live, live + 1))
+    w_down, b_down = (REF.load_weight(layer[i]).dense().astype(np.float64) for i in (6, 7))
+    x = rng.standard_normal((T, D)).astype(np.float32)
+    experts = np.stack([rng.choice(E, size=k_used, replace=False) for _ in range(T)]).astype(np.int32)
+    n_pairs, n_tiles = T * k_used, moe.max_tiles(T * k_used, E, tile_rows)
+    order, pos = cp.empty(n_pairs, np.int32), cp.empty(n_pairs, np.int32)
+    tiles = cp.empty((n_tiles, 4), np.int32)
+    moe.plan(b, cp.asarray(experts), order, pos, tiles, n_pairs, E, n_tiles, tile_rows)
+    h = cp.full((n_pairs, F), np.nan, np.float32)
+    moe.gate_up(b, gate.format, cp.asarray(x), order, k_used, tiles, n_tiles, tile_rows, gate.raw, up.raw,
+                gate.row_bytes, F * gate.row_bytes, gate_b.raw.view(np.float32), up_b.raw.view(np.float32), h, F, D,
+                clamped=True, limit=None, alpha=0.0)
+    y = cp.full((n_pairs, D), np.nan, np.float32)
+    moe.down(b, down.format, h, tiles, n_tiles, tile_rows, down.raw, down.row_bytes, D * down.row_bytes,
+             down_b.raw.view(np.float32), y, D, F)
+    order_h, h_h, y_h = b.to_host(order).astype(np.int64), b.to_host(h).astype(np.float64), b.to_host(y)
+    ex, x64 = experts.reshape(-1)[order_h], x.astype(np.float64)[order_h // k_used]
+    got = h_h if product == "gate" else h_h - 1.0
+    want = np.einsum("rk,rnk->rn", x64, w_live[ex]) + b_live[ex]
+    scale = np.einsum("rk,rnk->rn", np.abs(x64), np.abs(w_live[ex])) + np.abs(b_live[ex])
+    value = float(np.sum((got - want) ** 2) / np.sum(scale ** 2))
+    assert value <= record("matmul_expert", f"grouped {product} {qtype.name} T={T} rows={tile_rows}", value)
+    want = np.einsum("rf,rdf->rd", h_h, w_down[ex]) + b_down[ex]
+    scale = np.einsum("rf,rdf->rd", np.abs(h_h), np.abs(w_down[ex])) + np.abs(b_down[ex])
+    value = float(np.sum((y_h - want) ** 2) / np.sum(scale ** 2))
+    assert value <= record("matmul_expert", f"grouped down {qtype.name} T={T} rows={tile_rows}", value)
