@@ -10,7 +10,7 @@
 #       parts are all in (sha256 checked): /tmp/site (packages), /tmp/m0-cache (M0_CACHE), tools.
 #   scripts/gpu-gates.sh run [GATE...] [-- PYTEST_ARGS...]
 #       there: python -m worker gates --device cuda [--gate GATE...] with what was staged; pytest-xdist
-#       by default (-n $GATES_WORKERS --dist loadgroup, GATES_WORKERS=8) and a basetemp of its own.
+#       by default (-n $GATES_WORKERS --dist loadgroup, GATES_WORKERS=12) and a basetemp of its own.
 #       Writes $OUT/gates-<gates>/ (gate-board.md/.json/.html, gates.log; OUT defaults to reports/gpu)
 #       and prints the verdicts. After GATES_DEADLINE seconds (default 540: a device call ends at 600)
 #       pytest is interrupted and the board is written with what ran (the rest NOT RUN).
@@ -94,9 +94,10 @@ if [ -n "$twin" ] && [ ! -f "$twin" ] && [ -f "$STAGE/twin/qwen2.5.header.bin" ]
     2>&1 | tee -a "$log" || unset M0_QWEN_TWIN_GGUF
 fi
 export M0_CACHE="${M0_CACHE:-/tmp/m0-cache}"
-# Each xdist worker runs its own NumPy/PyTorch references: 8 workers x 2 threads fill 16 cores.
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-[ ${#pytest_args[@]} -gt 0 ] || pytest_args=(-n "${GATES_WORKERS:-8}" --dist loadgroup)
+# Each xdist worker runs its own NumPy/PyTorch references: 12 workers (one of them the GPU's queue) x 2
+# threads on 16 cores; no network there, so the Hugging Face libraries must not try it.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+[ ${#pytest_args[@]} -gt 0 ] || pytest_args=(-n "${GATES_WORKERS:-12}" --dist loadgroup)
 # A basetemp of its own: pytest empties a given basetemp at the start, and the numbered folders under
 # /tmp/pytest-of-<user> are left to other runs.
 pytest_args+=(--basetemp "/tmp/m0-gates-basetemp-$label")
