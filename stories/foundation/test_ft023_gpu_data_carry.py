@@ -100,3 +100,37 @@ def test_a_damaged_part_is_refused_and_removed(carry):
     assert not (carry.DESTINATIONS["cache"] / "models/weights.bin").exists()
     assert "model" not in carry.installed()
     assert not list((carry.STAGE / "parts").glob("model.part*"))
+
+
+BUILD_ONCE = """
+import sys, time
+from pathlib import Path
+from fixtures.paths import build_lock
+target, log = Path(sys.argv[1]), Path(sys.argv[2])
+if not target.exists():
+    with build_lock(target):
+        if not target.exists():
+            with open(log, "a") as f:
+                f.write("built\\n")
+            time.sleep(0.5)                      # long enough for the others to arrive meanwhile
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_text("done")
+            tmp.replace(target)
+print(target.read_text())
+"""
+
+
+def test_parallel_workers_build_a_cached_fixture_once(tmp_path):
+    """pytest-xdist workers asking for one cached fixture at once: one builds it, the others wait
+    for it (fixtures.paths.build_lock) and read it whole."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    target, log = tmp_path / "fixture.bin", tmp_path / "builds.log"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    workers = [subprocess.Popen([sys.executable, "-c", BUILD_ONCE, str(target), str(log)], cwd=root, env=env,
+                                stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    outputs = [w.communicate(timeout=60)[0].strip() for w in workers]
+    assert [w.returncode for w in workers] == [0] * 4
+    assert outputs == ["done"] * 4
+    assert log.read_text() == "built\n"

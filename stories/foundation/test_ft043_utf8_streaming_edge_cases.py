@@ -20,6 +20,7 @@ over all others: the same tokenizer, a model that mostly writes bytes of split o
 from __future__ import annotations
 
 import json
+import os
 
 import httpx
 import numpy as np
@@ -82,7 +83,7 @@ def _byte_heavy_model_path():
     tok = load_tokenizer(source)
     favoured = [i for i in range(tok.vocab_size) if not _whole_utf8(tok.token_bytes(i))]
     reader = gguf.GGUFReader(source)
-    tmp = target.with_suffix(".tmp")
+    tmp = target.with_suffix(f".tmp{os.getpid()}")   # pytest-xdist workers may build it at once
     writer = gguf.GGUFWriter(tmp, str(reader.fields["general.architecture"].contents()))
     for key, field in reader.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture":
