@@ -11,7 +11,7 @@ product and the weight bytes read per second. Writes JSON (--out). Never asserts
 
 --variants instead times the geometry choices of vecdot.py on the Qwen2.5 and GPT-OSS decode shapes and
 prints one table: mmvq at each split rule (MMVQ_ONE_WARP_BLOCKS: 0 the earlier split past 64 blocks of 32,
-96, or one warp always), and mmvq_swiglu with one or two 512-thread blocks an SM (MMVQ_SWIGLU_X2) at each
+128, or one warp always), and mmvq_swiglu with one or two 512-thread blocks an SM (MMVQ_SWIGLU_X2) at each
 split rule (reports/bench_matvec_variants.json).
 """
 from __future__ import annotations
@@ -85,7 +85,7 @@ VARIANT_SWIGLU = [  # (GGML type, F, K, expert slots, where)
     ("Q5_0", 4864, 896, 1, "Qwen2.5 ffn gate/up"),
     ("MXFP4", 2880, 2880, 4, "GPT-OSS experts gate/up, 4 slots"),
 ]
-ONE_WARP_RULES = {"split>64": 0, "1warp<=96": 96, "1warp": 100000}   # vecdot.MMVQ_ONE_WARP_BLOCKS
+ONE_WARP_RULES = {"split>64": 0, "1warp<=128": 128, "1warp": 100000}   # vecdot.MMVQ_ONE_WARP_BLOCKS
 
 
 def _stacked(b, qtype, N: int, K: int, slots: int, rng):

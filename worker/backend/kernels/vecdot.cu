@@ -15,14 +15,14 @@ extern "C" __global__ void quantize_q8(const float* __restrict__ x, i8* __restri
 }
 
 // y[slot][t, n] = sum_k x[t, k] W_e[n, k] (+ bias_e[n]) for t < T <= MMVQ_MAX_T: MMVQ_ROWS_PER_BLOCK rows a
-// block, each row split over `parts` warps (vecdot.py's mmvq_parts: one warp up to K = 3072, then so that
+// block, each row split over `parts` warps (vecdot.py's mmvq_parts: one warp up to K = 4096, then so that
 // no lane walks more than two 32-value blocks of a row up to K = 8192; a long row is a chain of memory
 // latencies a lane, and splitting it shortens the chain). Part p's lanes walk units 32 p + lane, step
 // 32 parts, and the row's sum is warp_sum(part 0) + warp_sum(part 1) + ... in that order
 // (mmvq_fold_parts), the same in every kernel here, so that fused kernels equal mmvq_<fmt> bit for bit.
 // (Splitting a 2880-wide MXFP4 row over 4 warps, one row a block, measured slower than one warp:
 // benchmarks/bench_matvec.py on the H200, 7.7 -> 9.2 us; the split here keeps 4 rows a block and
-// starts at 2 warps a row only past K = 3072: a GPT-OSS decode step, K = 2880, was faster on one warp.)
+// starts at 2 warps a row only past K = 4096: a GPT-OSS decode step, K = 2880 and 4096, was faster on one warp.)
 // Slots (blockIdx.y) run several weights of a stacked [E, N, K] tensor in one launch: slot j uses
 // expert e = expert_ids ? expert_ids[j] : j, read on the device (a CUDA graph can replay it); its
 // activations are rows [j T, j T + T) of the quantized input when x_per_slot, else rows [0, T). bias: [E, N] (expert_stride N) or [N].

@@ -8,7 +8,7 @@
                                                       # (expert slots: a MoE token's chosen experts)
 
 Geometry (latency: a decode product is a few microseconds, alone on the GPU): one warp a row, a row
-longer than MMVQ_ONE_WARP_BLOCKS blocks of 32 (3072 values) split over several warps (mmvq_parts), several
+longer than MMVQ_ONE_WARP_BLOCKS blocks of 32 (4096 values) split over several warps (mmvq_parts), several
 rows a warp for products of many rows (mmvq_joint_<fmt>); every kernel sums a row in the same order for
 the same K.
 
@@ -35,9 +35,9 @@ MMVQ_MAX_PARTS = 4                    # warps a row at most (vecdot.cu: 512-thre
 # one warp a row, to compare on the GPU. The split changes the order of a row's sum (mmvq_parts).
 MMVQ_LANE_BLOCKS = int(os.environ.get("M0_CUDA_MMVQ_LANE_BLOCKS", "64"))
 # Rows of up to this many 32-value blocks stay on one warp (M0_CUDA_MMVQ_ONE_WARP_BLOCKS, to compare): on the
-# H200 a GPT-OSS decode step (K = 2880, 90 blocks) took 2.85 ms with one warp a row against 3.29 ms split
-# over 2, while Qwen2.5's K = 4864 (152 blocks) gains from its split over 3.
-MMVQ_ONE_WARP_BLOCKS = int(os.environ.get("M0_CUDA_MMVQ_ONE_WARP_BLOCKS", "96"))
+# H200 a GPT-OSS decode step (K = 2880 and 4096) took 2.85 ms with one warp a row against 3.29 ms split over
+# 2, while Qwen2.5's K = 4864 (152 blocks) gains from its split over 3; 128 keeps both as measured best.
+MMVQ_ONE_WARP_BLOCKS = int(os.environ.get("M0_CUDA_MMVQ_ONE_WARP_BLOCKS", "128"))
 # mmvq_joint_<fmt>: rows a warp walks together (vecdot.cu), for products of at least MMVQ_JOINT_MIN_N rows
 # (an output product over the vocabulary: several waves of one-row warps otherwise)
 MMVQ_JOINT_ROWS = {"q4_0": 4, "q4_1": 4, "q5_0": 4, "q8_0": 4, "mxfp4": 4, "q4_k": 2, "q5_k": 2}
