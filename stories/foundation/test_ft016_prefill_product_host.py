@@ -227,3 +227,25 @@ def test_split_input_reused_until_a_kernel_runs():
     matmul.prefill_product(b, weight, raw, x, y, tile_bytes=1 << 20)
     assert b.launches.count("split_tf32_rows") == 2
     assert np.array_equal(y.host(), np.zeros((T, 30), np.float32)), "the product must read the rewritten input"
+
+
+def test_cublas_keeps_our_workspace_when_its_stream_changes():
+    """cublasSetStream puts a handle back on cuBLAS's own workspace pool (cuBLAS docs): the products of a
+    graph capture (its own stream) then allocated 32 MiB outside the memory accounting on the H200
+    (FT-012). Every stream change sets our workspace again, and a repeated stream costs no call."""
+    from worker.backend.cuda_runtime import CublasNT
+
+    calls = []
+    lib = SimpleNamespace(cublasSetStream_v2=lambda h, p: calls.append(("stream", p)) or 0,
+                          cublasSetWorkspace_v2=lambda h, p, n: calls.append(("workspace", p, n)) or 0)
+    stream = SimpleNamespace(ptr=11)
+    cp = SimpleNamespace(cuda=SimpleNamespace(get_current_stream=lambda: stream))
+    blas = CublasNT.__new__(CublasNT)                    # no CUDA here: the library and CuPy faked
+    blas._cp, blas._lib, blas.handle, blas._stream, blas._workspace = cp, lib, 1, None, None
+    blas.set_workspace(0xA000, 1 << 25)
+    blas.on_current_stream()
+    blas.on_current_stream()
+    stream.ptr = 22                                      # a capture's stream
+    blas.on_current_stream()
+    assert calls == [("workspace", 0xA000, 1 << 25), ("stream", 11), ("workspace", 0xA000, 1 << 25),
+                     ("stream", 22), ("workspace", 0xA000, 1 << 25)]

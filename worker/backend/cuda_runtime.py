@@ -178,6 +178,7 @@ class CublasNT:
         self.handle = cublas.create()
         cublas.setPointerMode(self.handle, cublas.CUBLAS_POINTER_MODE_HOST)
         self._stream = None
+        self._workspace: tuple[int, int] | None = None
         weakref.finalize(self, cublas.destroy, self.handle).atexit = False   # process exit frees it
 
     def _check(self, status: int, what: str) -> None:
@@ -186,6 +187,7 @@ class CublasNT:
 
     def set_workspace(self, ptr: int, nbytes: int) -> None:
         self._check(self._lib.cublasSetWorkspace_v2(self.handle, ptr, nbytes), "cublasSetWorkspace")
+        self._workspace = (ptr, nbytes)
 
     def on_current_stream(self) -> None:
         """Issue the next products on CuPy's current stream (a graph capture's, or the default one)."""
@@ -193,6 +195,10 @@ class CublasNT:
         if ptr != self._stream:
             self._check(self._lib.cublasSetStream_v2(self.handle, ptr), "cublasSetStream")
             self._stream = ptr
+            # cublasSetStream puts the handle back on cuBLAS's default workspace pool (cuBLAS docs):
+            # ours again, or a graph capture's products would allocate 32 MiB outside the accounting
+            if self._workspace is not None:
+                self.set_workspace(*self._workspace)
 
     def gemm(self, y: int, ldy: int, x: int, ldx: int, w: int, ldw: int, T: int, n: int, K: int, *,
              accumulate: bool = False, tf32: bool = False) -> None:
