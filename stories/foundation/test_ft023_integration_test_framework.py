@@ -195,3 +195,12 @@ def test_a_served_model_that_cannot_be_had_fails_its_tests_alone(pytester):
     result = run_gate(pytester)
     result.assert_outcomes(passed=6, deselected=1)
     assert "not torn down properly" not in result.stdout.str()
+
+
+def test_stories_left_out_by_k_under_parallel_workers_do_not_claim_to_have_no_tests(pytester):
+    """Under pytest-xdist the workers deselect: a story -k left out is not said to have no test."""
+    pytest.importorskip("xdist")
+    make_project(pytester, story_body="pass")
+    result = run_gate(pytester, "-n", "2", "--dist", "loadgroup", "-k", "test_check")
+    result.stdout.fnmatch_lines(["*NOT RUN*XX-001*left out, or no test for it yet*"])
+    assert "no test for this story yet" not in result.stdout.str()
