@@ -90,6 +90,51 @@ def nmse(out: np.ndarray, ref: np.ndarray) -> float:
     return err / denom
 
 
+def _json_nmse(value: float):
+    return value if np.isfinite(value) else str(value)
+
+
+def _merged_rows(parts: list[list[dict]]) -> list[dict]:
+    """One row an op over the processes' tables (pytest-xdist workers each keep their own)."""
+    merged: dict[str, dict] = {}
+    for rows in parts:
+        for r in rows:
+            worst = float(r["worst_nmse"])
+            m = merged.get(r["op"])
+            if m is None:
+                merged[r["op"]] = dict(r, worst_nmse=worst)
+                continue
+            m["shapes_tried"] += r["shapes_tried"]
+            m["failures"] += r["failures"]
+            if worst > m["worst_nmse"] or worst != worst:
+                m["worst_nmse"], m["worst_shape"] = worst, r["worst_shape"]
+    return [dict(r, worst_nmse=_json_nmse(r["worst_nmse"])) for r in sorted(merged.values(), key=lambda r: r["op"])]
+
+
+def _write_results() -> None:
+    """This process's table to its own part file, then every part of this test run merged into
+    RESULTS_PATH under a file lock: pytest-xdist workers record at the same time, and one shared
+    temporary file renamed by each of them lost rows and failed checks (FileNotFoundError)."""
+    from fixtures.paths import build_lock
+
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+    parts = RESULTS_PATH.parent / ".cuda_conformance_parts" / run
+    parts.mkdir(parents=True, exist_ok=True)
+    mine = parts / f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}.json"
+    rows = [dict(r, worst_nmse=_json_nmse(r["worst_nmse"])) for r in _table.values()]
+    tmp = mine.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows))
+    tmp.replace(mine)
+    with build_lock(RESULTS_PATH):
+        merged = _merged_rows([json.loads(f.read_text()) for f in sorted(parts.glob("*.json"))])
+        payload = {"device": _device_name(), "metric": "NMSE sum((cuda-ref)^2)/sum(ref^2) vs worker.backend.numpy; "
+                   "matvec/matmul rows: sum((cuda-ref)^2)/sum((|x|@|W|^T)^2)",
+                   "rows": merged}
+        tmp = RESULTS_PATH.with_name(f"{RESULTS_PATH.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(payload, indent=1))
+        tmp.replace(RESULTS_PATH)
+
+
 def record(op: str, shape: str, value: float, threshold: float | None = None) -> float:
     """Add one check to the results table; returns the threshold it is held to."""
     threshold = THRESHOLDS[op.split(":")[0]] if threshold is None else threshold
@@ -104,15 +149,7 @@ def record(op: str, shape: str, value: float, threshold: float | None = None) ->
             row["failures"] += 1
         if value > row["worst_nmse"] or (value != value):
             row["worst_nmse"], row["worst_shape"] = value, shape
-        RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-        rows = [dict(r, worst_nmse=(r["worst_nmse"] if np.isfinite(r["worst_nmse"]) else str(r["worst_nmse"])))
-                for r in sorted(_table.values(), key=lambda r: r["op"])]
-        payload = {"device": _device_name(), "metric": "NMSE sum((cuda-ref)^2)/sum(ref^2) vs worker.backend.numpy; "
-                   "matvec/matmul rows: sum((cuda-ref)^2)/sum((|x|@|W|^T)^2)",
-                   "rows": rows}
-        tmp = RESULTS_PATH.with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload, indent=1))
-        tmp.replace(RESULTS_PATH)
+        _write_results()
     return threshold
 
 
