@@ -22,17 +22,32 @@ STAGE="${M0_GPU_STAGE:-/tmp/m0-gpu-stage}"
 
 print_calls() {   # the device calls for the plan pack wrote
   python3 - "$@" <<'PY'
-import json, sys
+import json, pathlib
 plan = json.load(open(".gpu-carry/plan.json"))
+MIB = 1 << 20
+wheel_bytes = sum(p.stat().st_size for d in (".whl", ".whl-test") for p in pathlib.Path(d).glob("*.whl"))
+sizes = {c["index"]: c["bytes"] for c in plan["calls"]}
+fits = lambda i: sizes[i] + wheel_bytes <= 58 * MIB   # a call: 64 MiB with the tracked tree (a few MiB)
 calls = [c["index"] for c in plan["calls"]]
+gate1 = plan["gate1_calls"]       # calls 1..gate1 carry what gate 1 needs; later ones what gates 2-4 need too
 wheels = [".whl", ".whl-test"]
-print("\nDevice calls (run tool; one after another without a pause: the machine keeps /tmp only while warm):")
-for i in calls[:-1]:
-    print(f"  call {i}: carry {json.dumps([f'.gpu-carry/c{i}'])}\n          command: bash scripts/gpu-gates.sh stage")
-last = calls[-1]
-print(f"  call {last}: carry {json.dumps(wheels + [f'.gpu-carry/c{last}'])}\n"
-      "          command: bash scripts/gpu-gates.sh stage && bash scripts/gpu-gates.sh run 1")
-print(f"  call {last + 1}: carry {json.dumps(wheels)}\n          command: bash scripts/gpu-gates.sh run 2 3 4")
+print("\nDevice calls (run tool), one right after the other: the machine keeps /tmp only while warm:")
+def call(n, carry, command):
+    print(f"  call {n}: carry {json.dumps(carry)}\n          command: {command}")
+    return n
+printed = []
+stage = "bash scripts/gpu-gates.sh stage"
+for i in calls:
+    folder = [f".gpu-carry/c{i}"]
+    runs = "1" if i == gate1 else "2 3 4" if i == calls[-1] else None
+    if runs and fits(i):
+        printed.append(call(len(printed) + 1, wheels + folder, f"{stage} && bash scripts/gpu-gates.sh run {runs}"))
+    else:
+        printed.append(call(len(printed) + 1, folder, stage))
+        if runs:
+            printed.append(call(len(printed) + 1, wheels, f"bash scripts/gpu-gates.sh run {runs}"))
+if gate1 == calls[-1]:
+    printed.append(call(len(printed) + 1, wheels, "bash scripts/gpu-gates.sh run 2 3 4"))
 print("Each run call prints the verdicts; its board files come back under $OUT/gates-<gates>/.")
 PY
 }
