@@ -12,8 +12,8 @@
 #       there: python -m worker gates --device cuda [--gate GATE...] with what was staged; pytest-xdist
 #       by default (-n $GATES_WORKERS --dist loadgroup, GATES_WORKERS=12) and a basetemp of its own.
 #       Writes $OUT/gates-<gates>/ (gate-board.md/.json/.html, gates.log; OUT defaults to reports/gpu)
-#       and prints the verdicts. After GATES_DEADLINE seconds (default 540: a device call ends at 600)
-#       pytest is interrupted and the board is written with what ran (the rest NOT RUN).
+#       and prints the verdicts. GATES_DEADLINE seconds after `run` starts (default 530: a device call
+#       ends at 600) pytest is interrupted and the board is written with what ran (the rest NOT RUN).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-}"
@@ -123,6 +123,8 @@ device="${GATES_DEVICE:-cuda}"   # cpu: the same run on the NumPy reference (to 
 rm -f reports/gate-board.md reports/gate-board.json reports/gate-board.html   # no stale board if none is written
 echo "== python -m worker gates --device $device ${gate_opts[*]} -- ${pytest_args[*]}" | tee -a "$log"
 start=$(date +%s)
+left=$(( ${GATES_DEADLINE:-530} - SECONDS ))   # SECONDS: since this script started (wheels, twin included)
+[ "$left" -gt 30 ] || left=30
 # A background job starts with SIGINT ignored (bash, without job control), and Python then never turns
 # SIGINT into KeyboardInterrupt: restore the default before exec, so the deadline below can interrupt pytest.
 python3 -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])' \
@@ -131,11 +133,11 @@ runner=$!
 (
   # Its sleeps end with it (the trap), so nothing outlives the run holding its output open.
   trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
-  sleep "${GATES_DEADLINE:-540}" & sleeper=$!; wait "$sleeper"
+  sleep "$left" & sleeper=$!; wait "$sleeper"
   # SIGINT to pytest itself (the child of `worker gates`): it stops its workers and still writes the board.
   for child in $(pgrep -P "$runner"); do kill -INT "$child" 2>/dev/null; done
-  echo "deadline of ${GATES_DEADLINE:-540} s reached: pytest interrupted, the board shows what ran" >> "$log"
-  sleep 45 & sleeper=$!; wait "$sleeper"
+  echo "deadline of ${GATES_DEADLINE:-530} s reached: pytest interrupted, the board shows what ran" >> "$log"
+  sleep 30 & sleeper=$!; wait "$sleeper"
   kill -TERM "$runner" 2>/dev/null
 ) </dev/null >/dev/null 2>&1 &
 watchdog=$!
