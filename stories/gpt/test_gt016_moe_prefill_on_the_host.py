@@ -84,6 +84,13 @@ static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
 static inline int __popc(u32 v) { return __builtin_popcount(v); }
+static inline u32 __funnelshift_r(u32 lo, u32 hi, u32 s) { s &= 31; return s ? (lo >> s) | (hi << (32 - s)) : lo; }
+static inline u32 __byte_perm(u32 x, u32 y, u32 s) {
+    const u64 v = ((u64)y << 32) | x;
+    u32 r = 0;
+    for (int i = 0; i < 4; ++i) r |= (u32)((v >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
+    return r;
+}
 static inline float f16_bits_to_f32(u16 h) { _Float16 x; std::memcpy(&x, &h, 2); return (float)x; }
 static inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
 static std::barrier<>* block_barrier;
@@ -127,6 +134,7 @@ static inline void mma_tf32_16x8x8(float* d, const u32* a, const u32* b) {
     }
     warp_barriers[w]->arrive_and_wait();
 }
+static inline void mma_tf32_16x8x8_free(float* d, const u32* a, const u32* b) { mma_tf32_16x8x8(d, a, b); }
 """
 
 _KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)')
@@ -141,9 +149,11 @@ def _gemm_source() -> str:
     text = _body("moe_gemm.cu")
     listed = dict(re.findall(r"X\((\w+), (true|false)\)", text))
     assert set(HOST_FORMATS) <= set(listed) and set(listed) == moe.MOE_GEMM_FORMATS
-    assert "FOR_EACH_MOE_FORMAT(DEFINE_MOE_GEMM)" in text
-    return text.replace("FOR_EACH_MOE_FORMAT(DEFINE_MOE_GEMM)",
-                        " ".join(f"DEFINE_MOE_GEMM({f}, {listed[f]})" for f in HOST_FORMATS))
+    for define in ("DEFINE_MOE_GEMM", "DEFINE_MOE_GEMM_V2"):            # v1 and v2 (moe.MOE_GEMM_VARIANTS)
+        assert f"FOR_EACH_MOE_FORMAT({define})" in text
+        text = text.replace(f"FOR_EACH_MOE_FORMAT({define})",
+                            " ".join(f"{define}({f}, {listed[f]})" for f in HOST_FORMATS))
+    return text
 
 
 def _host_entries(text: str) -> str:
@@ -277,7 +287,7 @@ def _expert_weight(qtype, shape, rng):
     return tensor, np.concatenate([np.asarray(tensor.raw, np.uint8).reshape(-1), np.zeros(PAD, np.uint8)])
 
 
-def _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha, tile_rows):
+def _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha, tile_rows, variant):
     """The device path's launches (as CudaBackend.mixture_of_experts makes them) on host buffers."""
     T, D = x.shape
     F = mats[0][0].shape[1]
@@ -291,20 +301,23 @@ def _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha, tile
     rb_g, rb_d = (graw.size - PAD) // (E * F), (draw.size - PAD) // (E * D)
     h = np.full((n_pairs, F), np.nan, np.float32)
     moe.gate_up(k, fmt, x, order, k_used, tiles, n_tiles, tile_rows, graw, uraw, rb_g, F * rb_g, biases[0], biases[1],
-                h, F, D, clamped=not (limit is None and alpha is None), limit=limit, alpha=alpha)
+                h, F, D, clamped=not (limit is None and alpha is None), limit=limit, alpha=alpha, variant=variant)
     y = np.full((n_pairs, D), np.nan, np.float32)
-    moe.down(k, fmt, h, tiles, n_tiles, tile_rows, draw, rb_d, D * rb_d, biases[2], y, D, F)
+    moe.down(k, fmt, h, tiles, n_tiles, tile_rows, draw, rb_d, D * rb_d, biases[2], y, D, F, variant=variant)
+    assert k.launched[-2:] == [f"moe_gate_up_{fmt}" if variant == "v1" else f"moe_gate_up_{variant}_{fmt}",
+                               f"moe_down_{fmt}" if variant == "v1" else f"moe_down_{variant}_{fmt}"]
     out = np.full((T, D), np.nan, np.float32)
     moe.combine_rows(k, y, pos, weights, out, T, k_used, D)
     return out, h, y, experts, order
 
 
+@pytest.mark.parametrize("variant", moe.MOE_GEMM_VARIANTS)
 @pytest.mark.parametrize("qtype", [Q.MXFP4, Q.Q8_0], ids=lambda q: q.name)
 @pytest.mark.parametrize("T,E,k_used,D,F,case,tile_rows", [
     (2, 4, 2, 64, 64, "random", 16), (5, 4, 2, 96, 64, "random", 64), (17, 8, 4, 64, 96, "random", 32),
     (70, 4, 2, 64, 64, "one-expert", 64), (70, 4, 2, 64, 64, "one-expert", 16), (9, 4, 4, 64, 64, "every-expert", 16),
-    (40, 4, 3, 64, 96, "random", 32), (3, 32, 4, 64, 64, "plain-swiglu", 16)])
-def test_expert_ffn_matches_the_reference(host_moe, qtype, T, E, k_used, D, F, case, tile_rows):
+    (40, 4, 3, 64, 96, "random", 32), (3, 32, 4, 64, 64, "plain-swiglu", 16), (6, 4, 2, 160, 224, "random", 32)])
+def test_expert_ffn_matches_the_reference(host_moe, variant, qtype, T, E, k_used, D, F, case, tile_rows):
     rng = np.random.default_rng(T * 100 + E + int(qtype))
     k = HostBackend(host_moe)
     fmt = FORMATS[qtype].kernel
@@ -317,7 +330,8 @@ def test_expert_ffn_matches_the_reference(host_moe, qtype, T, E, k_used, D, F, c
     x = rng.standard_normal((T, D)).astype(np.float32)
     limit, alpha = (None, None) if case == "plain-swiglu" else (7.0, 1.702)
     logits = (x @ router.T + router_b).astype(np.float32)    # the device path takes the router product's output
-    out, h, y, experts, order = _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha, tile_rows)
+    out, h, y, experts, order = _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha, tile_rows,
+                                              variant)
     assert host_moe.host_mma_not_tf32() == 0, "an mma operand was not a TF32 value"
     if case == "one-expert":
         assert (experts[:, 0] == 1).all()

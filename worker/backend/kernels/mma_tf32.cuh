@@ -12,3 +12,12 @@ __device__ __forceinline__ void mma_tf32_16x8x8(float* d, const u32* a, const u3
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+
+// The same instruction without `volatile`: a pure function of its operands, so the compiler may interleave
+// the products of independent accumulators (moe_gemm.cu's v2 kernels) instead of issuing them in source order.
+__device__ __forceinline__ void mma_tf32_16x8x8_free(float* d, const u32* a, const u32* b) {
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}

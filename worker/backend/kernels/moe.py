@@ -2,13 +2,25 @@
 token-expert pairs by expert, its grouped expert products, and the weighted sums of the chosen experts."""
 from __future__ import annotations
 
+import os
+
 from worker.backend.cuda_runtime import NULL, f32, i32, i64
 
 MOE_PLAN_THREADS = 1024               # must match moe.cu
 MOE_MAX_EXPERTS = 256                 # experts moe_plan's shared tables hold (moe.cu)
 MOE_TILE_ROWS = (16, 32, 64)          # sorted rows a tile, the heights moe_gemm.cu serves (its MOE_BM: the most)
-MOE_TILE_COLS = 64                    # output columns a block: moe_gemm.cu's MOE_BN
-MOE_THREADS = 128                     # moe_gemm.cu's MOE_THREADS
+# The grouped products' kernels (moe_gemm.cu): v1 (moe_gate_up_<fmt>, moe_down_<fmt>: 4 warps, 64 columns a block,
+# load, wait, multiply) and v2 (moe_gate_up_v2_<fmt>, moe_down_v2_<fmt>: 8 warps, 128 columns, the next k-step's
+# loads behind the current step's products), the same split-TF32 terms. M0_CUDA_MOE_GEMM picks one (default v2),
+# to compare them on the GPU or fall back.
+MOE_GEMM_VARIANTS = ("v1", "v2")
+MOE_GEMM_VARIANT = os.environ.get("M0_CUDA_MOE_GEMM", "v2")
+MOE_TILE_COLS = {"v1": 64, "v2": 128}     # output columns a block: moe_gemm.cu's MOE_BN, MOE2_BN
+MOE_THREADS = {"v1": 128, "v2": 256}      # moe_gemm.cu's MOE_THREADS, MOE2_THREADS
+# Tile heights moe.tile_rows_for chooses from: 16-row tiles (T * k / E <= 16, e.g. 128 tokens on GPT-OSS-20B) were
+# slower than 32-row ones on the H200 (v1: 2.34 against 1.79 ms for the gate/up launch), so the choice starts at 32;
+# the kernels and the plan still serve 16.
+MOE_TILE_ROWS_CHOSEN = (32, 64)
 MOE_K_STEP = 32                       # moe_gemm.cu's MOE_BK: K must be a multiple
 # Formats with grouped kernels (moe_gemm.cu's FOR_EACH_MOE_FORMAT): the formats with int8 decode products.
 MOE_GEMM_FORMATS = frozenset({"q4_0", "q4_1", "q5_0", "q8_0", "mxfp4", "q4_k", "q5_k", "q6_k"})
@@ -27,11 +39,23 @@ def combine(k, y, weights, out, n_used: int, D: int) -> None:
 
 
 def tile_rows_for(n_pairs: int, E: int) -> int:
-    """The tile height for n_pairs token-expert pairs over E experts: the smallest that holds an expert's
-    average share (a tile's rows past its expert's run are work thrown away; a taller tile reads each
-    weight row for more rows)."""
+    """The tile height for n_pairs token-expert pairs over E experts: the smallest of MOE_TILE_ROWS_CHOSEN that
+    holds an expert's average share (a tile's rows past its expert's run are work thrown away; a taller tile
+    reads each weight row for more rows)."""
     share = n_pairs / E
-    return next((rows for rows in MOE_TILE_ROWS if share <= rows), MOE_TILE_ROWS[-1])
+    return next((rows for rows in MOE_TILE_ROWS_CHOSEN if share <= rows), MOE_TILE_ROWS_CHOSEN[-1])
+
+
+def gemm_variant(variant: str | None = None) -> str:
+    """The grouped products' kernel variant: variant, else MOE_GEMM_VARIANT (M0_CUDA_MOE_GEMM)."""
+    variant = variant or MOE_GEMM_VARIANT
+    if variant not in MOE_GEMM_VARIANTS:
+        raise ValueError(f"M0_CUDA_MOE_GEMM={variant!r}: the grouped expert kernels are {MOE_GEMM_VARIANTS}")
+    return variant
+
+
+def _kernel(product: str, fmt: str, variant: str) -> str:
+    return f"moe_{product}_{fmt}" if variant == "v1" else f"moe_{product}_{variant}_{fmt}"
 
 
 def max_tiles(n_pairs: int, E: int, tile_rows: int) -> int:
@@ -62,11 +86,13 @@ def combine_rows(k, y, pos, weights, out, T: int, n_used: int, D: int) -> None:
 
 def gate_up(k, fmt: str, x, order, n_used: int, tiles, n_tiles: int, tile_rows: int, gate, up, row_bytes: int,
             expert_bytes: int, bias_gate, bias_up, h, F: int, D: int, *, clamped: bool, limit: float | None,
-            alpha: float | None) -> None:
+            alpha: float | None, variant: str | None = None) -> None:
     """h [n_pairs, F] in sorted-row order: swiglu(x Wgate_e^T + bgate_e, x Wup_e^T + bup_e) for each pair's
     token x and expert e; gate and up: the stacked [E, F, D] weights' bytes (one format, one row size);
-    tiles: moe_plan's table of tile_rows-row tiles."""
-    k._launch("moe_gemm.cu", f"moe_gate_up_{fmt}", ((F + MOE_TILE_COLS - 1) // MOE_TILE_COLS, n_tiles), MOE_THREADS,
+    tiles: moe_plan's table of tile_rows-row tiles; variant: the kernel (gemm_variant)."""
+    v = gemm_variant(variant)
+    cols = MOE_TILE_COLS[v]
+    k._launch("moe_gemm.cu", _kernel("gate_up", fmt, v), ((F + cols - 1) // cols, n_tiles), MOE_THREADS[v],
               (x, order, i32(n_used), tiles, i32(tile_rows), gate, up, i64(row_bytes), i64(expert_bytes),
                NULL if bias_gate is None else bias_gate, NULL if bias_up is None else bias_up, h, i32(F), i32(D),
                i32(1 if clamped else 0), i32(limit is not None), f32(limit or 0.0),
@@ -74,9 +100,11 @@ def gate_up(k, fmt: str, x, order, n_used: int, tiles, n_tiles: int, tile_rows: 
 
 
 def down(k, fmt: str, h, tiles, n_tiles: int, tile_rows: int, down_w, row_bytes: int, expert_bytes: int,
-         bias_down, y, D: int, F: int) -> None:
+         bias_down, y, D: int, F: int, variant: str | None = None) -> None:
     """y [n_pairs, D] in sorted-row order: h Wdown_e^T + bdown_e for each sorted row's expert e."""
-    k._launch("moe_gemm.cu", f"moe_down_{fmt}", ((D + MOE_TILE_COLS - 1) // MOE_TILE_COLS, n_tiles), MOE_THREADS,
+    v = gemm_variant(variant)
+    cols = MOE_TILE_COLS[v]
+    k._launch("moe_gemm.cu", _kernel("down", fmt, v), ((D + cols - 1) // cols, n_tiles), MOE_THREADS[v],
               (h, tiles, i32(tile_rows), down_w, i64(row_bytes), i64(expert_bytes),
                NULL if bias_down is None else bias_down, y, i32(D), i32(F)))
 

@@ -201,3 +201,236 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS) moe_down_##fmt(       
 }
 
 FOR_EACH_MOE_FORMAT(DEFINE_MOE_GEMM)
+
+// ---- v2 (kernels/moe.py MOE_GEMM_VARIANT, M0_CUDA_MOE_GEMM=v2): the same products and split-TF32 terms, pipelined.
+// 8 warps a block, 128 output columns, each warp one m16 row tile of the block's rows and 128 / WARPS_N columns of
+// each weight. Shared memory is double-buffered and the next k-step's activation float4s and raw weight bytes are
+// loaded into registers before the current step's products, stored after them: one __syncthreads a step, and the
+// loads' latency hidden behind the tensor cores. The weights are staged as their stored 32-value blocks (a 17..34
+// byte copy a row, not 32 floats), each warp dequantizing the block of its fragment's column; the K-quants (256-value
+// blocks, a 32-value part's bytes not contiguous) are read from global memory by the fragment instead.
+// The k order inside a 32-value step is permuted, the same for both operands (a sum does not depend on it): lane
+// (g, q)'s k = q and q + 4 of step s in 0..3 are the physical k = 8q + s and 8q + 4 + s, so a lane's activations of
+// the whole step are two float4 loads a row and its weight values one dq8 call (values 8q .. 8q + 7 of the block).
+#define MOE2_BN 128        // output columns a block: kernels/moe.py MOE_TILE_COLS["v2"]
+#define MOE2_THREADS 256   // 8 warps: kernels/moe.py MOE_THREADS["v2"]
+#define MOE2_LDS 36        // floats a staged activation row: the float4 fragment reads of 8 lanes hit 32 banks
+#define MOE2_RAW 36        // bytes a staged weight block (the largest 32-value block, Q8_0's, is 34)
+#define MOE2_RAW_WORDS 9   // MOE2_RAW / 4
+
+// Formats whose blocks hold 256 values (Q4_K, Q5_K, Q6_K): not staged.
+__device__ constexpr bool moe_superblock_format(const char* f) { return f[2] == '_' && f[3] == 'k'; }
+
+struct MoeShared2 {
+    float a[2][MOE_BM][MOE2_LDS];        // the tile's input rows for k-steps s (buffer s % 2)
+    u8 raw[2][2 * MOE2_BN][MOE2_RAW];    // the weights' stored blocks: row m * 128 + c is column n0 + c of weight m
+    int src_row[MOE_BM];
+};
+
+// A weight's values 8c .. 8c + 7 (quant.cuh's dq8), MXFP4's without dq8_mxfp4's value table (an indexed local array
+// lives in local memory): the doubled E2M1 magnitudes 0, 1, 2, 3, 4, 6, 8, 12 picked from two registers by
+// __byte_perm, the sign applied to the integer, so the values are the table's.
+template <class DQ>
+__device__ __forceinline__ void moe2_dq8(const u8* r, int c, float* w) { DQ::dq8(r, c, w); }
+
+template <>
+__device__ __forceinline__ void moe2_dq8<moe_dq_mxfp4>(const u8* r, int c, float* w) {
+    const u8* b = r + (c >> 2) * 17;
+    const float s = e8m0_half(b[0]);
+    int q[8];
+    nibbles8(b + 1, c & 3, q);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int mag = (int)__byte_perm(0x03020100u, 0x0C080604u, (u32)(q[i] & 7));
+        w[i] = s * (float)((q[i] & 8) ? -mag : mag);
+    }
+}
+
+template <class DQ, bool EXACT, bool GATE_UP, bool STAGED, int BM, int WARPS_M>
+__device__ __forceinline__ void moe2_tile(
+        MoeShared2& sm, const float* __restrict__ x, const int* __restrict__ order, int k_used,
+        const int* __restrict__ tiles, const u8* __restrict__ W1, const u8* __restrict__ W2, i64 row_bytes,
+        i64 expert_bytes, const float* __restrict__ b1, const float* __restrict__ b2, float* __restrict__ out,
+        int N, int K, int clamped, int has_limit, float limit, float alpha) {
+    constexpr int NMAT = GATE_UP ? 2 : 1;
+    constexpr int WARPS_N = (MOE2_THREADS / 32) / WARPS_M;
+    constexpr int NT = MOE2_BN / WARPS_N / 8;                          // n8 tiles a warp a weight
+    constexpr int A_VECS = (BM * (MOE_BK / 4) + MOE2_THREADS - 1) / MOE2_THREADS;
+    static_assert(16 * WARPS_M == BM && NT * 8 * WARPS_N == MOE2_BN, "warp tiling");
+    const int* tile = tiles + 4 * blockIdx.y;
+    const int expert = tile[0], first = tile[1], rows = tile[2];
+    if (rows <= 0) return;
+    const int n0 = blockIdx.x * MOE2_BN;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int wm = (warp / WARPS_N) * 16, wn = (warp % WARPS_N) * (NT * 8);
+    const int g = lane >> 2, q = lane & 3;
+    if (tid < BM)
+        sm.src_row[tid] = tid < rows ? (GATE_UP ? order[first + tid] / k_used : first + tid) : -1;
+    const u8* w1 = W1 + (i64)expert * expert_bytes;
+    const u8* w2 = GATE_UP ? W2 + (i64)expert * expert_bytes : w1;
+    // the weight staging: thread tid copies the current block of row n0 + tid % 128 of weight tid / 128
+    const int block_bytes = STAGED ? (int)(row_bytes / (K / MOE_BK)) : 0;
+    const int words = (block_bytes + 3) >> 2;
+    const int st_m = tid / MOE2_BN, st_n = n0 + tid % MOE2_BN;
+    const bool st_live = STAGED && st_m < NMAT && st_n < N;
+    const u8* st_row = (st_m ? w2 : w1) + (i64)(st_n < N ? st_n : 0) * row_bytes;
+    float acc[NMAT][NT][4];
+#pragma unroll
+    for (int m = 0; m < NMAT; ++m)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[m][nt][i] = 0.0f;
+    float4 a_next[A_VECS];
+    u32 raw_next[MOE2_RAW_WORDS + 1];
+    u32 raw_shift = 0;
+    __syncthreads();
+    // the next step's loads into registers (their latency runs behind the current step's products)
+    auto fetch = [&](int k0) {
+#pragma unroll
+        for (int v = 0; v < A_VECS; ++v) {
+            const int i = tid + v * MOE2_THREADS;
+            a_next[v] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (i < BM * (MOE_BK / 4)) {
+                const int src = sm.src_row[i / (MOE_BK / 4)];
+                if (src >= 0) a_next[v] = *(const float4*)(x + (i64)src * K + k0 + 4 * (i % (MOE_BK / 4)));
+            }
+        }
+        if (st_live) {
+            // the block's bytes as aligned words (a row of blocks of 17..34 bytes is not aligned); the words
+            // past the block stay within the weight's tail pad
+            const unsigned long long addr = (unsigned long long)(st_row + (i64)(k0 / MOE_BK) * block_bytes);
+            const u32* base = (const u32*)(addr & ~3ull);
+            raw_shift = (u32)(addr & 3) * 8;
+#pragma unroll
+            for (int j = 0; j <= MOE2_RAW_WORDS; ++j)
+                if (j <= words) raw_next[j] = base[j];
+        }
+    };
+    auto stage = [&](int buf) {
+#pragma unroll
+        for (int v = 0; v < A_VECS; ++v) {
+            const int i = tid + v * MOE2_THREADS;
+            if (i < BM * (MOE_BK / 4))
+                *(float4*)&sm.a[buf][i / (MOE_BK / 4)][4 * (i % (MOE_BK / 4))] = a_next[v];
+        }
+        if (STAGED && st_m < NMAT) {
+            u32* dst = (u32*)&sm.raw[buf][tid][0];
+#pragma unroll
+            for (int j = 0; j < MOE2_RAW_WORDS; ++j)
+                if (j < words) dst[j] = st_live ? __funnelshift_r(raw_next[j], raw_next[j + 1], raw_shift) : 0u;
+        }
+    };
+    const int steps = K / MOE_BK;
+    fetch(0);
+    stage(0);
+    __syncthreads();
+    for (int step = 0; step < steps; ++step) {
+        const int buf = step & 1, k0 = step * MOE_BK;
+        if (step + 1 < steps) fetch(k0 + MOE_BK);
+        // the lane's activations of the step: rows wm + g and wm + g + 8, values 8q .. 8q + 7, split once
+        u32 a_hi[4][4], a_lo[4][4];
+        {
+            const float* r0 = &sm.a[buf][wm + g][8 * q];
+            const float* r1 = &sm.a[buf][wm + g + 8][8 * q];
+            const float4 v0 = *(const float4*)r0, v1 = *(const float4*)(r0 + 4);
+            const float4 v2 = *(const float4*)r1, v3 = *(const float4*)(r1 + 4);
+            const float f[4][4] = {{v0.x, v2.x, v1.x, v3.x}, {v0.y, v2.y, v1.y, v3.y},
+                                   {v0.z, v2.z, v1.z, v3.z}, {v0.w, v2.w, v1.w, v3.w}};
+#pragma unroll
+            for (int s = 0; s < 4; ++s)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) split_bits(f[s][i], a_hi[s][i], a_lo[s][i]);
+        }
+#pragma unroll
+        for (int m = 0; m < NMAT; ++m) {
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                const int c = wn + 8 * nt + g;
+                float w[8];
+                if (STAGED) {
+                    moe2_dq8<DQ>(&sm.raw[buf][m * MOE2_BN + c][0], q, w);
+                } else if (n0 + c < N) {
+                    moe2_dq8<DQ>((m ? w2 : w1) + (i64)(n0 + c) * row_bytes, (k0 >> 3) + q, w);
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) w[j] = 0.0f;
+                }
+#pragma unroll
+                for (int s = 0; s < 4; ++s) {
+                    u32 b_hi[2], b_lo[2];
+                    if (EXACT) {
+                        b_hi[0] = __float_as_uint(w[s]);
+                        b_hi[1] = __float_as_uint(w[4 + s]);
+                    } else {
+                        split_bits(w[s], b_hi[0], b_lo[0]);
+                        split_bits(w[4 + s], b_hi[1], b_lo[1]);
+                    }
+                    // the small terms first
+                    mma_tf32_16x8x8_free(acc[m][nt], a_lo[s], b_hi);
+                    if (!EXACT) mma_tf32_16x8x8_free(acc[m][nt], a_hi[s], b_lo);
+                    mma_tf32_16x8x8_free(acc[m][nt], a_hi[s], b_hi);
+                }
+            }
+        }
+        if (step + 1 < steps) stage(buf ^ 1);
+        __syncthreads();
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int r = wm + g + 8 * (i >> 1);
+            const int n = n0 + wn + 8 * nt + 2 * q + (i & 1);
+            if (r >= rows || n >= N) continue;
+            const i64 o = (i64)(first + r) * N + n;
+            float v = acc[0][nt][i] + (b1 ? b1[(i64)expert * N + n] : 0.0f);
+            if (GATE_UP) {
+                const float u = acc[NMAT - 1][nt][i] + (b2 ? b2[(i64)expert * N + n] : 0.0f);
+                v = clamped ? swiglu_clamped_f(v, u, has_limit, limit, alpha) : swiglu_f(v, u);
+            }
+            out[o] = v;
+        }
+    }
+}
+
+// The three tile heights: 64 rows as 4 x 2 warps of 16 x 64 columns, 32 as 2 x 4 of 16 x 32, 16 as 1 x 8 of 16 x 16.
+template <class DQ, bool EXACT, bool GATE_UP, bool STAGED>
+__device__ __forceinline__ void moe2_grouped(
+        int tile_rows, MoeShared2& sm, const float* __restrict__ x, const int* __restrict__ order, int k_used,
+        const int* __restrict__ tiles, const u8* __restrict__ W1, const u8* __restrict__ W2, i64 row_bytes,
+        i64 expert_bytes, const float* __restrict__ b1, const float* __restrict__ b2, float* __restrict__ out,
+        int N, int K, int clamped, int has_limit, float limit, float alpha) {
+    if (tile_rows == 16)
+        moe2_tile<DQ, EXACT, GATE_UP, STAGED, 16, 1>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
+                                                     b1, b2, out, N, K, clamped, has_limit, limit, alpha);
+    else if (tile_rows == 32)
+        moe2_tile<DQ, EXACT, GATE_UP, STAGED, 32, 2>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
+                                                     b1, b2, out, N, K, clamped, has_limit, limit, alpha);
+    else
+        moe2_tile<DQ, EXACT, GATE_UP, STAGED, 64, 4>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
+                                                     b1, b2, out, N, K, clamped, has_limit, limit, alpha);
+}
+
+#define DEFINE_MOE_GEMM_V2(fmt, exact)                                                                       \
+extern "C" __global__ void __launch_bounds__(MOE2_THREADS) moe_gate_up_v2_##fmt(                             \
+        const float* __restrict__ x, const int* __restrict__ order, int k_used, const int* __restrict__ tiles,\
+        int tile_rows, const u8* __restrict__ gate, const u8* __restrict__ up, i64 row_bytes,                \
+        i64 expert_bytes, const float* __restrict__ bias_gate, const float* __restrict__ bias_up,           \
+        float* __restrict__ h, int F, int D, int clamped, int has_limit, float limit, float alpha) {        \
+    __shared__ __align__(16) MoeShared2 sm;                                                                  \
+    moe2_grouped<moe_dq_##fmt, exact, true, !moe_superblock_format(#fmt)>(                                   \
+        tile_rows, sm, x, order, k_used, tiles, gate, up, row_bytes, expert_bytes, bias_gate, bias_up, h, F, \
+        D, clamped, has_limit, limit, alpha);                                                                \
+}                                                                                                            \
+extern "C" __global__ void __launch_bounds__(MOE2_THREADS) moe_down_v2_##fmt(                                \
+        const float* __restrict__ h, const int* __restrict__ tiles, int tile_rows, const u8* __restrict__ down,\
+        i64 row_bytes, i64 expert_bytes, const float* __restrict__ bias_down, float* __restrict__ y,        \
+        int D, int F) {                                                                                      \
+    __shared__ __align__(16) MoeShared2 sm;                                                                  \
+    moe2_grouped<moe_dq_##fmt, exact, false, !moe_superblock_format(#fmt)>(                                  \
+        tile_rows, sm, h, nullptr, 1, tiles, down, nullptr, row_bytes, expert_bytes, bias_down, nullptr, y, \
+        D, F, 0, 0, 0.0f, 1.0f);                                                                             \
+}
+
+FOR_EACH_MOE_FORMAT(DEFINE_MOE_GEMM_V2)
