@@ -19,6 +19,9 @@ Acceptance, against the NumPy backend's mixture_of_experts (its host routing, fl
   term-normalized bound against float64 ("matmul_expert", 1e-11).
 - a GPT-OSS prefill chunk of the tiny fixture is captured as a CUDA graph on its second sighting and its
   replays give the op-by-op logits bit for bit.
+- both grouped kernel variants (kernels/moe.py MOE_GEMM_VARIANTS, M0_CUDA_MOE_GEMM: v1, and v2 with its
+  pipelined loads, staged weight blocks and permuted k order) under every comparison above but the capture;
+  v2 also on Q4_1 and Q5_0 (staged blocks of 20 and 22 bytes) and Q4_K (256-value blocks read by the fragment).
 The kernels' logic runs on the CPU in test_gt016_moe_prefill_on_the_host.py.
 """
 import functools
@@ -43,8 +46,17 @@ LIMIT, ALPHA = 7.0, 1.702                          # GPT-OSS's SwiGLU (worker/mo
 _ORIGINAL_MOE = Backend.mixture_of_experts
 
 
+@pytest.fixture(params=["v1", "v2"])
+def variant(request, monkeypatch):
+    """The grouped kernels' variant (M0_CUDA_MOE_GEMM) the backend's launches take."""
+    from worker.backend.kernels import moe
+
+    monkeypatch.setattr(moe, "MOE_GEMM_VARIANT", request.param)
+    return request.param
+
+
 @pytest.fixture
-def device_path_only(monkeypatch):
+def device_path_only(monkeypatch, variant):
     """Fail the test if the host routing runs; count host transfers."""
     def host_routing(*args, **kwargs):
         raise AssertionError("mixture_of_experts fell back to the host routing")
@@ -72,7 +84,10 @@ def _compare(b, transfers, qtype, T, E, k_used, D, F, seed, *, favourite=(), cla
     assert len(transfers) == before, "the device path copied something to the host"
     assert getattr(b, "moe_host_reason", None) is None
     want = _ORIGINAL_MOE(REF, x, *[REF.load_weight(t) for t in layer], k_used, limit=limit, alpha=alpha)
-    check("moe", f"{qtype.name} T={T} E={E} k={k_used} D={D} F={F}{' plain' if not clamped else ''}",
+    from worker.backend.kernels import moe
+
+    check("moe", f"{moe.MOE_GEMM_VARIANT} {qtype.name} T={T} E={E} k={k_used} D={D} F={F}"
+          f"{' plain' if not clamped else ''}",
           b.to_host(out), want)
     return out
 
@@ -102,6 +117,12 @@ def test_every_token_on_the_same_experts(device_path_only, qtype, T, k_used):
     """One expert's run spans several tiles (512 x 4 pairs on 4 experts: 8 tiles each), the others idle."""
     _compare(*device_path_only, qtype, T, E=32, k_used=k_used, D=256, F=192, seed=T + k_used,
              favourite=tuple(range(5, 5 + k_used)))
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_1, Q.Q5_0, Q.Q4_K], ids=lambda q: q.name)
+@pytest.mark.parametrize("T", [5, 130])
+def test_other_grouped_formats(device_path_only, qtype, T):
+    _compare(*device_path_only, qtype, T, E=8, k_used=2, D=256, F=256, seed=50 + T)
 
 
 def test_every_expert_used(device_path_only):
@@ -165,7 +186,7 @@ def _zeros_like(tensor):
 @pytest.mark.parametrize("qtype", [Q.MXFP4, Q.Q8_0], ids=lambda q: q.name)
 @pytest.mark.parametrize("tile_rows", [16, 32, 64])
 @pytest.mark.parametrize("product", ["gate", "up"])
-def test_grouped_products_keep_the_prefill_products_bound(qtype, tile_rows, product):
+def test_grouped_products_keep_the_prefill_products_bound(variant, qtype, tile_rows, product):
     """Each grouped product on the tensor cores against float64 under the prefill products' term-normalized
     threshold ("matmul_expert", 1e-11), so the split's low terms are all there on the hardware. The SwiGLU
     epilogue is made to pass one product through: alpha = 0 and no limit give g * 0.5 * (u + 1); with a zero
@@ -194,18 +215,18 @@ def test_grouped_products_keep_the_prefill_products_bound(qtype, tile_rows, prod
     h = cp.full((n_pairs, F), np.nan, np.float32)
     moe.gate_up(b, gate.format, cp.asarray(x), order, k_used, tiles, n_tiles, tile_rows, gate.raw, up.raw,
                 gate.row_bytes, F * gate.row_bytes, gate_b.raw.view(np.float32), up_b.raw.view(np.float32), h, F, D,
-                clamped=True, limit=None, alpha=0.0)
+                clamped=True, limit=None, alpha=0.0, variant=variant)
     y = cp.full((n_pairs, D), np.nan, np.float32)
     moe.down(b, down.format, h, tiles, n_tiles, tile_rows, down.raw, down.row_bytes, D * down.row_bytes,
-             down_b.raw.view(np.float32), y, D, F)
+             down_b.raw.view(np.float32), y, D, F, variant=variant)
     order_h, h_h, y_h = b.to_host(order).astype(np.int64), b.to_host(h).astype(np.float64), b.to_host(y)
     ex, x64 = experts.reshape(-1)[order_h], x.astype(np.float64)[order_h // k_used]
     got = h_h if product == "gate" else h_h - 1.0
     want = np.einsum("rk,rnk->rn", x64, w_live[ex]) + b_live[ex]
     scale = np.einsum("rk,rnk->rn", np.abs(x64), np.abs(w_live[ex])) + np.abs(b_live[ex])
     value = float(np.sum((got - want) ** 2) / np.sum(scale ** 2))
-    assert value <= record("matmul_expert", f"grouped {product} {qtype.name} T={T} rows={tile_rows}", value)
+    assert value <= record("matmul_expert", f"grouped {variant} {product} {qtype.name} T={T} rows={tile_rows}", value)
     want = np.einsum("rf,rdf->rd", h_h, w_down[ex]) + b_down[ex]
     scale = np.einsum("rf,rdf->rd", np.abs(h_h), np.abs(w_down[ex])) + np.abs(b_down[ex])
     value = float(np.sum((y_h - want) ** 2) / np.sum(scale ** 2))
-    assert value <= record("matmul_expert", f"grouped down {qtype.name} T={T} rows={tile_rows}", value)
+    assert value <= record("matmul_expert", f"grouped {variant} down {qtype.name} T={T} rows={tile_rows}", value)

@@ -13,7 +13,9 @@ a TF32 value (the split must hand the tensor cores exact TF32 values).
   * the whole T >= 2 expert FFN (route, plan, gate/up + SwiGLU, down, weighted sum) against the NumPy
     backend's mixture_of_experts (its host routing) under the conformance row "moe" (plain NMSE 1e-6),
     and the down product alone within the prefill products' term-normalized bound ("matmul", 1e-11),
-    for MXFP4 (two TF32 terms) and Q8_0 (three), each tile height (16, 32, 64 rows: three warp layouts).
+    for MXFP4 (two TF32 terms) and Q8_0 (three), each tile height (16, 32, 64 rows: three warp layouts), both
+    kernel variants (moe.MOE_GEMM_VARIANTS: v1; v2 with its staged weight blocks at unaligned row sizes, e.g.
+    MXFP4 rows of 96 values = 51 bytes, its permuted k order, several k-steps and column blocks).
 The GPU runs the same comparisons in test_gt016_moe_prefill_on_device.py. Skipped where g++ or cpp is missing.
 """
 from __future__ import annotations
