@@ -45,8 +45,10 @@ MMVQ_JOINT_MIN_N = 16384
 MMVQ_SWIGLU_WARPS = 16                # mmvq_swiglu: warps sharing a block's 64 rows (32 of gate, 32 of up)
 # Formats whose mmvq_swiglu takes the two-blocks-an-SM instance, mmvq_swiglu_x2_<fmt> (vecdot.cu; at most 64
 # registers a thread, spill-free for Q5_0 and Q8_0): Qwen2.5's 152 blocks are one wave of 132 SMs rather than
-# two. M0_CUDA_SWIGLU_X2: a comma-separated list of formats, "all" or "none", to compare on the GPU.
-_SWIGLU_X2 = os.environ.get("M0_CUDA_SWIGLU_X2", "q5_0,q8_0")
+# two. MXFP4 spills 120 bytes a thread there and is still faster (H200, bench_matvec --variants: GPT-OSS's four
+# expert slots 29.5 -> 25.3 us; Qwen2.5's Q5_0 9.8 -> 7.4 us).
+# M0_CUDA_SWIGLU_X2: a comma-separated list of formats, "all" or "none", to compare on the GPU.
+_SWIGLU_X2 = os.environ.get("M0_CUDA_SWIGLU_X2", "q5_0,q8_0,mxfp4")
 MMVQ_SWIGLU_X2 = VECDOT_FORMATS if _SWIGLU_X2 == "all" else frozenset(f for f in _SWIGLU_X2.split(",") if f != "none")
 QUANT_BLOCK = 32
 QUANTIZE_WARPS = 8                    # 32-value blocks quantized per thread block
