@@ -210,16 +210,14 @@ class CudaMemory:
             available = self.available_bytes()
         if required > available:                     # refuse before allocating anything
             raise self._oom(f"KV cache ({n_layers} layers x {n_ctx} positions)", required, available)
-        k, v = [], []
+        # one allocation, zeroed by one launch, and a view a layer: a served job makes a cache before its
+        # first token, and 2 x layers allocations (each with its memory query and memset) cost milliseconds
         try:
-            for _ in range(n_layers):
-                k.append(self._allocate("KV cache", shape, self.kv_dtype, zero=True))
-                v.append(self._allocate("KV cache", shape, self.kv_dtype, zero=True))
+            block = self._allocate("KV cache", (2, n_layers) + shape, self.kv_dtype, zero=True)
         except DeviceOOMError:
-            k.clear()
-            v.clear()
             self.pool.free_all_blocks()
             raise
+        k, v = list(block[0]), list(block[1])
         self._kv_bytes += required
         return KVCache(n_layers, n_ctx, n_kv_heads, head_dim, k, v, required)
 
