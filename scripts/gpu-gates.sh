@@ -148,6 +148,8 @@ wait "$watchdog" 2>/dev/null
 echo "gates exit status: $rc after $(( $(date +%s) - start )) s" | tee -a "$log"
 grep -E "^(FAILED|ERROR) |[0-9]+ (passed|failed)|^=+ .*(passed|failed|error).* =+$|deadline" "$log" | tail -5
 cp reports/gate-board.md reports/gate-board.json reports/gate-board.html "$dest/" 2>/dev/null
+# the CUDA conformance table and the 64-step greedy identities the kernel checks wrote during the run
+cp reports/cuda_conformance.json reports/cuda_end_to_end.json "$dest/" 2>/dev/null
 python3 - "$dest/gate-board.json" <<'PY' 2>&1 | tee -a "$log"
 import json, sys
 try:
