@@ -203,8 +203,8 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS) moe_down_##fmt(       
 FOR_EACH_MOE_FORMAT(DEFINE_MOE_GEMM)
 
 // ---- v2 (kernels/moe.py MOE_GEMM_VARIANT, M0_CUDA_MOE_GEMM=v2): the same products and split-TF32 terms, pipelined.
-// 8 warps a block, 128 output columns, each warp one m16 row tile of the block's rows and 128 / WARPS_N columns of
-// each weight. Shared memory is double-buffered and the next k-step's activation float4s and raw weight bytes are
+// 8 warps a block, 128 output columns, each warp 16 or 32 of the tile's rows and 128 / WARPS_N columns of each
+// weight. Shared memory is double-buffered and the next k-step's activation float4s and raw weight bytes are
 // loaded into registers before the current step's products, stored after them: one __syncthreads a step, and the
 // loads' latency hidden behind the tensor cores. The weights are staged as their stored 32-value blocks (a 17..34
 // byte copy a row, not 32 floats), each warp dequantizing the block of its fragment's column; the K-quants (256-value
@@ -227,22 +227,28 @@ struct MoeShared2 {
     int src_row[MOE_BM];
 };
 
-// A weight's values 8c .. 8c + 7 (quant.cuh's dq8), MXFP4's without dq8_mxfp4's value table (an indexed local array
-// lives in local memory): the doubled E2M1 magnitudes 0, 1, 2, 3, 4, 6, 8, 12 picked from two registers by
-// __byte_perm, the sign applied to the integer, so the values are the table's.
+// A weight's values 8c .. 8c + 7 (quant.cuh's dq8). MXFP4's from a staged block (4-byte aligned shared memory,
+// c in 0..3) with word loads and without dq8_mxfp4's value table (an indexed local array lives in local memory):
+// the doubled E2M1 magnitudes 0, 1, 2, 3, 4, 6, 8, 12 picked from two registers by __byte_perm, the sign applied
+// to the integer, which becomes a float exactly by the 1.5 * 2^23 trick (no int-to-float conversion): the
+// table's values, times the same scale.
 template <class DQ>
 __device__ __forceinline__ void moe2_dq8(const u8* r, int c, float* w) { DQ::dq8(r, c, w); }
 
 template <>
 __device__ __forceinline__ void moe2_dq8<moe_dq_mxfp4>(const u8* r, int c, float* w) {
-    const u8* b = r + (c >> 2) * 17;
-    const float s = e8m0_half(b[0]);
-    int q[8];
-    nibbles8(b + 1, c & 3, q);
+    const u32* words = (const u32*)r;
+    const float s = e8m0_half(words[0] & 0xffu);
+    const int h = (c & 1) * 2;                   // qs[8 (c & 1) + i] is the block's byte 1 + 8 (c & 1) + i
+    const u32 w0 = words[h], w1 = words[h + 1], w2 = words[h + 2];
+    const u32 lo = __funnelshift_r(w0, w1, 8), hi = __funnelshift_r(w1, w2, 8);
+    const int shift = (c >> 1) * 4;              // values 16..31 are the high nibbles
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-        const int mag = (int)__byte_perm(0x03020100u, 0x0C080604u, (u32)(q[i] & 7));
-        w[i] = s * (float)((q[i] & 8) ? -mag : mag);
+        const u32 code = ((i < 4 ? lo : hi) >> (8 * (i & 3) + shift)) & 15u;
+        const int mag = (int)__byte_perm(0x03020100u, 0x0C080604u, code & 7u);
+        const int v = (code & 8u) ? -mag : mag;
+        w[i] = s * (__int_as_float(0x4B400000 + v) - 12582912.0f);
     }
 }
 
@@ -254,15 +260,15 @@ __device__ __forceinline__ void moe2_tile(
         int N, int K, int clamped, int has_limit, float limit, float alpha) {
     constexpr int NMAT = GATE_UP ? 2 : 1;
     constexpr int WARPS_N = (MOE2_THREADS / 32) / WARPS_M;
-    constexpr int NT = MOE2_BN / WARPS_N / 8;                          // n8 tiles a warp a weight
+    constexpr int MT = BM / WARPS_M / 16, NT = MOE2_BN / WARPS_N / 8;  // m16 and n8 tiles a warp (a weight)
     constexpr int A_VECS = (BM * (MOE_BK / 4) + MOE2_THREADS - 1) / MOE2_THREADS;
-    static_assert(16 * WARPS_M == BM && NT * 8 * WARPS_N == MOE2_BN, "warp tiling");
+    static_assert(MT >= 1 && MT * 16 * WARPS_M == BM && NT * 8 * WARPS_N == MOE2_BN, "warp tiling");
     const int* tile = tiles + 4 * blockIdx.y;
     const int expert = tile[0], first = tile[1], rows = tile[2];
     if (rows <= 0) return;
     const int n0 = blockIdx.x * MOE2_BN;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const int wm = (warp / WARPS_N) * 16, wn = (warp % WARPS_N) * (NT * 8);
+    const int wm = (warp / WARPS_N) * (MT * 16), wn = (warp % WARPS_N) * (NT * 8);
     const int g = lane >> 2, q = lane & 3;
     if (tid < BM)
         sm.src_row[tid] = tid < rows ? (GATE_UP ? order[first + tid] / k_used : first + tid) : -1;
@@ -274,13 +280,15 @@ __device__ __forceinline__ void moe2_tile(
     const int st_m = tid / MOE2_BN, st_n = n0 + tid % MOE2_BN;
     const bool st_live = STAGED && st_m < NMAT && st_n < N;
     const u8* st_row = (st_m ? w2 : w1) + (i64)(st_n < N ? st_n : 0) * row_bytes;
-    float acc[NMAT][NT][4];
+    float acc[NMAT][MT][NT][4];
 #pragma unroll
     for (int m = 0; m < NMAT; ++m)
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
+        for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int i = 0; i < 4; ++i) acc[m][nt][i] = 0.0f;
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) acc[m][mt][nt][i] = 0.0f;
     float4 a_next[A_VECS];
     u32 raw_next[MOE2_RAW_WORDS + 1];
     u32 raw_shift = 0;
@@ -328,11 +336,12 @@ __device__ __forceinline__ void moe2_tile(
     for (int step = 0; step < steps; ++step) {
         const int buf = step & 1, k0 = step * MOE_BK;
         if (step + 1 < steps) fetch(k0 + MOE_BK);
-        // the lane's activations of the step: rows wm + g and wm + g + 8, values 8q .. 8q + 7, split once
-        u32 a_hi[4][4], a_lo[4][4];
-        {
-            const float* r0 = &sm.a[buf][wm + g][8 * q];
-            const float* r1 = &sm.a[buf][wm + g + 8][8 * q];
+        // the lane's activations of the step: rows wm + 16 mt + g and + 8, values 8q .. 8q + 7, split once
+        u32 a_hi[MT][4][4], a_lo[MT][4][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            const float* r0 = &sm.a[buf][wm + 16 * mt + g][8 * q];
+            const float* r1 = &sm.a[buf][wm + 16 * mt + g + 8][8 * q];
             const float4 v0 = *(const float4*)r0, v1 = *(const float4*)(r0 + 4);
             const float4 v2 = *(const float4*)r1, v3 = *(const float4*)(r1 + 4);
             const float f[4][4] = {{v0.x, v2.x, v1.x, v3.x}, {v0.y, v2.y, v1.y, v3.y},
@@ -340,7 +349,7 @@ __device__ __forceinline__ void moe2_tile(
 #pragma unroll
             for (int s = 0; s < 4; ++s)
 #pragma unroll
-                for (int i = 0; i < 4; ++i) split_bits(f[s][i], a_hi[s][i], a_lo[s][i]);
+                for (int i = 0; i < 4; ++i) split_bits(f[s][i], a_hi[mt][s][i], a_lo[mt][s][i]);
         }
 #pragma unroll
         for (int m = 0; m < NMAT; ++m) {
@@ -348,7 +357,7 @@ __device__ __forceinline__ void moe2_tile(
             for (int nt = 0; nt < NT; ++nt) {
                 const int c = wn + 8 * nt + g;
                 float w[8];
-                if (STAGED) {
+                if constexpr (STAGED) {
                     moe2_dq8<DQ>(&sm.raw[buf][m * MOE2_BN + c][0], q, w);
                 } else if (n0 + c < N) {
                     moe2_dq8<DQ>((m ? w2 : w1) + (i64)(n0 + c) * row_bytes, (k0 >> 3) + q, w);
@@ -366,10 +375,13 @@ __device__ __forceinline__ void moe2_tile(
                         split_bits(w[s], b_hi[0], b_lo[0]);
                         split_bits(w[4 + s], b_hi[1], b_lo[1]);
                     }
-                    // the small terms first
-                    mma_tf32_16x8x8_free(acc[m][nt], a_lo[s], b_hi);
-                    if (!EXACT) mma_tf32_16x8x8_free(acc[m][nt], a_hi[s], b_lo);
-                    mma_tf32_16x8x8_free(acc[m][nt], a_hi[s], b_hi);
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        // the small terms first
+                        mma_tf32_16x8x8_free(acc[m][mt][nt], a_lo[mt][s], b_hi);
+                        if (!EXACT) mma_tf32_16x8x8_free(acc[m][mt][nt], a_hi[mt][s], b_lo);
+                        mma_tf32_16x8x8_free(acc[m][mt][nt], a_hi[mt][s], b_hi);
+                    }
                 }
             }
         }
@@ -377,24 +389,29 @@ __device__ __forceinline__ void moe2_tile(
         __syncthreads();
     }
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
+    for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int r = wm + g + 8 * (i >> 1);
-            const int n = n0 + wn + 8 * nt + 2 * q + (i & 1);
-            if (r >= rows || n >= N) continue;
-            const i64 o = (i64)(first + r) * N + n;
-            float v = acc[0][nt][i] + (b1 ? b1[(i64)expert * N + n] : 0.0f);
-            if (GATE_UP) {
-                const float u = acc[NMAT - 1][nt][i] + (b2 ? b2[(i64)expert * N + n] : 0.0f);
-                v = clamped ? swiglu_clamped_f(v, u, has_limit, limit, alpha) : swiglu_f(v, u);
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int r = wm + 16 * mt + g + 8 * (i >> 1);
+                const int n = n0 + wn + 8 * nt + 2 * q + (i & 1);
+                if (r >= rows || n >= N) continue;
+                const i64 o = (i64)(first + r) * N + n;
+                float v = acc[0][mt][nt][i] + (b1 ? b1[(i64)expert * N + n] : 0.0f);
+                if (GATE_UP) {
+                    const float u = acc[NMAT - 1][mt][nt][i] + (b2 ? b2[(i64)expert * N + n] : 0.0f);
+                    v = clamped ? swiglu_clamped_f(v, u, has_limit, limit, alpha) : swiglu_f(v, u);
+                }
+                out[o] = v;
             }
-            out[o] = v;
         }
     }
 }
 
-// The three tile heights: 64 rows as 4 x 2 warps of 16 x 64 columns, 32 as 2 x 4 of 16 x 32, 16 as 1 x 8 of 16 x 16.
+// The three tile heights: 64 rows as 2 x 4 warps of 32 x 32 columns (each activation fragment feeds 2 x 4 column
+// tiles, each dequantized weight value 2 row tiles), 32 as 1 x 8 of 32 x 16, 16 as 1 x 8 of 16 x 16 (a weight value
+// dequantized by one warp).
 template <class DQ, bool EXACT, bool GATE_UP, bool STAGED>
 __device__ __forceinline__ void moe2_grouped(
         int tile_rows, MoeShared2& sm, const float* __restrict__ x, const int* __restrict__ order, int k_used,
@@ -405,10 +422,10 @@ __device__ __forceinline__ void moe2_grouped(
         moe2_tile<DQ, EXACT, GATE_UP, STAGED, 16, 1>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
                                                      b1, b2, out, N, K, clamped, has_limit, limit, alpha);
     else if (tile_rows == 32)
-        moe2_tile<DQ, EXACT, GATE_UP, STAGED, 32, 2>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
+        moe2_tile<DQ, EXACT, GATE_UP, STAGED, 32, 1>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
                                                      b1, b2, out, N, K, clamped, has_limit, limit, alpha);
     else
-        moe2_tile<DQ, EXACT, GATE_UP, STAGED, 64, 4>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
+        moe2_tile<DQ, EXACT, GATE_UP, STAGED, 64, 2>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
                                                      b1, b2, out, N, K, clamped, has_limit, limit, alpha);
 }
 
