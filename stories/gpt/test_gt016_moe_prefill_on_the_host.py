@@ -15,7 +15,8 @@ a TF32 value (the split must hand the tensor cores exact TF32 values).
     and the down product alone within the prefill products' term-normalized bound ("matmul", 1e-11),
     for MXFP4 (two TF32 terms) and Q8_0 (three), each tile height (16, 32, 64 rows: three warp layouts), both
     kernel variants (moe.MOE_GEMM_VARIANTS: v1; v2 with its staged weight blocks at unaligned row sizes, e.g.
-    MXFP4 rows of 96 values = 51 bytes, its permuted k order, several k-steps and column blocks).
+    MXFP4 rows of 96 values = 51 bytes, its permuted k order, several k-steps and column blocks), and Q4_1
+    (staged 20-byte blocks) and Q4_K (256-value blocks, read by v2's fragments from global memory) at width 256.
 The GPU runs the same comparisons in test_gt016_moe_prefill_on_device.py. Skipped where g++ or cpp is missing.
 """
 from __future__ import annotations
@@ -47,7 +48,7 @@ pytestmark = [pytest.mark.story("GT-016"),
 
 Q = gguf.GGMLQuantizationType
 KERNELS = REPO_ROOT / "worker" / "backend" / "kernels"
-HOST_FORMATS = ("mxfp4", "q8_0")      # of moe_gemm.cu's list: the host build compiles these alone
+HOST_FORMATS = ("mxfp4", "q8_0", "q4_1", "q4_k")      # of moe_gemm.cu's list: the host build compiles these alone
 REF = NumpyBackend()
 PAD = 16                              # worker/backend/cuda_memory.py's WEIGHT_TAIL_PAD
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -320,6 +321,18 @@ def _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha, tile
     (70, 4, 2, 64, 64, "one-expert", 64), (70, 4, 2, 64, 64, "one-expert", 16), (9, 4, 4, 64, 64, "every-expert", 16),
     (40, 4, 3, 64, 96, "random", 32), (3, 32, 4, 64, 64, "plain-swiglu", 16), (6, 4, 2, 160, 224, "random", 32)])
 def test_expert_ffn_matches_the_reference(host_moe, variant, qtype, T, E, k_used, D, F, case, tile_rows):
+    _check_expert_ffn(host_moe, variant, qtype, T, E, k_used, D, F, case, tile_rows)
+
+
+@pytest.mark.parametrize("variant", moe.MOE_GEMM_VARIANTS)
+@pytest.mark.parametrize("qtype,tile_rows", [(Q.Q4_K, 32), (Q.Q4_1, 64)], ids=["Q4_K", "Q4_1"])
+def test_other_formats_match_the_reference(host_moe, variant, qtype, tile_rows):
+    """Q4_K: 256-value blocks, which v2 reads from global memory by the fragment (not staged); Q4_1: 20-byte
+    staged blocks with a minimum term, three TF32 terms."""
+    _check_expert_ffn(host_moe, variant, qtype, 6, 4, 2, 256, 256, "random", tile_rows)
+
+
+def _check_expert_ffn(host_moe, variant, qtype, T, E, k_used, D, F, case, tile_rows):
     rng = np.random.default_rng(T * 100 + E + int(qtype))
     k = HostBackend(host_moe)
     fmt = FORMATS[qtype].kernel
