@@ -19,9 +19,10 @@ Acceptance, against the NumPy backend's mixture_of_experts (its host routing, fl
   term-normalized bound against float64 ("matmul_expert", 1e-11).
 - a GPT-OSS prefill chunk of the tiny fixture is captured as a CUDA graph on its second sighting and its
   replays give the op-by-op logits bit for bit.
-- both grouped kernel variants (kernels/moe.py MOE_GEMM_VARIANTS, M0_CUDA_MOE_GEMM: v1, and v2 with its
-  pipelined loads, staged weight blocks and permuted k order) under every comparison above but the capture;
-  v2 also on Q4_1 and Q5_0 (staged blocks of 20 and 22 bytes) and Q4_K (256-value blocks read by the fragment).
+- every grouped kernel variant (kernels/moe.py MOE_GEMM_VARIANTS, M0_CUDA_MOE_GEMM: v1; v2 with its
+  pipelined loads, staged weight blocks and permuted k order; v3, v2 with activations split as they are stored)
+  under every comparison above but the capture; also on Q4_1 and Q5_0 (staged blocks of 20 and 22 bytes) and
+  Q4_K (256-value blocks read by the fragment).
 The kernels' logic runs on the CPU in test_gt016_moe_prefill_on_the_host.py.
 """
 import functools
@@ -33,6 +34,7 @@ import pytest
 from stories.foundation._cuda_conformance import check, checking_backend, cuda_backend
 from stories.gpt._moe_cases import f32, moe_layer
 from worker.backend.base import Backend
+from worker.backend.kernels import moe
 from worker.backend.numpy import NumpyBackend
 
 pytestmark = [pytest.mark.gpu, pytest.mark.story("GT-016")]
@@ -46,11 +48,9 @@ LIMIT, ALPHA = 7.0, 1.702                          # GPT-OSS's SwiGLU (worker/mo
 _ORIGINAL_MOE = Backend.mixture_of_experts
 
 
-@pytest.fixture(params=["v1", "v2"])
+@pytest.fixture(params=moe.MOE_GEMM_VARIANTS)
 def variant(request, monkeypatch):
     """The grouped kernels' variant (M0_CUDA_MOE_GEMM) the backend's launches take."""
-    from worker.backend.kernels import moe
-
     monkeypatch.setattr(moe, "MOE_GEMM_VARIANT", request.param)
     return request.param
 
@@ -84,8 +84,6 @@ def _compare(b, transfers, qtype, T, E, k_used, D, F, seed, *, favourite=(), cla
     assert len(transfers) == before, "the device path copied something to the host"
     assert getattr(b, "moe_host_reason", None) is None
     want = _ORIGINAL_MOE(REF, x, *[REF.load_weight(t) for t in layer], k_used, limit=limit, alpha=alpha)
-    from worker.backend.kernels import moe
-
     check("moe", f"{moe.MOE_GEMM_VARIANT} {qtype.name} T={T} E={E} k={k_used} D={D} F={F}"
           f"{' plain' if not clamped else ''}",
           b.to_host(out), want)
@@ -193,7 +191,6 @@ def test_grouped_products_keep_the_prefill_products_bound(variant, qtype, tile_r
     up weight and up bias 1 that is g, with a zero gate weight and gate bias 2 it is u + 1. The down product
     then multiplies that h."""
     from stories.foundation._cuda_conformance import record
-    from worker.backend.kernels import moe
 
     b = checking_backend()
     cp = b.cp

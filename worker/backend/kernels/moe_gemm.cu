@@ -212,6 +212,9 @@ FOR_EACH_MOE_FORMAT(DEFINE_MOE_GEMM)
 // The k order inside a 32-value step is permuted, the same for both operands (a sum does not depend on it): lane
 // (g, q)'s k = q and q + 4 of step s in 0..3 are the physical k = 8q + s and 8q + 4 + s, so a lane's activations of
 // the whole step are two float4 loads a row and its weight values one dq8 call (values 8q .. 8q + 7 of the block).
+// v3 (PRESPLIT) differs in one point: the activations are split into TF32 hi/lo once, as they are stored (a[0] the
+// high parts, a[1] the low ones, one buffer), instead of by each warp that reads them (2 to 8 warps); the price is
+// a second __syncthreads a step.
 #define MOE2_BN 128        // output columns a block: kernels/moe.py MOE_TILE_COLS["v2"]
 #define MOE2_THREADS 256   // 8 warps: kernels/moe.py MOE_THREADS["v2"]
 #define MOE2_LDS 36        // floats a staged activation row: the float4 fragment reads of 8 lanes hit 32 banks
@@ -252,7 +255,7 @@ __device__ __forceinline__ void moe2_dq8<moe_dq_mxfp4>(const u8* r, int c, float
     }
 }
 
-template <class DQ, bool EXACT, bool GATE_UP, bool STAGED, int BM, int WARPS_M>
+template <class DQ, bool EXACT, bool GATE_UP, bool STAGED, bool PRESPLIT, int BM, int WARPS_M>
 __device__ __forceinline__ void moe2_tile(
         MoeShared2& sm, const float* __restrict__ x, const int* __restrict__ order, int k_used,
         const int* __restrict__ tiles, const u8* __restrict__ W1, const u8* __restrict__ W2, i64 row_bytes,
@@ -315,13 +318,29 @@ __device__ __forceinline__ void moe2_tile(
                 if (j <= words) raw_next[j] = base[j];
         }
     };
-    auto stage = [&](int buf) {
+    // PRESPLIT (v3): the activations split once as they are stored, a[0] their high parts and a[1] their low
+    // parts (one buffer: the step's products must be done before the next step's are stored, a second sync)
+    auto stage_a = [&](int buf) {
 #pragma unroll
         for (int v = 0; v < A_VECS; ++v) {
             const int i = tid + v * MOE2_THREADS;
-            if (i < BM * (MOE_BK / 4))
-                *(float4*)&sm.a[buf][i / (MOE_BK / 4)][4 * (i % (MOE_BK / 4))] = a_next[v];
+            if (i >= BM * (MOE_BK / 4)) continue;
+            const int r = i / (MOE_BK / 4), c = 4 * (i % (MOE_BK / 4));
+            if (PRESPLIT) {
+                const float4 x4 = a_next[v];
+                float4 h4, l4;
+                tf32_split(x4.x, h4.x, l4.x);
+                tf32_split(x4.y, h4.y, l4.y);
+                tf32_split(x4.z, h4.z, l4.z);
+                tf32_split(x4.w, h4.w, l4.w);
+                *(float4*)&sm.a[0][r][c] = h4;
+                *(float4*)&sm.a[1][r][c] = l4;
+            } else {
+                *(float4*)&sm.a[buf][r][c] = a_next[v];
+            }
         }
+    };
+    auto stage_raw = [&](int buf) {
         if (STAGED && st_m < NMAT) {
             u32* dst = (u32*)&sm.raw[buf][tid][0];
 #pragma unroll
@@ -331,7 +350,8 @@ __device__ __forceinline__ void moe2_tile(
     };
     const int steps = K / MOE_BK;
     fetch(0);
-    stage(0);
+    stage_a(0);
+    stage_raw(0);
     __syncthreads();
     for (int step = 0; step < steps; ++step) {
         const int buf = step & 1, k0 = step * MOE_BK;
@@ -340,6 +360,22 @@ __device__ __forceinline__ void moe2_tile(
         u32 a_hi[MT][4][4], a_lo[MT][4][4];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
+            if (PRESPLIT) {
+#pragma unroll
+                for (int part = 0; part < 2; ++part) {
+                    const float* r0 = &sm.a[part][wm + 16 * mt + g][8 * q];
+                    const float* r1 = &sm.a[part][wm + 16 * mt + g + 8][8 * q];
+                    const float4 v0 = *(const float4*)r0, v1 = *(const float4*)(r0 + 4);
+                    const float4 v2 = *(const float4*)r1, v3 = *(const float4*)(r1 + 4);
+                    const float f[4][4] = {{v0.x, v2.x, v1.x, v3.x}, {v0.y, v2.y, v1.y, v3.y},
+                                           {v0.z, v2.z, v1.z, v3.z}, {v0.w, v2.w, v1.w, v3.w}};
+#pragma unroll
+                    for (int s = 0; s < 4; ++s)
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) (part ? a_lo : a_hi)[mt][s][i] = __float_as_uint(f[s][i]);
+                }
+                continue;
+            }
             const float* r0 = &sm.a[buf][wm + 16 * mt + g][8 * q];
             const float* r1 = &sm.a[buf][wm + 16 * mt + g + 8][8 * q];
             const float4 v0 = *(const float4*)r0, v1 = *(const float4*)(r0 + 4);
@@ -385,7 +421,11 @@ __device__ __forceinline__ void moe2_tile(
                 }
             }
         }
-        if (step + 1 < steps) stage(buf ^ 1);
+        if (step + 1 < steps) {
+            stage_raw(buf ^ 1);
+            if (PRESPLIT) __syncthreads();
+            stage_a(buf ^ 1);
+        }
         __syncthreads();
     }
 #pragma unroll
@@ -412,42 +452,46 @@ __device__ __forceinline__ void moe2_tile(
 // The three tile heights: 64 rows as 2 x 4 warps of 32 x 32 columns (each activation fragment feeds 2 x 4 column
 // tiles, each dequantized weight value 2 row tiles), 32 as 1 x 8 of 32 x 16, 16 as 1 x 8 of 16 x 16 (a weight value
 // dequantized by one warp).
-template <class DQ, bool EXACT, bool GATE_UP, bool STAGED>
+template <class DQ, bool EXACT, bool GATE_UP, bool STAGED, bool PRESPLIT>
 __device__ __forceinline__ void moe2_grouped(
         int tile_rows, MoeShared2& sm, const float* __restrict__ x, const int* __restrict__ order, int k_used,
         const int* __restrict__ tiles, const u8* __restrict__ W1, const u8* __restrict__ W2, i64 row_bytes,
         i64 expert_bytes, const float* __restrict__ b1, const float* __restrict__ b2, float* __restrict__ out,
         int N, int K, int clamped, int has_limit, float limit, float alpha) {
     if (tile_rows == 16)
-        moe2_tile<DQ, EXACT, GATE_UP, STAGED, 16, 1>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
+        moe2_tile<DQ, EXACT, GATE_UP, STAGED, PRESPLIT, 16, 1>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
                                                      b1, b2, out, N, K, clamped, has_limit, limit, alpha);
     else if (tile_rows == 32)
-        moe2_tile<DQ, EXACT, GATE_UP, STAGED, 32, 1>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
+        moe2_tile<DQ, EXACT, GATE_UP, STAGED, PRESPLIT, 32, 1>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
                                                      b1, b2, out, N, K, clamped, has_limit, limit, alpha);
     else
-        moe2_tile<DQ, EXACT, GATE_UP, STAGED, 64, 2>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
+        moe2_tile<DQ, EXACT, GATE_UP, STAGED, PRESPLIT, 64, 2>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
                                                      b1, b2, out, N, K, clamped, has_limit, limit, alpha);
 }
 
-#define DEFINE_MOE_GEMM_V2(fmt, exact)                                                                       \
-extern "C" __global__ void __launch_bounds__(MOE2_THREADS) moe_gate_up_v2_##fmt(                             \
+// v2 (activations split by each warp that reads them) and v3 (split once as they are stored: PRESPLIT)
+#define DEFINE_MOE_GEMM_PIPELINED(fmt, exact, variant, presplit)                                            \
+extern "C" __global__ void __launch_bounds__(MOE2_THREADS) moe_gate_up_##variant##_##fmt(                    \
         const float* __restrict__ x, const int* __restrict__ order, int k_used, const int* __restrict__ tiles,\
         int tile_rows, const u8* __restrict__ gate, const u8* __restrict__ up, i64 row_bytes,                \
         i64 expert_bytes, const float* __restrict__ bias_gate, const float* __restrict__ bias_up,           \
         float* __restrict__ h, int F, int D, int clamped, int has_limit, float limit, float alpha) {        \
     __shared__ __align__(16) MoeShared2 sm;                                                                  \
-    moe2_grouped<moe_dq_##fmt, exact, true, !moe_superblock_format(#fmt)>(                                   \
+    moe2_grouped<moe_dq_##fmt, exact, true, !moe_superblock_format(#fmt), presplit>(                         \
         tile_rows, sm, x, order, k_used, tiles, gate, up, row_bytes, expert_bytes, bias_gate, bias_up, h, F, \
         D, clamped, has_limit, limit, alpha);                                                                \
 }                                                                                                            \
-extern "C" __global__ void __launch_bounds__(MOE2_THREADS) moe_down_v2_##fmt(                                \
+extern "C" __global__ void __launch_bounds__(MOE2_THREADS) moe_down_##variant##_##fmt(                       \
         const float* __restrict__ h, const int* __restrict__ tiles, int tile_rows, const u8* __restrict__ down,\
         i64 row_bytes, i64 expert_bytes, const float* __restrict__ bias_down, float* __restrict__ y,        \
         int D, int F) {                                                                                      \
     __shared__ __align__(16) MoeShared2 sm;                                                                  \
-    moe2_grouped<moe_dq_##fmt, exact, false, !moe_superblock_format(#fmt)>(                                  \
+    moe2_grouped<moe_dq_##fmt, exact, false, !moe_superblock_format(#fmt), presplit>(                        \
         tile_rows, sm, h, nullptr, 1, tiles, down, nullptr, row_bytes, expert_bytes, bias_down, nullptr, y, \
         D, F, 0, 0, 0.0f, 1.0f);                                                                             \
 }
+
+#define DEFINE_MOE_GEMM_V2(fmt, exact) \
+    DEFINE_MOE_GEMM_PIPELINED(fmt, exact, v2, false) DEFINE_MOE_GEMM_PIPELINED(fmt, exact, v3, true)
 
 FOR_EACH_MOE_FORMAT(DEFINE_MOE_GEMM_V2)
