@@ -13,9 +13,10 @@ MOE_TILE_ROWS = (16, 32, 64)          # sorted rows a tile, the heights moe_gemm
 # load, wait, multiply), v2 (moe_gate_up_v2_<fmt>, moe_down_v2_<fmt>: 8 warps, 128 columns, the next k-step's
 # loads behind the current step's products) and v3 (v2 with the activations split into TF32 hi/lo once as they are
 # stored, not by every warp that reads them; two syncs a step), the same split-TF32 terms. M0_CUDA_MOE_GEMM picks
-# one (default v2), to compare them on the GPU or fall back.
+# one, to compare them on the GPU or fall back. The default, v3, issues the fewest instructions a k-step (ptxas
+# and the count of splits and dequantizations); benchmarks/bench_moe_prefill.py times all three.
 MOE_GEMM_VARIANTS = ("v1", "v2", "v3")
-MOE_GEMM_VARIANT = os.environ.get("M0_CUDA_MOE_GEMM", "v2")
+MOE_GEMM_VARIANT = os.environ.get("M0_CUDA_MOE_GEMM", "v3")
 MOE_TILE_COLS = {"v1": 64, "v2": 128, "v3": 128}     # output columns a block: moe_gemm.cu's MOE_BN, MOE2_BN
 MOE_THREADS = {"v1": 128, "v2": 256, "v3": 256}      # moe_gemm.cu's MOE_THREADS, MOE2_THREADS
 # Tile heights moe.tile_rows_for chooses from: 16-row tiles (T * k / E <= 16, e.g. 128 tokens on GPT-OSS-20B) were
