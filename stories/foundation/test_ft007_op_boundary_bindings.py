@@ -100,6 +100,9 @@ def _name_variants(node: ast.expr) -> list[str]:
         elif expr == "fmt":                          # a format with an int8 decode product (kernels/vecdot.py)
             from worker.backend.kernels.vecdot import VECDOT_FORMATS
             values = sorted(VECDOT_FORMATS)
+        elif expr == "suffix":                       # the grouped expert kernels' variant (kernels/moe.py)
+            from worker.backend.kernels.moe import MOE_GEMM_VARIANTS, _suffix
+            values = sorted(_suffix(v) for v in MOE_GEMM_VARIANTS)
         else:
             raise AssertionError(f"unknown kernel-name pattern {{{expr}}}: teach this test its values")
         names = [n + v for n in names for v in values]

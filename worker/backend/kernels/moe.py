@@ -56,8 +56,9 @@ def gemm_variant(variant: str | None = None) -> str:
     return variant
 
 
-def _kernel(product: str, fmt: str, variant: str) -> str:
-    return f"moe_{product}_{fmt}" if variant == "v1" else f"moe_{product}_{variant}_{fmt}"
+def _suffix(variant: str) -> str:
+    """The kernel names' variant part: moe_gate_up<suffix>_<fmt> (v1 has none)."""
+    return "" if variant == "v1" else f"_{variant}"
 
 
 def max_tiles(n_pairs: int, E: int, tile_rows: int) -> int:
@@ -94,7 +95,8 @@ def gate_up(k, fmt: str, x, order, n_used: int, tiles, n_tiles: int, tile_rows: 
     tiles: moe_plan's table of tile_rows-row tiles; variant: the kernel (gemm_variant)."""
     v = gemm_variant(variant)
     cols = MOE_TILE_COLS[v]
-    k._launch("moe_gemm.cu", _kernel("gate_up", fmt, v), ((F + cols - 1) // cols, n_tiles), MOE_THREADS[v],
+    suffix = _suffix(v)
+    k._launch("moe_gemm.cu", f"moe_gate_up{suffix}_{fmt}", ((F + cols - 1) // cols, n_tiles), MOE_THREADS[v],
               (x, order, i32(n_used), tiles, i32(tile_rows), gate, up, i64(row_bytes), i64(expert_bytes),
                NULL if bias_gate is None else bias_gate, NULL if bias_up is None else bias_up, h, i32(F), i32(D),
                i32(1 if clamped else 0), i32(limit is not None), f32(limit or 0.0),
@@ -106,7 +108,8 @@ def down(k, fmt: str, h, tiles, n_tiles: int, tile_rows: int, down_w, row_bytes:
     """y [n_pairs, D] in sorted-row order: h Wdown_e^T + bdown_e for each sorted row's expert e."""
     v = gemm_variant(variant)
     cols = MOE_TILE_COLS[v]
-    k._launch("moe_gemm.cu", _kernel("down", fmt, v), ((D + cols - 1) // cols, n_tiles), MOE_THREADS[v],
+    suffix = _suffix(v)
+    k._launch("moe_gemm.cu", f"moe_down{suffix}_{fmt}", ((D + cols - 1) // cols, n_tiles), MOE_THREADS[v],
               (h, tiles, i32(tile_rows), down_w, i64(row_bytes), i64(expert_bytes),
                NULL if bias_down is None else bias_down, y, i32(D), i32(F)))
 
