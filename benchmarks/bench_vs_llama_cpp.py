@@ -243,29 +243,14 @@ def bench_ours(name: str, path: Path, repeats: int, decode_graphs: bool | None =
     return row
 
 
-class _IdsOnly:
-    """The tokenizer side the engine needs when the prompt is ids: no text out."""
-
-    eos_ids: frozenset = frozenset()
-    vocab_size = 0
-
-    def stream_decoder(self):
-        return self
-
-    def push(self, token_id: int) -> str:
-        return ""
-
-    def flush(self) -> str:
-        return ""
-
-
 def _served_job_ttft(model, tokens, repeats: int) -> float:
     """Median seconds from Engine.generate to its first Token event for TTFT_PROMPT-token prompts, each job
     on its own new KV cache as the worker serves it (the job is then closed, which frees its cache)."""
+    from fixtures.engine_greedy import IdsOnly  # ids in, no text out: the prompt is ids
     from worker.engine import Engine, Token
     from worker.sampling import SamplingParams
 
-    engine = Engine(model, _IdsOnly())
+    engine = Engine(model, IdsOnly())
     params = SamplingParams(temperature=0.0, max_tokens=32, seed=0)
 
     def job() -> float:
