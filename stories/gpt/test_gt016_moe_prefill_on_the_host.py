@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 from fixtures.paths import REPO_ROOT
 from stories.foundation._cuda_conformance import THRESHOLDS, f32_tensor, nmse
 from stories.gpt._moe_cases import expert_blocks
-from stories.llama._host_cuda import THREADED_LAUNCH, build_host_library, device_function
+from stories.llama._host_cuda import THREADED_LAUNCH, THREADED_PRELUDE, build_host_library, device_function
 from worker.backend.base import top_k_softmax
 from worker.backend.cuda_runtime import NULL, kernel_source
 from worker.backend.kernels import moe
@@ -53,64 +53,17 @@ REF = NumpyBackend()
 PAD = 16                              # worker/backend/cuda_memory.py's WEIGHT_TAIL_PAD
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-_PRELUDE = r"""
-#include <algorithm>
-#include <atomic>
-#include <barrier>
-#include <cmath>
-#include <cstring>
-#include <functional>
-#include <random>
-#include <thread>
-#include <vector>
-typedef unsigned char u8;
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef unsigned long long u64;
-typedef long long i64;
-#define __device__
-#define __global__
-#define __forceinline__ inline
-#define __shared__ static
+_PRELUDE = THREADED_PRELUDE + r"""
 #define __restrict__
-#define __launch_bounds__(n)
 #define __align__(n) __attribute__((aligned(n)))
-struct dim3 { unsigned x = 0, y = 0, z = 0; };
-thread_local dim3 threadIdx;
-dim3 blockIdx, gridDim, blockDim;
-struct float4 { float x, y, z, w; };
-static inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
-static inline float __uint_as_float(u32 u) { float f; std::memcpy(&f, &u, 4); return f; }
 static inline u32 __float_as_uint(float f) { u32 u; std::memcpy(&u, &f, 4); return u; }
-static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
 static inline int __popc(u32 v) { return __builtin_popcount(v); }
-static inline u32 __funnelshift_r(u32 lo, u32 hi, u32 s) { s &= 31; return s ? (lo >> s) | (hi << (32 - s)) : lo; }
-static inline u32 __byte_perm(u32 x, u32 y, u32 s) {
-    const u64 v = ((u64)y << 32) | x;
-    u32 r = 0;
-    for (int i = 0; i < 4; ++i) r |= (u32)((v >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
-    return r;
-}
-static inline float f16_bits_to_f32(u16 h) { _Float16 x; std::memcpy(&x, &h, 2); return (float)x; }
 static inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
-static std::barrier<>* block_barrier;
-static std::barrier<>* warp_barriers[32];
-static double shuffle_slots[32][32];
-static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 static inline void __syncwarp() { warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
-static inline double shuffle_from(double v, int src) {
-    const int w = threadIdx.x / 32, l = threadIdx.x % 32;
-    warp_barriers[w]->arrive_and_wait();
-    shuffle_slots[w][l] = v;
-    warp_barriers[w]->arrive_and_wait();
-    return shuffle_slots[w][src & 31];
-}
-static inline float __shfl_xor_sync(unsigned, float v, int o) { return (float)shuffle_from(v, (threadIdx.x % 32) ^ o); }
 static inline int __shfl_xor_sync(unsigned, int v, int o) { return (int)shuffle_from(v, (threadIdx.x % 32) ^ o); }
-using std::max; using std::min;
 
 // mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 on the host: the warp's fragments gathered as the
 // PTX ISA lays them out (g = lane / 4, q = lane % 4), each product exact (TF32 x TF32 fits float32), the

@@ -1,14 +1,68 @@
 """Building CUDA kernel sources for the host (g++), one host thread per CUDA thread.
 
-Shared by the host-thread tests of the kernels (LT-016 attention, LT-019 fused decode ops): each
-supplies its own prelude (the CUDA types and intrinsics its kernels use) and entry points; this
-module holds the launcher those entry points call, the extraction of a header's device function,
-and the build.
+Shared by the host-thread tests of the kernels (LT-016 attention, LT-019 fused decode ops, GT-016
+prefill experts): each supplies its own prelude (the CUDA types and intrinsics its kernels use; the
+common part is THREADED_PRELUDE) and entry points; this module holds the launcher those entry points
+call, the extraction of a header's device function, and the build.
 """
 import ctypes
 import re
 import subprocess
 from pathlib import Path
+
+# The CUDA names every host-thread build needs: types, qualifiers, the thread and block indices, bit
+# casts, and __syncthreads / __shfl_xor_sync as barriers over the slots of a warp (threads of a block
+# are host threads: launch below).
+THREADED_PRELUDE = r"""
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <thread>
+#include <vector>
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef long long i64;
+#define __device__
+#define __global__
+#define __forceinline__ inline
+#define __shared__ static
+#define __launch_bounds__(...)
+struct dim3 { unsigned x = 0, y = 0, z = 0; };
+thread_local dim3 threadIdx;
+dim3 blockIdx, gridDim, blockDim;
+struct float4 { float x, y, z, w; };
+static inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
+static inline float __uint_as_float(u32 u) { float f; std::memcpy(&f, &u, 4); return f; }
+static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+// byte n of the result: byte (s >> 4n) & 7 of the eight bytes {y, x} (x the low four)
+static inline u32 __byte_perm(u32 x, u32 y, u32 s) {
+    const u64 v = ((u64)y << 32) | x;
+    u32 r = 0;
+    for (int n = 0; n < 4; ++n) r |= (u32)((v >> (8 * ((s >> (4 * n)) & 7))) & 0xFF) << (8 * n);
+    return r;
+}
+static inline u32 __funnelshift_r(u32 lo, u32 hi, u32 shift) { return (u32)(((((u64)hi) << 32) | lo) >> (shift & 31)); }
+static inline float f16_bits_to_f32(u16 h) { _Float16 x; std::memcpy(&x, &h, 2); return (float)x; }
+static std::barrier<>* block_barrier;
+static std::barrier<>* warp_barriers[32];
+static double shuffle_slots[32][32];
+static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+static inline double shuffle_from(double v, int src) {
+    const int w = threadIdx.x / 32, l = threadIdx.x % 32;
+    warp_barriers[w]->arrive_and_wait();
+    shuffle_slots[w][l] = v;
+    warp_barriers[w]->arrive_and_wait();
+    return shuffle_slots[w][src & 31];
+}
+static inline float __shfl_xor_sync(unsigned, float v, int o) { return (float)shuffle_from(v, (threadIdx.x % 32) ^ o); }
+using std::max; using std::min;
+"""
 
 # launch(gx, gy, threads, seed, body): every block of the grid in a seeded shuffled order (a kernel
 # must not depend on block order), each block's threads as host threads with a block barrier and

@@ -30,7 +30,7 @@ import pytest
 from fixtures.gguf_corrupt import random_blocks
 from fixtures.paths import REPO_ROOT
 from stories.foundation._cuda_conformance import THRESHOLDS, nmse
-from stories.llama._host_cuda import THREADED_LAUNCH, build_host_library, device_function
+from stories.llama._host_cuda import THREADED_LAUNCH, THREADED_PRELUDE, build_host_library, device_function
 from worker.backend.cuda_runtime import NULL, kernel_source
 from worker.backend.kernels import elementwise, norm, vecdot
 from worker.backend.numpy import NumpyBackend
@@ -46,66 +46,20 @@ SOURCES = ("vecdot.cu", "norm.cu", "elementwise.cu")
 REF = NumpyBackend()
 PAD = 16                      # worker/backend/cuda_memory.py's WEIGHT_TAIL_PAD
 
-_PRELUDE = r"""
-#include <algorithm>
-#include <barrier>
-#include <cmath>
-#include <cstring>
-#include <functional>
-#include <random>
-#include <thread>
-#include <vector>
-typedef unsigned char u8;
+_PRELUDE = THREADED_PRELUDE + r"""
 typedef signed char i8;
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef unsigned long long u64;
-typedef long long i64;
-#define __device__
-#define __global__
-#define __forceinline__ inline
-#define __shared__ static
-#define __launch_bounds__(...)
-struct dim3 { unsigned x = 0, y = 0, z = 0; };
-thread_local dim3 threadIdx;
-dim3 blockIdx, gridDim, blockDim;
 struct int4 { int x, y, z, w; };
-struct float4 { float x, y, z, w; };
-static inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
 template <typename T> static inline T __ldg(const T* p) { T v; std::memcpy(&v, p, sizeof(T)); return v; }
-static inline float __uint_as_float(u32 u) { float f; std::memcpy(&f, &u, 4); return f; }
-static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 static inline int __dp4a(int a, int b, int c) {
     for (int i = 0; i < 4; ++i) c += (int)(signed char)(a >> 8 * i) * (int)(signed char)(b >> 8 * i);
     return c;
 }
-static inline u32 __byte_perm(u32 x, u32 y, u32 s) {
-    const u64 v = ((u64)y << 32) | x;
-    u32 r = 0;
-    for (int n = 0; n < 4; ++n) r |= (u32)((v >> (8 * ((s >> (4 * n)) & 7))) & 0xFF) << (8 * n);
-    return r;
-}
-static inline u32 __funnelshift_r(u32 lo, u32 hi, u32 shift) { return (u32)(((((u64)hi) << 32) | lo) >> (shift & 31)); }
 static inline u32 __vsub4(u32 a, u32 b) {
     u32 r = 0;
     for (int n = 0; n < 4; ++n) r |= (u32)((u8)((a >> 8 * n) - (b >> 8 * n))) << (8 * n);
     return r;
 }
-static inline float f16_bits_to_f32(u16 h) { _Float16 x; std::memcpy(&x, &h, 2); return (float)x; }
-static std::barrier<>* block_barrier;
-static std::barrier<>* warp_barriers[32];
-static double shuffle_slots[32][32];
-static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
-static inline double shuffle_from(double v, int src) {
-    const int w = threadIdx.x / 32, l = threadIdx.x % 32;
-    warp_barriers[w]->arrive_and_wait();
-    shuffle_slots[w][l] = v;
-    warp_barriers[w]->arrive_and_wait();
-    return shuffle_slots[w][src & 31];
-}
-static inline float __shfl_xor_sync(unsigned, float v, int o) { return (float)shuffle_from(v, (threadIdx.x % 32) ^ o); }
 static inline double __shfl_xor_sync(unsigned, double v, int o) { return shuffle_from(v, (threadIdx.x % 32) ^ o); }
-using std::max; using std::min;
 """
 
 _KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)')
