@@ -110,8 +110,9 @@ def overall_verdict(boards: list[GateBoard]) -> str:
 
 # -- rendering -------------------------------------------------------------------------------
 
-def render_text(boards: list[GateBoard], device: str) -> str:
-    lines = [f"GATE BOARD  (device: {device})"]
+def render_text(boards: list[GateBoard], device: str, notes: list[str] = ()) -> str:
+    """`notes`: what makes the run less than a full one (fewer examples, shards not run), under the header."""
+    lines = [f"GATE BOARD  (device: {device})"] + [f"NOTE: {note}" for note in notes]
     for b in boards:
         c = b.counts()
         lines.append("")
@@ -125,8 +126,9 @@ def render_text(boards: list[GateBoard], device: str) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(boards: list[GateBoard], device: str) -> str:
-    out = ["# Gate board", "", f"Device: `{device}`  ", f"Overall: **{overall_verdict(boards)}**", ""]
+def render_markdown(boards: list[GateBoard], device: str, notes: list[str] = ()) -> str:
+    out = ["# Gate board", "", f"Device: `{device}`  ", *[f"Note: {note}  " for note in notes],
+           f"Overall: **{overall_verdict(boards)}**", ""]
     for b in boards:
         c = b.counts()
         out += [f"## Gate {b.gate}: {b.title} — **{b.verdict}**", "",
@@ -140,9 +142,9 @@ def render_markdown(boards: list[GateBoard], device: str) -> str:
     return "\n".join(out)
 
 
-def write_reports(boards: list[GateBoard], device: str, directory: Path) -> None:
+def write_reports(boards: list[GateBoard], device: str, directory: Path, notes: list[str] = ()) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    data = {"device": device, "overall": overall_verdict(boards),
+    data = {"device": device, "notes": list(notes), "overall": overall_verdict(boards),
             "gates": [{**asdict(b), "counts": b.counts()} for b in boards]}
     (directory / "gate-board.json").write_text(json.dumps(data, indent=1) + "\n")
-    (directory / "gate-board.md").write_text(render_markdown(boards, device) + "\n")
+    (directory / "gate-board.md").write_text(render_markdown(boards, device, notes) + "\n")

@@ -54,8 +54,10 @@ def _plots_section(plots: dict[str, Path]) -> str:
     return "".join(parts)
 
 
-def render_html(boards: list[GateBoard], device: str, commit: str = "", plots: dict[str, Path] | None = None) -> str:
-    """`plots`: name (a key of PLOT_SOURCES) -> PNG path relative to the page."""
+def render_html(boards: list[GateBoard], device: str, commit: str = "", plots: dict[str, Path] | None = None,
+                notes: list[str] = ()) -> str:
+    """`plots`: name (a key of PLOT_SOURCES) -> PNG path relative to the page; `notes`: what makes the run
+    less than a full one."""
     e = html.escape
     grid, details = [], []
     for b in boards:
@@ -79,6 +81,6 @@ def render_html(boards: list[GateBoard], device: str, commit: str = "", plots: d
             f"<style>{STYLE}</style></head><body>"
             f"<h1>Gate board {_badge(overall_verdict(boards))}</h1>"
             f'<div class="meta">Device: <b>{e(device)}</b> &middot; commit {e(commit or "unknown")}'
-            f"<br>Models: {e(models)}</div>"
+            f"<br>Models: {e(models)}{''.join(f'<br><b>Note:</b> {e(note)}' for note in notes)}</div>"
             f'<div class="legend">{legend} a gate is PASS only when every required check ran and passed</div>'
             f"{''.join(grid)}<h2>Plots</h2>{pictures}{''.join(details)}</body></html>")

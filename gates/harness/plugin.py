@@ -8,16 +8,28 @@ from __future__ import annotations
 import functools
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from gates.harness.allure_results import git_commit
 from gates.harness.attach import attach_json, attach_text
-from gates.harness.board import FAIL, TestResult, build_board, render_text
+from gates.harness.board import FAIL, TestResult, render_text
 from gates.harness.environment import describe_model
 from gates.harness.labels import Shown, StoryIndex, behavior_labels, readable_bytes
 from gates.harness.run_reports import write_run_reports
+from gates.harness.run_results import (
+    CollectedTest,
+    LabelledResult,
+    RunResults,
+    board_notes,
+    boards_from_results,
+    results_file_name,
+    write_results,
+)
+from gates.harness.shards import DEVICE_GROUP, assign_shards, parse_shard, plain_nodeid
 
 MARKERS = [
     "story(*ids): the story (FT-003, LT-012, ...) this test checks",
@@ -36,6 +48,11 @@ REPRO_PROPERTY = "repro"
 LABELS_PROPERTY = "m0_labels"
 # Real models a user may point at: name -> environment variable holding the GGUF path.
 MODEL_ENV = {"qwen2.5": "M0_QWEN25_GGUF", "phi3": "M0_PHI3_GGUF", "gpt-oss-20b": "M0_GPT_OSS_GGUF"}
+# The hypothesis examples multiplier of the kernel conformance tests (stories/foundation/_cuda_conformance.py):
+# a board of a run with fewer examples says so.
+EXAMPLE_SCALE_ENV = "M0_EXAMPLE_SCALE"
+# Where an xdist worker writes the run's collection for the controller (which collects nothing itself).
+COLLECTION_FILE_KEY = "m0_collection_file"
 
 
 def pytest_addoption(parser):
@@ -48,6 +65,9 @@ def pytest_addoption(parser):
     group.addoption("--board", action="store_true", help="print the gate board for every gate")
     group.addoption("--gates-dir", default=None, help="where gate manifests live (default: <rootdir>/gates)")
     group.addoption("--reports-dir", default=None, help="where the board is written (default: <rootdir>/reports)")
+    group.addoption("--m0-shard", default=None, metavar="I/N",
+                    help="run only shard I of N of the selected tests (gates/harness/shards.py); the results go to "
+                         "reports/gate-results-shard-I-of-N.json for `python -m worker gates --merge`")
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -65,6 +85,11 @@ class GateState:
         index_path = self.gates_dir / "stories.json"
         self.stories = json.loads(index_path.read_text()) if index_path.exists() else []
         self.selected_gates = self._gates_in_args(config.args)
+        try:
+            self.shard = parse_shard(config.getoption("m0_shard")) if config.getoption("m0_shard") else None
+            self.example_scale = float(os.environ.get(EXAMPLE_SCALE_ENV, "1"))
+        except ValueError as exc:
+            raise pytest.UsageError(f"{exc} ({EXAMPLE_SCALE_ENV} is a number, --m0-shard is I/N)") from exc
         # --collect-only runs nothing: it must not overwrite the board (or empty the results) of a real run
         self.show_board = (bool(self.selected_gates) or config.getoption("board")) and not config.option.collectonly
         self.index = StoryIndex.build(self.manifests, self.stories)
@@ -72,8 +97,11 @@ class GateState:
         self.item_stories: dict[str, list[str]] = {}
         self.item_checks: dict[str, list[str]] = {}
         self.deselected: set[str] = set()          # stories and checks whose tests -k/-m left out
+        self.collection: list[CollectedTest] | None = None   # the whole selection, every shard's tests
+        self.other_shards: set[str] = set()        # node ids of the tests other shards run
+        self.collection_file: Path | None = None   # under pytest-xdist: where a worker writes the collection
         self.repro_runs: dict[str, dict] = {}
-        self.final_boards = []
+        self.final_boards, self.final_notes = [], []
         self.start_ms = int(time.time() * 1000)
         self._device = None
 
@@ -82,18 +110,55 @@ class GateState:
 
     def pytest_deselected(self, items):
         for item in items:
+            if item.nodeid in self.other_shards:    # another shard runs it: not left out of the run
+                continue
             self.deselected.update(self.item_stories.get(item.nodeid, []), self.item_checks.get(item.nodeid, []))
 
-    def missing_reason(self, kind: str, id_: str) -> str:
-        """Why a board row has no result: its tests were left out of this run, or it has none."""
-        if id_ in self.deselected:
-            return "not selected in this run (deselected by -k, -m or a node id)"
-        if not self.selected_gates:
-            return "not in this run (only part of the suite ran; run the gate folder for its board)"
-        if self.config.option.keyword or self.config.option.markexpr:
-            # Under pytest-xdist the workers deselect, and this controller never sees which stories they left out.
-            return "no test of it ran under this -k/-m selection (left out, or no test for it yet)"
-        return "no test implements this check yet" if kind == "check" else "no test for this story yet"
+    @pytest.hookimpl(trylast=True)   # after -k/-m and pytest-xdist's group suffix: what this run selected
+    def pytest_collection_modifyitems(self, session, config, items):
+        """Record the whole collection (for the results file) and keep this shard's tests only."""
+        plain = [plain_nodeid(item.nodeid) for item in items]
+        shard_of = {}
+        if self.shard is not None:
+            shard_of = assign_shards([(nodeid, uses_device_under_test(item, config.rootpath))
+                                      for nodeid, item in zip(plain, items)], self.shard.count)
+        self.collection = [CollectedTest(nodeid, self.item_stories.get(nodeid, []), self.item_checks.get(nodeid, []),
+                                         shard_of.get(nodeid, 1)) for nodeid in plain]
+        target = getattr(config, "workerinput", {}).get(COLLECTION_FILE_KEY)
+        if target:
+            _write_atomically(Path(target), json.dumps([vars(t) for t in self.collection]))
+        if self.shard is None:
+            return
+        others = [item for nodeid, item in zip(plain, items) if shard_of[nodeid] != self.shard.index]
+        self.other_shards = {item.nodeid for item in others}
+        items[:] = [item for nodeid, item in zip(plain, items) if shard_of[nodeid] == self.shard.index]
+        if others:
+            config.hook.pytest_deselected(items=others)
+
+    def read_collection(self) -> list[CollectedTest] | None:
+        """This run's collection: recorded here, or (under pytest-xdist) by a worker; None if not known."""
+        if self.collection is not None or self.collection_file is None:
+            return self.collection
+        try:
+            return [CollectedTest(**t) for t in json.loads(self.collection_file.read_text())]
+        except (OSError, ValueError, TypeError):
+            return None
+        finally:
+            self.collection_file.unlink(missing_ok=True)
+
+    def run_results(self, exitstatus: int) -> RunResults:
+        """What the board of this run is built from, as the results file records it."""
+        paths = sorted({m for r in self.results.values() for m in r.models})
+        return RunResults(
+            gates=self.selected_gates, keyword=self.config.option.keyword or "",
+            markexpr=self.config.option.markexpr or "", device=self.device_label,
+            shard_count=self.shard.count if self.shard else 1, shards=[self.shard.index if self.shard else 1],
+            collection=self.read_collection(),
+            results=[LabelledResult(r.nodeid, r.outcome, r.reason, r.models, self.item_stories.get(nodeid, []),
+                                    self.item_checks.get(nodeid, [])) for nodeid, r in self.results.items()],
+            deselected=sorted(self.deselected), repro_runs=self.repro_runs,
+            model_files={p: _describe_for_board(p) for p in paths}, example_scale=self.example_scale,
+            exitstatus=int(exitstatus), gpu=gpu_name(), commit=git_commit(self.config.rootpath))
 
     def _gates_in_args(self, args) -> list[int]:
         """Gates named by their folder (gates/gate2): a file or test inside one runs just itself."""
@@ -123,6 +188,13 @@ class GateState:
         return {s for g in gates for s in self.manifests[g].get("stories", [])}
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    """Every xdist worker writes the same collection: each to its own file, then renamed over the target."""
+    part = path.with_name(f"{path.name}.{os.getpid()}")
+    part.write_text(text)
+    os.replace(part, path)
+
+
 @functools.cache
 def gpu_name() -> str | None:
     """The first GPU's name as CuPy sees it, or None; asked once per run."""
@@ -138,6 +210,9 @@ def pytest_configure(config):
     state = GateState(config)
     config._m0 = state
     config.pluginmanager.register(state, "m0-gate-state")
+    if state.shard is not None and getattr(config.option, "allure_report_dir", None):
+        # Shards may run at the same time from one tree: each keeps its Allure results in a folder of its own.
+        config.option.allure_report_dir = f"{config.option.allure_report_dir}-{state.shard.tag}"
     if state.show_board and hasattr(config.option, "clean_alluredir"):
         # One run, one report: allure-pytest empties the results folder in its own pytest_configure,
         # which runs after this one, so the report shows exactly the run the board describes.
@@ -185,15 +260,29 @@ def _apply_skips(item, state: GateState) -> None:
                     reason=f"real model {name!r} not available" + (f": set {env} to its GGUF file" if env else "")))
 
 
+def uses_device_under_test(item, rootpath: Path) -> bool:
+    """A gate's own check, a gpu test or a uses_device test: it runs on the device this run validates."""
+    in_gates = (rootpath / "gates") in Path(str(item.path)).parents
+    return bool(in_gates or item.get_closest_marker("gpu") or item.get_closest_marker("uses_device"))
+
+
 def _keep_device_tests_together(item, config) -> None:
     """Under pytest-xdist, every test that uses the device under test runs on one worker, one at a time
     (with --dist loadgroup): some measure the whole GPU's free memory or take nearly all of it, which
     other tests on the GPU at the same moment would disturb. The other tests spread over the workers."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return
-    in_gates = (config.rootpath / "gates") in Path(str(item.path)).parents
-    if in_gates or item.get_closest_marker("gpu") or item.get_closest_marker("uses_device"):
-        item.add_marker(pytest.mark.xdist_group("device"))
+    if os.environ.get("PYTEST_XDIST_WORKER") and uses_device_under_test(item, config.rootpath):
+        item.add_marker(pytest.mark.xdist_group(DEVICE_GROUP))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """pytest-xdist controller, for each worker: where to write the collection (the controller collects nothing)."""
+    state: GateState = node.config._m0
+    if state.collection_file is None:
+        handle, name = tempfile.mkstemp(prefix="m0-gate-collection-", suffix=".json")
+        os.close(handle)
+        state.collection_file = Path(name)
+    node.workerinput[COLLECTION_FILE_KEY] = str(state.collection_file)
 
 
 def model_file(name: str, config=None) -> Path | None:
@@ -290,26 +379,26 @@ def _describe_for_allure(item) -> None:
 
 def record_report(state: "GateState", report) -> None:
     """Fold one phase report (setup/call/teardown) into the test's result."""
+    nodeid = plain_nodeid(report.nodeid)
     models = [v for k, v in report.user_properties if k == "model"]
     for key, labels in report.user_properties:
-        if key == LABELS_PROPERTY and report.nodeid not in state.item_stories:     # from an xdist worker
-            state.item_stories[report.nodeid] = labels["stories"]
-            state.item_checks[report.nodeid] = labels["checks"]
+        if key == LABELS_PROPERTY and nodeid not in state.item_stories:     # from an xdist worker
+            state.item_stories[nodeid] = labels["stories"]
+            state.item_checks[nodeid] = labels["checks"]
     if report.when == "teardown":
         state.repro_runs.update({v["label"]: v["runs"] for k, v in report.user_properties if k == REPRO_PROPERTY})
-    previous = state.results.get(report.nodeid)
+    previous = state.results.get(nodeid)
     if report.failed:
         reason = _failure_reason(report)
-        state.results[report.nodeid] = TestResult(report.nodeid, "failed", reason, models)
+        state.results[nodeid] = TestResult(nodeid, "failed", reason, models)
     elif report.skipped and getattr(report, "wasxfail", None) is not None:
         # An expected failure ran and failed: the board says FAIL (known, with its reason), never NOT RUN.
-        state.results[report.nodeid] = TestResult(report.nodeid, "failed", f"known failure: {report.wasxfail}"[:300],
-                                                  models)
+        state.results[nodeid] = TestResult(nodeid, "failed", f"known failure: {report.wasxfail}"[:300], models)
     elif report.skipped and (previous is None or previous.outcome != "failed"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else "skipped"
-        state.results[report.nodeid] = TestResult(report.nodeid, "skipped", reason.removeprefix("Skipped: "), models)
+        state.results[nodeid] = TestResult(nodeid, "skipped", reason.removeprefix("Skipped: "), models)
     elif report.passed and report.when == "call" and previous is None:
-        state.results[report.nodeid] = TestResult(report.nodeid, "passed", "", models)
+        state.results[nodeid] = TestResult(nodeid, "passed", "", models)
     elif previous is not None and models:
         previous.models = sorted(set(previous.models) | set(models))
 
@@ -321,35 +410,30 @@ def _failure_reason(report) -> str:
     return " ".join(text.split())[:200]
 
 
-def boards_for(state: GateState):
-    gates = state.selected_gates or sorted(state.manifests)
-    titles = {s["id"]: s["title"] for s in state.stories}
-    by_story: dict[str, list[TestResult]] = {}
-    by_check: dict[str, list[TestResult]] = {}
-    for nodeid, result in state.results.items():
-        for story_id in state.item_stories.get(nodeid, []):
-            by_story.setdefault(story_id, []).append(result)
-        for check in state.item_checks.get(nodeid, []):
-            by_check.setdefault(check, []).append(result)
-    return [build_board(state.manifests[g], titles, by_story, by_check, state.device_label,
-                        missing_reason=state.missing_reason, describe_model=_describe_for_board)
-            for g in gates]
-
-
 def _describe_for_board(path: str) -> dict:
     return describe_model(path) if Path(path).is_file() else {"file": Path(path).name}
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Write the board and the report files (the terminal summary, printed after this, shows the board)."""
+    """Write the results file, the board and the report files (the terminal summary, printed after this,
+    shows the board). The board is built from the results as written, as `worker gates --merge` builds it."""
     config = session.config
     state: GateState = config._m0
     alluredir = getattr(config.option, "allure_report_dir", None)
-    boards = boards_for(state) if state.show_board and state.manifests else []
-    state.final_boards = boards
+    boards, notes = [], []
+    if state.show_board and state.manifests:
+        run = state.run_results(session.exitstatus)
+        write_results(run, state.reports_dir / results_file_name(state.shard))
+        boards = boards_from_results(run, state.manifests, {s["id"]: s["title"] for s in state.stories})
+        notes = board_notes(run)
+    elif state.collection_file is not None:
+        state.collection_file.unlink(missing_ok=True)
+    state.final_boards, state.final_notes = boards, notes
     model = config.getoption("model") or model_file("smollm2")
-    write_run_reports(boards, state.device_label, gpu_name(), model, state.reports_dir,
-                      Path(alluredir) if alluredir else None, config.rootpath, state.repro_runs, state.start_ms)
+    # A shard's board alone is printed, not written: the board of the run is the merge of its shards'.
+    write_run_reports(boards if state.shard is None else [], state.device_label, gpu_name(), model,
+                      state.reports_dir, Path(alluredir) if alluredir else None, config.rootpath, state.repro_runs,
+                      state.start_ms, notes)
     if any(b.verdict == FAIL for b in boards) and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -359,9 +443,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not boards:
         return
     state: GateState = config._m0
-    terminalreporter.write_sep("=", "gate board")
-    terminalreporter.write_line(render_text(boards, state.device_label))
-    terminalreporter.write_line(f"(written to {state.reports_dir / 'gate-board.md'}, .json and .html)")
+    results = state.reports_dir / results_file_name(state.shard)
+    if state.shard is None:
+        terminalreporter.write_sep("=", "gate board")
+        terminalreporter.write_line(render_text(boards, state.device_label, state.final_notes))
+        terminalreporter.write_line(f"(written to {state.reports_dir / 'gate-board.md'}, .json and .html; "
+                                    f"results: {results})")
+        return
+    terminalreporter.write_sep("=", f"gate board of shard {state.shard} alone")
+    terminalreporter.write_line(render_text(boards, state.device_label, state.final_notes))
+    terminalreporter.write_line(f"(results: {results}; the run's board: python -m worker gates --merge "
+                                f"with the results of all {state.shard.count} shards)")
 
 
 # -- fixtures --------------------------------------------------------------------------------

@@ -53,14 +53,17 @@ def evidence_for(boards: list[GateBoard], reports_dir: Path, plots: dict[str, Pa
 
 
 def write_run_reports(boards: list[GateBoard], device: str, gpu: str | None, model, reports_dir: Path,
-                      alluredir: Path | None, root: Path, repro_runs: dict, start_ms: int) -> None:
-    commit = git_commit(root)
+                      alluredir: Path | None, root: Path, repro_runs: dict, start_ms: int,
+                      notes: list[str] = (), commit: str | None = None) -> None:
+    """`notes`: what makes the run less than a full one, said on every form of the board; `commit`: the
+    commit the tests ran at (default: the one checked out under root)."""
+    commit = commit or git_commit(root)
     plots: dict[str, Path] = {}
     if boards:
-        write_reports(boards, device, reports_dir)
+        write_reports(boards, device, reports_dir, notes)
         plots = write_plots(reports_dir, repro_runs)
         relative = {name: p.relative_to(reports_dir) for name, p in plots.items()}
-        (reports_dir / "gate-board.html").write_text(render_html(boards, device, commit, relative))
+        (reports_dir / "gate-board.html").write_text(render_html(boards, device, commit, relative, notes))
     if alluredir is None:
         return
     alluredir.mkdir(parents=True, exist_ok=True)
