@@ -8,12 +8,20 @@
 #   scripts/gpu-gates.sh stage
 #       there: moves the parts this call carried into /tmp/m0-gpu-stage and installs every item whose
 #       parts are all in (sha256 checked): /tmp/site (packages), /tmp/m0-cache (M0_CACHE), tools.
-#   scripts/gpu-gates.sh run [GATE...] [-- PYTEST_ARGS...]
+#   scripts/gpu-gates.sh run [GATE...] [--shard I/N] [-- PYTEST_ARGS...]
 #       there: python -m worker gates --device cuda [--gate GATE...] with what was staged; pytest-xdist
 #       by default (-n $GATES_WORKERS --dist loadgroup, GATES_WORKERS=12) and a basetemp of its own.
-#       Writes $OUT/gates-<gates>/ (gate-board.md/.json/.html, gates.log; OUT defaults to reports/gpu)
-#       and prints the verdicts. GATES_DEADLINE seconds after `run` starts (default 530: a device call
-#       ends at 600) pytest is interrupted and the board is written with what ran (the rest NOT RUN).
+#       Writes $OUT/gates-<gates>/ (gate-board.md/.json/.html, gate-results.json, gates.log; OUT defaults
+#       to reports/gpu) and prints the verdicts. GATES_DEADLINE seconds after `run` starts (default 530:
+#       a device call ends at 600) pytest is interrupted and the board is written with what ran (the rest
+#       NOT RUN). --shard I/N (or GATES_SHARD=I/N) runs shard I of N only and writes its results file
+#       to $OUT/gates-<gates>-shard-I-of-N/; `python -m worker gates --merge` of all N files gives the board.
+#   scripts/gpu-gates.sh run-parallel [GATE...] [-- PYTEST_ARGS...]
+#       there, with 2 or more GPUs: one shard per GPU at the same time (CUDA_VISIBLE_DEVICES, a basetemp
+#       each, GATES_WORKERS shared out: default 12 a shard), each under the deadline, then the merged
+#       board in $OUT/gates-<gates>/. GATES_SHARDS=N sets the number of shards (default: the GPUs seen).
+#   GATES_EXAMPLE_SCALE=0.25 (either run): M0_EXAMPLE_SCALE, the hypothesis examples multiplier of the
+#       kernel checks; the board then says "hypothesis examples x0.25": not a full run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-}"
@@ -64,25 +72,45 @@ case "$mode" in
     python3 scripts/gpu_carry.py stage
     exit $?
     ;;
-  run) ;;
-  *) echo "usage: $0 pack [--with-qwen] | stage | run [GATE...] [-- PYTEST_ARGS...]" >&2; exit 2 ;;
+  run|run-parallel) ;;
+  *) echo "usage: $0 pack [--with-qwen] | stage | run [GATE...] [--shard I/N] [-- PYTEST_ARGS...]" \
+          "| run-parallel [GATE...] [-- PYTEST_ARGS...]" >&2; exit 2 ;;
 esac
 
+
 # -- run --------------------------------------------------------------------------------------
-gates=() pytest_args=()
+gates=() pytest_args=() shard="${GATES_SHARD:-}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --) shift; pytest_args=("$@"); break ;;
+    --shard) [ "$mode" = run ] || { echo "--shard is for run (run-parallel shards by itself)" >&2; exit 2; }
+             shard="${2:-}"; shift 2 ;;
     [1-4]) gates+=("$1"); shift ;;
-    *) echo "unknown gate '$1' (expected 1-4, then -- and pytest arguments)" >&2; exit 2 ;;
+    *) echo "unknown gate '$1' (expected 1-4, --shard I/N, then -- and pytest arguments)" >&2; exit 2 ;;
   esac
 done
+[ "$mode" = run ] || shard=""
+if [ -n "$shard" ] && ! [[ "$shard" =~ ^([0-9]+)/([0-9]+)$ && ${BASH_REMATCH[1]} -ge 1
+                              && ${BASH_REMATCH[1]} -le ${BASH_REMATCH[2]} ]]; then
+  echo "shard '$shard': expected I/N with 1 <= I <= N" >&2; exit 2
+fi
 [ ${#gates[@]} -gt 0 ] || gates=(1 2 3 4)
-label="gates-$(IFS=-; echo "${gates[*]}")"
+gates_label="gates-$(IFS=-; echo "${gates[*]}")"
+shard_tag() { echo "shard-${1%/*}-of-${1#*/}"; }      # 1/2 -> shard-1-of-2, as gates/harness/shards.py names it
+label="$gates_label${shard:+-$(shard_tag "$shard")}"
 OUT="${OUT:-reports/gpu}"
 dest="$OUT/$label"
 mkdir -p "$dest" reports
 log="$dest/gates.log"
+
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+shards=1
+if [ "$mode" = run-parallel ]; then
+  shards="${GATES_SHARDS:-$gpus}"
+  if ! [ "$shards" -ge 2 ] 2>/dev/null; then
+    echo "run-parallel needs 2 or more shards: $gpus GPUs seen (GATES_SHARDS=N sets the number)" >&2; exit 2
+  fi
+fi
 
 # shellcheck source=scripts/gpu-common.sh
 . scripts/gpu-common.sh
@@ -112,44 +140,107 @@ export M0_CACHE="${M0_CACHE:-/tmp/m0-cache}"
 # Each xdist worker runs its own NumPy/PyTorch references: 12 workers (one of them the GPU's queue) x 2
 # threads on 16 cores; no network there, so the Hugging Face libraries must not try it.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-[ ${#pytest_args[@]} -gt 0 ] || pytest_args=(-n "${GATES_WORKERS:-12}" --dist loadgroup)
-# A basetemp of its own: pytest empties a given basetemp at the start, and the numbered folders under
-# /tmp/pytest-of-<user> are left to other runs.
-pytest_args+=(--basetemp "/tmp/m0-gates-basetemp-$label")
+# Fewer hypothesis examples in the kernel checks (stories/foundation/_cuda_conformance.py): the board says so.
+[ -z "${GATES_EXAMPLE_SCALE:-}" ] || export M0_EXAMPLE_SCALE="$GATES_EXAMPLE_SCALE"
+workers=$(( ${GATES_WORKERS:-$(( 12 * shards ))} / shards ))
+[ "$workers" -ge 1 ] || workers=1
+custom_args=${#pytest_args[@]}
+[ "$custom_args" -gt 0 ] || pytest_args=(-n "$workers" --dist loadgroup)
 gate_opts=()
 for g in "${gates[@]}"; do gate_opts+=(--gate "$g"); done
-
 device="${GATES_DEVICE:-cuda}"   # cpu: the same run on the NumPy reference (to try this script without a GPU)
+deadline="${GATES_DEADLINE:-530}"
+
+# run_session LOG SHARD: one pytest session (SHARD I/N, or empty for the whole run) with its own basetemp,
+# interrupted at the deadline; its exit status is the session's.
+run_session() {
+  local session_log="$1" session_shard="$2" basetemp="/tmp/m0-gates-basetemp-$gates_label" shard_opts=() left runner
+  local watchdog rc
+  if [ -n "$session_shard" ]; then
+    shard_opts=(--shard "$session_shard")
+    basetemp="$basetemp-$(shard_tag "$session_shard")"
+  fi
+  # A basetemp of its own: pytest empties a given basetemp at the start, and the numbered folders under
+  # /tmp/pytest-of-<user> are left to other runs.
+  echo "== python -m worker gates --device $device ${gate_opts[*]}${session_shard:+ }${shard_opts[*]} -- ${pytest_args[*]}" \
+       "--basetemp $basetemp${CUDA_VISIBLE_DEVICES:+ (CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES)}" | tee -a "$session_log"
+  left=$(( deadline - SECONDS ))   # SECONDS: since this script started (wheels, twin included)
+  [ "$left" -gt 30 ] || left=30
+  # A background job starts with SIGINT ignored (bash, without job control), and Python then never turns
+  # SIGINT into KeyboardInterrupt: restore the default before exec, so the deadline below can interrupt pytest.
+  python3 -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])' \
+    python3 -m worker gates --device "$device" "${gate_opts[@]}" "${shard_opts[@]}" \
+    -- "${pytest_args[@]}" --basetemp "$basetemp" >> "$session_log" 2>&1 &
+  runner=$!
+  (
+    # Its sleeps end with it (the trap), so nothing outlives the run holding its output open.
+    trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
+    sleep "$left" & sleeper=$!; wait "$sleeper"
+    # SIGINT to pytest itself (the child of `worker gates`): it stops its workers and still writes its results.
+    for child in $(pgrep -P "$runner"); do kill -INT "$child" 2>/dev/null; done
+    echo "deadline of $deadline s reached: pytest interrupted, the board shows what ran" >> "$session_log"
+    sleep 30 & sleeper=$!; wait "$sleeper"
+    kill -TERM "$runner" 2>/dev/null
+  ) </dev/null >/dev/null 2>&1 &
+  watchdog=$!
+  wait "$runner"
+  rc=$?
+  kill "$watchdog" 2>/dev/null
+  wait "$watchdog" 2>/dev/null
+  return $rc
+}
+
 rm -f reports/gate-board.md reports/gate-board.json reports/gate-board.html   # no stale board if none is written
-echo "== python -m worker gates --device $device ${gate_opts[*]} -- ${pytest_args[*]}" | tee -a "$log"
 start=$(date +%s)
-left=$(( ${GATES_DEADLINE:-530} - SECONDS ))   # SECONDS: since this script started (wheels, twin included)
-[ "$left" -gt 30 ] || left=30
-# A background job starts with SIGINT ignored (bash, without job control), and Python then never turns
-# SIGINT into KeyboardInterrupt: restore the default before exec, so the deadline below can interrupt pytest.
-python3 -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])' \
-  python3 -m worker gates --device "$device" "${gate_opts[@]}" -- "${pytest_args[@]}" >> "$log" 2>&1 &
-runner=$!
-(
-  # Its sleeps end with it (the trap), so nothing outlives the run holding its output open.
-  trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
-  sleep "$left" & sleeper=$!; wait "$sleeper"
-  # SIGINT to pytest itself (the child of `worker gates`): it stops its workers and still writes the board.
-  for child in $(pgrep -P "$runner"); do kill -INT "$child" 2>/dev/null; done
-  echo "deadline of ${GATES_DEADLINE:-530} s reached: pytest interrupted, the board shows what ran" >> "$log"
-  sleep 30 & sleeper=$!; wait "$sleeper"
-  kill -TERM "$runner" 2>/dev/null
-) </dev/null >/dev/null 2>&1 &
-watchdog=$!
-wait "$runner"
-rc=$?
-kill "$watchdog" 2>/dev/null
-wait "$watchdog" 2>/dev/null
+if [ "$mode" = run ]; then
+  results="reports/gate-results${shard:+-$(shard_tag "$shard")}.json"
+  rm -f "$results"
+  run_session "$log" "$shard"
+  rc=$?
+  cp "$results" "$dest/" 2>/dev/null
+else
+  # One shard per GPU, side by side; each has its own log, conformance table and Allure folder (the plugin's).
+  rm -f reports/gate-results-shard-*-of-"$shards".json
+  pids=()
+  for i in $(seq 1 "$shards"); do
+    tag=$(shard_tag "$i/$shards")
+    gpu_env=()
+    [ "$gpus" -ge 1 ] && gpu_env=(CUDA_VISIBLE_DEVICES=$(( (i - 1) % gpus )))
+    # shellcheck disable=SC2030  # each shard's environment is its own
+    ( export "${gpu_env[@]}" M0_CONFORMANCE_JSON="$PWD/reports/cuda_conformance-$tag.json"
+      run_session "$dest/gates-$tag.log" "$i/$shards" ) &
+    pids+=($!)
+  done
+  for i in "${!pids[@]}"; do
+    wait "${pids[$i]}"
+    echo "shard $((i + 1))/$shards exit status: $?" | tee -a "$log"
+  done
+  for f in reports/gate-results-shard-*-of-"$shards".json reports/cuda_conformance-shard-*-of-"$shards".json; do
+    [ -f "$f" ] && cp "$f" "$dest/"
+  done
+  cat "$dest"/gates-shard-*-of-"$shards".log >> "$log"
+  mapfile -t shard_files < <(ls reports/gate-results-shard-*-of-"$shards".json 2>/dev/null)
+  if [ ${#shard_files[@]} -gt 0 ]; then
+    echo "== python -m worker gates --merge ${shard_files[*]}" | tee -a "$log"
+    python3 -m worker gates --merge "${shard_files[@]}" >> "$log" 2>&1
+    rc=$?
+    cp reports/gate-results.json "$dest/" 2>/dev/null
+  else
+    echo "no shard wrote its results: no board" | tee -a "$log"
+    rc=1
+  fi
+fi
 echo "gates exit status: $rc after $(( $(date +%s) - start )) s" | tee -a "$log"
-grep -E "^(FAILED|ERROR) |[0-9]+ (passed|failed)|^=+ .*(passed|failed|error).* =+$|deadline" "$log" | tail -5
+grep -E "^(FAILED|ERROR) |[0-9]+ (passed|failed)|^=+ .*(passed|failed|error).* =+$|deadline|refused" "$log" | tail -8
 cp reports/gate-board.md reports/gate-board.json reports/gate-board.html "$dest/" 2>/dev/null
 # the CUDA conformance table and the 64-step greedy identities the kernel checks wrote during the run
 cp reports/cuda_conformance.json reports/cuda_end_to_end.json "$dest/" 2>/dev/null
+if [ -n "$shard" ]; then   # a shard's own board (the other shards' tests NOT RUN), then how to get the run's
+  sed -n '/= gate board of shard/,/^OVERALL/p' "$log" | grep -vE '^  PASS ' | tail -n 80
+  echo "shard $shard: its results are in $dest; the board of the run: python -m worker gates --merge" \
+       "with the results files of all ${shard#*/} shards" | tee -a "$log"
+  exit $rc
+fi
 python3 - "$dest/gate-board.json" <<'PY' 2>&1 | tee -a "$log"
 import json, sys
 try:
@@ -157,6 +248,8 @@ try:
 except OSError:
     sys.exit("no gate board was written")
 print(f"\nGate board on {board['device']}: overall {board['overall']}")
+for note in board.get("notes", []):
+    print(f"  NOTE: {note}")
 for gate in board["gates"]:
     counts = ", ".join(f"{n} {k}" for k, n in gate["counts"].items())
     print(f"  Gate {gate['gate']} {gate['title']}: {gate['verdict']} ({counts})")
