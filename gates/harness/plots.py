@@ -32,7 +32,7 @@ def benchmark_ratios(reports_dir: Path) -> dict[str, list[tuple[str, str, float]
     """file name -> its ratios, for every benchmark JSON in reports/ (the board's own files excluded)."""
     out = {}
     for path in sorted(reports_dir.glob("*.json")):
-        if path.name.startswith("gate-board") or path.name == "repro-runs.json":
+        if path.name.startswith(("gate-board", "gate-results")) or path.name == "repro-runs.json":
             continue
         try:
             ratios = find_ratios(json.loads(path.read_text()))

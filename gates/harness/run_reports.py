@@ -42,7 +42,8 @@ def evidence_for(boards: list[GateBoard], reports_dir: Path, plots: dict[str, Pa
     if PERF_GATE in out:
         out[PERF_GATE] += [Evidence(f"benchmark: {p.name}", p, "application/json")
                            for p in sorted(reports_dir.glob("*.json"))
-                           if p.name not in BOARD_FILES and p.name != "repro-runs.json"]
+                           if p.name not in BOARD_FILES and p.name != "repro-runs.json"
+                           and not p.name.startswith("gate-results")]
         if "benchmark ratios" in plots:
             out[PERF_GATE].append(Evidence("plot: benchmark ratios", plots["benchmark ratios"], "image/png"))
     if REPRO_GATE in out and "reproducibility runs" in plots:

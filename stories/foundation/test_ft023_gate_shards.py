@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from gates.harness.shards import assign_shards, parse_shard
+
 pytestmark = pytest.mark.story("FT-023")
 pytest_plugins = ["pytester"]
 
@@ -275,3 +277,36 @@ def test_the_real_gate1_split_is_deterministic_and_balances_the_device_tests(tmp
     assert all(len(shards) == 1 for shards in modules.values())   # a module's fixtures are built once
     sizes = [len(kept[1]), len(kept[2])]
     assert abs(sizes[0] - sizes[1]) <= 0.25 * sum(sizes), sizes
+
+
+def synthetic_collection(device_sizes: dict[str, int], other_sizes: dict[str, int]) -> list[tuple[str, bool]]:
+    tests = [(f"stories/{m}.py::test_{n}", True) for m, size in device_sizes.items() for n in range(size)]
+    return tests + [(f"stories/{m}.py::test_{n}", False) for m, size in other_sizes.items() for n in range(size)]
+
+
+def test_the_split_depends_on_the_collection_only_and_cuts_only_a_module_too_big_for_one_shard():
+    tests = synthetic_collection({"big": 8, "mid": 4, "small": 3, "one": 1}, {"plain_a": 6, "plain_b": 5})
+    by_module = {}
+    for test in tests:
+        by_module.setdefault(test[0].split("::")[0], []).append(test)
+    reordered = [t for module in reversed(list(by_module)) for t in by_module[module]]
+    two = assign_shards(tests, 2)
+    assert two == assign_shards(reordered, 2)                  # module order does not matter
+    device = [sum(d for t, d in tests if two[t] == s) for s in (1, 2)]
+    assert device == [8, 8]                                    # the big module alone is one shard's share
+    assert all(len({two[t] for t, _ in members}) == 1 for members in by_module.values())
+    assert sorted(sum(not d for t, d in tests if two[t] == s) for s in (1, 2)) == [5, 6]   # the others too
+    three = assign_shards(tests, 3)                            # a share of 6: the big module is cut in 6 + 2
+    big = [three[t] for t, _ in by_module["stories/big.py"]]
+    assert big[:6] == [big[0]] * 6 and big[6:] == [big[6]] * 2 and big[0] != big[6]
+    assert sorted(sum(d for t, d in tests if three[t] == s) for s in (1, 2, 3)) == [5, 5, 6]
+
+
+@pytest.mark.parametrize("text", ["3/2", "0/2", "1", "a/b", ""])
+def test_a_shard_is_i_of_n(text):
+    with pytest.raises(ValueError, match="shard"):
+        parse_shard(text)
+    result = subprocess.run([sys.executable, "-m", "worker", "gates", "--shard", text or " "], cwd=REPO,
+                            env=nested_env(), capture_output=True, text=True)
+    assert result.returncode == 2 and "gates: shard" in result.stderr
+    assert str(parse_shard(" 2 / 3 ")) == "2/3"
