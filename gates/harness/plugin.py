@@ -419,6 +419,8 @@ def pytest_sessionfinish(session, exitstatus):
     shows the board). The board is built from the results as written, as `worker gates --merge` builds it."""
     config = session.config
     state: GateState = config._m0
+    if hasattr(config, "workerinput"):
+        return          # a pytest-xdist worker: the controller, which sees every worker's reports, writes all this
     alluredir = getattr(config.option, "allure_report_dir", None)
     boards, notes = [], []
     if state.show_board and state.manifests:

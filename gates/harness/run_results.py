@@ -13,11 +13,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from gates.harness.board import GateBoard, TestResult, build_board
+import pytest
+
+from gates.harness.board import FAIL, GateBoard, TestResult, build_board
 from gates.harness.shards import Shard
 
 FORMAT = "m0-gate-results/1"
-INTERRUPTED = 2         # pytest.ExitCode.INTERRUPTED; TESTS_FAILED is 1
+INTERRUPTED, TESTS_FAILED = int(pytest.ExitCode.INTERRUPTED), int(pytest.ExitCode.TESTS_FAILED)
 
 
 @dataclass
@@ -63,10 +65,10 @@ class RunResults:
     def from_json(cls, data: dict) -> "RunResults":
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"not a gate results file of format {FORMAT}")
-        data = {k: v for k, v in data.items() if k != "format"}
-        collection = data.pop("collection")
-        return cls(**{**data, "results": [LabelledResult(**r) for r in data.pop("results")],
-                      "collection": None if collection is None else [CollectedTest(**t) for t in collection]})
+        fields = {k: v for k, v in data.items() if k not in ("format", "results", "collection")}
+        collection = data["collection"]
+        return cls(**fields, results=[LabelledResult(**r) for r in data["results"]],
+                   collection=None if collection is None else [CollectedTest(**t) for t in collection])
 
 
 def results_file_name(shard: Shard | None) -> str:
@@ -160,11 +162,11 @@ def load_gate_definitions(gates_dir: Path) -> tuple[dict[int, dict], dict[str, s
 
 
 def board_exit_status(run: RunResults, boards: list[GateBoard]) -> int:
-    """As pytest would end the run: interrupted (2), else a failed test or gate (1), else 0."""
+    """As pytest would end the run: interrupted, else a failed test or gate, else 0."""
     if run.exitstatus == INTERRUPTED:
         return INTERRUPTED
-    failed = any(r.outcome == "failed" for r in run.results) or any(b.verdict == "FAIL" for b in boards)
-    return 1 if failed or run.exitstatus == 1 else 0
+    failed = any(r.outcome == "failed" for r in run.results) or any(b.verdict == FAIL for b in boards)
+    return TESTS_FAILED if failed or run.exitstatus == TESTS_FAILED else 0
 
 
 # -- merging shards --------------------------------------------------------------------------
@@ -203,5 +205,5 @@ def merge_results(runs: list[tuple[str, RunResults]]) -> RunResults:
         repro_runs={k: v for _, run in runs for k, v in run.repro_runs.items()},
         model_files={k: v for _, run in runs for k, v in run.model_files.items()},
         example_scale=first.example_scale,
-        exitstatus=INTERRUPTED if INTERRUPTED in statuses else 1 if 1 in statuses else 0,
+        exitstatus=INTERRUPTED if INTERRUPTED in statuses else TESTS_FAILED if TESTS_FAILED in statuses else 0,
         gpu=first.gpu, commit=", ".join(dict.fromkeys(run.commit for _, run in runs if run.commit)))

@@ -156,6 +156,19 @@ def test_shards_under_parallel_workers_merge_to_the_plain_runs_board(pytester):
     assert board(pytester, "merged") == unsharded
 
 
+def test_parallel_workers_leave_the_board_and_the_gate_verdict_to_the_controller(pytester):
+    """Each xdist worker sees only its own tests: only the controller, which sees them all, writes the results
+    file, the board and Allure's gate verdict (once, not a partial verdict per worker)."""
+    pytest.importorskip("xdist")
+    pytest.importorskip("allure_pytest")
+    make_project(pytester)
+    subprocess.run([sys.executable, "-m", "pytest", "gates/gate1", "-p", "no:cacheprovider", "--device", "cpu",
+                    "--alluredir", "allure", "-n", "2", "--dist", "loadgroup"],
+                   cwd=pytester.path, env=nested_env(), capture_output=True, text=True)
+    verdicts = [json.loads(p.read_text())["name"] for p in (pytester.path / "allure").glob("*-result.json")]
+    assert [v for v in verdicts if "verdict" in v] == ["Gate 1 verdict: FAIL (Mini)"]
+
+
 def test_a_missing_shard_leaves_its_tests_not_run_and_the_gate_incomplete(pytester):
     make_project(pytester, failing=False, complete=True)
     assert run_gate(pytester).returncode == 0
