@@ -67,11 +67,11 @@ def _tokenizer_fields(path: Path) -> list:
     return fields
 
 
-def gpt_oss_20b_tensors(vocab: int) -> list[tuple[str, tuple, object, float]]:
+def gpt_oss_20b_tensors(vocab: int, layers: int | None = None) -> list[tuple[str, tuple, object, float]]:
     """(name, shape rows-first, GGML type, F32 base value) of every tensor of the GPT-OSS-20B-shaped file."""
     import gguf
 
-    c, Q = GPT_OSS_20B, gguf.GGMLQuantizationType
+    c, Q = dict(GPT_OSS_20B, layers=layers or GPT_OSS_20B["layers"]), gguf.GGMLQuantizationType
     D, E, F, hd = c["hidden"], c["experts"], c["expert_ffn"], c["head_dim"]
     q_dim, kv_dim = c["heads"] * hd, c["kv_heads"] * hd
     tensors: list[tuple[str, tuple, object, float]] = [      # name, shape (GGUF order reversed), type, F32 base
@@ -95,7 +95,7 @@ def gpt_oss_20b_tensors(vocab: int) -> list[tuple[str, tuple, object, float]]:
     return tensors
 
 
-def write_gpt_oss_20b_shaped(path: Path, tokenizer_from: Path, seed: int = 0) -> Path:
+def write_gpt_oss_20b_shaped(path: Path, tokenizer_from: Path, seed: int = 0, layers: int | None = None) -> Path:
     """GPT-OSS-20B's shape in our tiny GPT-OSS fixture's tensor layout (fixtures/tiny_gpt_oss.py:
     llama.cpp's converter names, stacked [E, N, K] experts): experts MXFP4, the other matrices Q8_0,
     vectors F32, with a real vocabulary (llama.cpp refuses a BPE vocabulary without merges).
@@ -105,7 +105,7 @@ def write_gpt_oss_20b_shaped(path: Path, tokenizer_from: Path, seed: int = 0) ->
     the experts, as a trained model does. About 11 GB with a 49,152-token vocabulary."""
     import gguf
 
-    c, Q = GPT_OSS_20B, gguf.GGMLQuantizationType
+    c, Q = dict(GPT_OSS_20B, layers=layers or GPT_OSS_20B["layers"]), gguf.GGMLQuantizationType
     fields = _tokenizer_fields(tokenizer_from)
     vocab = next(len(v) for k, v, _, _ in fields if k == "tokenizer.ggml.tokens")
     D, E, F, hd = c["hidden"], c["experts"], c["expert_ffn"], c["head_dim"]
@@ -133,7 +133,7 @@ def write_gpt_oss_20b_shaped(path: Path, tokenizer_from: Path, seed: int = 0) ->
     for key, value, vtype, sub_type in fields:
         w.add_key_value(key, value, vtype, sub_type)
 
-    tensors = gpt_oss_20b_tensors(vocab)
+    tensors = gpt_oss_20b_tensors(vocab, c["layers"])
     for name, shape, qtype, _ in tensors:
         block, size = gguf.GGML_QUANT_SIZES[qtype]
         nbytes = int(np.prod(shape)) // block * size
@@ -354,6 +354,8 @@ def main(argv=None) -> int:
     g = sub.add_parser("write-gpt-oss")
     g.add_argument("out")
     g.add_argument("--tokenizer-from", required=True)
+    g.add_argument("--layers", type=int, default=None,
+                   help="fewer layers than GPT-OSS-20B's 24 (a per-layer profile needs only a few)")
     for name in ("ours", "peer"):
         s = sub.add_parser(name)
         s.add_argument("--model", action="append", required=True, help="NAME=FILE.gguf")
@@ -372,7 +374,7 @@ def main(argv=None) -> int:
 
     if args.cmd == "write-gpt-oss":
         t0 = time.perf_counter()
-        write_gpt_oss_20b_shaped(Path(args.out), Path(args.tokenizer_from))
+        write_gpt_oss_20b_shaped(Path(args.out), Path(args.tokenizer_from), layers=args.layers)
         size = Path(args.out).stat().st_size / 2**30
         print(f"wrote {args.out} ({size:.2f} GiB) in {time.perf_counter() - t0:.0f} s")
         return 0

@@ -38,6 +38,11 @@ THRESHOLDS = {
     "matvec": 1e-11,             # fused dequantize + matrix-vector (T <= 4), float32 accumulation
     "matmul": 1e-11,             # dequantized tile + cuBLAS SGEMM (T > 4)
     "matmul_expert": 1e-11,
+    # The grouped expert products on BF16 tensor cores (moe_gemm.cu v4, MXFP4 weights: bfloat16 values already):
+    # each activation is two bfloat16 terms, within 2^-18 of itself, so a product is off by at most 2^-18 of its
+    # term sum (term-normalized NMSE <= 2^-36 = 1.5e-11) besides the float32 sums matmul_expert allows (1e-11).
+    # Random inputs land near 1e-14; a lost low term leaves 2^-9 of each activation (about 1e-8 at width 256).
+    "matmul_expert_bf16x2": 2.5e-11,
     # Decode products on int8 activations (worker/backend/kernels/vecdot.cu), term-normalized as above.
     # Two int8 terms carry each activation to within max|block|/64516 (d1 <= d0/254, d0 = max/127).
     # Gaussian inputs land near 8.6e-10 / K; a block dominated by one large value (SwiGLU outputs) is

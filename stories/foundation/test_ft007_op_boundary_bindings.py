@@ -82,31 +82,39 @@ def kernel_signatures(module: str) -> dict[str, list[str]]:
 
 # -- Python side: launch sites in the launchers ------------------------------------------------
 
+def _name_values(expr: str) -> list[str]:
+    """The values a kernel name's {expr} part can take."""
+    if expr.endswith(".format"):                     # a CudaWeight's storage format
+        return sorted(set(cuda_module._KERNEL_FORMAT.values()))
+    if expr == "kvt":                                # KV cache element type
+        return ["f16", "f32"]
+    if expr == "fmt":                                # a format with an int8 decode product (kernels/vecdot.py)
+        from worker.backend.kernels.vecdot import VECDOT_FORMATS
+        return sorted(VECDOT_FORMATS)
+    raise AssertionError(f"unknown kernel-name pattern {{{expr}}}: teach this test its values")
+
+
 def _name_variants(node: ast.expr) -> list[str]:
-    """Every kernel name a launch's name expression can take (f-strings expanded)."""
+    """Every kernel name a launch's name expression can take (f-strings expanded). {suffix}, the grouped expert
+    kernels' variant part, depends on the name's {fmt} (kernels/moe.py _suffix): the two are expanded together."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return [node.value]
     assert isinstance(node, ast.JoinedStr), f"kernel name is not a literal: {ast.unparse(node)}"
-    names = [""]
-    for part in node.values:
-        if isinstance(part, ast.Constant):
-            names = [n + part.value for n in names]
-            continue
-        expr = ast.unparse(part.value)
-        if expr.endswith(".format"):                 # a CudaWeight's storage format
-            values = sorted(set(cuda_module._KERNEL_FORMAT.values()))
-        elif expr == "kvt":                          # KV cache element type
-            values = ["f16", "f32"]
-        elif expr == "fmt":                          # a format with an int8 decode product (kernels/vecdot.py)
-            from worker.backend.kernels.vecdot import VECDOT_FORMATS
-            values = sorted(VECDOT_FORMATS)
-        elif expr == "suffix":                       # the grouped expert kernels' variant (kernels/moe.py)
-            from worker.backend.kernels.moe import MOE_GEMM_VARIANTS, _suffix
-            values = sorted(_suffix(v) for v in MOE_GEMM_VARIANTS)
-        else:
-            raise AssertionError(f"unknown kernel-name pattern {{{expr}}}: teach this test its values")
-        names = [n + v for n in names for v in values]
-    return names
+    exprs = [ast.unparse(p.value) for p in node.values if not isinstance(p, ast.Constant)]
+    if "suffix" in exprs:
+        from worker.backend.kernels.moe import MOE_GEMM_VARIANTS, _suffix
+
+        assert "fmt" in exprs, "a grouped expert kernel's name has its format"
+        bindings = [{"suffix": _suffix(v, f), "fmt": f} for v in MOE_GEMM_VARIANTS for f in _name_values("fmt")]
+    else:
+        bindings = [{}]
+    for expr in exprs:
+        if expr not in ("suffix", "fmt") or "suffix" not in exprs:
+            bindings = [dict(b, **{expr: value}) for b in bindings for value in _name_values(expr)]
+    names = set()
+    for b in bindings:
+        names.add("".join(p.value if isinstance(p, ast.Constant) else b[ast.unparse(p.value)] for p in node.values))
+    return sorted(names)
 
 
 def _argument_kind(node: ast.expr) -> str:

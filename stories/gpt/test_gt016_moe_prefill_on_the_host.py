@@ -91,6 +91,35 @@ static inline void mma_tf32_16x8x8(float* d, const u32* a, const u32* b) {
     warp_barriers[w]->arrive_and_wait();
 }
 static inline void mma_tf32_16x8x8_free(float* d, const u32* a, const u32* b) { mma_tf32_16x8x8(d, a, b); }
+
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 on the host (v4): two bfloat16 values a register, the lower
+// k in the low half (mma_bf16.cuh); each product exact, the sixteen of an output summed in double, added once.
+struct uint2 { u32 x, y; };
+struct uint4 { u32 x, y, z, w; };
+static inline uint2 make_uint2(u32 a, u32 b) { return uint2{a, b}; }
+static u32 mmb_a[32][32][4], mmb_b[32][32][2];
+static std::atomic<long long> mma_bf16_count{0};
+extern "C" long long host_mma_bf16_count() { return mma_bf16_count.exchange(0); }
+static inline float bf16_half(u32 reg, int high) { return __uint_as_float(high ? reg & 0xffff0000u : reg << 16); }
+static inline void mma_bf16_16x8x16(float* d, const u32* a, const u32* b) {
+    const int w = threadIdx.x / 32, l = threadIdx.x % 32, g = l / 4, q = l % 4;
+    warp_barriers[w]->arrive_and_wait();
+    for (int i = 0; i < 4; ++i) mmb_a[w][l][i] = a[i];
+    for (int i = 0; i < 2; ++i) mmb_b[w][l][i] = b[i];
+    if (l == 0) ++mma_bf16_count;
+    warp_barriers[w]->arrive_and_wait();
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + 8 * (i >> 1), col = 2 * q + (i & 1);
+        double s = 0.0;
+        for (int k = 0; k < 16; ++k) {
+            const float av = bf16_half(mmb_a[w][(row % 8) * 4 + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)], k % 2);
+            const float bv = bf16_half(mmb_b[w][col * 4 + (k % 8) / 2][k >= 8], k % 2);
+            s += (double)(av * bv);
+        }
+        d[i] = (float)((double)d[i] + s);
+    }
+    warp_barriers[w]->arrive_and_wait();
+}
 """
 
 _KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)')
@@ -129,6 +158,8 @@ def _host_entries(text: str) -> str:
 def host_moe(tmp_path_factory):
     assert "mma_tf32_16x8x8" in kernel_source("moe_gemm.cu")     # the instruction the host version stands in for
     helpers = "".join(device_function(KERNELS / "common.cuh", n) for n in ("load_f16", "bf16_bits_to_f32"))
+    helpers += "".join(device_function(KERNELS / "mma_bf16.cuh", n)
+                       for n in ("bf16_round_bits", "bf16_split_bits", "bf16_pack"))
     kernels = _body("moe.cu") + _gemm_source()
     text = (_PRELUDE + helpers + _body("iq_tables.cuh") + _body("quant.cuh") + _body("tf32.cuh")
             + _body("activation.cuh") + THREADED_LAUNCH + kernels)
@@ -260,8 +291,9 @@ def _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha, tile
                 h, F, D, clamped=not (limit is None and alpha is None), limit=limit, alpha=alpha, variant=variant)
     y = np.full((n_pairs, D), np.nan, np.float32)
     moe.down(k, fmt, h, tiles, n_tiles, tile_rows, draw, rb_d, D * rb_d, biases[2], y, D, F, variant=variant)
-    assert k.launched[-2:] == [f"moe_gate_up_{fmt}" if variant == "v1" else f"moe_gate_up_{variant}_{fmt}",
-                               f"moe_down_{fmt}" if variant == "v1" else f"moe_down_{variant}_{fmt}"]
+    kernel_variant = "v3" if variant == "v4" and fmt not in moe.MOE_BF16_FORMATS else variant
+    assert k.launched[-2:] == [f"moe_{kind}_{fmt}" if variant == "v1" else f"moe_{kind}_{kernel_variant}_{fmt}"
+                               for kind in ("gate_up", "down")]
     out = np.full((T, D), np.nan, np.float32)
     moe.combine_rows(k, y, pos, weights, out, T, k_used, D)
     return out, h, y, experts, order
@@ -301,6 +333,8 @@ def _check_expert_ffn(host_moe, variant, qtype, T, E, k_used, D, F, case, tile_r
     out, h, y, experts, order = _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha, tile_rows,
                                               variant)
     assert host_moe.host_mma_not_tf32() == 0, "an mma operand was not a TF32 value"
+    bf16 = variant == "v4" and fmt in moe.MOE_BF16_FORMATS
+    assert (host_moe.host_mma_bf16_count() > 0) == bf16, "v4 multiplies on BF16 tensor cores, and only v4"
     if case == "one-expert":
         assert (experts[:, 0] == 1).all()
     if case == "every-expert":
@@ -317,4 +351,5 @@ def _check_expert_ffn(host_moe, variant, qtype, T, E, k_used, D, F, case, tile_r
     want = np.einsum("rf,rdf->rd", h.astype(np.float64), dense_down[ex]) + biases[2][ex]
     scale = np.einsum("rf,rdf->rd", np.abs(h.astype(np.float64)), np.abs(dense_down[ex])) + np.abs(biases[2][ex])
     term_nmse = float(np.sum((y - want) ** 2) / np.sum(scale ** 2))
-    assert term_nmse <= THRESHOLDS["matmul"], f"down product term-normalized NMSE {term_nmse:.3e}"
+    row = "matmul_expert_bf16x2" if bf16 else "matmul"
+    assert term_nmse <= THRESHOLDS[row], f"down product term-normalized NMSE {term_nmse:.3e} ({row})"

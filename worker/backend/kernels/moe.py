@@ -12,13 +12,17 @@ MOE_TILE_ROWS = (16, 32, 64)          # sorted rows a tile, the heights moe_gemm
 # The grouped products' kernels (moe_gemm.cu): v1 (moe_gate_up_<fmt>, moe_down_<fmt>: 4 warps, 64 columns a block,
 # load, wait, multiply), v2 (moe_gate_up_v2_<fmt>, moe_down_v2_<fmt>: 8 warps, 128 columns, the next k-step's
 # loads behind the current step's products) and v3 (v2 with the activations split into TF32 hi/lo once as they are
-# stored, not by every warp that reads them; two syncs a step), the same split-TF32 terms. M0_CUDA_MOE_GEMM picks
-# one, to compare them on the GPU or fall back. The default, v3, issues the fewest instructions a k-step (ptxas
-# and the count of splits and dequantizations); benchmarks/bench_moe_prefill.py times all three.
-MOE_GEMM_VARIANTS = ("v1", "v2", "v3")
-MOE_GEMM_VARIANT = os.environ.get("M0_CUDA_MOE_GEMM", "v3")
-MOE_TILE_COLS = {"v1": 64, "v2": 128, "v3": 128}     # output columns a block: moe_gemm.cu's MOE_BN, MOE2_BN
-MOE_THREADS = {"v1": 128, "v2": 256, "v3": 256}      # moe_gemm.cu's MOE_THREADS, MOE2_THREADS
+# stored, not by every warp that reads them; two syncs a step), the same split-TF32 terms, and v4: v3 on BF16
+# tensor cores (m16n8k16) for the formats whose values are bfloat16 values (MOE_BF16_FORMATS; the others take v3's
+# kernels), activations as two bfloat16 terms (within 2^-18 of each value, the products' own conformance row).
+# M0_CUDA_MOE_GEMM picks one, to compare them on the GPU or fall back; benchmarks/bench_moe_prefill.py times all.
+MOE_GEMM_VARIANTS = ("v1", "v2", "v3", "v4")
+MOE_GEMM_VARIANT = os.environ.get("M0_CUDA_MOE_GEMM", "v4")
+MOE_TILE_COLS = {"v1": 64, "v2": 128, "v3": 128, "v4": 128}  # output columns a block: moe_gemm.cu's MOE_BN, MOE2_BN
+MOE_THREADS = {"v1": 128, "v2": 256, "v3": 256, "v4": 256}   # moe_gemm.cu's MOE_THREADS, MOE2_THREADS
+# Formats whose dequantized values are bfloat16 values (moe_gemm.cu's FOR_EACH_MOE_BF16_FORMAT): MXFP4's E2M1 values
+# (two significant bits) times a power of two.
+MOE_BF16_FORMATS = frozenset({"mxfp4"})
 # Tile heights moe.tile_rows_for chooses from: 16-row tiles (T * k / E <= 16, e.g. 128 tokens on GPT-OSS-20B) were
 # slower than 32-row ones on the H200 (v1: 2.34 against 1.79 ms for the gate/up launch), so the choice starts at 32;
 # the kernels and the plan still serve 16.
@@ -56,8 +60,11 @@ def gemm_variant(variant: str | None = None) -> str:
     return variant
 
 
-def _suffix(variant: str) -> str:
-    """The kernel names' variant part: moe_gate_up<suffix>_<fmt> (v1 has none)."""
+def _suffix(variant: str, fmt: str) -> str:
+    """The kernel names' variant part: moe_gate_up<suffix>_<fmt> (v1 has none; v4 of a format without a BF16
+    kernel is v3)."""
+    if variant == "v4" and fmt not in MOE_BF16_FORMATS:
+        variant = "v3"
     return "" if variant == "v1" else f"_{variant}"
 
 
@@ -95,7 +102,7 @@ def gate_up(k, fmt: str, x, order, n_used: int, tiles, n_tiles: int, tile_rows: 
     tiles: moe_plan's table of tile_rows-row tiles; variant: the kernel (gemm_variant)."""
     v = gemm_variant(variant)
     cols = MOE_TILE_COLS[v]
-    suffix = _suffix(v)
+    suffix = _suffix(v, fmt)
     k._launch("moe_gemm.cu", f"moe_gate_up{suffix}_{fmt}", ((F + cols - 1) // cols, n_tiles), MOE_THREADS[v],
               (x, order, i32(n_used), tiles, i32(tile_rows), gate, up, i64(row_bytes), i64(expert_bytes),
                NULL if bias_gate is None else bias_gate, NULL if bias_up is None else bias_up, h, i32(F), i32(D),
@@ -108,7 +115,7 @@ def down(k, fmt: str, h, tiles, n_tiles: int, tile_rows: int, down_w, row_bytes:
     """y [n_pairs, D] in sorted-row order: h Wdown_e^T + bdown_e for each sorted row's expert e."""
     v = gemm_variant(variant)
     cols = MOE_TILE_COLS[v]
-    suffix = _suffix(v)
+    suffix = _suffix(v, fmt)
     k._launch("moe_gemm.cu", f"moe_down{suffix}_{fmt}", ((D + cols - 1) // cols, n_tiles), MOE_THREADS[v],
               (h, tiles, i32(tile_rows), down_w, i64(row_bytes), i64(expert_bytes),
                NULL if bias_down is None else bias_down, y, i32(D), i32(F)))

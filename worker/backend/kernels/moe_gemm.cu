@@ -14,6 +14,7 @@
 #include "tf32.cuh"
 #include "activation.cuh"
 #include "mma_tf32.cuh"
+#include "mma_bf16.cuh"
 
 #define MOE_BM 64        // the most sorted rows (token-expert pairs) a tile: kernels/moe.py MOE_TILE_ROWS
 #define MOE_BN 64        // output columns a block
@@ -255,7 +256,51 @@ __device__ __forceinline__ void moe2_dq8<moe_dq_mxfp4>(const u8* r, int c, float
     }
 }
 
-template <class DQ, bool EXACT, bool GATE_UP, bool STAGED, bool PRESPLIT, int BM, int WARPS_M>
+// One 32-value k-step of v4 on BF16 tensor cores (m16n8k16, two a step): the weights' values are bfloat16
+// values already (MXFP4's: E2M1 times a power of two), the activations two bfloat16 terms each (high, low:
+// within 2^-18 of the value). The k order is v2's: lane (g, q) holds values 8q .. 8q + 7 of its rows and column,
+// the first four for the first product (logical k 2q, 2q + 1, 2q + 8, 2q + 9), the last four for the second; the
+// same permutation for both operands leaves each dot product's terms unchanged. a_bf16: the step's activations,
+// 16 words a row (a lane's eight values are one 16-byte read; 8 lanes of a quarter warp cover 32 banks).
+template <class DQ, int NMAT, int MT, int NT>
+__device__ __forceinline__ void moe4_step(const u8 (*raw)[MOE2_RAW], u32* const* a_bf16, int wm, int wn, int g,
+                                          int q, float (*acc)[MT][NT][4]) {
+    u32 a[2][MT][2][4];                          // [low, high][m16 tile][product of the step][fragment]
+#pragma unroll
+    for (int part = 0; part < 2; ++part)
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            const uint4 r0 = *(const uint4*)&a_bf16[part ? 0 : 1][(wm + 16 * mt + g) * 16 + 4 * q];
+            const uint4 r1 = *(const uint4*)&a_bf16[part ? 0 : 1][(wm + 16 * mt + g + 8) * 16 + 4 * q];
+            const u32 w0[4] = {r0.x, r0.y, r0.z, r0.w}, w1[4] = {r1.x, r1.y, r1.z, r1.w};
+#pragma unroll
+            for (int s = 0; s < 2; ++s) {
+                a[part][mt][s][0] = w0[2 * s];
+                a[part][mt][s][1] = w1[2 * s];
+                a[part][mt][s][2] = w0[2 * s + 1];
+                a[part][mt][s][3] = w1[2 * s + 1];
+            }
+        }
+#pragma unroll
+    for (int m = 0; m < NMAT; ++m)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            float w[8];
+            moe2_dq8<DQ>(&raw[m * MOE2_BN + wn + 8 * nt + g][0], q, w);
+#pragma unroll
+            for (int s = 0; s < 2; ++s) {
+                const u32 b[2] = {bf16_pack(__float_as_uint(w[4 * s]), __float_as_uint(w[4 * s + 1])),
+                                  bf16_pack(__float_as_uint(w[4 * s + 2]), __float_as_uint(w[4 * s + 3]))};
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma_bf16_16x8x16(acc[m][mt][nt], a[0][mt][s], b);   // the small term first
+                    mma_bf16_16x8x16(acc[m][mt][nt], a[1][mt][s], b);
+                }
+            }
+        }
+}
+
+template <class DQ, bool EXACT, bool GATE_UP, bool STAGED, bool PRESPLIT, bool BF16, int BM, int WARPS_M>
 __device__ __forceinline__ void moe2_tile(
         MoeShared2& sm, const float* __restrict__ x, const int* __restrict__ order, int k_used,
         const int* __restrict__ tiles, const u8* __restrict__ W1, const u8* __restrict__ W2, i64 row_bytes,
@@ -266,10 +311,13 @@ __device__ __forceinline__ void moe2_tile(
     constexpr int MT = BM / WARPS_M / 16, NT = MOE2_BN / WARPS_N / 8;  // m16 and n8 tiles a warp (a weight)
     constexpr int A_VECS = (BM * (MOE_BK / 4) + MOE2_THREADS - 1) / MOE2_THREADS;
     static_assert(MT >= 1 && MT * 16 * WARPS_M == BM && NT * 8 * WARPS_N == MOE2_BN, "warp tiling");
+    static_assert(!BF16 || (PRESPLIT && EXACT && STAGED), "v4: staged weights exact in bfloat16, split activations");
     const int* tile = tiles + 4 * blockIdx.y;
     const int expert = tile[0], first = tile[1], rows = tile[2];
     if (rows <= 0) return;
     const int n0 = blockIdx.x * MOE2_BN;
+    // BF16 (v4): a row's 32 activations as 16 words of bfloat16 pairs, high parts in a[0]'s space, low in a[1]'s
+    u32* const a_bf16[2] = {(u32*)&sm.a[0][0][0], (u32*)&sm.a[1][0][0]};
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int wm = (warp / WARPS_N) * (MT * 16), wn = (warp % WARPS_N) * (NT * 8);
     const int g = lane >> 2, q = lane & 3;
@@ -326,7 +374,16 @@ __device__ __forceinline__ void moe2_tile(
             const int i = tid + v * MOE2_THREADS;
             if (i >= BM * (MOE_BK / 4)) continue;
             const int r = i / (MOE_BK / 4), c = 4 * (i % (MOE_BK / 4));
-            if (PRESPLIT) {
+            if (BF16) {
+                const float4 x4 = a_next[v];
+                u32 h[4], l[4];
+                bf16_split_bits(x4.x, h[0], l[0]);
+                bf16_split_bits(x4.y, h[1], l[1]);
+                bf16_split_bits(x4.z, h[2], l[2]);
+                bf16_split_bits(x4.w, h[3], l[3]);
+                *(uint2*)&a_bf16[0][r * 16 + c / 2] = make_uint2(bf16_pack(h[0], h[1]), bf16_pack(h[2], h[3]));
+                *(uint2*)&a_bf16[1][r * 16 + c / 2] = make_uint2(bf16_pack(l[0], l[1]), bf16_pack(l[2], l[3]));
+            } else if (PRESPLIT) {
                 const float4 x4 = a_next[v];
                 float4 h4, l4;
                 tf32_split(x4.x, h4.x, l4.x);
@@ -356,6 +413,9 @@ __device__ __forceinline__ void moe2_tile(
     for (int step = 0; step < steps; ++step) {
         const int buf = step & 1, k0 = step * MOE_BK;
         if (step + 1 < steps) fetch(k0 + MOE_BK);
+        if constexpr (BF16) {
+            moe4_step<DQ, NMAT, MT, NT>(sm.raw[buf], a_bf16, wm, wn, g, q, acc);
+        } else {
         // the lane's activations of the step: rows wm + 16 mt + g and + 8, values 8q .. 8q + 7, split once
         u32 a_hi[MT][4][4], a_lo[MT][4][4];
 #pragma unroll
@@ -421,6 +481,7 @@ __device__ __forceinline__ void moe2_tile(
                 }
             }
         }
+        }
         if (step + 1 < steps) {
             stage_raw(buf ^ 1);
             if (PRESPLIT) __syncthreads();
@@ -452,32 +513,32 @@ __device__ __forceinline__ void moe2_tile(
 // The three tile heights: 64 rows as 2 x 4 warps of 32 x 32 columns (each activation fragment feeds 2 x 4 column
 // tiles, each dequantized weight value 2 row tiles), 32 as 1 x 8 of 32 x 16, 16 as 1 x 8 of 16 x 16 (a weight value
 // dequantized by one warp).
-template <class DQ, bool EXACT, bool GATE_UP, bool STAGED, bool PRESPLIT>
+template <class DQ, bool EXACT, bool GATE_UP, bool STAGED, bool PRESPLIT, bool BF16>
 __device__ __forceinline__ void moe2_grouped(
         int tile_rows, MoeShared2& sm, const float* __restrict__ x, const int* __restrict__ order, int k_used,
         const int* __restrict__ tiles, const u8* __restrict__ W1, const u8* __restrict__ W2, i64 row_bytes,
         i64 expert_bytes, const float* __restrict__ b1, const float* __restrict__ b2, float* __restrict__ out,
         int N, int K, int clamped, int has_limit, float limit, float alpha) {
     if (tile_rows == 16)
-        moe2_tile<DQ, EXACT, GATE_UP, STAGED, PRESPLIT, 16, 1>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
+        moe2_tile<DQ, EXACT, GATE_UP, STAGED, PRESPLIT, BF16, 16, 1>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
                                                      b1, b2, out, N, K, clamped, has_limit, limit, alpha);
     else if (tile_rows == 32)
-        moe2_tile<DQ, EXACT, GATE_UP, STAGED, PRESPLIT, 32, 1>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
+        moe2_tile<DQ, EXACT, GATE_UP, STAGED, PRESPLIT, BF16, 32, 1>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
                                                      b1, b2, out, N, K, clamped, has_limit, limit, alpha);
     else
-        moe2_tile<DQ, EXACT, GATE_UP, STAGED, PRESPLIT, 64, 2>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
+        moe2_tile<DQ, EXACT, GATE_UP, STAGED, PRESPLIT, BF16, 64, 2>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
                                                      b1, b2, out, N, K, clamped, has_limit, limit, alpha);
 }
 
 // v2 (activations split by each warp that reads them) and v3 (split once as they are stored: PRESPLIT)
-#define DEFINE_MOE_GEMM_PIPELINED(fmt, exact, variant, presplit)                                            \
+#define DEFINE_MOE_GEMM_PIPELINED(fmt, exact, variant, presplit, bf16)                                          \
 extern "C" __global__ void __launch_bounds__(MOE2_THREADS) moe_gate_up_##variant##_##fmt(                    \
         const float* __restrict__ x, const int* __restrict__ order, int k_used, const int* __restrict__ tiles,\
         int tile_rows, const u8* __restrict__ gate, const u8* __restrict__ up, i64 row_bytes,                \
         i64 expert_bytes, const float* __restrict__ bias_gate, const float* __restrict__ bias_up,           \
         float* __restrict__ h, int F, int D, int clamped, int has_limit, float limit, float alpha) {        \
     __shared__ __align__(16) MoeShared2 sm;                                                                  \
-    moe2_grouped<moe_dq_##fmt, exact, true, !moe_superblock_format(#fmt), presplit>(                         \
+    moe2_grouped<moe_dq_##fmt, exact, true, !moe_superblock_format(#fmt), presplit, bf16>(                   \
         tile_rows, sm, x, order, k_used, tiles, gate, up, row_bytes, expert_bytes, bias_gate, bias_up, h, F, \
         D, clamped, has_limit, limit, alpha);                                                                \
 }                                                                                                            \
@@ -486,12 +547,17 @@ extern "C" __global__ void __launch_bounds__(MOE2_THREADS) moe_down_##variant##_
         i64 row_bytes, i64 expert_bytes, const float* __restrict__ bias_down, float* __restrict__ y,        \
         int D, int F) {                                                                                      \
     __shared__ __align__(16) MoeShared2 sm;                                                                  \
-    moe2_grouped<moe_dq_##fmt, exact, false, !moe_superblock_format(#fmt), presplit>(                        \
+    moe2_grouped<moe_dq_##fmt, exact, false, !moe_superblock_format(#fmt), presplit, bf16>(                  \
         tile_rows, sm, h, nullptr, 1, tiles, down, nullptr, row_bytes, expert_bytes, bias_down, nullptr, y, \
         D, F, 0, 0, 0.0f, 1.0f);                                                                             \
 }
 
 #define DEFINE_MOE_GEMM_V2(fmt, exact) \
-    DEFINE_MOE_GEMM_PIPELINED(fmt, exact, v2, false) DEFINE_MOE_GEMM_PIPELINED(fmt, exact, v3, true)
+    DEFINE_MOE_GEMM_PIPELINED(fmt, exact, v2, false, false) DEFINE_MOE_GEMM_PIPELINED(fmt, exact, v3, true, false)
 
 FOR_EACH_MOE_FORMAT(DEFINE_MOE_GEMM_V2)
+
+// v4: v3 on BF16 tensor cores, for the formats whose values are bfloat16 values (kernels/moe.py MOE_BF16_FORMATS)
+#define FOR_EACH_MOE_BF16_FORMAT(X) X(mxfp4)
+#define DEFINE_MOE_GEMM_V4(fmt) DEFINE_MOE_GEMM_PIPELINED(fmt, true, v4, true, true)
+FOR_EACH_MOE_BF16_FORMAT(DEFINE_MOE_GEMM_V4)
