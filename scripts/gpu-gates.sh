@@ -206,6 +206,7 @@ else
     tag=$(shard_tag "$i/$shards")
     gpu_env=()
     [ "$gpus" -ge 1 ] && gpu_env=(CUDA_VISIBLE_DEVICES=$(( (i - 1) % gpus )))
+    : > "$dest/gates-$tag.log"
     # shellcheck disable=SC2030  # each shard's environment is its own
     ( export "${gpu_env[@]}" M0_CONFORMANCE_JSON="$PWD/reports/cuda_conformance-$tag.json"
       run_session "$dest/gates-$tag.log" "$i/$shards" ) &
@@ -233,8 +234,10 @@ fi
 echo "gates exit status: $rc after $(( $(date +%s) - start )) s" | tee -a "$log"
 grep -E "^(FAILED|ERROR) |[0-9]+ (passed|failed)|^=+ .*(passed|failed|error).* =+$|deadline|refused" "$log" | tail -8
 cp reports/gate-board.md reports/gate-board.json reports/gate-board.html "$dest/" 2>/dev/null
-# the CUDA conformance table and the 64-step greedy identities the kernel checks wrote during the run
-cp reports/cuda_conformance.json reports/cuda_end_to_end.json "$dest/" 2>/dev/null
+# the CUDA conformance table (one a shard under run-parallel, copied above) and the 64-step greedy identities
+# the kernel checks wrote during the run
+[ "$mode" = run ] && cp reports/cuda_conformance.json "$dest/" 2>/dev/null
+cp reports/cuda_end_to_end.json "$dest/" 2>/dev/null
 if [ -n "$shard" ]; then   # a shard's own board (the other shards' tests NOT RUN), then how to get the run's
   sed -n '/= gate board of shard/,/^OVERALL/p' "$log" | grep -vE '^  PASS ' | tail -n 80
   echo "shard $shard: its results are in $dest; the board of the run: python -m worker gates --merge" \
