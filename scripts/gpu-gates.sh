@@ -7,7 +7,8 @@
 #       calls: what each carries and runs. --with-qwen adds the real Qwen2.5-Coder file (9 more calls).
 #   scripts/gpu-gates.sh stage
 #       there: moves the parts this call carried into /tmp/m0-gpu-stage and installs every item whose
-#       parts are all in (sha256 checked): /tmp/site (packages), /tmp/m0-cache (M0_CACHE), tools.
+#       parts are all in (sha256 checked): /tmp/site (packages; the oracle wheels pip-installed there),
+#       /tmp/m0-cache (M0_CACHE), tools.
 #   scripts/gpu-gates.sh run [GATE...] [--shard I/N] [-- PYTEST_ARGS...]
 #       there: python -m worker gates --device cuda [--gate GATE...] with what was staged; pytest-xdist
 #       by default (-n $GATES_WORKERS --dist loadgroup, GATES_WORKERS=12) and a basetemp of its own.
@@ -117,6 +118,8 @@ fi
 install_wheels || { echo "wheel installation failed" | tee -a "$log"; exit 1; }
 {
   echo "== device"; nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader
+  # status ends with "== oracles": the transformers/tokenizers/huggingface_hub versions this run imports
+  # (the staged oracle wheels, or the image's own): the board's reference libraries.
   echo "== staged data"; python3 scripts/gpu_carry.py status
 } 2>&1 | tee -a "$log"
 if [ -f "$STAGE/env.sh" ]; then

@@ -10,8 +10,14 @@ are all there is joined, checked against its sha256 and unpacked where the fixtu
     python scripts/gpu_carry.py pack [--with-qwen] [--chunk-mib 55]   # here (the project's venv)
     python3 scripts/gpu_carry.py stage                                 # there (stdlib only)
     python3 scripts/gpu_carry.py status                                # there: which items are in
+    python scripts/gpu_carry.py fetch-oracles                          # here, once: the oracle wheels
 
 Stage writes $STAGE/env.sh (M0_CACHE, M0_LLAMA_CPP_BIN, ...) for scripts/gpu-gates.sh run.
+
+The oracles: the machine's image has transformers/tokenizers/huggingface_hub of its own, older than
+those this project checks against. The wheels at the venv's versions (and of their runtime dependencies,
+less torch, numpy, torch's own dependencies and what .whl carries) travel as the item "oracles"; stage
+installs them into $SITE, first on PYTHONPATH there, and status prints the versions Python imports.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
 from dataclasses import dataclass
@@ -38,6 +45,19 @@ MIB = 1 << 20
 # and static llama/ggml libraries: they need only libc, libstdc++, libgomp there.
 LLAMA_TOOLS = ("llama-quantize", "llama-imatrix", "llama-tokenize", "llama-completion", "llama-server")
 DESTINATIONS = {"site": SITE, "cache": CACHE, "stage": STAGE}
+# The reference libraries of the transformers comparisons (GT-002/003/004, ...), at the venv's versions.
+ORACLES = ("transformers", "tokenizers", "huggingface_hub")
+ORACLE_WHEELS = ROOT / ".cache" / "oracle-wheels"
+CARRIED_WHEELS = (ROOT / ".whl", ROOT / ".whl-test")     # installed by every run call (gpu-common.sh)
+# The machine's torch keeps its own numpy and dependencies.
+KEEP_THERE = ("torch", "numpy")
+# The GPU machine: CPython 3.12 on x86_64 Linux (PEP 508 marker variables).
+THERE_MARKERS = {"python_version": "3.12", "python_full_version": "3.12.0", "implementation_version": "3.12.0",
+                 "implementation_name": "cpython", "platform_python_implementation": "CPython",
+                 "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
+                 "os_name": "posix", "platform_release": "", "platform_version": "", "extra": ""}
+# Its PyTorch 2.11 wheels are manylinux_2_28: so is its glibc (PEP 600 tags, newest first).
+THERE_PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(28, 16, -1)] + ["manylinux2014_x86_64"]
 
 
 @dataclass
@@ -48,6 +68,7 @@ class Item:
     compress: int                    # gzip level, 0 for none (quantized weights barely shrink)
     rows: str                        # what it serves (printed by pack, for the plan)
     gates_2_to_4_only: bool = False  # starts a call folder of its own, after those gate 1 needs
+    wheels: dict[str, str] | None = None   # pip-installed into $SITE once staged: {name: version} of the oracles
 
 
 def _package_dir(name: str) -> Path | None:
@@ -61,6 +82,103 @@ def _tree(folder: Path, arc_prefix: str, only=None) -> list[tuple[Path, str]]:
         if path.is_file() and "__pycache__" not in path.parts and (only is None or only(path)):
             out.append((path, f"{arc_prefix}/{path.relative_to(folder).as_posix()}"))
     return out
+
+
+def _canonical(name: str) -> str:
+    """PEP 503 normalized name: "huggingface_hub" and "huggingface-hub" are one project."""
+    return "-".join(filter(None, "".join(c if c.isalnum() else "-" for c in name.lower()).split("-")))
+
+
+def dependency_closure(roots, stop=frozenset()) -> dict[str, str]:
+    """{canonical name: installed version} of `roots` and their runtime requirements, recursively, as this
+    interpreter's environment has them installed; requirements are kept by their markers evaluated for the
+    GPU machine (THERE_MARKERS, no extras); the projects in `stop` are left out and not followed."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    found, todo = {}, [_canonical(r) for r in roots]
+    while todo:
+        name = todo.pop()
+        if name in found or name in stop:
+            continue
+        dist = importlib.metadata.distribution(name)
+        found[name] = dist.version
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate(THERE_MARKERS):
+                todo.append(_canonical(req.name))
+    return dict(sorted(found.items()))
+
+
+def _wheel_project(path: Path) -> tuple[str, str]:
+    """(canonical name, version) from a wheel's file name (PEP 427: name-version[-build]-py-abi-platform.whl)."""
+    name, version = path.name.split("-")[:2]
+    return _canonical(name), version
+
+
+def oracle_wheels_needed() -> dict[str, str]:
+    """{name: version} of the wheels the oracles item carries: the oracles' runtime closure at this venv's
+    versions, less the machine's torch and numpy (and torch's own closure) and what .whl/.whl-test carry."""
+    keep_there = dependency_closure(KEEP_THERE)
+    carried = {_wheel_project(p)[0] for folder in CARRIED_WHEELS for p in folder.glob("*.whl")}
+    closure = dependency_closure(ORACLES, stop=frozenset(keep_there) | {_canonical(n) for n in KEEP_THERE})
+    return {name: version for name, version in closure.items() if name not in carried}
+
+
+def _same_version(a: str, b: str) -> bool:
+    from packaging.version import Version
+
+    return Version(a) == Version(b)
+
+
+def find_oracle_wheels(needed: dict[str, str], folder: Path) -> tuple[list[Path], list[str]]:
+    """The wheel in `folder` of each needed name==version, and the name==version of those not there."""
+    present = {}
+    for path in sorted(folder.glob("*.whl")):
+        present.setdefault(_wheel_project(path), path)
+    found, missing = [], []
+    for name, version in needed.items():
+        match = next((p for (n, v), p in present.items() if n == name and _same_version(v, version)), None)
+        if match:
+            found.append(match)
+        else:
+            missing.append(f"{name}=={version}")
+    return found, missing
+
+
+FETCH_ORACLES = "python scripts/gpu_carry.py fetch-oracles"
+
+
+def fetch_oracle_wheels(folder: Path = ORACLE_WHEELS) -> int:
+    """pip download each wheel the oracles item needs (network: here only) into `folder`."""
+    needed = oracle_wheels_needed()
+    _, missing = find_oracle_wheels(needed, folder)
+    platforms = [arg for tag in THERE_PLATFORMS for arg in ("--platform", tag)]
+    failed = []
+    for spec in missing:
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:", "--python-version",
+               "3.12", "--implementation", "cp", *platforms, "-d", str(folder), spec]
+        print("$", " ".join(cmd[2:]), flush=True)
+        if subprocess.run(cmd).returncode:
+            failed.append(spec)
+    _, still = find_oracle_wheels(needed, folder)
+    print(f"{len(needed) - len(still)} of {len(needed)} oracle wheels in {folder}"
+          + (f"; missing: {', '.join(still)}" if still else ""))
+    return 1 if still or failed else 0
+
+
+def _oracles_item() -> tuple[Item | None, str | None]:
+    needed = oracle_wheels_needed()
+    wheels, missing = find_oracle_wheels(needed, ORACLE_WHEELS)
+    if missing:
+        return None, (f"oracle wheels: {len(missing)} of {len(needed)} not in {ORACLE_WHEELS} ({', '.join(missing)})"
+                      f" ({FETCH_ORACLES})")
+    versions = {name: needed[_canonical(name)] for name in ORACLES}
+    return Item("oracles", "stage", [(p, f"oracle-wheels/{p.name}") for p in wheels], 1,
+                ", ".join(f"{n} {v}" for n, v in versions.items()) + f" + {len(wheels) - len(ORACLES)} dependencies"
+                " (pip-installed into the site): GT-002, GT-003, GT-004 and every transformers comparison",
+                wheels=versions), None
 
 
 def items(with_qwen: bool) -> tuple[list[Item], list[str]]:
@@ -110,6 +228,12 @@ def items(with_qwen: bool) -> tuple[list[Item], list[str]]:
                           "the real Qwen2.5 file's header: FT-012's layout twin (M0_QWEN_TWIN_GGUF)"))
     else:
         missing.append(f"{twin}/qwen2.5.header.bin (scripts/qwen-twin-gpu.sh cut)")
+
+    oracles, why = _oracles_item()
+    if oracles:
+        found.append(oracles)
+    else:
+        missing.append(why)
 
     if with_qwen:
         model = cache / "models" / "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf"
@@ -197,7 +321,8 @@ def pack(with_qwen: bool, chunk_mib: int) -> dict:
             stream.close()
         sink.close()
         manifests.append({"item": item.name, "dest": item.dest, "sha256": sink.digest.hexdigest(), "bytes": sink.size,
-                          "compressed": bool(item.compress), "parts": sink.parts, "rows": item.rows})
+                          "compressed": bool(item.compress), "parts": sink.parts, "rows": item.rows}
+                         | ({"wheels": item.wheels} if item.wheels else {}))
     for call in calls:   # every call folder holds every manifest: stage knows all items from any call
         (CARRY / f"c{call['index']}" / "manifest.json").write_text(json.dumps(manifests, indent=1))
     plan = {"calls": calls, "gate1_calls": gate1_calls or len(calls), "items": manifests, "missing_here": missing}
@@ -227,8 +352,40 @@ def stage() -> list[str]:
     lines = []
     for entry in _load_manifests():
         lines.append(_install(entry, parts_dir))
+        if entry.get("wheels") and (STAGE / "done" / entry["item"]).is_file():
+            lines.append(_install_wheels(entry))
     _write_env()
     return lines
+
+
+def _install_wheels(entry: dict) -> str:
+    """pip-install the wheels an item unpacked under $STAGE into $SITE, once (a failure is retried by the
+    next stage). No index, no dependencies: the item carries the closure; --upgrade replaces what $SITE
+    held of those projects, so their .dist-info (importlib.metadata, transformers' version checks) is new."""
+    marker = STAGE / "done" / f"{entry['item']}.site"
+    if marker.is_file() and marker.read_text().strip() == entry["sha256"]:
+        return f"{entry['item']:18} wheels installed in {SITE}"
+    wheels = sorted(str(DESTINATIONS[entry["dest"]] / m) for m in _wheel_members(entry))
+    # pip --target --upgrade replaces a project's folders but not the .dist-info of another version of it:
+    # an older one left beside the new could be the one importlib.metadata finds.
+    projects = {_wheel_project(Path(w))[0] for w in wheels}
+    for old in SITE.glob("*.dist-info"):
+        if _canonical(old.name[:-len(".dist-info")].rsplit("-", 1)[0]) in projects:
+            shutil.rmtree(old)
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir",
+           "--disable-pip-version-check", "--upgrade", "--target", str(SITE), *wheels]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode:
+        return (f"{entry['item']:18} FAILED: pip install of {len(wheels)} wheels into {SITE} (exit "
+                f"{result.returncode}): {(result.stderr or result.stdout).strip()[-600:]}")
+    marker.write_text(entry["sha256"] + "\n")
+    return f"{entry['item']:18} {len(wheels)} wheels installed now in {SITE}"
+
+
+def _wheel_members(entry: dict) -> list[str]:
+    """The wheels an item unpacked (names relative to its destination), listed when it was staged."""
+    listing = STAGE / "done" / f"{entry['item']}.files"
+    return [line for line in listing.read_text().splitlines() if line.endswith(".whl")] if listing.is_file() else []
 
 
 def _install(entry: dict, parts_dir: Path) -> str:
@@ -251,15 +408,19 @@ def _install(entry: dict, parts_dir: Path) -> str:
                 "parts removed, carry them again")
     dest = DESTINATIONS[entry["dest"]]
     dest.mkdir(parents=True, exist_ok=True)
+    names = []
     with _JoinedParts([parts_dir / p["file"] for p in entry["parts"]]) as joined:
         with tarfile.open(fileobj=joined, mode="r|gz" if entry["compressed"] else "r|") as tar:
-            if hasattr(tarfile, "tar_filter"):   # Python >= 3.11.4: keep members inside dest
-                tar.extractall(dest, filter="tar")
-            else:
-                tar.extractall(dest)
+            for member in tar:   # a stream: members one by one, in order
+                names.append(member.name)
+                if hasattr(tarfile, "tar_filter"):   # Python >= 3.11.4: keep members inside dest
+                    tar.extract(member, dest, filter="tar")
+                else:
+                    tar.extract(member, dest)
     for p in entry["parts"]:
         (parts_dir / p["file"]).unlink()
     done.parent.mkdir(parents=True, exist_ok=True)
+    done.with_name(f"{entry['item']}.files").write_text("".join(f"{n}\n" for n in names))
     done.write_text(entry["sha256"] + "\n")
     return f"{entry['item']:18} installed now under {dest} (sha256 {entry['sha256'][:16]} verified)"
 
@@ -292,8 +453,44 @@ class _JoinedParts(io.RawIOBase):
 
 
 def installed() -> set[str]:
-    return {entry["item"] for entry in _load_manifests()
-            if (STAGE / "done" / entry["item"]).is_file()}
+    """The items staged whole (and, for wheels, installed into $SITE)."""
+    done = STAGE / "done"
+    return {entry["item"] for entry in _load_manifests() if (done / entry["item"]).is_file()
+            and (not entry.get("wheels") or (done / f"{entry['item']}.site").is_file())}
+
+
+ORACLE_REPORT = """
+import importlib, importlib.metadata, json, sys
+for name in json.loads(sys.argv[1]):
+    try:
+        module = importlib.import_module(name)
+        print(f"{name:18} {getattr(module, '__version__', '?')} (metadata {importlib.metadata.version(name)})"
+              f" from {module.__file__}")
+    except Exception as error:
+        print(f"{name:18} NOT IMPORTABLE: {type(error).__name__}: {error}")
+"""
+
+
+def oracle_versions() -> list[str]:
+    """A line per oracle: its version as Python imports it with $SITE and the project first on PYTHONPATH (as
+    scripts/gpu-common.sh sets it), its metadata's version and where it lies; and whether it is the one
+    the staged item carried."""
+    search = [str(SITE), str(ROOT)]
+    search += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in search]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(search), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    try:
+        result = subprocess.run([sys.executable, "-c", ORACLE_REPORT, json.dumps(ORACLES)], env=env, cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        lines = result.stdout.splitlines() or [f"oracles: no report ({result.stderr.strip()[-300:]})"]
+    except subprocess.TimeoutExpired:
+        lines = ["oracles: no report (import took over 120 s)"]
+    carried = next((entry["wheels"] for entry in _load_manifests() if entry.get("wheels")), None)
+    if carried:
+        for i, line in enumerate(lines):
+            name = line.split(" ", 1)[0]
+            if name in carried and line.split()[1] != carried[name]:
+                lines[i] += f"  MISMATCH: the oracles item carries {carried[name]}"
+    return lines
 
 
 def _write_env() -> None:
@@ -317,8 +514,11 @@ def main(argv=None) -> int:
     p.add_argument("--with-qwen", action="store_true", help="also the real Qwen2.5-Coder file (469 MiB: 9 more calls)")
     p.add_argument("--chunk-mib", type=int, default=55)
     sub.add_parser("stage")
-    sub.add_parser("status")
+    sub.add_parser("status", help="the items staged, then the oracles' versions Python imports (== oracles)")
+    sub.add_parser("fetch-oracles", help=f"here: pip download the oracle wheels into {ORACLE_WHEELS}")
     args = parser.parse_args(argv)
+    if args.cmd == "fetch-oracles":
+        return fetch_oracle_wheels()
     if args.cmd == "pack":
         plan = pack(args.with_qwen, args.chunk_mib)
         print(json.dumps({"calls": [{"folder": f".gpu-carry/c{c['index']}", "MiB": round(c["bytes"] / MIB, 1),
@@ -334,6 +534,9 @@ def main(argv=None) -> int:
     have = installed()
     for entry in _load_manifests():
         print(f"{entry['item']:18} {'installed' if entry['item'] in have else 'MISSING'}")
+    print("== oracles")
+    for line in oracle_versions():
+        print(line)
     return 0
 
 
