@@ -20,9 +20,9 @@ Acceptance, against the NumPy backend's mixture_of_experts (its host routing, fl
   two bfloat16 terms: "matmul_expert_bf16x2", 2.5e-11).
 - a GPT-OSS prefill chunk of the tiny fixture is captured as a CUDA graph on its second sighting and its
   replays give the op-by-op logits bit for bit.
-- every grouped kernel variant (kernels/moe.py MOE_GEMM_VARIANTS, M0_CUDA_MOE_GEMM: v1; v2 with its
-  pipelined loads, staged weight blocks and permuted k order; v3, v2 with activations split as they are stored;
-  v4, v3 on BF16 tensor cores for MXFP4, v3's kernels for the other formats)
+- every grouped kernel variant (kernels/moe.py MOE_GEMM_VARIANTS, M0_CUDA_MOE_GEMM: v3 with its pipelined
+  loads, staged weight blocks, permuted k order and activations split as they are stored; v4, v3 on BF16
+  tensor cores for MXFP4, v3's kernels for the other formats)
   under every comparison above but the capture; also on Q4_1 and Q5_0 (staged blocks of 20 and 22 bytes) and
   Q4_K (256-value blocks read by the fragment).
 The kernels' logic runs on the CPU in test_gt016_moe_prefill_on_the_host.py.

@@ -12,11 +12,13 @@ a TF32 value (the split must hand the tensor cores exact TF32 values).
   * moe_route on tied logits: the lower expert first, as the reference's top_k_softmax;
   * the whole T >= 2 expert FFN (route, plan, gate/up + SwiGLU, down, weighted sum) against the NumPy
     backend's mixture_of_experts (its host routing) under the conformance row "moe" (plain NMSE 1e-6),
-    and the down product alone within the prefill products' term-normalized bound ("matmul", 1e-11),
-    for MXFP4 (two TF32 terms) and Q8_0 (three), each tile height (16, 32, 64 rows: three warp layouts), both
-    kernel variants (moe.MOE_GEMM_VARIANTS: v1; v2 with its staged weight blocks at unaligned row sizes, e.g.
-    MXFP4 rows of 96 values = 51 bytes, its permuted k order, several k-steps and column blocks), and Q4_1
-    (staged 20-byte blocks) and Q4_K (256-value blocks, read by v2's fragments from global memory) at width 256.
+    and the down product alone within the prefill products' term-normalized bound ("matmul", 1e-11; v4's
+    BF16 products "matmul_expert_bf16x2", 2.5e-11), for MXFP4 (two TF32 terms; v4: two bfloat16 terms on the
+    host's m16n8k16) and Q8_0 (three), each tile height (16, 32, 64 rows: three warp layouts), both kernel
+    variants (moe.MOE_GEMM_VARIANTS: v3 with its staged weight blocks at unaligned row sizes, e.g. MXFP4 rows
+    of 96 values = 51 bytes, its permuted k order, several k-steps and column blocks; v4, which takes v3's
+    kernels for formats other than MXFP4), and Q4_1 (staged 20-byte blocks) and Q4_K (256-value blocks, read by
+    the fragments from global memory) at width 256.
 The GPU runs the same comparisons in test_gt016_moe_prefill_on_device.py. Skipped where g++ or cpp is missing.
 """
 from __future__ import annotations
@@ -134,7 +136,7 @@ def _gemm_source() -> str:
     text = _body("moe_gemm.cu")
     listed = dict(re.findall(r"X\((\w+), (true|false)\)", text))
     assert set(HOST_FORMATS) <= set(listed) and set(listed) == moe.MOE_GEMM_FORMATS
-    for define in ("DEFINE_MOE_GEMM", "DEFINE_MOE_GEMM_V2"):            # v1 and v2 (moe.MOE_GEMM_VARIANTS)
+    for define in ("DEFINE_MOE_DQ", "DEFINE_MOE_GEMM_V3"):      # v4's one format (MXFP4) is a host format
         assert f"FOR_EACH_MOE_FORMAT({define})" in text
         text = text.replace(f"FOR_EACH_MOE_FORMAT({define})",
                             " ".join(f"{define}({f}, {listed[f]})" for f in HOST_FORMATS))
@@ -292,8 +294,7 @@ def _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha, tile
     y = np.full((n_pairs, D), np.nan, np.float32)
     moe.down(k, fmt, h, tiles, n_tiles, tile_rows, draw, rb_d, D * rb_d, biases[2], y, D, F, variant=variant)
     kernel_variant = "v3" if variant == "v4" and fmt not in moe.MOE_BF16_FORMATS else variant
-    assert k.launched[-2:] == [f"moe_{kind}_{fmt}" if variant == "v1" else f"moe_{kind}_{kernel_variant}_{fmt}"
-                               for kind in ("gate_up", "down")]
+    assert k.launched[-2:] == [f"moe_{kind}_{kernel_variant}_{fmt}" for kind in ("gate_up", "down")]
     out = np.full((T, D), np.nan, np.float32)
     moe.combine_rows(k, y, pos, weights, out, T, k_used, D)
     return out, h, y, experts, order
@@ -312,7 +313,7 @@ def test_expert_ffn_matches_the_reference(host_moe, variant, qtype, T, E, k_used
 @pytest.mark.parametrize("variant", moe.MOE_GEMM_VARIANTS)
 @pytest.mark.parametrize("qtype,tile_rows", [(Q.Q4_K, 32), (Q.Q4_1, 64)], ids=["Q4_K", "Q4_1"])
 def test_other_formats_match_the_reference(host_moe, variant, qtype, tile_rows):
-    """Q4_K: 256-value blocks, which v2 reads from global memory by the fragment (not staged); Q4_1: 20-byte
+    """Q4_K: 256-value blocks, which v3 reads from global memory by the fragment (not staged); Q4_1: 20-byte
     staged blocks with a minimum term, three TF32 terms."""
     _check_expert_ffn(host_moe, variant, qtype, 6, 4, 2, 256, 256, "random", tile_rows)
 

@@ -9,23 +9,23 @@ from worker.backend.cuda_runtime import NULL, f32, i32, i64
 MOE_PLAN_THREADS = 1024               # must match moe.cu
 MOE_MAX_EXPERTS = 256                 # experts moe_plan's shared tables hold (moe.cu)
 MOE_TILE_ROWS = (16, 32, 64)          # sorted rows a tile, the heights moe_gemm.cu serves (its MOE_BM: the most)
-# The grouped products' kernels (moe_gemm.cu): v1 (moe_gate_up_<fmt>, moe_down_<fmt>: 4 warps, 64 columns a block,
-# load, wait, multiply), v2 (moe_gate_up_v2_<fmt>, moe_down_v2_<fmt>: 8 warps, 128 columns, the next k-step's
-# loads behind the current step's products) and v3 (v2 with the activations split into TF32 hi/lo once as they are
-# stored, not by every warp that reads them; two syncs a step), the same split-TF32 terms, and v4: v3 on BF16
-# tensor cores (m16n8k16) for the formats whose values are bfloat16 values (MOE_BF16_FORMATS; the others take v3's
-# kernels), activations as two bfloat16 terms (within 2^-18 of each value, the products' own conformance row).
-# M0_CUDA_MOE_GEMM picks one, to compare them on the GPU or fall back; benchmarks/bench_moe_prefill.py times all.
-MOE_GEMM_VARIANTS = ("v1", "v2", "v3", "v4")
+# The grouped products' kernels (moe_gemm.cu): v3 (moe_gate_up_v3_<fmt>, moe_down_v3_<fmt>: 8 warps, 128 columns a
+# block, the next k-step's loads behind the current step's products, activations split into TF32 hi/lo once as they
+# are stored; every format) and v4: v3 on BF16 tensor cores (m16n8k16) for the formats whose values are bfloat16
+# values (MOE_BF16_FORMATS; the others take v3's kernels), activations as two bfloat16 terms (within 2^-18 of each
+# value, the products' own conformance row). v4 measured 1.4x faster than v3 on a GPT-OSS-20B-shaped layer (H200,
+# benchmarks/bench_moe_prefill.py: 1.44 / 3.38 / 9.46 against 2.00 / 4.76 / 13.4 ms at T = 128 / 512 / 2048).
+# M0_CUDA_MOE_GEMM=v3 keeps the TF32 kernels, to compare or fall back.
+MOE_GEMM_VARIANTS = ("v3", "v4")
 MOE_GEMM_VARIANT = os.environ.get("M0_CUDA_MOE_GEMM", "v4")
-MOE_TILE_COLS = {"v1": 64, "v2": 128, "v3": 128, "v4": 128}  # output columns a block: moe_gemm.cu's MOE_BN, MOE2_BN
-MOE_THREADS = {"v1": 128, "v2": 256, "v3": 256, "v4": 256}   # moe_gemm.cu's MOE_THREADS, MOE2_THREADS
+MOE_TILE_COLS = 128                   # output columns a block: moe_gemm.cu's MOE_BN
+MOE_THREADS = 256                     # moe_gemm.cu's MOE_THREADS
 # Formats whose dequantized values are bfloat16 values (moe_gemm.cu's FOR_EACH_MOE_BF16_FORMAT): MXFP4's E2M1 values
 # (two significant bits) times a power of two.
 MOE_BF16_FORMATS = frozenset({"mxfp4"})
 # Tile heights moe.tile_rows_for chooses from: 16-row tiles (T * k / E <= 16, e.g. 128 tokens on GPT-OSS-20B) were
-# slower than 32-row ones on the H200 (v1: 2.34 against 1.79 ms for the gate/up launch), so the choice starts at 32;
-# the kernels and the plan still serve 16.
+# slower than 32-row ones on the H200 (v4 at T = 128: 1.04 against 0.95 ms for the gate/up launch, 0.49 against 0.45
+# for down), so the choice starts at 32; the kernels and the plan still serve 16.
 MOE_TILE_ROWS_CHOSEN = (32, 64)
 MOE_K_STEP = 32                       # moe_gemm.cu's MOE_BK: K must be a multiple
 # Formats with grouped kernels (moe_gemm.cu's FOR_EACH_MOE_FORMAT): the formats with int8 decode products.
@@ -61,11 +61,8 @@ def gemm_variant(variant: str | None = None) -> str:
 
 
 def _suffix(variant: str, fmt: str) -> str:
-    """The kernel names' variant part: moe_gate_up<suffix>_<fmt> (v1 has none; v4 of a format without a BF16
-    kernel is v3)."""
-    if variant == "v4" and fmt not in MOE_BF16_FORMATS:
-        variant = "v3"
-    return "" if variant == "v1" else f"_{variant}"
+    """The kernel names' variant part: moe_gate_up<suffix>_<fmt> (v4 of a format without a BF16 kernel is v3)."""
+    return "_v3" if variant == "v4" and fmt not in MOE_BF16_FORMATS else f"_{variant}"
 
 
 def max_tiles(n_pairs: int, E: int, tile_rows: int) -> int:
@@ -100,10 +97,8 @@ def gate_up(k, fmt: str, x, order, n_used: int, tiles, n_tiles: int, tile_rows: 
     """h [n_pairs, F] in sorted-row order: swiglu(x Wgate_e^T + bgate_e, x Wup_e^T + bup_e) for each pair's
     token x and expert e; gate and up: the stacked [E, F, D] weights' bytes (one format, one row size);
     tiles: moe_plan's table of tile_rows-row tiles; variant: the kernel (gemm_variant)."""
-    v = gemm_variant(variant)
-    cols = MOE_TILE_COLS[v]
-    suffix = _suffix(v, fmt)
-    k._launch("moe_gemm.cu", f"moe_gate_up{suffix}_{fmt}", ((F + cols - 1) // cols, n_tiles), MOE_THREADS[v],
+    cols, suffix = MOE_TILE_COLS, _suffix(gemm_variant(variant), fmt)
+    k._launch("moe_gemm.cu", f"moe_gate_up{suffix}_{fmt}", ((F + cols - 1) // cols, n_tiles), MOE_THREADS,
               (x, order, i32(n_used), tiles, i32(tile_rows), gate, up, i64(row_bytes), i64(expert_bytes),
                NULL if bias_gate is None else bias_gate, NULL if bias_up is None else bias_up, h, i32(F), i32(D),
                i32(1 if clamped else 0), i32(limit is not None), f32(limit or 0.0),
@@ -113,10 +108,8 @@ def gate_up(k, fmt: str, x, order, n_used: int, tiles, n_tiles: int, tile_rows: 
 def down(k, fmt: str, h, tiles, n_tiles: int, tile_rows: int, down_w, row_bytes: int, expert_bytes: int,
          bias_down, y, D: int, F: int, variant: str | None = None) -> None:
     """y [n_pairs, D] in sorted-row order: h Wdown_e^T + bdown_e for each sorted row's expert e."""
-    v = gemm_variant(variant)
-    cols = MOE_TILE_COLS[v]
-    suffix = _suffix(v, fmt)
-    k._launch("moe_gemm.cu", f"moe_down{suffix}_{fmt}", ((D + cols - 1) // cols, n_tiles), MOE_THREADS[v],
+    cols, suffix = MOE_TILE_COLS, _suffix(gemm_variant(variant), fmt)
+    k._launch("moe_gemm.cu", f"moe_down{suffix}_{fmt}", ((D + cols - 1) // cols, n_tiles), MOE_THREADS,
               (h, tiles, i32(tile_rows), down_w, i64(row_bytes), i64(expert_bytes),
                NULL if bias_down is None else bias_down, y, i32(D), i32(F)))
 

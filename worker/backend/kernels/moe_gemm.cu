@@ -1,15 +1,19 @@
-// Grouped expert products of a GPT-OSS prefill (T >= 2 tokens) on TF32 tensor cores.
+// Grouped expert products of a GPT-OSS prefill (T >= 2 tokens) on tensor cores.
 //
 // moe.cu's moe_plan sorts the (token, slot) pairs by expert and cuts each expert's run into tiles of
 // tile_rows (16, 32 or 64) sorted rows. A block takes one tile and MOE_BN output columns: it gathers the tile's rows of
-// the input, dequantizes the expert's weight rows on the fly (quant.cuh) into shared memory, and
-// multiplies with mma.sync (mma_tf32.cuh) in the prefill products' split-TF32 scheme
-// (kernels/matmul.py): every activation x = x_hi + x_lo, and y = x_hi W + x_lo W where each weight
-// value is a TF32 value already (MXFP4), else y = x_hi W_hi + x_hi W_lo + x_lo W_hi; each term x_k W_nk
-// is then off by at most 2^-21 |x_k| |W_nk| and the sums are float32, as the prefill products.
-//   moe_gate_up_<fmt>: h[row] = swiglu(x[token(row)] Wgate_e^T + bgate_e, x[token(row)] Wup_e^T + bup_e)
-//   moe_down_<fmt>:    y[row] = h[row] Wdown_e^T + bdown_e
-// Tiles with rows = 0 (the plan's unused entries) exit at once.
+// the input, stages the expert's weight blocks as stored, dequantizes them on the fly (quant.cuh) and multiplies
+// with mma.sync. Two variants (kernels/moe.py MOE_GEMM_VARIANT):
+//   v3: TF32 (mma_tf32.cuh) in the prefill products' split-TF32 scheme (kernels/matmul.py): every activation
+//       x = x_hi + x_lo, and y = x_hi W + x_lo W where each weight value is a TF32 value already (MXFP4), else
+//       y = x_hi W_hi + x_hi W_lo + x_lo W_hi; each term x_k W_nk is then off by at most 2^-21 |x_k| |W_nk|.
+//   v4: BF16 (mma_bf16.cuh) for the formats whose values are bfloat16 values (MXFP4): x = x_hi + x_lo in
+//       bfloat16 (within 2^-18 |x|), y = x_hi W + x_lo W, half the products of v3's terms a k-step.
+// The sums are float32, as the prefill products'.
+//   moe_gate_up_<variant>_<fmt>: h[row] = swiglu(x[token(row)] Wgate_e^T + bgate_e, x[token(row)] Wup_e^T + bup_e)
+//   moe_down_<variant>_<fmt>:    y[row] = h[row] Wdown_e^T + bdown_e
+// Tiles with rows = 0 (the plan's unused entries) exit at once. (v1, one unpipelined k-step at a time, and v2, v3
+// with the activations split by every warp that reads them, were slower at every size on the H200 and are gone.)
 #include "quant.cuh"
 #include "tf32.cuh"
 #include "activation.cuh"
@@ -17,10 +21,7 @@
 #include "mma_bf16.cuh"
 
 #define MOE_BM 64        // the most sorted rows (token-expert pairs) a tile: kernels/moe.py MOE_TILE_ROWS
-#define MOE_BN 64        // output columns a block
 #define MOE_BK 32        // k values a step: one 32-value block of every format but the K-quants
-#define MOE_LDS 36       // shared row stride in floats: fragment reads (row g, column q) hit 32 banks
-#define MOE_THREADS 128  // 4 warps
 
 __device__ __forceinline__ void split_bits(float v, u32& hi, u32& lo) {
     float h, l;
@@ -29,205 +30,41 @@ __device__ __forceinline__ void split_bits(float v, u32& hi, u32& lo) {
     lo = __float_as_uint(l);
 }
 
-// Shared memory of a block, the largest tile's (declared once in each kernel: the three tile heights are
-// instantiated in one kernel, and their own static arrays would add up).
-struct MoeShared {
-    float a[MOE_BM][MOE_LDS];          // the tile's input rows, k0 .. k0 + 31
-    float b[2][MOE_BN][MOE_LDS];       // the weights' rows n0 .. n0 + 63 (gate, up; or down)
-    int src_row[MOE_BM];               // where each tile row's input comes from (-1: past the tile's rows)
-};
-
-// A tile of BM sorted rows times MOE_BN outputs; WARPS_M x (4 / WARPS_M) warps, each (BM / WARPS_M) rows x
-// (64 / (4 / WARPS_M)) columns. GATE_UP: two weights (gate, up) and the SwiGLU epilogue, input rows gathered
-// from x [T, K] by the pair order (row i of the tile is token order[first + i] / k_used); else one weight
-// (down), input rows first + i of h. out [n_pairs, N] in sorted-row order. Biases [E, N] or NULL.
-template <class DQ, bool EXACT, bool GATE_UP, int BM, int WARPS_M>
-__device__ __forceinline__ void moe_grouped_tile(
-        MoeShared& sm, const float* __restrict__ x, const int* __restrict__ order, int k_used,
-        const int* __restrict__ tiles, const u8* __restrict__ W1, const u8* __restrict__ W2, i64 row_bytes,
-        i64 expert_bytes, const float* __restrict__ b1, const float* __restrict__ b2, float* __restrict__ out,
-        int N, int K, int clamped, int has_limit, float limit, float alpha) {
-    constexpr int NMAT = GATE_UP ? 2 : 1;
-    constexpr int WARPS_N = (MOE_THREADS / 32) / WARPS_M;
-    constexpr int MT = BM / WARPS_M / 16, NT = MOE_BN / WARPS_N / 8;    // m16n8 tiles a warp
-    static_assert(MT >= 1 && NT >= 1 && MT * 16 * WARPS_M == BM && NT * 8 * WARPS_N == MOE_BN, "warp tiling");
-    const int* tile = tiles + 4 * blockIdx.y;
-    const int expert = tile[0], first = tile[1], rows = tile[2];
-    if (rows <= 0) return;
-    const int n0 = blockIdx.x * MOE_BN;
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const int wm = (warp / WARPS_N) * (MT * 16), wn = (warp % WARPS_N) * (NT * 8);
-    const int g = lane >> 2, q = lane & 3;
-    if (tid < BM)
-        sm.src_row[tid] = tid < rows ? (GATE_UP ? order[first + tid] / k_used : first + tid) : -1;
-    const u8* w1 = W1 + (i64)expert * expert_bytes;
-    const u8* w2 = GATE_UP ? W2 + (i64)expert * expert_bytes : w1;
-    float acc[NMAT][MT][NT][4];
-#pragma unroll
-    for (int m = 0; m < NMAT; ++m)
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                for (int i = 0; i < 4; ++i) acc[m][mt][nt][i] = 0.0f;
-    __syncthreads();
-    for (int k0 = 0; k0 < K; k0 += MOE_BK) {
-        // the tile's input rows: BM x 32 floats as float4, zero past the tile's rows
-        for (int i = tid; i < BM * (MOE_BK / 4); i += MOE_THREADS) {
-            const int r = i / (MOE_BK / 4), c4 = i % (MOE_BK / 4);
-            const int src = sm.src_row[r];
-            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (src >= 0) v = *(const float4*)(x + (i64)src * K + k0 + 4 * c4);
-            *(float4*)&sm.a[r][4 * c4] = v;
-        }
-        // the weights' rows n0 .. n0 + 63, 8 values a chunk, zero past N
-        for (int i = tid; i < NMAT * MOE_BN * (MOE_BK / 8); i += MOE_THREADS) {
-            const int m = i / (MOE_BN * (MOE_BK / 8)), r = (i / (MOE_BK / 8)) % MOE_BN, c = i % (MOE_BK / 8);
-            const int n = n0 + r;
-            float w[8];
-            if (n < N) {
-                DQ::dq8((m ? w2 : w1) + (i64)n * row_bytes, (k0 >> 3) + c, w);
-            } else {
-#pragma unroll
-                for (int j = 0; j < 8; ++j) w[j] = 0.0f;
-            }
-            *(float4*)&sm.b[m][r][8 * c] = make_float4(w[0], w[1], w[2], w[3]);
-            *(float4*)&sm.b[m][r][8 * c + 4] = make_float4(w[4], w[5], w[6], w[7]);
-        }
-        __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < MOE_BK; kk += 8) {
-            u32 a_hi[MT][4], a_lo[MT][4];
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                const int r = wm + 16 * mt + g;
-                split_bits(sm.a[r][kk + q], a_hi[mt][0], a_lo[mt][0]);
-                split_bits(sm.a[r + 8][kk + q], a_hi[mt][1], a_lo[mt][1]);
-                split_bits(sm.a[r][kk + q + 4], a_hi[mt][2], a_lo[mt][2]);
-                split_bits(sm.a[r + 8][kk + q + 4], a_hi[mt][3], a_lo[mt][3]);
-            }
-#pragma unroll
-            for (int m = 0; m < NMAT; ++m) {
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt) {
-                    const int c = wn + 8 * nt + g;
-                    u32 b_hi[2], b_lo[2];
-                    if (EXACT) {
-                        b_hi[0] = __float_as_uint(sm.b[m][c][kk + q]);
-                        b_hi[1] = __float_as_uint(sm.b[m][c][kk + q + 4]);
-                    } else {
-                        split_bits(sm.b[m][c][kk + q], b_hi[0], b_lo[0]);
-                        split_bits(sm.b[m][c][kk + q + 4], b_hi[1], b_lo[1]);
-                    }
-#pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) {
-                        // the small terms first
-                        mma_tf32_16x8x8(acc[m][mt][nt], a_lo[mt], b_hi);
-                        if (!EXACT) mma_tf32_16x8x8(acc[m][mt][nt], a_hi[mt], b_lo);
-                        mma_tf32_16x8x8(acc[m][mt][nt], a_hi[mt], b_hi);
-                    }
-                }
-            }
-        }
-        __syncthreads();
-    }
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int r = wm + 16 * mt + g + 8 * (i >> 1);
-                const int n = n0 + wn + 8 * nt + 2 * q + (i & 1);
-                if (r >= rows || n >= N) continue;
-                const i64 o = (i64)(first + r) * N + n;
-                float v = acc[0][mt][nt][i] + (b1 ? b1[(i64)expert * N + n] : 0.0f);
-                if (GATE_UP) {
-                    const float u = acc[NMAT - 1][mt][nt][i] + (b2 ? b2[(i64)expert * N + n] : 0.0f);
-                    v = clamped ? swiglu_clamped_f(v, u, has_limit, limit, alpha) : swiglu_f(v, u);
-                }
-                out[o] = v;
-            }
-        }
-    }
-}
-
-// One kernel a format serves the three tile heights (kernels/moe.py picks one from the pairs an expert gets
-// on average): 64 rows as 2 x 2 warps of 32 x 32, 32 rows as 2 x 2 of 16 x 32, 16 rows as 1 x 4 of 16 x 16.
-template <class DQ, bool EXACT, bool GATE_UP>
-__device__ __forceinline__ void moe_grouped(
-        int tile_rows, MoeShared& sm, const float* __restrict__ x, const int* __restrict__ order, int k_used,
-        const int* __restrict__ tiles, const u8* __restrict__ W1, const u8* __restrict__ W2, i64 row_bytes,
-        i64 expert_bytes, const float* __restrict__ b1, const float* __restrict__ b2, float* __restrict__ out,
-        int N, int K, int clamped, int has_limit, float limit, float alpha) {
-    if (tile_rows == 16)
-        moe_grouped_tile<DQ, EXACT, GATE_UP, 16, 1>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
-                                                    b1, b2, out, N, K, clamped, has_limit, limit, alpha);
-    else if (tile_rows == 32)
-        moe_grouped_tile<DQ, EXACT, GATE_UP, 32, 2>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
-                                                    b1, b2, out, N, K, clamped, has_limit, limit, alpha);
-    else
-        moe_grouped_tile<DQ, EXACT, GATE_UP, 64, 2>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
-                                                    b1, b2, out, N, K, clamped, has_limit, limit, alpha);
-}
-
 // The formats with grouped kernels (kernels/moe.py MOE_GEMM_FORMATS) and whether each value is a TF32
 // value already (kernels/matmul.py TF32_EXACT_FORMATS).
 #define FOR_EACH_MOE_FORMAT(X) \
     X(q4_0, false) X(q4_1, false) X(q5_0, false) X(q8_0, false) X(mxfp4, true) X(q4_k, false) X(q5_k, false) \
     X(q6_k, false)
 
-#define DEFINE_MOE_GEMM(fmt, exact)                                                                          \
+#define DEFINE_MOE_DQ(fmt, exact)                                                                            \
 struct moe_dq_##fmt {                                                                                        \
     __device__ static __forceinline__ void dq8(const u8* r, int c, float* w) { dq8_##fmt(r, c, w); }        \
-};                                                                                                           \
-extern "C" __global__ void __launch_bounds__(MOE_THREADS) moe_gate_up_##fmt(                                 \
-        const float* __restrict__ x, const int* __restrict__ order, int k_used, const int* __restrict__ tiles,\
-        int tile_rows, const u8* __restrict__ gate, const u8* __restrict__ up, i64 row_bytes,                \
-        i64 expert_bytes, const float* __restrict__ bias_gate, const float* __restrict__ bias_up,           \
-        float* __restrict__ h, int F, int D, int clamped, int has_limit, float limit, float alpha) {        \
-    __shared__ __align__(16) MoeShared sm;                                                                   \
-    moe_grouped<moe_dq_##fmt, exact, true>(tile_rows, sm, x, order, k_used, tiles, gate, up, row_bytes,     \
-                                           expert_bytes, bias_gate, bias_up, h, F, D, clamped, has_limit,   \
-                                           limit, alpha);                                                   \
-}                                                                                                            \
-extern "C" __global__ void __launch_bounds__(MOE_THREADS) moe_down_##fmt(                                    \
-        const float* __restrict__ h, const int* __restrict__ tiles, int tile_rows, const u8* __restrict__ down,\
-        i64 row_bytes, i64 expert_bytes, const float* __restrict__ bias_down, float* __restrict__ y,        \
-        int D, int F) {                                                                                      \
-    __shared__ __align__(16) MoeShared sm;                                                                   \
-    moe_grouped<moe_dq_##fmt, exact, false>(tile_rows, sm, h, nullptr, 1, tiles, down, nullptr, row_bytes,  \
-                                            expert_bytes, bias_down, nullptr, y, D, F, 0, 0, 0.0f, 1.0f);   \
-}
+};
+FOR_EACH_MOE_FORMAT(DEFINE_MOE_DQ)
 
-FOR_EACH_MOE_FORMAT(DEFINE_MOE_GEMM)
-
-// ---- v2 (kernels/moe.py MOE_GEMM_VARIANT, M0_CUDA_MOE_GEMM=v2): the same products and split-TF32 terms, pipelined.
-// 8 warps a block, 128 output columns, each warp 16 or 32 of the tile's rows and 128 / WARPS_N columns of each
-// weight. Shared memory is double-buffered and the next k-step's activation float4s and raw weight bytes are
-// loaded into registers before the current step's products, stored after them: one __syncthreads a step, and the
-// loads' latency hidden behind the tensor cores. The weights are staged as their stored 32-value blocks (a 17..34
-// byte copy a row, not 32 floats), each warp dequantizing the block of its fragment's column; the K-quants (256-value
-// blocks, a 32-value part's bytes not contiguous) are read from global memory by the fragment instead.
+// ---- The tile: 8 warps a block, 128 output columns, each warp 16 or 32 of the tile's rows and 128 / WARPS_N columns
+// of each weight. The next k-step's activation float4s and raw weight bytes are loaded into registers before the
+// current step's products and stored after them, so the loads' latency runs behind the tensor cores. The weights are
+// staged as their stored 32-value blocks (a 17..34 byte copy a row, not 32 floats; double-buffered), each warp
+// dequantizing the block of its fragment's column; the K-quants (256-value blocks, a 32-value part's bytes not
+// contiguous) are read from global memory by the fragment instead. The activations are split once, as they are
+// stored (a[0] the high parts, a[1] the low ones, one buffer, hence two __syncthreads a step; v4 keeps them as
+// bfloat16 pairs in the same space), not by each of the 2 to 8 warps that read them.
 // The k order inside a 32-value step is permuted, the same for both operands (a sum does not depend on it): lane
 // (g, q)'s k = q and q + 4 of step s in 0..3 are the physical k = 8q + s and 8q + 4 + s, so a lane's activations of
 // the whole step are two float4 loads a row and its weight values one dq8 call (values 8q .. 8q + 7 of the block).
-// v3 (PRESPLIT) differs in one point: the activations are split into TF32 hi/lo once, as they are stored (a[0] the
-// high parts, a[1] the low ones, one buffer), instead of by each warp that reads them (2 to 8 warps); the price is
-// a second __syncthreads a step.
-#define MOE2_BN 128        // output columns a block: kernels/moe.py MOE_TILE_COLS["v2"]
-#define MOE2_THREADS 256   // 8 warps: kernels/moe.py MOE_THREADS["v2"]
-#define MOE2_LDS 36        // floats a staged activation row: the float4 fragment reads of 8 lanes hit 32 banks
-#define MOE2_RAW 36        // bytes a staged weight block (the largest 32-value block, Q8_0's, is 34)
-#define MOE2_RAW_WORDS 9   // MOE2_RAW / 4
+#define MOE_BN 128         // output columns a block: kernels/moe.py MOE_TILE_COLS
+#define MOE_THREADS 256    // 8 warps: kernels/moe.py MOE_THREADS
+#define MOE_LDS 36         // floats a staged activation row: the float4 fragment reads of 8 lanes hit 32 banks
+#define MOE_RAW 36         // bytes a staged weight block (the largest 32-value block, Q8_0's, is 34)
+#define MOE_RAW_WORDS 9    // MOE_RAW / 4
 
 // Formats whose blocks hold 256 values (Q4_K, Q5_K, Q6_K): not staged.
 __device__ constexpr bool moe_superblock_format(const char* f) { return f[2] == '_' && f[3] == 'k'; }
 
-struct MoeShared2 {
-    float a[2][MOE_BM][MOE2_LDS];        // the tile's input rows for k-steps s (buffer s % 2)
-    u8 raw[2][2 * MOE2_BN][MOE2_RAW];    // the weights' stored blocks: row m * 128 + c is column n0 + c of weight m
+struct MoeShared {
+    float a[2][MOE_BM][MOE_LDS];         // the tile's input rows of the k-step: high parts, low parts
+    u8 raw[2][2 * MOE_BN][MOE_RAW];      // the weights' stored blocks: row m * 128 + c is column n0 + c of weight m
     int src_row[MOE_BM];
 };
 
@@ -237,10 +74,10 @@ struct MoeShared2 {
 // to the integer, which becomes a float exactly by the 1.5 * 2^23 trick (no int-to-float conversion): the
 // table's values, times the same scale.
 template <class DQ>
-__device__ __forceinline__ void moe2_dq8(const u8* r, int c, float* w) { DQ::dq8(r, c, w); }
+__device__ __forceinline__ void moe_dq8(const u8* r, int c, float* w) { DQ::dq8(r, c, w); }
 
 template <>
-__device__ __forceinline__ void moe2_dq8<moe_dq_mxfp4>(const u8* r, int c, float* w) {
+__device__ __forceinline__ void moe_dq8<moe_dq_mxfp4>(const u8* r, int c, float* w) {
     const u32* words = (const u32*)r;
     const float s = e8m0_half(words[0] & 0xffu);
     const int h = (c & 1) * 2;                   // qs[8 (c & 1) + i] is the block's byte 1 + 8 (c & 1) + i
@@ -258,13 +95,13 @@ __device__ __forceinline__ void moe2_dq8<moe_dq_mxfp4>(const u8* r, int c, float
 
 // One 32-value k-step of v4 on BF16 tensor cores (m16n8k16, two a step): the weights' values are bfloat16
 // values already (MXFP4's: E2M1 times a power of two), the activations two bfloat16 terms each (high, low:
-// within 2^-18 of the value). The k order is v2's: lane (g, q) holds values 8q .. 8q + 7 of its rows and column,
+// within 2^-18 of the value). The k order is v3's: lane (g, q) holds values 8q .. 8q + 7 of its rows and column,
 // the first four for the first product (logical k 2q, 2q + 1, 2q + 8, 2q + 9), the last four for the second; the
 // same permutation for both operands leaves each dot product's terms unchanged. a_bf16: the step's activations,
 // 16 words a row (a lane's eight values are one 16-byte read; 8 lanes of a quarter warp cover 32 banks).
 template <class DQ, int NMAT, int MT, int NT>
-__device__ __forceinline__ void moe4_step(const u8 (*raw)[MOE2_RAW], u32* const* a_bf16, int wm, int wn, int g,
-                                          int q, float (*acc)[MT][NT][4]) {
+__device__ __forceinline__ void moe_bf16_step(const u8 (*raw)[MOE_RAW], u32* const* a_bf16, int wm, int wn, int g,
+                                              int q, float (*acc)[MT][NT][4]) {
     u32 a[2][MT][2][4];                          // [low, high][m16 tile][product of the step][fragment]
 #pragma unroll
     for (int part = 0; part < 2; ++part)
@@ -286,7 +123,7 @@ __device__ __forceinline__ void moe4_step(const u8 (*raw)[MOE2_RAW], u32* const*
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
             float w[8];
-            moe2_dq8<DQ>(&raw[m * MOE2_BN + wn + 8 * nt + g][0], q, w);
+            moe_dq8<DQ>(&raw[m * MOE_BN + wn + 8 * nt + g][0], q, w);
 #pragma unroll
             for (int s = 0; s < 2; ++s) {
                 const u32 b[2] = {bf16_pack(__float_as_uint(w[4 * s]), __float_as_uint(w[4 * s + 1])),
@@ -300,22 +137,22 @@ __device__ __forceinline__ void moe4_step(const u8 (*raw)[MOE2_RAW], u32* const*
         }
 }
 
-template <class DQ, bool EXACT, bool GATE_UP, bool STAGED, bool PRESPLIT, bool BF16, int BM, int WARPS_M>
-__device__ __forceinline__ void moe2_tile(
-        MoeShared2& sm, const float* __restrict__ x, const int* __restrict__ order, int k_used,
+template <class DQ, bool EXACT, bool GATE_UP, bool STAGED, bool BF16, int BM, int WARPS_M>
+__device__ __forceinline__ void moe_tile(
+        MoeShared& sm, const float* __restrict__ x, const int* __restrict__ order, int k_used,
         const int* __restrict__ tiles, const u8* __restrict__ W1, const u8* __restrict__ W2, i64 row_bytes,
         i64 expert_bytes, const float* __restrict__ b1, const float* __restrict__ b2, float* __restrict__ out,
         int N, int K, int clamped, int has_limit, float limit, float alpha) {
     constexpr int NMAT = GATE_UP ? 2 : 1;
-    constexpr int WARPS_N = (MOE2_THREADS / 32) / WARPS_M;
-    constexpr int MT = BM / WARPS_M / 16, NT = MOE2_BN / WARPS_N / 8;  // m16 and n8 tiles a warp (a weight)
-    constexpr int A_VECS = (BM * (MOE_BK / 4) + MOE2_THREADS - 1) / MOE2_THREADS;
-    static_assert(MT >= 1 && MT * 16 * WARPS_M == BM && NT * 8 * WARPS_N == MOE2_BN, "warp tiling");
-    static_assert(!BF16 || (PRESPLIT && EXACT && STAGED), "v4: staged weights exact in bfloat16, split activations");
+    constexpr int WARPS_N = (MOE_THREADS / 32) / WARPS_M;
+    constexpr int MT = BM / WARPS_M / 16, NT = MOE_BN / WARPS_N / 8;  // m16 and n8 tiles a warp (a weight)
+    constexpr int A_VECS = (BM * (MOE_BK / 4) + MOE_THREADS - 1) / MOE_THREADS;
+    static_assert(MT >= 1 && MT * 16 * WARPS_M == BM && NT * 8 * WARPS_N == MOE_BN, "warp tiling");
+    static_assert(!BF16 || (EXACT && STAGED), "v4: staged weights whose values are bfloat16 values");
     const int* tile = tiles + 4 * blockIdx.y;
     const int expert = tile[0], first = tile[1], rows = tile[2];
     if (rows <= 0) return;
-    const int n0 = blockIdx.x * MOE2_BN;
+    const int n0 = blockIdx.x * MOE_BN;
     // BF16 (v4): a row's 32 activations as 16 words of bfloat16 pairs, high parts in a[0]'s space, low in a[1]'s
     u32* const a_bf16[2] = {(u32*)&sm.a[0][0][0], (u32*)&sm.a[1][0][0]};
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -328,7 +165,7 @@ __device__ __forceinline__ void moe2_tile(
     // the weight staging: thread tid copies the current block of row n0 + tid % 128 of weight tid / 128
     const int block_bytes = STAGED ? (int)(row_bytes / (K / MOE_BK)) : 0;
     const int words = (block_bytes + 3) >> 2;
-    const int st_m = tid / MOE2_BN, st_n = n0 + tid % MOE2_BN;
+    const int st_m = tid / MOE_BN, st_n = n0 + tid % MOE_BN;
     const bool st_live = STAGED && st_m < NMAT && st_n < N;
     const u8* st_row = (st_m ? w2 : w1) + (i64)(st_n < N ? st_n : 0) * row_bytes;
     float acc[NMAT][MT][NT][4];
@@ -341,14 +178,14 @@ __device__ __forceinline__ void moe2_tile(
 #pragma unroll
                 for (int i = 0; i < 4; ++i) acc[m][mt][nt][i] = 0.0f;
     float4 a_next[A_VECS];
-    u32 raw_next[MOE2_RAW_WORDS + 1];
+    u32 raw_next[MOE_RAW_WORDS + 1];
     u32 raw_shift = 0;
     __syncthreads();
     // the next step's loads into registers (their latency runs behind the current step's products)
     auto fetch = [&](int k0) {
 #pragma unroll
         for (int v = 0; v < A_VECS; ++v) {
-            const int i = tid + v * MOE2_THREADS;
+            const int i = tid + v * MOE_THREADS;
             a_next[v] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             if (i < BM * (MOE_BK / 4)) {
                 const int src = sm.src_row[i / (MOE_BK / 4)];
@@ -362,16 +199,16 @@ __device__ __forceinline__ void moe2_tile(
             const u32* base = (const u32*)(addr & ~3ull);
             raw_shift = (u32)(addr & 3) * 8;
 #pragma unroll
-            for (int j = 0; j <= MOE2_RAW_WORDS; ++j)
+            for (int j = 0; j <= MOE_RAW_WORDS; ++j)
                 if (j <= words) raw_next[j] = base[j];
         }
     };
-    // PRESPLIT (v3): the activations split once as they are stored, a[0] their high parts and a[1] their low
-    // parts (one buffer: the step's products must be done before the next step's are stored, a second sync)
-    auto stage_a = [&](int buf) {
+    // the activations split once as they are stored, a[0] their high parts and a[1] their low parts (one buffer:
+    // the step's products must be done before the next step's are stored, a second sync)
+    auto stage_a = [&]() {
 #pragma unroll
         for (int v = 0; v < A_VECS; ++v) {
-            const int i = tid + v * MOE2_THREADS;
+            const int i = tid + v * MOE_THREADS;
             if (i >= BM * (MOE_BK / 4)) continue;
             const int r = i / (MOE_BK / 4), c = 4 * (i % (MOE_BK / 4));
             if (BF16) {
@@ -383,7 +220,7 @@ __device__ __forceinline__ void moe2_tile(
                 bf16_split_bits(x4.w, h[3], l[3]);
                 *(uint2*)&a_bf16[0][r * 16 + c / 2] = make_uint2(bf16_pack(h[0], h[1]), bf16_pack(h[2], h[3]));
                 *(uint2*)&a_bf16[1][r * 16 + c / 2] = make_uint2(bf16_pack(l[0], l[1]), bf16_pack(l[2], l[3]));
-            } else if (PRESPLIT) {
+            } else {
                 const float4 x4 = a_next[v];
                 float4 h4, l4;
                 tf32_split(x4.x, h4.x, l4.x);
@@ -392,8 +229,6 @@ __device__ __forceinline__ void moe2_tile(
                 tf32_split(x4.w, h4.w, l4.w);
                 *(float4*)&sm.a[0][r][c] = h4;
                 *(float4*)&sm.a[1][r][c] = l4;
-            } else {
-                *(float4*)&sm.a[buf][r][c] = a_next[v];
             }
         }
     };
@@ -401,51 +236,38 @@ __device__ __forceinline__ void moe2_tile(
         if (STAGED && st_m < NMAT) {
             u32* dst = (u32*)&sm.raw[buf][tid][0];
 #pragma unroll
-            for (int j = 0; j < MOE2_RAW_WORDS; ++j)
+            for (int j = 0; j < MOE_RAW_WORDS; ++j)
                 if (j < words) dst[j] = st_live ? __funnelshift_r(raw_next[j], raw_next[j + 1], raw_shift) : 0u;
         }
     };
     const int steps = K / MOE_BK;
     fetch(0);
-    stage_a(0);
+    stage_a();
     stage_raw(0);
     __syncthreads();
     for (int step = 0; step < steps; ++step) {
         const int buf = step & 1, k0 = step * MOE_BK;
         if (step + 1 < steps) fetch(k0 + MOE_BK);
         if constexpr (BF16) {
-            moe4_step<DQ, NMAT, MT, NT>(sm.raw[buf], a_bf16, wm, wn, g, q, acc);
+            moe_bf16_step<DQ, NMAT, MT, NT>(sm.raw[buf], a_bf16, wm, wn, g, q, acc);
         } else {
         // the lane's activations of the step: rows wm + 16 mt + g and + 8, values 8q .. 8q + 7, split once
         u32 a_hi[MT][4][4], a_lo[MT][4][4];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
-            if (PRESPLIT) {
 #pragma unroll
-                for (int part = 0; part < 2; ++part) {
-                    const float* r0 = &sm.a[part][wm + 16 * mt + g][8 * q];
-                    const float* r1 = &sm.a[part][wm + 16 * mt + g + 8][8 * q];
-                    const float4 v0 = *(const float4*)r0, v1 = *(const float4*)(r0 + 4);
-                    const float4 v2 = *(const float4*)r1, v3 = *(const float4*)(r1 + 4);
-                    const float f[4][4] = {{v0.x, v2.x, v1.x, v3.x}, {v0.y, v2.y, v1.y, v3.y},
-                                           {v0.z, v2.z, v1.z, v3.z}, {v0.w, v2.w, v1.w, v3.w}};
+            for (int part = 0; part < 2; ++part) {
+                const float* r0 = &sm.a[part][wm + 16 * mt + g][8 * q];
+                const float* r1 = &sm.a[part][wm + 16 * mt + g + 8][8 * q];
+                const float4 v0 = *(const float4*)r0, v1 = *(const float4*)(r0 + 4);
+                const float4 v2 = *(const float4*)r1, v3 = *(const float4*)(r1 + 4);
+                const float f[4][4] = {{v0.x, v2.x, v1.x, v3.x}, {v0.y, v2.y, v1.y, v3.y},
+                                       {v0.z, v2.z, v1.z, v3.z}, {v0.w, v2.w, v1.w, v3.w}};
 #pragma unroll
-                    for (int s = 0; s < 4; ++s)
+                for (int s = 0; s < 4; ++s)
 #pragma unroll
-                        for (int i = 0; i < 4; ++i) (part ? a_lo : a_hi)[mt][s][i] = __float_as_uint(f[s][i]);
-                }
-                continue;
+                    for (int i = 0; i < 4; ++i) (part ? a_lo : a_hi)[mt][s][i] = __float_as_uint(f[s][i]);
             }
-            const float* r0 = &sm.a[buf][wm + 16 * mt + g][8 * q];
-            const float* r1 = &sm.a[buf][wm + 16 * mt + g + 8][8 * q];
-            const float4 v0 = *(const float4*)r0, v1 = *(const float4*)(r0 + 4);
-            const float4 v2 = *(const float4*)r1, v3 = *(const float4*)(r1 + 4);
-            const float f[4][4] = {{v0.x, v2.x, v1.x, v3.x}, {v0.y, v2.y, v1.y, v3.y},
-                                   {v0.z, v2.z, v1.z, v3.z}, {v0.w, v2.w, v1.w, v3.w}};
-#pragma unroll
-            for (int s = 0; s < 4; ++s)
-#pragma unroll
-                for (int i = 0; i < 4; ++i) split_bits(f[s][i], a_hi[mt][s][i], a_lo[mt][s][i]);
         }
 #pragma unroll
         for (int m = 0; m < NMAT; ++m) {
@@ -454,9 +276,9 @@ __device__ __forceinline__ void moe2_tile(
                 const int c = wn + 8 * nt + g;
                 float w[8];
                 if constexpr (STAGED) {
-                    moe2_dq8<DQ>(&sm.raw[buf][m * MOE2_BN + c][0], q, w);
+                    moe_dq8<DQ>(&sm.raw[buf][m * MOE_BN + c][0], q, w);
                 } else if (n0 + c < N) {
-                    moe2_dq8<DQ>((m ? w2 : w1) + (i64)(n0 + c) * row_bytes, (k0 >> 3) + q, w);
+                    moe_dq8<DQ>((m ? w2 : w1) + (i64)(n0 + c) * row_bytes, (k0 >> 3) + q, w);
                 } else {
 #pragma unroll
                     for (int j = 0; j < 8; ++j) w[j] = 0.0f;
@@ -484,8 +306,8 @@ __device__ __forceinline__ void moe2_tile(
         }
         if (step + 1 < steps) {
             stage_raw(buf ^ 1);
-            if (PRESPLIT) __syncthreads();
-            stage_a(buf ^ 1);
+            __syncthreads();
+            stage_a();
         }
         __syncthreads();
     }
@@ -513,51 +335,49 @@ __device__ __forceinline__ void moe2_tile(
 // The three tile heights: 64 rows as 2 x 4 warps of 32 x 32 columns (each activation fragment feeds 2 x 4 column
 // tiles, each dequantized weight value 2 row tiles), 32 as 1 x 8 of 32 x 16, 16 as 1 x 8 of 16 x 16 (a weight value
 // dequantized by one warp).
-template <class DQ, bool EXACT, bool GATE_UP, bool STAGED, bool PRESPLIT, bool BF16>
-__device__ __forceinline__ void moe2_grouped(
-        int tile_rows, MoeShared2& sm, const float* __restrict__ x, const int* __restrict__ order, int k_used,
+template <class DQ, bool EXACT, bool GATE_UP, bool STAGED, bool BF16>
+__device__ __forceinline__ void moe_grouped(
+        int tile_rows, MoeShared& sm, const float* __restrict__ x, const int* __restrict__ order, int k_used,
         const int* __restrict__ tiles, const u8* __restrict__ W1, const u8* __restrict__ W2, i64 row_bytes,
         i64 expert_bytes, const float* __restrict__ b1, const float* __restrict__ b2, float* __restrict__ out,
         int N, int K, int clamped, int has_limit, float limit, float alpha) {
     if (tile_rows == 16)
-        moe2_tile<DQ, EXACT, GATE_UP, STAGED, PRESPLIT, BF16, 16, 1>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
-                                                     b1, b2, out, N, K, clamped, has_limit, limit, alpha);
+        moe_tile<DQ, EXACT, GATE_UP, STAGED, BF16, 16, 1>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
+                                                 b1, b2, out, N, K, clamped, has_limit, limit, alpha);
     else if (tile_rows == 32)
-        moe2_tile<DQ, EXACT, GATE_UP, STAGED, PRESPLIT, BF16, 32, 1>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
-                                                     b1, b2, out, N, K, clamped, has_limit, limit, alpha);
+        moe_tile<DQ, EXACT, GATE_UP, STAGED, BF16, 32, 1>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
+                                                 b1, b2, out, N, K, clamped, has_limit, limit, alpha);
     else
-        moe2_tile<DQ, EXACT, GATE_UP, STAGED, PRESPLIT, BF16, 64, 2>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
-                                                     b1, b2, out, N, K, clamped, has_limit, limit, alpha);
+        moe_tile<DQ, EXACT, GATE_UP, STAGED, BF16, 64, 2>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
+                                                 b1, b2, out, N, K, clamped, has_limit, limit, alpha);
 }
 
-// v2 (activations split by each warp that reads them) and v3 (split once as they are stored: PRESPLIT)
-#define DEFINE_MOE_GEMM_PIPELINED(fmt, exact, variant, presplit, bf16)                                          \
-extern "C" __global__ void __launch_bounds__(MOE2_THREADS) moe_gate_up_##variant##_##fmt(                    \
+#define DEFINE_MOE_GEMM(fmt, exact, variant, bf16)                                                           \
+extern "C" __global__ void __launch_bounds__(MOE_THREADS) moe_gate_up_##variant##_##fmt(                    \
         const float* __restrict__ x, const int* __restrict__ order, int k_used, const int* __restrict__ tiles,\
         int tile_rows, const u8* __restrict__ gate, const u8* __restrict__ up, i64 row_bytes,                \
         i64 expert_bytes, const float* __restrict__ bias_gate, const float* __restrict__ bias_up,           \
         float* __restrict__ h, int F, int D, int clamped, int has_limit, float limit, float alpha) {        \
-    __shared__ __align__(16) MoeShared2 sm;                                                                  \
-    moe2_grouped<moe_dq_##fmt, exact, true, !moe_superblock_format(#fmt), presplit, bf16>(                   \
+    __shared__ __align__(16) MoeShared sm;                                                                  \
+    moe_grouped<moe_dq_##fmt, exact, true, !moe_superblock_format(#fmt), bf16>(                             \
         tile_rows, sm, x, order, k_used, tiles, gate, up, row_bytes, expert_bytes, bias_gate, bias_up, h, F, \
         D, clamped, has_limit, limit, alpha);                                                                \
 }                                                                                                            \
-extern "C" __global__ void __launch_bounds__(MOE2_THREADS) moe_down_##variant##_##fmt(                       \
+extern "C" __global__ void __launch_bounds__(MOE_THREADS) moe_down_##variant##_##fmt(                       \
         const float* __restrict__ h, const int* __restrict__ tiles, int tile_rows, const u8* __restrict__ down,\
         i64 row_bytes, i64 expert_bytes, const float* __restrict__ bias_down, float* __restrict__ y,        \
         int D, int F) {                                                                                      \
-    __shared__ __align__(16) MoeShared2 sm;                                                                  \
-    moe2_grouped<moe_dq_##fmt, exact, false, !moe_superblock_format(#fmt), presplit, bf16>(                  \
+    __shared__ __align__(16) MoeShared sm;                                                                  \
+    moe_grouped<moe_dq_##fmt, exact, false, !moe_superblock_format(#fmt), bf16>(                            \
         tile_rows, sm, h, nullptr, 1, tiles, down, nullptr, row_bytes, expert_bytes, bias_down, nullptr, y, \
         D, F, 0, 0, 0.0f, 1.0f);                                                                             \
 }
 
-#define DEFINE_MOE_GEMM_V2(fmt, exact) \
-    DEFINE_MOE_GEMM_PIPELINED(fmt, exact, v2, false, false) DEFINE_MOE_GEMM_PIPELINED(fmt, exact, v3, true, false)
+// v3: every format, TF32
+#define DEFINE_MOE_GEMM_V3(fmt, exact) DEFINE_MOE_GEMM(fmt, exact, v3, false)
+FOR_EACH_MOE_FORMAT(DEFINE_MOE_GEMM_V3)
 
-FOR_EACH_MOE_FORMAT(DEFINE_MOE_GEMM_V2)
-
-// v4: v3 on BF16 tensor cores, for the formats whose values are bfloat16 values (kernels/moe.py MOE_BF16_FORMATS)
+// v4: BF16, for the formats whose values are bfloat16 values (kernels/moe.py MOE_BF16_FORMATS)
 #define FOR_EACH_MOE_BF16_FORMAT(X) X(mxfp4)
-#define DEFINE_MOE_GEMM_V4(fmt) DEFINE_MOE_GEMM_PIPELINED(fmt, true, v4, true, true)
+#define DEFINE_MOE_GEMM_V4(fmt) DEFINE_MOE_GEMM(fmt, true, v4, true)
 FOR_EACH_MOE_BF16_FORMAT(DEFINE_MOE_GEMM_V4)
