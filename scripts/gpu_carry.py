@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import importlib.metadata
 import importlib.util
 import io
 import json
@@ -93,8 +94,6 @@ def dependency_closure(roots, stop=frozenset()) -> dict[str, str]:
     """{canonical name: installed version} of `roots` and their runtime requirements, recursively, as this
     interpreter's environment has them installed; requirements are kept by their markers evaluated for the
     GPU machine (THERE_MARKERS, no extras); the projects in `stop` are left out and not followed."""
-    import importlib.metadata
-
     from packaging.requirements import Requirement
 
     found, todo = {}, [_canonical(r) for r in roots]
@@ -169,7 +168,10 @@ def fetch_oracle_wheels(folder: Path = ORACLE_WHEELS) -> int:
 
 
 def _oracles_item() -> tuple[Item | None, str | None]:
-    needed = oracle_wheels_needed()
+    try:
+        needed = oracle_wheels_needed()
+    except importlib.metadata.PackageNotFoundError as error:   # the closure is read from this venv
+        return None, f"oracle wheels: a project of the closure is not installed here ({error}; scripts/bootstrap.sh)"
     wheels, missing = find_oracle_wheels(needed, ORACLE_WHEELS)
     if missing:
         return None, (f"oracle wheels: {len(missing)} of {len(needed)} not in {ORACLE_WHEELS} ({', '.join(missing)})"
