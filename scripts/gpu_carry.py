@@ -490,7 +490,7 @@ def oracle_versions() -> list[str]:
     if carried:
         for i, line in enumerate(lines):
             name = line.split(" ", 1)[0]
-            if name in carried and line.split()[1] != carried[name]:
+            if name in carried and "NOT IMPORTABLE" not in line and line.split()[1] != carried[name]:
                 lines[i] += f"  MISMATCH: the oracles item carries {carried[name]}"
     return lines
 
