@@ -120,6 +120,35 @@ def test_graph_buffers_are_workspace_and_stay_for_the_next_cache():
     assert b.memory_report()["workspace"] <= after["workspace"] - graph_bytes
 
 
+@pytest.mark.story("FT-013")
+def test_a_scratch_buffer_that_grows_after_a_capture_counts_while_the_graph_reads_it():
+    """The decode graph reads a scratch buffer; the buffer grows after the capture (a new allocation under
+    the same name). The old one stays allocated as long as the graph, so the workspace still counts it,
+    once, until the graphs are released."""
+    b = _backend(decode_graphs=True)
+    model = _model("qwen2", b)
+    cache = model.new_cache(32)
+    try:
+        logits = model.forward(np.asarray(PROMPT), cache, 0)
+        for pos in range(len(PROMPT), len(PROMPT) + 3):
+            logits = model.forward(np.array([int(b.argmax(logits[-1]))]), cache, pos)
+    finally:
+        b.free_kv_cache(cache)
+    graphs = [g for n, g in b._workspace.items() if n.startswith("decode_graph") and g.graph is not None]
+    assert b.graphs.stats["replays"] >= 1 and graphs
+    held = {a.data.mem.ptr for g in graphs for a in g.held}
+    name, old = next((n, a) for n, a in b._workspace.items()
+                     if getattr(a, "dtype", None) == np.float32 and a.data.mem.ptr in held)
+    before = b.memory_report()["workspace"]
+    b._scratch(name, 2 * old.size)                           # grown: a new buffer, the old one still read
+    grown = b._workspace[name]
+    assert grown.data.mem.ptr != old.data.mem.ptr
+    assert b.memory_report()["workspace"] == before - old.nbytes + grown.nbytes + old.data.mem.size
+    graph_bytes = sum(g.nbytes for n, g in b._workspace.items() if n.startswith("decode_graph"))
+    b.graphs.release_all()
+    assert b.memory_report()["workspace"] == before - old.nbytes + grown.nbytes - graph_bytes
+
+
 def test_a_graph_captured_on_one_cache_replays_on_a_smaller_one_like_op_by_op():
     """Decode and prefill graphs captured on cache A (128 positions) replay on cache B (48): the
     logits of every step on B equal an op-by-op pass on a cache of B's size, bit for bit."""

@@ -50,6 +50,21 @@ class CudaWeight:
         return f"CudaWeight({self.name!r}, {self.qtype.name}, {self.shape})"
 
 
+def _allocation(array) -> tuple[int, int] | None:
+    """(address, bytes) of the device allocation an array lives in (a view: its base's), None if not a device array."""
+    mem = getattr(getattr(array, "data", None), "mem", None)
+    return (int(mem.ptr), int(mem.size)) if hasattr(mem, "ptr") and hasattr(mem, "size") else None
+
+
+def replaced_but_held_bytes(entries) -> int:
+    """Bytes of the buffers the captured graphs among `entries` hold (cuda_graph.DecodeGraphs.hold) that are no
+    longer entries themselves: a scratch buffer or RoPE table that grew after a capture stays allocated as long as
+    the graph that reads it, so it is still workspace. Each allocation counts once, views by their base."""
+    counted = {_allocation(a) for a in entries} - {None}
+    held = {_allocation(a) for g in entries for a in getattr(g, "held", ())} - {None}
+    return sum(size for _, size in held - counted)
+
+
 class CudaMemory:
     """Allocation, accounting and residency checks (the memory half of CudaBackend)."""
 
@@ -73,8 +88,8 @@ class CudaMemory:
         return sum(w.nbytes for w in self._weights)
 
     def _workspace_bytes(self) -> int:
-        ws = sum(int(a.nbytes) for a in self._workspace.values())
-        return ws + sum(int(c.nbytes) + int(s.nbytes) for _, c, s in self._rope_tables.values())
+        entries = [*self._workspace.values(), *(t for _, c, s in self._rope_tables.values() for t in (c, s))]
+        return sum(int(a.nbytes) for a in entries) + replaced_but_held_bytes(entries)
 
     def device_free_bytes(self) -> int:
         free, _total = self.cp.cuda.runtime.memGetInfo()
