@@ -63,7 +63,6 @@ static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
 static inline int __popc(u32 v) { return __builtin_popcount(v); }
-static inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
 static inline void __syncwarp() { warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
 static inline int __shfl_xor_sync(unsigned, int v, int o) { return (int)shuffle_from(v, (threadIdx.x % 32) ^ o); }
 
@@ -96,9 +95,6 @@ static inline void mma_tf32_16x8x8_free(float* d, const u32* a, const u32* b) { 
 
 // mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 on the host (v4): two bfloat16 values a register, the lower
 // k in the low half (mma_bf16.cuh); each product exact, the sixteen of an output summed in double, added once.
-struct uint2 { u32 x, y; };
-struct uint4 { u32 x, y, z, w; };
-static inline uint2 make_uint2(u32 a, u32 b) { return uint2{a, b}; }
 static u32 mmb_a[32][32][4], mmb_b[32][32][2];
 static std::atomic<long long> mma_bf16_count{0};
 extern "C" long long host_mma_bf16_count() { return mma_bf16_count.exchange(0); }

@@ -24,6 +24,7 @@ THREADED_PRELUDE = r"""
 #include <thread>
 #include <vector>
 typedef unsigned char u8;
+typedef signed char i8;
 typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
@@ -36,8 +37,12 @@ typedef long long i64;
 struct dim3 { unsigned x = 0, y = 0, z = 0; };
 thread_local dim3 threadIdx;
 dim3 blockIdx, gridDim, blockDim;
+struct float2 { float x, y; };
 struct float4 { float x, y, z, w; };
+struct uint2 { u32 x, y; };
+struct uint4 { u32 x, y, z, w; };
 static inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
+static inline uint2 make_uint2(u32 a, u32 b) { return uint2{a, b}; }
 static inline float __uint_as_float(u32 u) { float f; std::memcpy(&f, &u, 4); return f; }
 static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 // byte n of the result: byte (s >> 4n) & 7 of the eight bytes {y, x} (x the low four)
@@ -49,6 +54,10 @@ static inline u32 __byte_perm(u32 x, u32 y, u32 s) {
 }
 static inline u32 __funnelshift_r(u32 lo, u32 hi, u32 shift) { return (u32)(((((u64)hi) << 32) | lo) >> (shift & 31)); }
 static inline float f16_bits_to_f32(u16 h) { _Float16 x; std::memcpy(&x, &h, 2); return (float)x; }
+static inline u16 f32_to_f16_bits(float f) { _Float16 x = (_Float16)f; u16 h; std::memcpy(&h, &x, 2); return h; }
+static inline float __ldcg(const float* p) { return *p; }
+static inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+static inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 static std::barrier<>* block_barrier;
 static std::barrier<>* warp_barriers[32];
 static double shuffle_slots[32][32];
@@ -61,6 +70,7 @@ static inline double shuffle_from(double v, int src) {
     return shuffle_slots[w][src & 31];
 }
 static inline float __shfl_xor_sync(unsigned, float v, int o) { return (float)shuffle_from(v, (threadIdx.x % 32) ^ o); }
+static inline float __shfl_sync(unsigned, float v, int src) { return (float)shuffle_from(v, src); }
 using std::max; using std::min;
 """
 

@@ -21,7 +21,7 @@ import pytest
 
 from fixtures.paths import REPO_ROOT
 from stories.foundation._cuda_conformance import THRESHOLDS, nmse
-from stories.llama._host_cuda import THREADED_LAUNCH, build_host_library, device_function
+from stories.llama._host_cuda import THREADED_LAUNCH, THREADED_PRELUDE, build_host_library, device_function
 from worker.backend.kernels.attention import decode_grid, decodes, prefill_tile
 from worker.backend.numpy import NumpyBackend
 from worker.config import RopeConfig
@@ -33,58 +33,9 @@ pytestmark = [pytest.mark.story("LT-015", "LT-016"),
 KERNELS = REPO_ROOT / "worker" / "backend" / "kernels"
 REF = NumpyBackend()
 
-# Host stand-ins for the CUDA built-ins attention.cu uses. Shared memory is a function-local static
-# (one block runs at a time); a shuffle is: barrier, publish, barrier, read.
-_PRELUDE = r"""
-#include <algorithm>
-#include <atomic>
-#include <barrier>
-#include <cmath>
-#include <cstring>
-#include <functional>
-#include <random>
-#include <thread>
-#include <vector>
-typedef unsigned char u8;
-typedef signed char i8;
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef long long i64;
-#define __device__
-#define __global__
-#define __forceinline__ inline
-#define __shared__ static
-#define __launch_bounds__(n)
-struct dim3 { unsigned x = 0, y = 0, z = 0; };
-thread_local dim3 threadIdx;
-dim3 blockIdx, gridDim, blockDim;
-struct float2 { float x, y; };
-struct float4 { float x, y, z, w; };
-struct uint2 { u32 x, y; };
-struct uint4 { u32 x, y, z, w; };
-static inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
-static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
-static inline float f16_bits_to_f32(u16 h) { _Float16 x; std::memcpy(&x, &h, 2); return (float)x; }
-static inline u16 f32_to_f16_bits(float f) { _Float16 x = (_Float16)f; u16 h; std::memcpy(&h, &x, 2); return h; }
-static std::barrier<>* block_barrier;
-static std::barrier<>* warp_barriers[32];
-static float shuffle_slots[32][32];
-static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
-static inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-static inline float shuffle_from(float v, int src) {
-    const int w = threadIdx.x / 32, l = threadIdx.x % 32;
-    warp_barriers[w]->arrive_and_wait();
-    shuffle_slots[w][l] = v;
-    warp_barriers[w]->arrive_and_wait();
-    return shuffle_slots[w][src & 31];
-}
-static inline float __shfl_xor_sync(unsigned, float v, int o) { return shuffle_from(v, (threadIdx.x % 32) ^ o); }
-static inline float __shfl_sync(unsigned, float v, int src) { return shuffle_from(v, src); }
-static inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
-static inline float __ldcg(const float* p) { return *p; }
-#include <math.h>
-using std::max; using std::min;
-"""
+# Host stand-ins for the CUDA built-ins attention.cu uses: THREADED_PRELUDE's (shared memory is a
+# function-local static, one block runs at a time; a shuffle is: barrier, publish, barrier, read).
+_PRELUDE = THREADED_PRELUDE + "#include <math.h>\n"
 
 _ENTRIES = r"""
 #define HOST_PARAMS const float* q, const float* k_new, const float* v_new, void* k_cache, void* v_cache, \

@@ -47,7 +47,6 @@ REF = NumpyBackend()
 PAD = 16                      # worker/backend/cuda_memory.py's WEIGHT_TAIL_PAD
 
 _PRELUDE = THREADED_PRELUDE + r"""
-typedef signed char i8;
 struct int4 { int x, y, z, w; };
 template <typename T> static inline T __ldg(const T* p) { T v; std::memcpy(&v, p, sizeof(T)); return v; }
 static inline int __dp4a(int a, int b, int c) {
