@@ -67,11 +67,16 @@ def _tokenizer_fields(path: Path) -> list:
     return fields
 
 
+def gpt_oss_20b_config(layers: int | None = None) -> dict:
+    """GPT_OSS_20B, with fewer layers when asked (a per-layer profile needs only a few)."""
+    return dict(GPT_OSS_20B, layers=layers or GPT_OSS_20B["layers"])
+
+
 def gpt_oss_20b_tensors(vocab: int, layers: int | None = None) -> list[tuple[str, tuple, object, float]]:
     """(name, shape rows-first, GGML type, F32 base value) of every tensor of the GPT-OSS-20B-shaped file."""
     import gguf
 
-    c, Q = dict(GPT_OSS_20B, layers=layers or GPT_OSS_20B["layers"]), gguf.GGMLQuantizationType
+    c, Q = gpt_oss_20b_config(layers), gguf.GGMLQuantizationType
     D, E, F, hd = c["hidden"], c["experts"], c["expert_ffn"], c["head_dim"]
     q_dim, kv_dim = c["heads"] * hd, c["kv_heads"] * hd
     tensors: list[tuple[str, tuple, object, float]] = [      # name, shape (GGUF order reversed), type, F32 base
@@ -105,7 +110,7 @@ def write_gpt_oss_20b_shaped(path: Path, tokenizer_from: Path, seed: int = 0, la
     the experts, as a trained model does. About 11 GB with a 49,152-token vocabulary."""
     import gguf
 
-    c, Q = dict(GPT_OSS_20B, layers=layers or GPT_OSS_20B["layers"]), gguf.GGMLQuantizationType
+    c, Q = gpt_oss_20b_config(layers), gguf.GGMLQuantizationType
     fields = _tokenizer_fields(tokenizer_from)
     vocab = next(len(v) for k, v, _, _ in fields if k == "tokenizer.ggml.tokens")
     D, E, F, hd = c["hidden"], c["experts"], c["expert_ffn"], c["head_dim"]
