@@ -3,12 +3,41 @@
 Shared by the host-thread tests of the kernels (LT-016 attention, LT-019 fused decode ops, GT-016
 prefill experts): each supplies its own prelude (the CUDA types and intrinsics its kernels use; the
 common part is THREADED_PRELUDE) and entry points; this module holds the launcher those entry points
-call, the extraction of a header's device function, and the build.
+call, the extraction of a header's device function, and the build. BIT_INTRINSICS, part of the
+threaded prelude, also serves the single-threaded build of the LT-019 int8 products.
 """
 import ctypes
 import re
 import subprocess
 from pathlib import Path
+
+# CUDA's bit and integer intrinsics on the host (u8, u32, u64 and <cstring> come before): every host build of
+# the kernels, threaded or not, takes them from here.
+BIT_INTRINSICS = r"""
+struct int4 { int x, y, z, w; };
+template <typename T> static inline T __ldg(const T* p) { T v; std::memcpy(&v, p, sizeof(T)); return v; }
+static inline float __uint_as_float(u32 u) { float f; std::memcpy(&f, &u, 4); return f; }
+static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+// byte n of the result: byte (s >> 4n) & 7 of the eight bytes {y, x} (x the low four)
+static inline u32 __byte_perm(u32 x, u32 y, u32 s) {
+    const u64 v = ((u64)y << 32) | x;
+    u32 r = 0;
+    for (int n = 0; n < 4; ++n) r |= (u32)((v >> (8 * ((s >> (4 * n)) & 7))) & 0xFF) << (8 * n);
+    return r;
+}
+static inline u32 __funnelshift_r(u32 lo, u32 hi, u32 shift) { return (u32)(((((u64)hi) << 32) | lo) >> (shift & 31)); }
+// sum of the four signed byte products, plus c
+static inline int __dp4a(int a, int b, int c) {
+    for (int i = 0; i < 4; ++i) c += (int)(signed char)(a >> 8 * i) * (int)(signed char)(b >> 8 * i);
+    return c;
+}
+// per-byte a - b, wrapping
+static inline u32 __vsub4(u32 a, u32 b) {
+    u32 r = 0;
+    for (int n = 0; n < 4; ++n) r |= (u32)((u8)((a >> 8 * n) - (b >> 8 * n))) << (8 * n);
+    return r;
+}
+"""
 
 # The CUDA names every host-thread build needs: types, qualifiers, the thread and block indices, bit
 # casts, and __syncthreads / __shfl_xor_sync as barriers over the slots of a warp (threads of a block
@@ -43,16 +72,7 @@ struct uint2 { u32 x, y; };
 struct uint4 { u32 x, y, z, w; };
 static inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
 static inline uint2 make_uint2(u32 a, u32 b) { return uint2{a, b}; }
-static inline float __uint_as_float(u32 u) { float f; std::memcpy(&f, &u, 4); return f; }
-static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
-// byte n of the result: byte (s >> 4n) & 7 of the eight bytes {y, x} (x the low four)
-static inline u32 __byte_perm(u32 x, u32 y, u32 s) {
-    const u64 v = ((u64)y << 32) | x;
-    u32 r = 0;
-    for (int n = 0; n < 4; ++n) r |= (u32)((v >> (8 * ((s >> (4 * n)) & 7))) & 0xFF) << (8 * n);
-    return r;
-}
-static inline u32 __funnelshift_r(u32 lo, u32 hi, u32 shift) { return (u32)(((((u64)hi) << 32) | lo) >> (shift & 31)); }
+""" + BIT_INTRINSICS + r"""
 static inline float f16_bits_to_f32(u16 h) { _Float16 x; std::memcpy(&x, &h, 2); return (float)x; }
 static inline u16 f32_to_f16_bits(float f) { _Float16 x = (_Float16)f; u16 h; std::memcpy(&h, &x, 2); return h; }
 static inline float __ldcg(const float* p) { return *p; }

@@ -47,17 +47,6 @@ REF = NumpyBackend()
 PAD = 16                      # worker/backend/cuda_memory.py's WEIGHT_TAIL_PAD
 
 _PRELUDE = THREADED_PRELUDE + r"""
-struct int4 { int x, y, z, w; };
-template <typename T> static inline T __ldg(const T* p) { T v; std::memcpy(&v, p, sizeof(T)); return v; }
-static inline int __dp4a(int a, int b, int c) {
-    for (int i = 0; i < 4; ++i) c += (int)(signed char)(a >> 8 * i) * (int)(signed char)(b >> 8 * i);
-    return c;
-}
-static inline u32 __vsub4(u32 a, u32 b) {
-    u32 r = 0;
-    for (int n = 0; n < 4; ++n) r |= (u32)((u8)((a >> 8 * n) - (b >> 8 * n))) << (8 * n);
-    return r;
-}
 static inline double __shfl_xor_sync(unsigned, double v, int o) { return shuffle_from(v, (threadIdx.x % 32) ^ o); }
 """
 

@@ -22,6 +22,7 @@ from gguf import GGMLQuantizationType as Q
 from fixtures.gguf_corrupt import random_blocks
 from fixtures.paths import REPO_ROOT
 from stories.foundation._cuda_conformance import THRESHOLDS
+from stories.llama._host_cuda import BIT_INTRINSICS
 from worker.quant import FORMATS
 
 pytestmark = [pytest.mark.story("LT-019"),
@@ -44,32 +45,10 @@ typedef unsigned long long u64;
 typedef long long i64;
 #define __device__
 #define __forceinline__ inline
-struct int4 { int x, y, z, w; };
 struct float4 { float x, y, z, w; };
 static inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
 struct { unsigned x = 0; } threadIdx;
-template <typename T> static inline T __ldg(const T* p) { T v; std::memcpy(&v, p, sizeof(T)); return v; }
-static inline float __uint_as_float(u32 u) { float f; std::memcpy(&f, &u, 4); return f; }
-static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
-// sum of the four signed byte products, plus c
-static inline int __dp4a(int a, int b, int c) {
-    for (int i = 0; i < 4; ++i) c += (int)(signed char)(a >> 8 * i) * (int)(signed char)(b >> 8 * i);
-    return c;
-}
-// byte n of the result: byte (s >> 4n) & 7 of the eight bytes {y, x} (x the low four)
-static inline u32 __byte_perm(u32 x, u32 y, u32 s) {
-    const u64 v = ((u64)y << 32) | x;
-    u32 r = 0;
-    for (int n = 0; n < 4; ++n) r |= (u32)((v >> (8 * ((s >> (4 * n)) & 7))) & 0xFF) << (8 * n);
-    return r;
-}
-static inline u32 __funnelshift_r(u32 lo, u32 hi, u32 shift) { return (u32)(((((u64)hi) << 32) | lo) >> (shift & 31)); }
-// per-byte a - b, wrapping
-static inline u32 __vsub4(u32 a, u32 b) {
-    u32 r = 0;
-    for (int n = 0; n < 4; ++n) r |= (u32)((u8)((a >> 8 * n) - (b >> 8 * n))) << (8 * n);
-    return r;
-}
+""" + BIT_INTRINSICS + r"""
 static inline float f16_bits_to_f32(u16 h) {
     u32 sign = (u32)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
     if (exp == 0x1f) return __uint_as_float(sign | 0x7f800000u | (man << 13));
