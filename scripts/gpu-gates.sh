@@ -20,7 +20,9 @@
 #   scripts/gpu-gates.sh run-parallel [GATE...] [-- PYTEST_ARGS...]
 #       there, with 2 or more GPUs: one shard per GPU at the same time (CUDA_VISIBLE_DEVICES, a basetemp
 #       each, GATES_WORKERS shared out: default 12 a shard), each under the deadline, then the merged
-#       board in $OUT/gates-<gates>/. GATES_SHARDS=N sets the number of shards (default: the GPUs seen).
+#       board in $OUT/gates-<gates>/. GATES_SHARDS=N sets the number of shards (default: the GPUs seen);
+#       GATES_RUN_SHARDS="1 2" runs only those shards of the N (one per GPU), so that N shards can take several
+#       calls on one warm machine: each call merges the results files of every shard run so far.
 #   GATES_EXAMPLE_SCALE=0.25 (either run): M0_EXAMPLE_SCALE, the hypothesis examples multiplier of the
 #       kernel checks; the board then says "hypothesis examples x0.25": not a full run.
 set -uo pipefail
@@ -148,7 +150,8 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFF
 workers=$(( ${GATES_WORKERS:-$(( 12 * shards ))} / shards ))
 [ "$workers" -ge 1 ] || workers=1
 custom_args=${#pytest_args[@]}
-[ "$custom_args" -gt 0 ] || pytest_args=(-n "$workers" --dist loadgroup)
+# --durations: the slowest tests in the log, to plan the next run
+[ "$custom_args" -gt 0 ] || pytest_args=(-n "$workers" --dist loadgroup --durations=40)
 gate_opts=()
 for g in "${gates[@]}"; do gate_opts+=(--gate "$g"); done
 device="${GATES_DEVICE:-cuda}"   # cpu: the same run on the NumPy reference (to try this script without a GPU)
@@ -203,27 +206,40 @@ if [ "$mode" = run ]; then
   cp "$results" "$dest/" 2>/dev/null
 else
   # One shard per GPU, side by side; each has its own log, conformance table and Allure folder (the plugin's).
-  rm -f reports/gate-results-shard-*-of-"$shards".json
+  # GATES_RUN_SHARDS="3 4" runs only those of the N here: the others' results files, from an earlier call on
+  # this machine (reports/ stays while it is warm), join the merge once all N are in.
+  run_list=(${GATES_RUN_SHARDS:-$(seq 1 "$shards")})
+  for i in "${run_list[@]}"; do
+    [[ "$i" =~ ^[0-9]+$ && "$i" -ge 1 && "$i" -le "$shards" ]] \
+      || { echo "GATES_RUN_SHARDS: '$i' is not a shard of 1..$shards" >&2; exit 2; }
+    rm -f "reports/gate-results-$(shard_tag "$i/$shards").json"
+  done
+  [ -n "${GATES_RUN_SHARDS:-}" ] || rm -f reports/gate-results-shard-*-of-"$shards".json
   pids=()
-  for i in $(seq 1 "$shards"); do
+  for slot in "${!run_list[@]}"; do
+    i=${run_list[$slot]}
     tag=$(shard_tag "$i/$shards")
     gpu_env=()
-    [ "$gpus" -ge 1 ] && gpu_env=(CUDA_VISIBLE_DEVICES=$(( (i - 1) % gpus )))
+    [ "$gpus" -ge 1 ] && gpu_env=(CUDA_VISIBLE_DEVICES=$(( slot % gpus )))
     : > "$dest/gates-$tag.log"
     # shellcheck disable=SC2030  # each shard's environment is its own
     ( export "${gpu_env[@]}" M0_CONFORMANCE_JSON="$PWD/reports/cuda_conformance-$tag.json"
       run_session "$dest/gates-$tag.log" "$i/$shards" ) &
     pids+=($!)
   done
-  for i in "${!pids[@]}"; do
-    wait "${pids[$i]}"
-    echo "shard $((i + 1))/$shards exit status: $?" | tee -a "$log"
+  for slot in "${!pids[@]}"; do
+    wait "${pids[$slot]}"
+    echo "shard ${run_list[$slot]}/$shards exit status: $?" | tee -a "$log"
   done
   for f in reports/gate-results-shard-*-of-"$shards".json reports/cuda_conformance-shard-*-of-"$shards".json; do
     [ -f "$f" ] && cp "$f" "$dest/"
   done
   cat "$dest"/gates-shard-*-of-"$shards".log >> "$log"
   mapfile -t shard_files < <(ls reports/gate-results-shard-*-of-"$shards".json 2>/dev/null)
+  if [ ${#shard_files[@]} -gt 0 ] && [ ${#shard_files[@]} -lt "$shards" ]; then
+    echo "results of ${#shard_files[@]} of $shards shards here (${shard_files[*]}): the merged board below" \
+         "shows the others' tests NOT RUN until they have run (GATES_RUN_SHARDS)" | tee -a "$log"
+  fi
   if [ ${#shard_files[@]} -gt 0 ]; then
     echo "== python -m worker gates --merge ${shard_files[*]}" | tee -a "$log"
     python3 -m worker gates --merge "${shard_files[@]}" >> "$log" 2>&1
