@@ -58,8 +58,11 @@ class BoundaryRecorder:
             out = method(*args, **kwargs)
             if self._device_array is not None and name not in HOST_EXITS | {"load_weight", "new_kv_cache"} \
                     and out is not None and not isinstance(out, dict):
-                assert isinstance(out, self._device_array), f"{name} returned {type(out).__name__}, not a device array"
-                assert out.device.id == self._backend.device_index
+                # matmuls returns a list of products by contract (Backend.matmuls): each one is checked
+                for part in out if isinstance(out, list) else [out]:
+                    assert isinstance(part, self._device_array), \
+                        f"{name} returned {type(part).__name__}, not a device array"
+                    assert part.device.id == self._backend.device_index
             return out
         return call
 
