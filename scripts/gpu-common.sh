@@ -5,13 +5,20 @@ GPU_SITE="${M0_GPU_SITE:-/tmp/site}"
 
 # .whl: the worker's packages (gguf, fastapi, ...); .whl-test (optional): the test extras (openai,
 # schemathesis and theirs). Installed without dependencies or an index; /tmp/site goes first on PYTHONPATH.
+# A stamp of the wheel set skips a second install of the same wheels: runs side by side on one machine
+# must not rewrite the folder the other is importing from.
 install_wheels() {
-  local wheels
+  local wheels stamp="$GPU_SITE/.m0-wheels" listing
   wheels=$(ls .whl/*.whl .whl-test/*.whl 2>/dev/null)
   if [ -n "$wheels" ]; then
     # shellcheck disable=SC2086
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$GPU_SITE" $wheels \
-      || return 1
+    listing=$(ls -l $wheels | awk '{print $5, $NF}')
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$listing" ]; then
+      # shellcheck disable=SC2086
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$GPU_SITE" $wheels \
+        || return 1
+      echo "$listing" > "$stamp"
+    fi
   fi
   export PYTHONPATH="$GPU_SITE:$PWD" PYTHONUNBUFFERED=1
 }
