@@ -84,3 +84,68 @@ def test_a_grown_rope_table_held_by_a_graph_counts():
 def test_objects_that_are_not_device_arrays_are_not_counted():
     graph = _Graph(100, held=[object(), types.SimpleNamespace(data=None)])
     assert replaced_but_held_bytes([graph]) == 0
+
+
+class _Pool:
+    """A graph's private pool: records when its cached blocks go back to the device."""
+
+    def __init__(self):
+        self.freed = 0
+
+    def free_all_blocks(self):
+        self.freed += 1
+
+
+def _graph_state(graph, name):
+    return types.SimpleNamespace(graph=graph, name=name, pool=_Pool(), stale=False)
+
+
+def test_releasing_cached_memory_frees_released_graphs_pools_but_never_a_live_graphs():
+    """A buffer of a capture still referenced when its graph was released goes back to that graph's pool when
+    it is freed; release_cached_memory returns it to the device. A captured graph's free blocks are the
+    buffers its kernels use at every replay: they stay."""
+    from worker.backend.cuda_graph import DecodeGraphs
+
+    m = _Memory()
+    m.pool = _Pool()
+    m.graphs = DecodeGraphs(m)
+    captured = _graph_state(object(), "decode_graph:0")
+    capturing = _graph_state(None, "decode_graph:1")
+    released = _graph_state(None, None)
+    for key, g in (("a", captured), ("b", capturing), ("c", released)):
+        m.graphs._shapes[key] = g
+    m.release_cached_memory()
+    assert (captured.pool.freed, capturing.pool.freed, released.pool.freed, m.pool.freed) == (0, 0, 1, 1)
+
+
+def test_rope_tables_are_persistent_allocations_filled_with_the_angles():
+    """RoPE tables are allocated like the scratch buffers (CudaMemory._persistent: the process pool, never the
+    private pool of a graph being captured), sized for what a capture needs, and hold rope_cos_sin's values."""
+    import numpy as np
+
+    from worker.backend.cuda import CudaBackend
+    from worker.config import RopeConfig
+    from worker.rope import rope_cos_sin
+
+    class _Table:
+        def __init__(self, shape):
+            self.shape, self.values = shape, None
+
+        def set(self, host):
+            self.values = host
+
+    allocations = []
+
+    def persistent(what, shape, dtype):
+        allocations.append((what, tuple(shape), np.dtype(dtype)))
+        return _Table(tuple(shape))
+
+    backend = types.SimpleNamespace(_rope_tables={}, _persistent=persistent,
+                                    graphs=types.SimpleNamespace(positions_needed=3000))
+    rope = RopeConfig(dim=16)
+    n, cos, sin = CudaBackend._rope_table(backend, rope, 10)
+    assert n == 3000 and [a[1:] for a in allocations] == [((3000, 8), np.float32)] * 2
+    want_cos, want_sin = rope_cos_sin(np.arange(3000), rope)
+    np.testing.assert_array_equal(cos.values, want_cos)
+    np.testing.assert_array_equal(sin.values, want_sin)
+    assert CudaBackend._rope_table(backend, rope, 2000) == (n, cos, sin) and len(allocations) == 2   # kept

@@ -372,7 +372,12 @@ class CudaBackend(CudaMemory, Backend):
             n = max(n_positions, 2 * entry[0] if entry else 0, 1024)
             cos, sin = rope_cos_sin(np.arange(n), rope)
             self._rope_tables.pop(rope, None)
-            entry = (n, self.cp.asarray(np.ascontiguousarray(cos)), self.cp.asarray(np.ascontiguousarray(sin)))
+            # persistent, like the scratch buffers: never from the private pool of a graph being captured,
+            # where it would outlive that graph's release uncounted
+            tables = [self._persistent(f"RoPE table of {n} positions", t.shape, np.float32) for t in (cos, sin)]
+            for table, host in zip(tables, (cos, sin)):
+                table.set(np.ascontiguousarray(host, dtype=np.float32))
+            entry = (n, *tables)
             self._rope_tables[rope] = entry
         return entry
 

@@ -31,7 +31,8 @@ graph's life. Outside a capture those calls answer None / NULL and the ops run e
 
 Memory: every buffer the captured step allocates comes from the graph's own CuPy MemoryPool
 (plain cudaMalloc), so nothing else can reuse it between replays; the pool's bytes, and the
-table's, are counted as workspace (`CudaBackend.memory_report`). Graphs are kept across caches,
+table's, are counted as workspace (`CudaBackend.memory_report`). Buffers that outlive the graph
+(scratch, RoPE tables, the table) come from the process pool even while it captures. Graphs are kept across caches,
 at most MAX_GRAPHS single-token and MAX_PREFILL_GRAPHS multi-token ones, the least recently used
 released first; a KV cache that does not fit otherwise releases them all (cuda_memory.py). A
 capture that fails (an op that needs the host, out of memory, over the memory cap) leaves the step
@@ -269,6 +270,15 @@ class DecodeGraphs:
         """Release every kept graph (their pools go back to the device pool); the shapes' counts stay."""
         for g in self.graphs():
             self._release(g)
+
+    def free_released_pools(self) -> None:
+        """Give the cached blocks of released graphs' pools back to the device. A buffer of a capture that was
+        still referenced when its graph was released (a failed capture's exception frames, a caller's logits)
+        goes back to that pool, not the device, when it is freed later; a captured graph's free blocks stay,
+        since its kernels still use them at every replay."""
+        for g in self._shapes.values():
+            if g.graph is None and g.name is None:
+                g.pool.free_all_blocks()
 
     def prune(self) -> None:
         """Release the graphs whose model is gone."""

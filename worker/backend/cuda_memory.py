@@ -150,6 +150,7 @@ class CudaMemory:
         """Give the pool's unused blocks back to the device (after a model or cache was dropped), and the
         forward graphs of a dropped model with them."""
         self.graphs.prune()
+        self.graphs.free_released_pools()
         self.pool.free_all_blocks()
 
     # -- weights -------------------------------------------------------------------------------
