@@ -23,6 +23,8 @@
 #       board in $OUT/gates-<gates>/. GATES_SHARDS=N sets the number of shards (default: the GPUs seen);
 #       GATES_RUN_SHARDS="1 2" runs only those shards of the N (one per GPU), so that N shards can take several
 #       calls on one warm machine: each call merges the results files of every shard run so far.
+#   M0_COMMIT=<commit> (either run): the commit the board names; a device call's copy of the tree does not
+#       carry its history, so git there answers with a stale commit "+changes".
 #   GATES_EXAMPLE_SCALE=0.25 (either run): M0_EXAMPLE_SCALE, the hypothesis examples multiplier of the
 #       kernel checks; the board then says "hypothesis examples x0.25": not a full run.
 set -uo pipefail

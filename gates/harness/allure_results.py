@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import os
 import shutil
 import subprocess
 import uuid
@@ -111,7 +112,11 @@ def write_gate_verdicts(alluredir: Path, boards: list[GateBoard], evidence: dict
 
 
 def git_commit(root: Path) -> str:
-    """The checked-out commit (with '+changes' when the tree differs from it), or 'unknown'."""
+    """The checked-out commit (with '+changes' when the tree differs from it), or 'unknown'. M0_COMMIT, where
+    set, names it instead: a tree copied to another machine without its history (a device call) cannot say."""
+    stated = os.environ.get("M0_COMMIT", "").strip()
+    if stated:
+        return f"{stated} (M0_COMMIT)"
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
                                 text=True, check=True, timeout=10).stdout.strip()

@@ -323,3 +323,17 @@ def test_a_shard_is_i_of_n(text):
                             env=nested_env(), capture_output=True, text=True)
     assert result.returncode == 2 and "gates: shard" in result.stderr
     assert str(parse_shard(" 2 / 3 ")) == "2/3"
+
+
+def test_a_run_names_its_commit_from_git_or_as_stated(monkeypatch, tmp_path):
+    """A tree copied without its history (a device call) cannot tell its commit: M0_COMMIT states it, and the
+    results say it was stated; elsewhere git answers, and a folder outside any repository is 'unknown'."""
+    from gates.harness.allure_results import git_commit
+
+    monkeypatch.setenv("M0_COMMIT", "bb84087")
+    assert git_commit(tmp_path) == "bb84087 (M0_COMMIT)"
+    monkeypatch.delenv("M0_COMMIT")
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    assert git_commit(tmp_path) == "unknown"
+    head = git_commit(Path(__file__).resolve().parents[2])
+    assert head != "unknown" and len(head.removesuffix("+changes")) == 12
