@@ -1,0 +1,337 @@
+"""FT-016 prefill products of Q8_0 weights on int8 tensor cores (worker/backend/kernels/mmq.cu), checked without a
+GPU: mmq.cu compiled for the host by the system C++ compiler, each CUDA thread of a block a host thread
+(stories/llama/_host_cuda.py: __syncthreads and the warp exchanges are barriers, blocks run in a shuffled order),
+launched through the backend's own launcher (worker/backend/kernels/mmq.py), so that its grid, block size and
+argument order are checked as well. The tensor-core instruction (mma_s8.cuh, mma.sync m16n8k32 .s8) is replaced
+by a host version that gathers the warp's fragments as the PTX ISA lays them out; the layout itself is checked
+against the ISA's element formulas, and the same build with a wrong layout fails the kernel's check.
+
+  * the kernel equals the exact product of what the int8 terms carry (stories/foundation/_mmq_reference.py:
+    exact integer block sums, scaled in float64) up to float32 accumulation (term-normalized 1e-12);
+  * and lands on gguf-py's dequantized weights times the float activations within the decode products'
+    thresholds (the same activation blocks): term-normalized matvec_q8x2 (1e-8) with two terms, plain NMSE
+    matvec_q8 (5e-4) with one;
+  * over hypothesis-drawn T, N (not multiples of the 64 x 64 tile) and K (1 to 10 blocks of 32: partial
+    stages of 4 blocks), and hand-picked cases: T = 5 with N = 1, values at the int8 range's ends (-128
+    weights, +-127 activations), zero blocks, bias and a residual (y itself as the residual).
+The GPU runs the same comparisons in test_ft016_int8_prefill_products.py. Skipped where g++ or cpp is missing.
+"""
+from __future__ import annotations
+
+import ctypes
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fixtures.gguf_corrupt import random_blocks
+from fixtures.paths import REPO_ROOT
+from stories.foundation._cuda_conformance import THRESHOLDS, nmse
+from stories.foundation._mmq_reference import dequantized, int8_product, term_normalized
+from stories.llama._host_cuda import THREADED_LAUNCH, THREADED_PRELUDE, build_host_library, device_function
+from stories.llama.test_lt019_int8_products_on_the_host import quantize_like_the_gpu
+from worker.backend.cuda_runtime import NULL
+from worker.backend.kernels import mmq
+
+pytestmark = [pytest.mark.story("FT-016"),
+              pytest.mark.skipif(shutil.which("g++") is None or shutil.which("cpp") is None,
+                                 reason="g++ and cpp are needed to build the kernels for the host")]
+
+KERNELS = REPO_ROOT / "worker" / "backend" / "kernels"
+PAD = 16                              # worker/backend/cuda_memory.py's WEIGHT_TAIL_PAD
+EXACT = 1e-12                         # float32 accumulation of exact block sums, term-normalized
+Q8_0 = GGMLQuantizationType.Q8_0
+
+_PRELUDE = THREADED_PRELUDE + r"""
+#define __restrict__
+#define __align__(n) __attribute__((aligned(n)))
+
+// mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 on the host: the warp's fragments gathered as the PTX ISA lays
+// them out (g = lane / 4, q = lane % 4; four int8 a register, the lowest k in the lowest byte):
+//   A[row][k] is byte k % 4 of register (row >= 8) + 2 (k >= 16) of lane (row % 8) * 4 + (k % 16) / 4,
+//   B[k][col] is byte k % 4 of register (k >= 16) of lane col * 4 + (k % 16) / 4,
+//   d[i] of lane (g, q) is D[g + 8 (i >= 2)][2q + (i & 1)].
+// host_set_mma_s8_layout(1) swaps A's registers 1 and 2, (2) reads B's lanes k-major: wrong layouts, which the
+// tests use as negative controls.
+static u32 mms_a[32][32][4], mms_b[32][32][2];
+static std::atomic<long long> mma_s8_count{0};
+static int mma_s8_layout = 0;
+extern "C" long long host_mma_s8_count() { return mma_s8_count.exchange(0); }
+extern "C" void host_set_mma_s8_layout(int layout) { mma_s8_layout = layout; }
+static inline int s8_byte(u32 reg, int byte) { return (int)(signed char)(u8)(reg >> (8 * byte)); }
+static inline void mma_s8_16x8x32(int* d, const u32* a, const u32* b) {
+    const int w = threadIdx.x / 32, l = threadIdx.x % 32, g = l / 4, q = l % 4;
+    warp_barriers[w]->arrive_and_wait();
+    for (int i = 0; i < 4; ++i) mms_a[w][l][i] = a[i];
+    for (int i = 0; i < 2; ++i) mms_b[w][l][i] = b[i];
+    if (l == 0) ++mma_s8_count;
+    warp_barriers[w]->arrive_and_wait();
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + 8 * (i >> 1), col = 2 * q + (i & 1);
+        long long s = 0;
+        for (int k = 0; k < 32; ++k) {
+            const int ra = mma_s8_layout == 1 ? 2 * (row >= 8) + (k >= 16) : (row >= 8) + 2 * (k >= 16);
+            const int lb = mma_s8_layout == 2 ? ((k % 16) / 4) * 8 + col : col * 4 + (k % 16) / 4;
+            s += (long long)s8_byte(mms_a[w][(row % 8) * 4 + (k % 16) / 4][ra], k % 4)
+                 * s8_byte(mms_b[w][lb][k >= 16], k % 4);
+        }
+        d[i] = (int)((long long)d[i] + s);
+    }
+    warp_barriers[w]->arrive_and_wait();
+}
+
+// One warp's product on fragments given per lane (a: 4 registers, b: 2, d: 4 a lane).
+static void mma_warp_body(const u32* a, const u32* b, int* d) {
+    const int l = threadIdx.x % 32;
+    mma_s8_16x8x32(d + 4 * l, a + 4 * l, b + 2 * l);
+}
+"""
+
+_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)')
+
+
+def _body(name: str) -> str:
+    return re.sub(r'^\s*#include "[^"]+"\s*$', "", (KERNELS / name).read_text(), flags=re.M).replace("#pragma once", "")
+
+
+def _host_entries(text: str) -> str:
+    """host_<kernel>(gx, gy, threads, seed, kernel arguments...) for each extern "C" kernel of `text`."""
+    pre = subprocess.run(["cpp", "-P", "-x", "c++", "-"], input=text, capture_output=True, text=True, timeout=120)
+    assert pre.returncode == 0, pre.stderr
+    entries = []
+    for m in _KERNEL.finditer(pre.stdout):
+        params = " ".join(m.group(2).split())
+        names = [re.findall(r"\w+", p)[-1] for p in params.split(",")]
+        entries.append(f'extern "C" void host_{m.group(1)}(unsigned gx, unsigned gy, unsigned threads, '
+                       f'unsigned seed, {params}) {{ launch(gx, gy, threads, seed, [=] {{ '
+                       f'{m.group(1)}({", ".join(names)}); }}); }}\n')
+    assert entries, "mmq.cu declares no kernel"
+    return "".join(entries)
+
+
+@pytest.fixture(scope="module")
+def host_mmq(tmp_path_factory):
+    source = (KERNELS / "mmq.cu").read_text()
+    assert '#include "mma_s8.cuh"' in source and "mma_s8_16x8x32(" in source   # the instruction stood in for
+    helpers = "".join(device_function(KERNELS / "vecdot.cuh", n) for n in ("load16_any", "load_f16_a2"))
+    kernels = _body("mmq.cu")
+    warp = ('extern "C" void host_mma_warp(const u32* a, const u32* b, int* d) '
+            '{ launch(1, 1, 32, 0, [=] { mma_warp_body(a, b, d); }); }\n')
+    text = _PRELUDE + helpers + THREADED_LAUNCH + kernels + warp
+    return build_host_library(text + _host_entries(kernels), tmp_path_factory.mktemp("mmq"), "mmq_host", timeout=600)
+
+
+class HostBackend:
+    """Just enough of a CudaBackend for the launcher: `_launch` runs the host build of the kernel."""
+
+    def __init__(self, lib, seed: int = 0):
+        self.lib, self.seed, self.launched = lib, seed, []
+
+    def _launch(self, module, name, grid, block, args, *, keeps_quantized_input: bool = False) -> None:
+        assert module == "mmq.cu" and keeps_quantized_input      # it writes y alone: the int8 input stays valid
+        gx, gy = (grid + (1,))[:2] if isinstance(grid, tuple) else (grid, 1)
+        self.launched.append((name, (gx, gy), block))
+        self.seed += 1
+        getattr(self.lib, f"host_{name}")(ctypes.c_uint(int(gx)), ctypes.c_uint(int(gy)), ctypes.c_uint(int(block)),
+                                          ctypes.c_uint(self.seed), *(_c(a) for a in args))
+
+
+def _c(a):
+    if isinstance(a, np.ndarray):
+        return ctypes.c_void_p(a.ctypes.data)
+    if a is NULL or (isinstance(a, np.uint64) and int(a) == 0):
+        return ctypes.c_void_p(0)
+    return {np.int32: ctypes.c_int, np.int64: ctypes.c_longlong, np.float32: ctypes.c_float}[type(a)](a)
+
+
+# -- the host instruction's fragment layout ----------------------------------------------------------------
+
+def ptx_fragments(A: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The m16n8k32 .s8 fragments of A [16, 32] and B [32, 8], lane by lane, from the PTX ISA's element formulas
+    (groupID = lane >> 2, threadID_in_group = lane % 4; a0..a15 four a register, b0..b7 likewise):
+    A: row = groupID for a_i with i < 4 or 8 <= i < 12, else groupID + 8; col = 4 threadID_in_group + (i & 3),
+    + 16 for i >= 8. B: row = 4 threadID_in_group + (i & 3), + 16 for i >= 4; col = groupID."""
+    a, b = np.zeros((32, 4, 4), np.int8), np.zeros((32, 2, 4), np.int8)
+    for lane in range(32):
+        group, tig = lane >> 2, lane % 4
+        for i in range(16):
+            row = group if i < 4 or 8 <= i < 12 else group + 8
+            a[lane, i // 4, i % 4] = A[row, 4 * tig + (i & 3) + (16 if i >= 8 else 0)]
+        for i in range(8):
+            b[lane, i // 4, i % 4] = B[4 * tig + (i & 3) + (16 if i >= 4 else 0), group]
+    return a.view(np.uint32).reshape(32, 4), b.view(np.uint32).reshape(32, 2)
+
+
+def ptx_accumulator(D: np.ndarray) -> np.ndarray:
+    """D [16, 8] as the lanes hold it: c_i of lane (groupID, threadID_in_group) is D[groupID + 8 (i >= 2)]
+    [2 threadID_in_group + (i & 1)]."""
+    return np.array([[D[(lane >> 2) + 8 * (i >= 2), 2 * (lane % 4) + (i & 1)] for i in range(4)]
+                     for lane in range(32)], np.int32)
+
+
+def _warp_product(lib, A, B, C):
+    a, b = ptx_fragments(A, B)
+    d = ptx_accumulator(C).copy()
+    lib.host_mma_warp(ctypes.c_void_p(a.ctypes.data), ctypes.c_void_p(b.ctypes.data), ctypes.c_void_p(d.ctypes.data))
+    return d
+
+
+def test_the_host_instruction_follows_the_ptx_fragment_layout(host_mmq):
+    rng = np.random.default_rng(1)
+    A = rng.integers(-128, 128, (16, 32)).astype(np.int8)
+    B = rng.integers(-128, 128, (32, 8)).astype(np.int8)
+    C = rng.integers(-1000, 1000, (16, 8)).astype(np.int32)
+    want = ptx_accumulator(A.astype(np.int64) @ B.astype(np.int64) + C)
+    np.testing.assert_array_equal(_warp_product(host_mmq, A, B, C), want)
+    extreme = np.full((16, 32), -128, np.int8), np.full((32, 8), -128, np.int8)   # 32 * 2^14 = 2^19, exact
+    np.testing.assert_array_equal(_warp_product(host_mmq, *extreme, np.zeros((16, 8), np.int32)),
+                                  np.full((32, 4), 1 << 19, np.int32))
+    for wrong in (1, 2):                      # the negative controls differ from the ISA's product
+        host_mmq.host_set_mma_s8_layout(wrong)
+        try:
+            assert not np.array_equal(_warp_product(host_mmq, A, B, C), want), f"layout {wrong} not told apart"
+        finally:
+            host_mmq.host_set_mma_s8_layout(0)
+
+
+# -- the kernel ------------------------------------------------------------------------------------------
+
+def _q8_0_rows(rng, N: int, K: int, *, extreme: bool = False, zero_rows=(), zero_blocks=()) -> np.ndarray:
+    """N stored Q8_0 rows (fixtures' random blocks: finite f16 scales in [-1, 1]) as uint8 [N, K/32 * 34]."""
+    blocks = random_blocks(Q8_0, N * K // 32, rng).reshape(N, K // 32, 34)
+    if extreme:                               # the int8 range's ends
+        blocks[:, :, 2:] = rng.choice(np.array([-128, 127, -127], np.int8), blocks[:, :, 2:].shape).view(np.uint8)
+    for n in zero_rows:
+        blocks[n, :, :2] = 0                  # a zero scale
+    for b in zero_blocks:
+        blocks[:, b, 2:] = 0                  # zero quants
+    return blocks.reshape(N, -1)
+
+
+def _run(lib, blocks: np.ndarray, x: np.ndarray, terms: int, *, bias=None, residual=None, in_place=False):
+    """The launcher's product on host buffers: (y, the launches made)."""
+    k = HostBackend(lib)
+    T, K = x.shape
+    N = blocks.shape[0]
+    raw = np.concatenate([blocks.reshape(-1), np.zeros(PAD, np.uint8)])
+    xq, xds, _ = quantize_like_the_gpu(x, terms)
+    if terms == 1:
+        xq[1] = 99                            # quantize_q8 leaves term 1 unwritten: the kernel must not read it
+    xq = np.ascontiguousarray(xq.reshape(-1))
+    xds = np.ascontiguousarray(xds)
+    if in_place:
+        y = residual.copy()
+        mmq.product(k, raw, blocks.shape[1], xq, xds, y, T, N, K, terms, bias=bias, residual=y)
+    else:
+        y = np.full((T, N), np.nan, np.float32)
+        mmq.product(k, raw, blocks.shape[1], xq, xds, y, T, N, K, terms, bias=bias, residual=residual)
+    return y, k.launched
+
+
+def _check(lib, blocks, x, terms, *, bias=None, residual=None, in_place=False, case=""):
+    T, K = x.shape
+    N = blocks.shape[0]
+    y, launched = _run(lib, blocks, x, terms, bias=bias, residual=residual, in_place=in_place)
+    assert launched == [("mmq_q8_0", (-(-N // mmq.MMQ_BN), -(-T // mmq.MMQ_BM)), mmq.MMQ_THREADS)]
+    assert lib.host_mma_s8_count() > 0, "the product did not go through the tensor-core instruction"
+    assert np.isfinite(y).all(), f"{case}: an output left unwritten (NaN) or not finite"
+    start = np.zeros((T, N))
+    if bias is not None:
+        start += bias.astype(np.float64)
+    if residual is not None:
+        start += residual.astype(np.float64)
+    dense = dequantized(blocks, N, K)
+    exact = int8_product(x, blocks, N, terms) + start
+    err = term_normalized(y, exact, x, dense)
+    assert err <= EXACT, f"{case}: {err:.3e} from the exact int8 product (terms={terms})"
+    floats = x.astype(np.float64) @ dense.T + start
+    if terms == 2:
+        err = term_normalized(y, floats, x, dense)
+        assert err <= THRESHOLDS["matvec_q8x2"], f"{case}: term-normalized {err:.3e} from x @ W^T"
+    else:
+        err = nmse(y, floats)
+        assert err <= THRESHOLDS["matvec_q8"], f"{case}: NMSE {err:.3e} from x @ W^T"
+    return y
+
+
+@pytest.mark.parametrize("terms", [2, 1])
+@pytest.mark.parametrize("T,N,n_blocks", [(5, 1, 1), (5, 1, 7), (64, 64, 4), (65, 129, 5), (130, 70, 9),
+                                          (7, 200, 2)])
+def test_kernel_matches_the_reference(host_mmq, T, N, n_blocks, terms):
+    rng = np.random.default_rng(1000 * T + 10 * N + n_blocks + terms)
+    K = 32 * n_blocks
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    _check(host_mmq, _q8_0_rows(rng, N, K), x, terms, case=f"T={T} N={N} K={K}")
+
+
+def test_values_at_the_int8_range_ends(host_mmq):
+    """-128 and +-127 weights; each activation block led by one large value (|q0| = 127 there), its others
+    small (the second term carries them)."""
+    rng = np.random.default_rng(3)
+    T, N, K = 70, 67, 160
+    x = rng.standard_normal((T, K)).astype(np.float32) * 1e-2
+    x[:, ::32] = rng.choice([-1e3, 1e3], (T, K // 32))
+    _check(host_mmq, _q8_0_rows(rng, N, K, extreme=True), x, 2, case="int8 range ends")
+    _check(host_mmq, _q8_0_rows(rng, N, K, extreme=True), x, 1, case="int8 range ends, one term")
+
+
+def test_zero_blocks_rows_and_tokens(host_mmq):
+    """Zero activation blocks (d0 = d1 = 0), a token of zeros, weight rows of zero scale, blocks of zero quants:
+    their outputs are exactly the others' sums, zeros where everything is zero."""
+    rng = np.random.default_rng(4)
+    T, N, K = 9, 40, 192
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    x[:, 32:64] = 0.0
+    x[3] = 0.0
+    blocks = _q8_0_rows(rng, N, K, zero_rows=(0, 39), zero_blocks=(5,))
+    y = _check(host_mmq, blocks, x, 2, case="zero blocks")
+    assert (y[3] == 0).all() and (y[:, 0] == 0).all() and (y[:, 39] == 0).all()
+
+
+def test_bias_and_residual(host_mmq):
+    rng = np.random.default_rng(5)
+    T, N, K = 33, 77, 96
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    blocks = _q8_0_rows(rng, N, K)
+    bias = rng.standard_normal(N).astype(np.float32)
+    residual = rng.standard_normal((T, N)).astype(np.float32)
+    _check(host_mmq, blocks, x, 2, bias=bias, case="bias")
+    _check(host_mmq, blocks, x, 2, residual=residual, case="residual")
+    _check(host_mmq, blocks, x, 2, bias=bias, residual=residual, in_place=True, case="bias + residual in place")
+
+
+@pytest.mark.parametrize("layout", [1, 2])
+def test_a_wrong_fragment_layout_fails_the_check(host_mmq, layout):
+    """The same kernel on a host instruction with a wrong layout lands far from the reference."""
+    rng = np.random.default_rng(6)
+    T, N, K = 20, 24, 64
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    blocks = _q8_0_rows(rng, N, K)
+    host_mmq.host_set_mma_s8_layout(layout)
+    try:
+        y, _ = _run(host_mmq, blocks, x, 2)
+    finally:
+        host_mmq.host_set_mma_s8_layout(0)
+    assert term_normalized(y, int8_product(x, blocks, N), x, dequantized(blocks, N, K)) > 1e-4
+
+
+def test_the_launcher_refuses_what_the_kernel_does_not_do():
+    with pytest.raises(ValueError, match="K a multiple of 32"):
+        mmq.product(None, None, 0, None, None, None, 8, 8, 48, 2)
+    with pytest.raises(ValueError, match="no kernel"):
+        mmq.product(None, None, 0, None, None, None, 8, 8, 64, 2, fmt="q4_0")
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(T=st.integers(5, 140), N=st.integers(1, 140), n_blocks=st.integers(1, 10), terms=st.sampled_from([2, 1]),
+       scale=st.sampled_from([1.0, 1e-6, 1e4]), seed=st.integers(0, 2**31))
+def test_kernel_matches_the_reference_over_drawn_shapes(host_mmq, T, N, n_blocks, terms, scale, seed):
+    rng = np.random.default_rng(seed)
+    K = 32 * n_blocks
+    x = (rng.standard_normal((T, K)) * scale).astype(np.float32)
+    _check(host_mmq, _q8_0_rows(rng, N, K), x, terms, case=f"T={T} N={N} K={K} scale={scale}")

@@ -1,0 +1,204 @@
+// Prefill products of Q8_0 weights on int8 tensor cores (llama.cpp's MMQ idea, our code): y[T, N] = x[T, K] @ W[N, K]^T
+// with the activations as vecdot.cu's quantize_q8 writes them (one or two int8 terms a value, per-32-block scales
+// d0, d1) and W in its stored Q8_0 blocks (d:f16 | q[32]:int8). For each 32-wide k block the int8 products sum
+// exactly in int32 on mma.sync m16n8k32 (mma_s8.cuh), one sum a term; the block's contribution
+//     d_w[n, b] * (d0[t, b] * S0 + d1[t, b] * S1)
+// is added in float32. Launch geometry: mmq.py.
+//
+// A block computes an MMQ_BM x MMQ_BN tile of y (tokens x weight rows) with 4 warps in 2 x 2, each warp 32 x 32
+// (two 16-row by four 8-column mma tiles). A stage holds MMQ_KB 32-value blocks of k: both activation terms and
+// the weight quants in shared memory (rows padded by 16 bytes, so that the fragment loads of the 8 rows g and
+// 4 words q of a warp fall in 32 different banks), and their scales. The next stage's global loads are issued
+// into registers before the current stage's products (one buffer in shared memory, 30 KB static).
+// Q8_0 blocks are 34 bytes, so weight rows are only 2-byte aligned: quants are read as aligned words joined
+// by funnel shifts (vecdot.cuh's load16_any, which reads up to 4 bytes past a row: WEIGHT_TAIL_PAD).
+// Rows past T or N and blocks past K are zero-filled and never stored.
+#include "vecdot.cuh"
+#include "mma_s8.cuh"
+
+#define MMQ_BM 64              // tokens a block (mmq.py)
+#define MMQ_BN 64              // weight rows a block (mmq.py)
+#define MMQ_KB 4               // 32-value k blocks a stage
+#define MMQ_THREADS 128        // 4 warps (mmq.py)
+#define MMQ_ROW (MMQ_KB * 32 + 16)                     // bytes of a staged row (16 bytes of padding)
+#define MMQ_X_CHUNKS (2 * MMQ_BM * MMQ_KB * 2)         // 16-byte activation chunks a stage (two terms)
+#define MMQ_X_PER_THREAD (MMQ_X_CHUNKS / MMQ_THREADS)
+#define MMQ_W_PER_THREAD (MMQ_BN * MMQ_KB / MMQ_THREADS)  // (row, k block) weight pairs a thread
+#define MMQ_XD_PER_THREAD (MMQ_BM * MMQ_KB / MMQ_THREADS)
+
+struct MmqStage {              // one stage's global loads, held in registers until the stage before is done
+    int4 x[MMQ_X_PER_THREAD];
+    float2 xd[MMQ_XD_PER_THREAD];
+    int w[MMQ_W_PER_THREAD][8];
+    float wd[MMQ_W_PER_THREAD];
+};
+
+// Loads the stage of k blocks [b0, b0 + MMQ_KB) of this block's tile (zeros outside T, N and K).
+__device__ __forceinline__ void mmq_load(MmqStage& s, const u8* __restrict__ W, i64 row_bytes,
+                                         const i8* __restrict__ xq, const float4* __restrict__ xds, i64 term_stride,
+                                         int t0, int n0, int b0, int T, int N, int nb, int terms) {
+    const int tid = threadIdx.x;
+#pragma unroll
+    for (int r = 0; r < MMQ_X_PER_THREAD; ++r) {
+        const int c = tid + r * MMQ_THREADS;          // term, row, 16-byte part: part fastest (coalesced rows)
+        const int part = c % (MMQ_KB * 2), row = (c / (MMQ_KB * 2)) % MMQ_BM, term = c / (MMQ_KB * 2 * MMQ_BM);
+        const int t = t0 + row, b = b0 + part / 2;
+        int4 v;
+        v.x = v.y = v.z = v.w = 0;
+        if (t < T && b < nb && term < terms)
+            v = __ldg((const int4*)(xq + term * term_stride + (i64)t * (nb * 32) + 32 * b + 16 * (part % 2)));
+        s.x[r] = v;
+    }
+#pragma unroll
+    for (int r = 0; r < MMQ_XD_PER_THREAD; ++r) {
+        const int e = tid + r * MMQ_THREADS, row = e / MMQ_KB, j = e % MMQ_KB;
+        const int t = t0 + row, b = b0 + j;
+        float2 d;
+        d.x = d.y = 0.0f;
+        if (t < T && b < nb) {
+            const float4 ds = xds[(i64)t * nb + b];
+            d.x = ds.x;
+            d.y = terms > 1 ? ds.y : 0.0f;
+        }
+        s.xd[r] = d;
+    }
+#pragma unroll
+    for (int r = 0; r < MMQ_W_PER_THREAD; ++r) {
+        const int e = tid + r * MMQ_THREADS, row = e / MMQ_KB, j = e % MMQ_KB;
+        const int n = n0 + row, b = b0 + j;
+        if (n < N && b < nb) {
+            const u8* blk = W + (i64)n * row_bytes + (i64)b * 34;
+            s.wd[r] = load_f16_a2(blk);
+            load16_any(blk + 2, s.w[r]);
+            load16_any(blk + 18, s.w[r] + 4);
+        } else {
+            s.wd[r] = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) s.w[r][i] = 0;
+        }
+    }
+}
+
+// Writes a loaded stage into shared memory: xs[term][row][k], ws[row][k] (int8), xd[row][j], wd[row][j].
+__device__ __forceinline__ void mmq_store(const MmqStage& s, i8 (*xs)[MMQ_BM][MMQ_ROW], i8 (*ws)[MMQ_ROW],
+                                          float2 (*xd)[MMQ_KB], float (*wd)[MMQ_KB]) {
+    const int tid = threadIdx.x;
+#pragma unroll
+    for (int r = 0; r < MMQ_X_PER_THREAD; ++r) {
+        const int c = tid + r * MMQ_THREADS;
+        const int part = c % (MMQ_KB * 2), row = (c / (MMQ_KB * 2)) % MMQ_BM, term = c / (MMQ_KB * 2 * MMQ_BM);
+        *(int4*)&xs[term][row][16 * part] = s.x[r];
+    }
+#pragma unroll
+    for (int r = 0; r < MMQ_XD_PER_THREAD; ++r) {
+        const int e = tid + r * MMQ_THREADS;
+        xd[e / MMQ_KB][e % MMQ_KB] = s.xd[r];
+    }
+#pragma unroll
+    for (int r = 0; r < MMQ_W_PER_THREAD; ++r) {
+        const int e = tid + r * MMQ_THREADS, row = e / MMQ_KB, j = e % MMQ_KB;
+        int4 lo, hi;
+        lo.x = s.w[r][0]; lo.y = s.w[r][1]; lo.z = s.w[r][2]; lo.w = s.w[r][3];
+        hi.x = s.w[r][4]; hi.y = s.w[r][5]; hi.z = s.w[r][6]; hi.w = s.w[r][7];
+        *(int4*)&ws[row][32 * j] = lo;
+        *(int4*)&ws[row][32 * j + 16] = hi;
+        wd[row][j] = s.wd[r];
+    }
+}
+
+// y[t, n] = sum_k x[t, k] W[n, k] (+ bias[n]) (+ residual[t, n]) for x as int8 terms xq [terms][T][K] (term
+// stride term_stride) with scales xds [T][K/32] (d0, d1, s, 0), W [N] rows of K/32 Q8_0 blocks row_bytes apart.
+// Grid (ceil(N / MMQ_BN), ceil(T / MMQ_BM)), MMQ_THREADS threads. residual may be y itself (each output is
+// read, then written, by one thread).
+extern "C" __global__ void __launch_bounds__(MMQ_THREADS) mmq_q8_0(
+        const u8* __restrict__ W, i64 row_bytes, const i8* __restrict__ xq, const float4* __restrict__ xds,
+        i64 term_stride, const float* __restrict__ bias, const float* residual, float* y,
+        int T, int N, int K, int terms) {
+    __shared__ __align__(16) i8 xs[2][MMQ_BM][MMQ_ROW];
+    __shared__ __align__(16) i8 ws[MMQ_BN][MMQ_ROW];
+    __shared__ float2 xd[MMQ_BM][MMQ_KB];
+    __shared__ float wd[MMQ_BN][MMQ_KB];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
+    const int n0 = blockIdx.x * MMQ_BN, t0 = blockIdx.y * MMQ_BM;
+    const int wm = 32 * (warp >> 1), wn = 32 * (warp & 1);     // the warp's rows of the tile: tokens, weights
+    const int nb = K >> 5;
+    float acc[2][4][4];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[mi][ni][i] = 0.0f;
+    MmqStage stage;
+    mmq_load(stage, W, row_bytes, xq, xds, term_stride, t0, n0, 0, T, N, nb, terms);
+    for (int b0 = 0; b0 < nb; b0 += MMQ_KB) {
+        __syncthreads();                              // the stage before is no longer read
+        mmq_store(stage, xs, ws, xd, wd);
+        __syncthreads();
+        if (b0 + MMQ_KB < nb)                         // the next stage's loads, in flight during the products
+            mmq_load(stage, W, row_bytes, xq, xds, term_stride, t0, n0, b0 + MMQ_KB, T, N, nb, terms);
+        const int blocks = min(MMQ_KB, nb - b0);
+        for (int j = 0; j < blocks; ++j) {
+            const int k = 32 * j + 4 * q;
+            u32 bw[4][2];
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni) {
+                const i8* wrow = ws[wn + 8 * ni + g];
+                bw[ni][0] = *(const u32*)(wrow + k);
+                bw[ni][1] = *(const u32*)(wrow + k + 16);
+            }
+            float sw[4][2];                           // weight scales of this lane's columns 2q, 2q + 1
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni) {
+                sw[ni][0] = wd[wn + 8 * ni + 2 * q][j];
+                sw[ni][1] = wd[wn + 8 * ni + 2 * q + 1][j];
+            }
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi) {
+                const int r0 = wm + 16 * mi + g;      // this lane's rows r0 and r0 + 8
+                const float2 d_lo = xd[r0][j], d_hi = xd[r0 + 8][j];
+                int s[2][4][4];                       // [term][ni][fragment]: exact int32 block sums
+#pragma unroll
+                for (int term = 0; term < 2; ++term) {
+#pragma unroll
+                    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) s[term][ni][i] = 0;
+                    if (term >= terms) continue;      // uniform over the block
+                    u32 a[4];
+                    a[0] = *(const u32*)(&xs[term][r0][k]);
+                    a[1] = *(const u32*)(&xs[term][r0 + 8][k]);
+                    a[2] = *(const u32*)(&xs[term][r0][k + 16]);
+                    a[3] = *(const u32*)(&xs[term][r0 + 8][k + 16]);
+#pragma unroll
+                    for (int ni = 0; ni < 4; ++ni) mma_s8_16x8x32(s[term][ni], a, bw[ni]);
+                }
+#pragma unroll
+                for (int ni = 0; ni < 4; ++ni) {
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {     // fragment i: row r0 + 8 (i >> 1), column 2q + (i & 1)
+                        const float2 d = i < 2 ? d_lo : d_hi;
+                        const float v = fmaf(d.y, (float)s[1][ni][i], d.x * (float)s[0][ni][i]);
+                        acc[mi][ni][i] = fmaf(sw[ni][i & 1], v, acc[mi][ni][i]);
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi) {
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int t = t0 + wm + 16 * mi + g + 8 * (i >> 1), n = n0 + wn + 8 * ni + 2 * q + (i & 1);
+                if (t < T && n < N) {
+                    const i64 at = (i64)t * N + n;
+                    float v = acc[mi][ni][i];
+                    if (bias) v += bias[n];
+                    y[at] = residual ? residual[at] + v : v;
+                }
+            }
+        }
+    }
+}
