@@ -52,6 +52,9 @@ THRESHOLDS = {
     # 1e-5..1e-4 here) and under what a wrong index or scale gives (above 1e-4).
     "matvec_q8x2": 1e-8,
     "matmul_expert_q8x2": 1e-8,
+    # Prefill products of Q8_0 weights on int8 tensor cores (worker/backend/kernels/mmq.cu, M0_CUDA_PREFILL_Q8=mma):
+    # the same two-term activation blocks, exact int32 block sums, float32 accumulation: matvec_q8x2's bound.
+    "matmul_q8x2": 1e-8,
     # One int8 term is llama.cpp's Q8_1 activation: plain NMSE against the float reference under
     # test-backend-ops' bound for quantized MUL_MAT (test_mul_mat::max_nmse_err, 5e-4).
     "matvec_q8": 5e-4,

@@ -1,8 +1,8 @@
 """The int8 prefill product of Q8_0 weights (worker/backend/kernels/mmq.cu) in NumPy, for its host and GPU tests.
 
 The activations are quantized as the GPU's quantize_q8 does (LT-019's NumPy statement of it,
-quantize_like_the_gpu); each 32-value block's int8 products are summed exactly in int64, one sum a term, and
-scaled by the weight block's f16 scale and the term's scale in float64:
+quantize_like_the_gpu); each 32-value block's int8 products are summed exactly (integers in float64), one sum a
+term, and scaled by the weight block's f16 scale and the term's scale in float64:
 
     y[t, n] = sum_b d_w[n, b] (d0[t, b] S0[t, n, b] + d1[t, b] S1[t, n, b]),  S_j = sum_i q_j[t, b, i] w[n, b, i]
 
@@ -33,12 +33,13 @@ def int8_product(x: np.ndarray, blocks: np.ndarray, N: int, terms: int = 2) -> n
     T, K = x.shape
     xq, xds, _ = quantize_like_the_gpu(np.asarray(x, np.float32), terms)
     wq, wd = q8_0_fields(blocks, N, K)
-    w = wq.astype(np.int64)
+    w = wq.astype(np.float64).transpose(1, 2, 0)                # [K/32, 32, N]
     y = np.zeros((T, N))
     for j in range(terms):
-        q = xq[j].reshape(T, K // 32, 32).astype(np.int64)
-        sums = np.einsum("tbi,nbi->tnb", q, w)                  # exact: integers
-        y += np.einsum("tnb,tb,nb->tn", sums.astype(np.float64), xds[:, :, j].astype(np.float64), wd)
+        q = xq[j].reshape(T, K // 32, 32).astype(np.float64).transpose(1, 0, 2)   # [K/32, T, 32]
+        # integer block sums, exact in float64: 32 products of at most 2^14 each, far below 2^53
+        sums = np.matmul(q, w)                                  # [K/32, T, N]
+        y += np.einsum("btn,tb,nb->tn", sums, xds[:, :, j].astype(np.float64), wd)
     return y
 
 

@@ -1,0 +1,130 @@
+"""FT-016 prefill products of Q8_0 weights on int8 tensor cores (worker/backend/kernels/mmq.cu) on the GPU.
+
+Acceptance: the kernel, launched on the decode products' int8 activations (vecdot.quantize, two terms), equals
+the exact int8 product of stories/foundation/_mmq_reference.py up to float32 accumulation and lands on the NumPy
+backend's product under the conformance row matmul_q8x2 (term-normalized 1e-8, the bound of the decode products'
+matvec_q8x2: the same activation blocks), over T and N that are not multiples of its 64 x 64 tile and the real
+models' K (GPT-OSS 2880 and 4096); outputs are poisoned with NaN first, so an unwritten element fails. Through
+CudaBackend.matmul, M0_CUDA_PREFILL_Q8=mma sends Q8_0 products of T > 4 tokens to it (bias included), quantizes
+one input once for the products that share it, and leaves other formats and decode products on their paths; the
+default stays tf32x3. The host tests (test_ft016_int8_prefill_products_on_the_host.py) check the same source
+without a GPU.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import gguf
+import numpy as np
+import pytest
+
+from stories.foundation._cuda_conformance import (
+    THRESHOLDS,
+    check_product,
+    checking_backend,
+    cuda_backend,
+    f32_tensor,
+    random_weight,
+)
+from stories.foundation._mmq_reference import dequantized, int8_product, term_normalized
+from worker.backend.kernels import mmq, vecdot
+from worker.backend.numpy import NumpyBackend
+
+Q = gguf.GGMLQuantizationType
+REF = NumpyBackend()
+EXACT = 1e-12                         # float32 accumulation of exact block sums, term-normalized
+pytestmark = [pytest.mark.gpu, pytest.mark.story("FT-016")]
+
+
+@contextlib.contextmanager
+def prefill_q8(b, path: str):
+    """Run the backend's Q8_0 prefill products on `path` ("tf32x3" or "mma") inside the block."""
+    before, b.prefill_q8 = b.prefill_q8, path
+    try:
+        yield
+    finally:
+        b.prefill_q8 = before
+
+
+@contextlib.contextmanager
+def launches(b):
+    """The names of the kernels the backend launches inside the block."""
+    names, launch = [], b._launch
+
+    def recording(module, name, *args, **kwargs):
+        names.append(name)
+        return launch(module, name, *args, **kwargs)
+
+    b._launch = recording
+    try:
+        yield names
+    finally:
+        del b._launch
+
+
+@pytest.mark.parametrize("T,N,K", [(5, 1, 32), (65, 129, 160), (128, 512, 2880), (300, 77, 4096), (512, 2880, 64),
+                                   (2048, 96, 2880)])
+def test_kernel_matches_the_reference(T, N, K):
+    b = checking_backend()
+    rng = np.random.default_rng(T + N + K)
+    w = random_weight(Q.Q8_0, (N, K), rng)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    dw = b.load_weight(w)
+    xq, xds = vecdot.activation_buffers(b, T, K)
+    vecdot.quantize(b, b.asarray(x), xq, xds, T, K, 2)
+    y = b._out((T, N))
+    mmq.product(b, dw.raw, dw.row_bytes, xq, xds, y, T, N, K, 2)
+    out = b.to_host(y)
+    blocks = np.asarray(w.raw, np.uint8).reshape(N, -1)
+    assert term_normalized(out, int8_product(x, blocks, N), x, dequantized(blocks, N, K)) <= EXACT
+    ref_w = REF.load_weight(w)
+    check_product("matmul_q8x2:Q8_0", f"mmq T={T} N={N} K={K}", out, REF.matmul(x, ref_w), x, ref_w.dense())
+
+
+@pytest.mark.parametrize("T", [5, 64, 512])
+def test_the_switch_sends_q8_0_prefill_products_to_the_kernel(T):
+    b = checking_backend()
+    rng = np.random.default_rng(T)
+    N, K = 2880, 4096
+    weights = [random_weight(Q.Q8_0, (n, K), rng, name=f"w{n}") for n in (N, 512, 512)]   # q, k, v of one input
+    bias = f32_tensor(rng.standard_normal(N), "bias")
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    dev, dev_bias = [b.load_weight(w) for w in weights], b.load_weight(bias)
+    with prefill_q8(b, "mma"), launches(b) as names:
+        xd = b.asarray(x)
+        outs = [b.to_host(b.matmul(xd, d, dev_bias if i == 0 else None)) for i, d in enumerate(dev)]
+    assert names.count("quantize_q8") == 1 and names.count("mmq_q8_0") == 3, names
+    ref_b = REF.load_weight(bias)
+    for i, (w, out) in enumerate(zip(weights, outs)):
+        ref_w = REF.load_weight(w)
+        bias_i = ref_b if i == 0 else None
+        check_product("matmul_q8x2:Q8_0", f"matmul T={T} N={w.shape[0]} K={K}", out, REF.matmul(x, ref_w, bias_i),
+                      x, ref_w.dense(), None if bias_i is None else bias_i.dense())
+
+
+def test_other_formats_and_decode_products_keep_their_paths():
+    b = checking_backend()
+    rng = np.random.default_rng(9)
+    K = 256
+    q4k, q8 = (b.load_weight(random_weight(q, (64, K), rng)) for q in (Q.Q4_K, Q.Q8_0))
+    with prefill_q8(b, "mma"), launches(b) as names:
+        b.matmul(b.asarray(rng.standard_normal((64, K)).astype(np.float32)), q4k)
+        b.matmul(b.asarray(rng.standard_normal((2, K)).astype(np.float32)), q8)
+    assert "mmq_q8_0" not in names and "dequant_split_rows_q4_k" in names and "mmvq_q8_0" in names, names
+    with prefill_q8(b, "tf32x3"), launches(b) as names:                       # the default path
+        b.matmul(b.asarray(rng.standard_normal((64, K)).astype(np.float32)), q8)
+    assert "dequant_split_rows_q8_0" in names and "mmq_q8_0" not in names, names
+
+
+def test_the_switch_is_read_from_the_environment(monkeypatch):
+    cuda_backend()                                                            # skips without a GPU
+    from worker.backend.cuda import CudaBackend
+
+    monkeypatch.delenv("M0_CUDA_PREFILL_Q8", raising=False)
+    assert CudaBackend().prefill_q8 == "tf32x3"                               # the default: unchanged
+    monkeypatch.setenv("M0_CUDA_PREFILL_Q8", "mma")
+    assert CudaBackend().prefill_q8 == "mma"
+    monkeypatch.setenv("M0_CUDA_PREFILL_Q8", "int4")
+    with pytest.raises(ValueError, match="M0_CUDA_PREFILL_Q8"):
+        CudaBackend()
+    assert THRESHOLDS["matmul_q8x2"] == THRESHOLDS["matvec_q8x2"]             # one bound for one error
