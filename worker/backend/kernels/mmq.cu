@@ -5,11 +5,12 @@
 //     d_w[n, b] * (d0[t, b] * S0 + d1[t, b] * S1)
 // is added in float32. Launch geometry: mmq.py.
 //
-// A block computes an MMQ_BM x MMQ_BN tile of y (tokens x weight rows) with 4 warps in 2 x 2, each warp 32 x 32
-// (two 16-row by four 8-column mma tiles). A stage holds MMQ_KB 32-value blocks of k: both activation terms and
+// A block computes an MMQ_BM x MMQ_BN tile of y (tokens x weight rows) with 8 warps in 2 x 4, each warp 32 x 16
+// (two 16-row by two 8-column mma tiles). A stage holds MMQ_KB 32-value blocks of k: both activation terms and
 // the weight quants in shared memory (rows padded by 16 bytes, so that the fragment loads of the 8 rows g and
 // 4 words q of a warp fall in 32 different banks), and their scales. The next stage's global loads are issued
-// into registers before the current stage's products (one buffer in shared memory, 30 KB static).
+// into registers before the current stage's products (one buffer in shared memory, 30 KB static). At most 128
+// registers a thread (spill-free with nvcc 13 for sm_90): two blocks, 16 warps, an SM.
 // Q8_0 blocks are 34 bytes, so weight rows are only 2-byte aligned: quants are read as aligned words joined
 // by funnel shifts (vecdot.cuh's load16_any, which reads up to 4 bytes past a row: WEIGHT_TAIL_PAD).
 // Rows past T or N and blocks past K are zero-filled and never stored.
@@ -19,12 +20,18 @@
 #define MMQ_BM 64              // tokens a block (mmq.py)
 #define MMQ_BN 64              // weight rows a block (mmq.py)
 #define MMQ_KB 4               // 32-value k blocks a stage
-#define MMQ_THREADS 128        // 4 warps (mmq.py)
+#define MMQ_WARPS_M 2          // warps along the tokens
+#define MMQ_WARPS_N 4          // warps along the weight rows
+#define MMQ_THREADS 256        // 32 MMQ_WARPS_M MMQ_WARPS_N (mmq.py); a plain number for __launch_bounds__
+#define MMQ_MI (MMQ_BM / (16 * MMQ_WARPS_M))           // 16-row mma tiles a warp
+#define MMQ_NI (MMQ_BN / (8 * MMQ_WARPS_N))            // 8-column mma tiles a warp
 #define MMQ_ROW (MMQ_KB * 32 + 16)                     // bytes of a staged row (16 bytes of padding)
 #define MMQ_X_CHUNKS (2 * MMQ_BM * MMQ_KB * 2)         // 16-byte activation chunks a stage (two terms)
 #define MMQ_X_PER_THREAD (MMQ_X_CHUNKS / MMQ_THREADS)
 #define MMQ_W_PER_THREAD (MMQ_BN * MMQ_KB / MMQ_THREADS)  // (row, k block) weight pairs a thread
 #define MMQ_XD_PER_THREAD (MMQ_BM * MMQ_KB / MMQ_THREADS)
+
+static_assert(MMQ_THREADS == 32 * MMQ_WARPS_M * MMQ_WARPS_N, "a thread block is the warps of the tile");
 
 struct MmqStage {              // one stage's global loads, held in registers until the stage before is done
     int4 x[MMQ_X_PER_THREAD];
@@ -110,7 +117,7 @@ __device__ __forceinline__ void mmq_store(const MmqStage& s, i8 (*xs)[MMQ_BM][MM
 // stride term_stride) with scales xds [T][K/32] (d0, d1, s, 0), W [N] rows of K/32 Q8_0 blocks row_bytes apart.
 // Grid (ceil(N / MMQ_BN), ceil(T / MMQ_BM)), MMQ_THREADS threads. residual may be y itself (each output is
 // read, then written, by one thread).
-extern "C" __global__ void __launch_bounds__(MMQ_THREADS) mmq_q8_0(
+extern "C" __global__ void __launch_bounds__(MMQ_THREADS, 2) mmq_q8_0(
         const u8* __restrict__ W, i64 row_bytes, const i8* __restrict__ xq, const float4* __restrict__ xds,
         i64 term_stride, const float* __restrict__ bias, const float* residual, float* y,
         int T, int N, int K, int terms) {
@@ -120,13 +127,14 @@ extern "C" __global__ void __launch_bounds__(MMQ_THREADS) mmq_q8_0(
     __shared__ float wd[MMQ_BN][MMQ_KB];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
     const int n0 = blockIdx.x * MMQ_BN, t0 = blockIdx.y * MMQ_BM;
-    const int wm = 32 * (warp >> 1), wn = 32 * (warp & 1);     // the warp's rows of the tile: tokens, weights
+    const int wm = 16 * MMQ_MI * (warp / MMQ_WARPS_N);        // the warp's first row of the tile: tokens
+    const int wn = 8 * MMQ_NI * (warp % MMQ_WARPS_N);         // and weights
     const int nb = K >> 5;
-    float acc[2][4][4];
+    float acc[MMQ_MI][MMQ_NI][4];
 #pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
+    for (int mi = 0; mi < MMQ_MI; ++mi)
 #pragma unroll
-        for (int ni = 0; ni < 4; ++ni)
+        for (int ni = 0; ni < MMQ_NI; ++ni)
 #pragma unroll
             for (int i = 0; i < 4; ++i) acc[mi][ni][i] = 0.0f;
     MmqStage stage;
@@ -137,31 +145,29 @@ extern "C" __global__ void __launch_bounds__(MMQ_THREADS) mmq_q8_0(
         __syncthreads();
         if (b0 + MMQ_KB < nb)                         // the next stage's loads, in flight during the products
             mmq_load(stage, W, row_bytes, xq, xds, term_stride, t0, n0, b0 + MMQ_KB, T, N, nb, terms);
-        const int blocks = min(MMQ_KB, nb - b0);
+        const int blocks = min(MMQ_KB, nb - b0);      // the last stage may hold fewer
+#pragma unroll 1
         for (int j = 0; j < blocks; ++j) {
             const int k = 32 * j + 4 * q;
-            u32 bw[4][2];
+            u32 bw[MMQ_NI][2];
+            float sw[MMQ_NI][2];                      // weight scales of this lane's columns 2q, 2q + 1
 #pragma unroll
-            for (int ni = 0; ni < 4; ++ni) {
+            for (int ni = 0; ni < MMQ_NI; ++ni) {
                 const i8* wrow = ws[wn + 8 * ni + g];
                 bw[ni][0] = *(const u32*)(wrow + k);
                 bw[ni][1] = *(const u32*)(wrow + k + 16);
-            }
-            float sw[4][2];                           // weight scales of this lane's columns 2q, 2q + 1
-#pragma unroll
-            for (int ni = 0; ni < 4; ++ni) {
                 sw[ni][0] = wd[wn + 8 * ni + 2 * q][j];
                 sw[ni][1] = wd[wn + 8 * ni + 2 * q + 1][j];
             }
 #pragma unroll
-            for (int mi = 0; mi < 2; ++mi) {
+            for (int mi = 0; mi < MMQ_MI; ++mi) {
                 const int r0 = wm + 16 * mi + g;      // this lane's rows r0 and r0 + 8
                 const float2 d_lo = xd[r0][j], d_hi = xd[r0 + 8][j];
-                int s[2][4][4];                       // [term][ni][fragment]: exact int32 block sums
+                int s[2][MMQ_NI][4];                  // [term][ni][fragment]: exact int32 block sums
 #pragma unroll
                 for (int term = 0; term < 2; ++term) {
 #pragma unroll
-                    for (int ni = 0; ni < 4; ++ni)
+                    for (int ni = 0; ni < MMQ_NI; ++ni)
 #pragma unroll
                         for (int i = 0; i < 4; ++i) s[term][ni][i] = 0;
                     if (term >= terms) continue;      // uniform over the block
@@ -171,10 +177,10 @@ extern "C" __global__ void __launch_bounds__(MMQ_THREADS) mmq_q8_0(
                     a[2] = *(const u32*)(&xs[term][r0][k + 16]);
                     a[3] = *(const u32*)(&xs[term][r0 + 8][k + 16]);
 #pragma unroll
-                    for (int ni = 0; ni < 4; ++ni) mma_s8_16x8x32(s[term][ni], a, bw[ni]);
+                    for (int ni = 0; ni < MMQ_NI; ++ni) mma_s8_16x8x32(s[term][ni], a, bw[ni]);
                 }
 #pragma unroll
-                for (int ni = 0; ni < 4; ++ni) {
+                for (int ni = 0; ni < MMQ_NI; ++ni) {
 #pragma unroll
                     for (int i = 0; i < 4; ++i) {     // fragment i: row r0 + 8 (i >> 1), column 2q + (i & 1)
                         const float2 d = i < 2 ? d_lo : d_hi;
@@ -186,9 +192,9 @@ extern "C" __global__ void __launch_bounds__(MMQ_THREADS) mmq_q8_0(
         }
     }
 #pragma unroll
-    for (int mi = 0; mi < 2; ++mi) {
+    for (int mi = 0; mi < MMQ_MI; ++mi) {
 #pragma unroll
-        for (int ni = 0; ni < 4; ++ni) {
+        for (int ni = 0; ni < MMQ_NI; ++ni) {
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 const int t = t0 + wm + 16 * mi + g + 8 * (i >> 1), n = n0 + wn + 8 * ni + 2 * q + (i & 1);

@@ -17,7 +17,7 @@ MMQ_FORMATS = frozenset({"q8_0"})     # formats with an mmq_<fmt> kernel
 PREFILL_Q8_PATHS = ("tf32x3", "mma")  # M0_CUDA_PREFILL_Q8
 MMQ_BM = 64                           # tokens a block: must match mmq.cu
 MMQ_BN = 64                           # weight rows a block: must match mmq.cu
-MMQ_THREADS = 128                     # must match mmq.cu
+MMQ_THREADS = 256                     # 8 warps: must match mmq.cu
 QUANT_BLOCK = 32
 
 
