@@ -103,17 +103,22 @@ def test_the_switch_sends_q8_0_prefill_products_to_the_kernel(T):
 
 
 def test_other_formats_and_decode_products_keep_their_paths():
+    """Under mma a Q4_K prefill product still dequantizes tiles (prefill_product), a Q8_0 decode product still takes
+    the matvec kernels; the default path sends Q8_0 prefill products to prefill_product."""
     b = checking_backend()
     rng = np.random.default_rng(9)
     K = 256
     q4k, q8 = (b.load_weight(random_weight(q, (64, K), rng)) for q in (Q.Q4_K, Q.Q8_0))
-    with prefill_q8(b, "mma"), launches(b) as names:
+    with prefill_q8(b, "mma"), launches(b) as prefill_q4k:
         b.matmul(b.asarray(rng.standard_normal((64, K)).astype(np.float32)), q4k)
+    with prefill_q8(b, "mma"), launches(b) as decode_q8:
         b.matmul(b.asarray(rng.standard_normal((2, K)).astype(np.float32)), q8)
-    assert "mmq_q8_0" not in names and "dequant_split_rows_q4_k" in names and "mmvq_q8_0" in names, names
-    with prefill_q8(b, "tf32x3"), launches(b) as names:                       # the default path
+    with prefill_q8(b, "tf32x3"), launches(b) as default_q8:
         b.matmul(b.asarray(rng.standard_normal((64, K)).astype(np.float32)), q8)
-    assert "dequant_split_rows_q8_0" in names and "mmq_q8_0" not in names, names
+    assert any(n.startswith("dequant_") and n.endswith("_q4_k") for n in prefill_q4k), prefill_q4k
+    assert any(n.startswith(("mmvq_", "matvec_")) for n in decode_q8), decode_q8
+    assert any(n.startswith("dequant_") and n.endswith("_q8_0") for n in default_q8), default_q8
+    assert "mmq_q8_0" not in prefill_q4k + decode_q8 + default_q8
 
 
 def test_the_switch_is_read_from_the_environment(monkeypatch):

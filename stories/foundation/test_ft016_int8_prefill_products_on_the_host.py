@@ -11,6 +11,8 @@ against the ISA's element formulas, and the same build with a wrong layout fails
   * and lands on gguf-py's dequantized weights times the float activations within the decode products'
     thresholds (the same activation blocks): term-normalized matvec_q8x2 (1e-8) with two terms, plain NMSE
     matvec_q8 (5e-4) with one;
+  * on the int8 input made by vecdot.cu's own quantize_q8 (built beside it), which equals the reference's
+    quantization byte for byte: the two kernels agree on the term stride and the scale layout;
   * over hypothesis-drawn T, N (not multiples of the 64 x 64 tile) and K (1 to 10 blocks of 32: partial
     stages of 4 blocks), and hand-picked cases: T = 5 with N = 1, values at the int8 range's ends (-128
     weights, +-127 activations), zero blocks, bias and a residual (y itself as the residual).
@@ -36,7 +38,7 @@ from stories.foundation._mmq_reference import dequantized, int8_product, term_no
 from stories.llama._host_cuda import THREADED_LAUNCH, THREADED_PRELUDE, build_host_library, device_function
 from stories.llama.test_lt019_int8_products_on_the_host import quantize_like_the_gpu
 from worker.backend.cuda_runtime import NULL
-from worker.backend.kernels import mmq
+from worker.backend.kernels import mmq, vecdot
 
 pytestmark = [pytest.mark.story("FT-016"),
               pytest.mark.skipif(shutil.which("g++") is None or shutil.which("cpp") is None,
@@ -114,12 +116,21 @@ def _host_entries(text: str) -> str:
     return "".join(entries)
 
 
+def _quantize_kernel() -> str:
+    """vecdot.cu's quantize_q8, the kernel that makes the int8 activations the product reads."""
+    m = re.search(r'^extern "C" __global__ void quantize_q8\(.*?^}\n', (KERNELS / "vecdot.cu").read_text(),
+                  flags=re.S | re.M)
+    assert m, "vecdot.cu no longer defines quantize_q8"
+    return m.group(0)
+
+
 @pytest.fixture(scope="module")
 def host_mmq(tmp_path_factory):
     source = (KERNELS / "mmq.cu").read_text()
     assert '#include "mma_s8.cuh"' in source and "mma_s8_16x8x32(" in source   # the instruction stood in for
-    helpers = "".join(device_function(KERNELS / "vecdot.cuh", n) for n in ("load16_any", "load_f16_a2"))
-    kernels = _body("mmq.cu")
+    helpers = device_function(KERNELS / "common.cuh", "warp_max") + "".join(
+        device_function(KERNELS / "vecdot.cuh", n) for n in ("quantize_block_warp", "load16_any", "load_f16_a2"))
+    kernels = _body("mmq.cu") + _quantize_kernel()
     warp = ('extern "C" void host_mma_warp(const u32* a, const u32* b, int* d) '
             '{ launch(1, 1, 32, 0, [=] { mma_warp_body(a, b, d); }); }\n')
     text = _PRELUDE + helpers + THREADED_LAUNCH + kernels + warp
@@ -133,7 +144,7 @@ class HostBackend:
         self.lib, self.seed, self.launched = lib, seed, []
 
     def _launch(self, module, name, grid, block, args, *, keeps_quantized_input: bool = False) -> None:
-        assert module == "mmq.cu" and keeps_quantized_input      # it writes y alone: the int8 input stays valid
+        assert keeps_quantized_input          # mmq writes y alone, quantize_q8 the int8 input: neither invalidates it
         gx, gy = (grid + (1,))[:2] if isinstance(grid, tuple) else (grid, 1)
         self.launched.append((name, (gx, gy), block))
         self.seed += 1
@@ -318,6 +329,29 @@ def test_a_wrong_fragment_layout_fails_the_check(host_mmq, layout):
     finally:
         host_mmq.host_set_mma_s8_layout(0)
     assert term_normalized(y, int8_product(x, blocks, N), x, dequantized(blocks, N, K)) > 1e-4
+
+
+@pytest.mark.parametrize("terms", [2, 1])
+def test_the_activations_of_quantize_q8_feed_the_kernel(host_mmq, terms):
+    """The int8 input made by the GPU's own quantize_q8 (vecdot.quantize, as CudaBackend.matmul makes it) is the
+    reference's quantization byte for byte, and the product on it matches the reference: the two kernels agree
+    on the term stride and the scale layout."""
+    rng = np.random.default_rng(7 + terms)
+    T, N, K = 70, 65, 224
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    k = HostBackend(host_mmq)
+    xq, xds = np.full(2 * T * K, 77, np.int8), np.full(T * (K // 32) * 4, np.nan, np.float32)
+    vecdot.quantize(k, x, xq, xds, T, K, terms)
+    want_q, want_ds, _ = quantize_like_the_gpu(x, terms)
+    np.testing.assert_array_equal(xq[:terms * T * K], want_q[:terms].reshape(-1))
+    np.testing.assert_array_equal(xds.reshape(T, K // 32, 4)[..., :2], want_ds[..., :2])
+    blocks = _q8_0_rows(rng, N, K)
+    raw = np.concatenate([blocks.reshape(-1), np.zeros(PAD, np.uint8)])
+    y = np.full((T, N), np.nan, np.float32)
+    mmq.product(k, raw, blocks.shape[1], xq, xds, y, T, N, K, terms)
+    assert [name for name, _, _ in k.launched] == ["quantize_q8", "mmq_q8_0"]
+    dense = dequantized(blocks, N, K)
+    assert term_normalized(y, int8_product(x, blocks, N, terms), x, dense) <= EXACT
 
 
 def test_the_launcher_refuses_what_the_kernel_does_not_do():
