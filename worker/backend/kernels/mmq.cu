@@ -31,6 +31,11 @@
 #define MMQ_W_PER_THREAD (MMQ_BN * MMQ_KB / MMQ_THREADS)  // (row, k block) weight pairs a thread
 #define MMQ_XD_PER_THREAD (MMQ_BM * MMQ_KB / MMQ_THREADS)
 
+// An int32 block sum as a float, exactly, on the integer and FP32 pipes instead of the slower conversion unit (I2F):
+// |s| <= 32 * 128 * 128 = 2^19 < 2^22, so the bits of 1.5 * 2^23 plus s are those of the float 1.5 * 2^23 + s (the
+// spacing of floats there is 1), and subtracting 1.5 * 2^23 is exact.
+__device__ __forceinline__ float mmq_exact_float(int s) { return __int_as_float(0x4B400000 + s) - 12582912.0f; }
+
 static_assert(MMQ_THREADS == 32 * MMQ_WARPS_M * MMQ_WARPS_N, "a thread block is the warps of the tile");
 
 struct MmqStage {              // one stage's global loads, held in registers until the stage before is done
@@ -184,7 +189,7 @@ extern "C" __global__ void __launch_bounds__(MMQ_THREADS, 2) mmq_q8_0(
 #pragma unroll
                     for (int i = 0; i < 4; ++i) {     // fragment i: row r0 + 8 (i >> 1), column 2q + (i & 1)
                         const float2 d = i < 2 ? d_lo : d_hi;
-                        const float v = fmaf(d.y, (float)s[1][ni][i], d.x * (float)s[0][ni][i]);
+                        const float v = fmaf(d.y, mmq_exact_float(s[1][ni][i]), d.x * mmq_exact_float(s[0][ni][i]));
                         acc[mi][ni][i] = fmaf(sw[ni][i & 1], v, acc[mi][ni][i]);
                     }
                 }
