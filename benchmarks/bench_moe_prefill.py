@@ -14,8 +14,9 @@ MXFP4 experts, F32 router and biases; stories/gpt/_moe_cases.py) and T = 128, 51
   gate_up_ms_by_tile_rows, down_ms_by_tile_rows  each grouped launch with each tile height (the choice:
                    moe.tile_rows_for);
   nmse_vs_host     the device path's output against the host routing's on the same backend.
-Every device figure is given for each grouped kernel variant (moe.MOE_GEMM_VARIANTS, M0_CUDA_MOE_GEMM) under
-"variants"; the top-level figures are the default variant's.
+Every device figure is given for each grouped kernel variant (moe.MOE_GEMM_VARIANTS, M0_CUDA_MOE_GEMM: v3 TF32,
+v4 BF16, v5 int8 tensor cores; --variants picks some) under "variants"; the top-level figures are the default
+variant's (when it is timed).
 Per-layer times; a model's prefill runs 24 such layers. Writes JSON (--out). Never asserts a time.
 """
 from __future__ import annotations
@@ -127,7 +128,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench_moe_prefill.json"))
     ap.add_argument("--tokens", default="128,512,2048")
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--variants", default=",".join(moe.MOE_GEMM_VARIANTS),
+                    help="grouped kernel variants to time, comma-separated")
     args = ap.parse_args()
+    variants = [moe.gemm_variant(v) for v in args.variants.split(",")]
     b = CudaBackend()
     cp = b.cp
     rng = np.random.default_rng(0)
@@ -150,14 +154,14 @@ def main() -> None:
         r = b.to_host(ref).astype(np.float64)
         row["variants"] = {}
         default_variant = moe.MOE_GEMM_VARIANT
-        for variant in moe.MOE_GEMM_VARIANTS:
+        for variant in variants:
             moe.MOE_GEMM_VARIANT = variant
             try:
                 row["variants"][variant] = time_variant(b, cp, moe, weights, x, T, r, args.reps, time_graph)
             finally:
                 moe.MOE_GEMM_VARIANT = default_variant
             print(json.dumps({"T": T, "variant": variant, **row["variants"][variant]}), flush=True)
-        row.update(row["variants"][moe.gemm_variant()])
+        row.update(row["variants"].get(moe.gemm_variant(), {}))
         rows.append(row)
     result = {"device": b.device_name, "layer": {"D": D, "F": F, "E": E, "k": K_USED, "experts": "MXFP4"},
               "metric": "milliseconds per expert layer (one of GPT-OSS-20B's 24)", "rows": rows}

@@ -51,6 +51,9 @@ THRESHOLDS = {
     # after SwiGLU). 1e-8 keeps a margin over that, far under the single-term error (matvec_q8: plain NMSE
     # 1e-5..1e-4 here) and under what a wrong index or scale gives (above 1e-4).
     "matvec_q8x2": 1e-8,
+    # Also the grouped expert products of moe_gemm.cu v5 (int8 tensor cores): the same two int8 terms a 32-value
+    # block, MXFP4 weights exact as int8 (doubled E2M1) with their power-of-two scale, exact int32 block sums,
+    # float32 sums after them (2^-24 a step, far below): the same bound. Not yet measured on a GPU.
     "matmul_expert_q8x2": 1e-8,
     # Prefill products of Q8_0 weights on int8 tensor cores (worker/backend/kernels/mmq.cu, M0_CUDA_PREFILL_Q8=mma):
     # the same two-term activation blocks, exact int32 block sums, float32 accumulation: matvec_q8x2's bound.

@@ -17,12 +17,14 @@ Acceptance, against the NumPy backend's mixture_of_experts (its host routing, fl
   to_host is counted (none).
 - each grouped product on the tensor cores (gate, up, down; every tile height) within the prefill products'
   term-normalized bound against float64 ("matmul_expert", 1e-11; v4's BF16 products on MXFP4, activations as
-  two bfloat16 terms: "matmul_expert_bf16x2", 2.5e-11).
+  two bfloat16 terms: "matmul_expert_bf16x2", 2.5e-11; v5's int8 products on MXFP4, activations as two int8
+  terms a 32-value block: "matmul_expert_q8x2", 1e-8, the decode products' row for the same activations).
 - a GPT-OSS prefill chunk of the tiny fixture is captured as a CUDA graph on its second sighting and its
   replays give the op-by-op logits bit for bit.
 - every grouped kernel variant (kernels/moe.py MOE_GEMM_VARIANTS, M0_CUDA_MOE_GEMM: v3 with its pipelined
   loads, staged weight blocks, permuted k order and activations split as they are stored; v4, v3 on BF16
-  tensor cores for MXFP4, v3's kernels for the other formats)
+  tensor cores for MXFP4, v3's kernels for the other formats; v5, the same tiles on int8 tensor cores for
+  MXFP4, v3's kernels for the other formats)
   under every comparison above but the capture; also on Q4_1 and Q5_0 (staged blocks of 20 and 22 bytes) and
   Q4_K (256-value blocks read by the fragment).
 The kernels' logic runs on the CPU in test_gt016_moe_prefill_on_the_host.py.
@@ -188,7 +190,8 @@ def _zeros_like(tensor):
 @pytest.mark.parametrize("product", ["gate", "up"])
 def test_grouped_products_keep_the_prefill_products_bound(variant, qtype, tile_rows, product):
     """Each grouped product on the tensor cores against float64 under the prefill products' term-normalized
-    threshold ("matmul_expert", 1e-11), so the split's low terms are all there on the hardware. The SwiGLU
+    threshold ("matmul_expert", 1e-11; v4 and v5 on MXFP4 their own rows, as above), so the split's low terms
+    (v5: the activations' second int8 term) are all there on the hardware. The SwiGLU
     epilogue is made to pass one product through: alpha = 0 and no limit give g * 0.5 * (u + 1); with a zero
     up weight and up bias 1 that is g, with a zero gate weight and gate bias 2 it is u + 1. The down product
     then multiplies that h."""
@@ -224,7 +227,8 @@ def test_grouped_products_keep_the_prefill_products_bound(variant, qtype, tile_r
     want = np.einsum("rk,rnk->rn", x64, w_live[ex]) + b_live[ex]
     scale = np.einsum("rk,rnk->rn", np.abs(x64), np.abs(w_live[ex])) + np.abs(b_live[ex])
     value = float(np.sum((got - want) ** 2) / np.sum(scale ** 2))
-    row = "matmul_expert_bf16x2" if variant == "v4" and gate.format in moe.MOE_BF16_FORMATS else "matmul_expert"
+    row = {"v3": "matmul_expert", "v4": "matmul_expert_bf16x2",
+           "v5": "matmul_expert_q8x2"}[moe.kernel_variant(variant, gate.format)]
     assert value <= record(row, f"grouped {variant} {product} {qtype.name} T={T} rows={tile_rows}", value)
     want = np.einsum("rf,rdf->rd", h_h, w_down[ex]) + b_down[ex]
     scale = np.einsum("rf,rdf->rd", np.abs(h_h), np.abs(w_down[ex])) + np.abs(b_down[ex])

@@ -2,9 +2,11 @@
 host by the system C++ compiler, each CUDA thread of a block run as a host thread (stories/llama/_host_cuda.py;
 __syncthreads and the warp exchanges are barriers, blocks run one after another in a shuffled order),
 launched through the backend's own launchers (worker/backend/kernels/moe.py), so that their grids, block
-sizes and argument order are checked as well. The tensor-core instruction (mma_tf32.cuh) is replaced by a
-host version that multiplies the fragments as the PTX ISA lays them out and refuses an operand that is not
-a TF32 value (the split must hand the tensor cores exact TF32 values).
+sizes and argument order are checked as well. The tensor-core instructions (mma_tf32.cuh, mma_bf16.cuh,
+mma_s8.cuh) are replaced by host versions that multiply the fragments as the PTX ISA lays them out (the TF32
+one refuses an operand that is not a TF32 value: the split must hand the tensor cores exact TF32 values) and
+count their calls, so each variant is seen to take its own instruction. The int8 one is checked on its own
+against a product of fragments laid out from the PTX ISA's tables (and a wrong layout against it fails).
 
   * moe_plan: the token-expert pairs sorted by expert exactly as NumPy's stable argsort, pos its inverse,
     the tile table each expert's run cut into tiles of 16, 32 or 64 rows, unused entries empty; hypothesis over
@@ -13,10 +15,11 @@ a TF32 value (the split must hand the tensor cores exact TF32 values).
   * the whole T >= 2 expert FFN (route, plan, gate/up + SwiGLU, down, weighted sum) against the NumPy
     backend's mixture_of_experts (its host routing) under the conformance row "moe" (plain NMSE 1e-6),
     and the down product alone within the prefill products' term-normalized bound ("matmul", 1e-11; v4's
-    BF16 products "matmul_expert_bf16x2", 2.5e-11), for MXFP4 (two TF32 terms; v4: two bfloat16 terms on the
-    host's m16n8k16) and Q8_0 (three), each tile height (16, 32, 64 rows: three warp layouts), both kernel
-    variants (moe.MOE_GEMM_VARIANTS: v3 with its staged weight blocks at unaligned row sizes, e.g. MXFP4 rows
-    of 96 values = 51 bytes, its permuted k order, several k-steps and column blocks; v4, which takes v3's
+    BF16 products "matmul_expert_bf16x2", 2.5e-11; v5's int8 products "matmul_expert_q8x2", 1e-8), for MXFP4
+    (two TF32 terms; v4: two bfloat16 terms on the host's m16n8k16; v5: two int8 activation terms on its
+    m16n8k32) and Q8_0 (three), each tile height (16, 32, 64 rows: three warp layouts), every kernel variant
+    (moe.MOE_GEMM_VARIANTS: v3 with its staged weight blocks at unaligned row sizes, e.g. MXFP4 rows of 96
+    values = 51 bytes, its permuted k order, several k-steps and column blocks; v4 and v5, which take v3's
     kernels for formats other than MXFP4), and Q4_1 (staged 20-byte blocks) and Q4_K (256-value blocks, read by
     the fragments from global memory) at width 256.
 The GPU runs the same comparisons in test_gt016_moe_prefill_on_device.py. Skipped where g++ or cpp is missing.
@@ -65,16 +68,19 @@ static inline float __fsub_rn(float a, float b) { return a - b; }
 static inline int __popc(u32 v) { return __builtin_popcount(v); }
 static inline void __syncwarp() { warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
 static inline int __shfl_xor_sync(unsigned, int v, int o) { return (int)shuffle_from(v, (threadIdx.x % 32) ^ o); }
+static inline float2 make_float2(float a, float b) { return float2{a, b}; }
 
 // mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 on the host: the warp's fragments gathered as the
 // PTX ISA lays them out (g = lane / 4, q = lane % 4), each product exact (TF32 x TF32 fits float32), the
 // eight of an output summed in double and added once. An operand with any of its low 13 bits set is not
 // a TF32 value: counted in mma_not_tf32 (the hardware would drop those bits).
 static u32 mma_a[32][32][4], mma_b[32][32][2];
-static std::atomic<long long> mma_not_tf32{0};
+static std::atomic<long long> mma_not_tf32{0}, mma_tf32_count{0};
 extern "C" long long host_mma_not_tf32() { return mma_not_tf32.exchange(0); }
+extern "C" long long host_mma_tf32_count() { return mma_tf32_count.exchange(0); }
 static inline void mma_tf32_16x8x8(float* d, const u32* a, const u32* b) {
     const int w = threadIdx.x / 32, l = threadIdx.x % 32, g = l / 4, q = l % 4;
+    if (l == 0) ++mma_tf32_count;
     warp_barriers[w]->arrive_and_wait();
     for (int i = 0; i < 4; ++i) { mma_a[w][l][i] = a[i]; if (a[i] & 0x1fffu) ++mma_not_tf32; }
     for (int i = 0; i < 2; ++i) { mma_b[w][l][i] = b[i]; if (b[i] & 0x1fffu) ++mma_not_tf32; }
@@ -118,6 +124,41 @@ static inline void mma_bf16_16x8x16(float* d, const u32* a, const u32* b) {
     }
     warp_barriers[w]->arrive_and_wait();
 }
+
+// mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 on the host (v5), the PTX ISA's fragments for .s8 at m16n8k32:
+// four int8 values a register, element i of a fragment in byte i % 4 of register i / 4; a_i of lane (g, q) is
+// A[g + 8 (i / 4 % 2)][4q + i % 4 + 16 (i >= 8)] (a0 row g, a1 row g + 8, a2 row g and k + 16, a3 row g + 8 and
+// k + 16), b_i is B[4q + i % 4 + 16 (i >= 4)][g], d_i is D[g + 8 (i >= 2)][2q + i % 2]. Exact integer sums.
+static u32 mms_a[32][32][4], mms_b[32][32][2];
+static std::atomic<long long> mma_s8_count{0};
+extern "C" long long host_mma_s8_count() { return mma_s8_count.exchange(0); }
+static inline int s8_element(u32 reg, int byte) { return (int)(signed char)(u8)(reg >> (8 * byte)); }
+static inline void mma_s8_16x8x32(int* d, const u32* a, const u32* b) {
+    const int w = threadIdx.x / 32, l = threadIdx.x % 32, g = l / 4, q = l % 4;
+    warp_barriers[w]->arrive_and_wait();
+    for (int i = 0; i < 4; ++i) mms_a[w][l][i] = a[i];
+    for (int i = 0; i < 2; ++i) mms_b[w][l][i] = b[i];
+    if (l == 0) ++mma_s8_count;
+    warp_barriers[w]->arrive_and_wait();
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + 8 * (i >> 1), col = 2 * q + (i & 1);
+        long long s = 0;
+        for (int k = 0; k < 32; ++k) {
+            const int lane_a = (row % 8) * 4 + (k % 16) / 4, lane_b = col * 4 + (k % 16) / 4;
+            s += (long long)s8_element(mms_a[w][lane_a][(row >= 8) + 2 * (k >= 16)], k % 4)
+                 * s8_element(mms_b[w][lane_b][k >= 16], k % 4);
+        }
+        d[i] = (int)(d[i] + s);
+    }
+    warp_barriers[w]->arrive_and_wait();
+}
+"""
+
+# One m16n8k32 int8 product of one warp on the host version: lane l's fragments a[l][0..3], b[l][0..1], d[l][0..3].
+_MMA_S8_ENTRY = r"""
+extern "C" void host_mma_s8_warp(const u32* a, const u32* b, int* d) {
+    launch(1, 1, 32, 1, [=] { const int l = threadIdx.x; mma_s8_16x8x32(d + 4 * l, a + 4 * l, b + 2 * l); });
+}
 """
 
 _KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)')
@@ -154,13 +195,15 @@ def _host_entries(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def host_moe(tmp_path_factory):
-    assert "mma_tf32_16x8x8" in kernel_source("moe_gemm.cu")     # the instruction the host version stands in for
+    for mma in ("mma_tf32_16x8x8", "mma_bf16_16x8x16", "mma_s8_16x8x32"):     # the host versions stand in for these
+        assert mma in kernel_source("moe_gemm.cu")
     helpers = "".join(device_function(KERNELS / "common.cuh", n) for n in ("load_f16", "bf16_bits_to_f32"))
+    helpers += device_function(KERNELS / "vecdot.cuh", "fp4x4_doubled")
     helpers += "".join(device_function(KERNELS / "mma_bf16.cuh", n)
                        for n in ("bf16_round_bits", "bf16_split_bits", "bf16_pack"))
     kernels = _body("moe.cu") + _gemm_source()
     text = (_PRELUDE + helpers + _body("iq_tables.cuh") + _body("quant.cuh") + _body("tf32.cuh")
-            + _body("activation.cuh") + THREADED_LAUNCH + kernels)
+            + _body("activation.cuh") + THREADED_LAUNCH + _MMA_S8_ENTRY + kernels)
     return build_host_library(text + _host_entries(kernels), tmp_path_factory.mktemp("moe"), "moe_host", timeout=900)
 
 
@@ -264,6 +307,56 @@ def test_route_breaks_ties_towards_the_lower_expert(host_moe):
     np.testing.assert_allclose(weights, want_w, rtol=1e-6)
 
 
+# -- the int8 tensor-core product ---------------------------------------------------------------------
+
+def _pack_s8(values) -> np.uint32:
+    """Four int8 values as one register, the first in the lowest byte."""
+    return np.ascontiguousarray(values, np.int8).view(np.uint32)[0]
+
+
+def _s8_fragments(A: np.ndarray, B: np.ndarray, a_order=(0, 1, 2, 3)):
+    """A [16, 32] and B [32, 8] as the warp's fragments of mma.m16n8k32 .s8 (PTX ISA, "Matrix Fragments for
+    mma.m16n8k32": a0 rows g, a1 rows g + 8, a2 and a3 the same with k + 16; b0 k 4q.., b1 k 4q + 16..);
+    a_order permutes the four A registers (a wrong layout)."""
+    a, b = np.zeros((32, 4), np.uint32), np.zeros((32, 2), np.uint32)
+    for lane in range(32):
+        g, q = divmod(lane, 4)
+        regs = [_pack_s8(A[g + 8 * (i % 2), 4 * q + 16 * (i // 2):4 * q + 16 * (i // 2) + 4]) for i in range(4)]
+        a[lane] = [regs[i] for i in a_order]
+        b[lane] = [_pack_s8(B[4 * q + 16 * j:4 * q + 16 * j + 4, g]) for j in range(2)]
+    return a, b
+
+
+def _s8_outputs(d: np.ndarray) -> np.ndarray:
+    """The warp's d registers [32, 4] as D [16, 8]: d0, d1 row g columns 2q, 2q + 1; d2, d3 row g + 8."""
+    D = np.zeros((16, 8), np.int64)
+    for lane in range(32):
+        g, q = divmod(lane, 4)
+        for i in range(4):
+            D[g + 8 * (i // 2), 2 * q + i % 2] = d[lane, i]
+    return D
+
+
+def test_host_int8_mma_follows_the_ptx_fragment_layout(host_moe):
+    """D = A B + C for int8 A [16, 32], B [32, 8] at the extremes (-128, 127), the fragments laid out from the PTX
+    ISA's tables; with two A registers swapped (rows g + 8 and k + 16 exchanged) the product is another."""
+    rng = np.random.default_rng(8)
+    A = rng.integers(-128, 128, (16, 32)).astype(np.int8)
+    B = rng.integers(-128, 128, (32, 8)).astype(np.int8)
+    A[0, :], B[:, 0] = -128, -128                         # the largest sum: 32 * 2^14
+    C = rng.integers(-2**20, 2**20, (16, 8))
+    want = A.astype(np.int64) @ B.astype(np.int64) + C
+    for a_order, right in (((0, 1, 2, 3), True), ((0, 2, 1, 3), False)):
+        a, b = _s8_fragments(A, B, a_order)
+        d = np.zeros((32, 4), np.int32)
+        for lane in range(32):
+            g, q = divmod(lane, 4)
+            d[lane] = [C[g + 8 * (i // 2), 2 * q + i % 2] for i in range(4)]
+        host_moe.host_mma_s8_warp(_c(a), _c(b), _c(d))
+        assert host_moe.host_mma_s8_count() == 1
+        assert np.array_equal(_s8_outputs(d), want) == right
+
+
 # -- the whole expert FFN ----------------------------------------------------------------------------
 
 def _expert_weight(qtype, shape, rng):
@@ -289,7 +382,7 @@ def _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha, tile
                 h, F, D, clamped=not (limit is None and alpha is None), limit=limit, alpha=alpha, variant=variant)
     y = np.full((n_pairs, D), np.nan, np.float32)
     moe.down(k, fmt, h, tiles, n_tiles, tile_rows, draw, rb_d, D * rb_d, biases[2], y, D, F, variant=variant)
-    kernel_variant = "v3" if variant == "v4" and fmt not in moe.MOE_BF16_FORMATS else variant
+    kernel_variant = moe.kernel_variant(variant, fmt)
     assert k.launched[-2:] == [f"moe_{kind}_{kernel_variant}_{fmt}" for kind in ("gate_up", "down")]
     out = np.full((T, D), np.nan, np.float32)
     moe.combine_rows(k, y, pos, weights, out, T, k_used, D)
@@ -330,8 +423,10 @@ def _check_expert_ffn(host_moe, variant, qtype, T, E, k_used, D, F, case, tile_r
     out, h, y, experts, order = _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha, tile_rows,
                                               variant)
     assert host_moe.host_mma_not_tf32() == 0, "an mma operand was not a TF32 value"
-    bf16 = variant == "v4" and fmt in moe.MOE_BF16_FORMATS
-    assert (host_moe.host_mma_bf16_count() > 0) == bf16, "v4 multiplies on BF16 tensor cores, and only v4"
+    kernels = moe.kernel_variant(variant, fmt)
+    assert (host_moe.host_mma_tf32_count() > 0) == (kernels == "v3"), "v3 multiplies on TF32 tensor cores, and only v3"
+    assert (host_moe.host_mma_bf16_count() > 0) == (kernels == "v4"), "v4 multiplies on BF16 tensor cores, and only v4"
+    assert (host_moe.host_mma_s8_count() > 0) == (kernels == "v5"), "v5 multiplies on int8 tensor cores, and only v5"
     if case == "one-expert":
         assert (experts[:, 0] == 1).all()
     if case == "every-expert":
@@ -348,5 +443,5 @@ def _check_expert_ffn(host_moe, variant, qtype, T, E, k_used, D, F, case, tile_r
     want = np.einsum("rf,rdf->rd", h.astype(np.float64), dense_down[ex]) + biases[2][ex]
     scale = np.einsum("rf,rdf->rd", np.abs(h.astype(np.float64)), np.abs(dense_down[ex])) + np.abs(biases[2][ex])
     term_nmse = float(np.sum((y - want) ** 2) / np.sum(scale ** 2))
-    row = "matmul_expert_bf16x2" if bf16 else "matmul"
+    row = {"v3": "matmul", "v4": "matmul_expert_bf16x2", "v5": "matmul_expert_q8x2"}[kernels]
     assert term_nmse <= THRESHOLDS[row], f"down product term-normalized NMSE {term_nmse:.3e} ({row})"

@@ -15,14 +15,22 @@ MOE_TILE_ROWS = (16, 32, 64)          # sorted rows a tile, the heights moe_gemm
 # values (MOE_BF16_FORMATS; the others take v3's kernels), activations as two bfloat16 terms (within 2^-18 of each
 # value, the products' own conformance row). v4 measured 1.4x faster than v3 on a GPT-OSS-20B-shaped layer (H200,
 # benchmarks/bench_moe_prefill.py: 1.44 / 3.38 / 9.46 against 2.00 / 4.76 / 13.4 ms at T = 128 / 512 / 2048).
-# M0_CUDA_MOE_GEMM=v3 keeps the TF32 kernels, to compare or fall back.
-MOE_GEMM_VARIANTS = ("v3", "v4")
+# M0_CUDA_MOE_GEMM=v3 keeps the TF32 kernels, to compare or fall back. v5: v4's tiles on int8 tensor cores
+# (m16n8k32) for MXFP4 (MOE_S8_FORMATS), as llama.cpp's mmq: E2M1 codes as int8 (doubled, exact), activations
+# quantized a 32-value block as two int8 terms (vecdot.cuh's, within max|block| / 64516: the conformance row
+# matmul_expert_q8x2), two products a k-step where v4 has four. Not the default until timed on a GPU.
+MOE_GEMM_VARIANTS = ("v3", "v4", "v5")
 MOE_GEMM_VARIANT = os.environ.get("M0_CUDA_MOE_GEMM", "v4")
 MOE_TILE_COLS = 128                   # output columns a block: moe_gemm.cu's MOE_BN
 MOE_THREADS = 256                     # moe_gemm.cu's MOE_THREADS
 # Formats whose dequantized values are bfloat16 values (moe_gemm.cu's FOR_EACH_MOE_BF16_FORMAT): MXFP4's E2M1 values
 # (two significant bits) times a power of two.
 MOE_BF16_FORMATS = frozenset({"mxfp4"})
+# Formats with v5 kernels (moe_gemm.cu's FOR_EACH_MOE_S8_FORMAT): MXFP4's values are int8 values (doubled E2M1)
+# times a block's power of two.
+MOE_S8_FORMATS = frozenset({"mxfp4"})
+# The formats each variant has its own kernels for; the others take v3's.
+_VARIANT_FORMATS = {"v4": MOE_BF16_FORMATS, "v5": MOE_S8_FORMATS}
 # Tile heights moe.tile_rows_for chooses from: 16-row tiles (T * k / E <= 16, e.g. 128 tokens on GPT-OSS-20B) were
 # slower than 32-row ones on the H200 (v4 at T = 128: 1.04 against 0.95 ms for the gate/up launch, 0.49 against 0.45
 # for down), so the choice starts at 32; the kernels and the plan still serve 16.
@@ -60,9 +68,14 @@ def gemm_variant(variant: str | None = None) -> str:
     return variant
 
 
+def kernel_variant(variant: str, fmt: str) -> str:
+    """The variant whose kernels run `variant` on `fmt`: v4 or v5 of a format without such kernels is v3."""
+    return variant if fmt in _VARIANT_FORMATS.get(variant, {fmt}) else "v3"
+
+
 def _suffix(variant: str, fmt: str) -> str:
-    """The kernel names' variant part: moe_gate_up<suffix>_<fmt> (v4 of a format without a BF16 kernel is v3)."""
-    return "_v3" if variant == "v4" and fmt not in MOE_BF16_FORMATS else f"_{variant}"
+    """The kernel names' variant part: moe_gate_up<suffix>_<fmt>."""
+    return f"_{kernel_variant(variant, fmt)}"
 
 
 def max_tiles(n_pairs: int, E: int, tile_rows: int) -> int:

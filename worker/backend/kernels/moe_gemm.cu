@@ -9,6 +9,11 @@
 //       y = x_hi W_hi + x_hi W_lo + x_lo W_hi; each term x_k W_nk is then off by at most 2^-21 |x_k| |W_nk|.
 //   v4: BF16 (mma_bf16.cuh) for the formats whose values are bfloat16 values (MXFP4): x = x_hi + x_lo in
 //       bfloat16 (within 2^-18 |x|), y = x_hi W + x_lo W, half the products of v3's terms a k-step.
+//   v5: int8 (mma_s8.cuh, m16n8k32) for MXFP4, as llama.cpp's mmq: the weights' E2M1 codes as int8 values
+//       (doubled: 0, 1, 2, 3, 4, 6, 8, 12 and negatives, exact) with the block's scale halved, the activations
+//       quantized a 32-value block as vecdot.cuh's two int8 terms (x = d0 q0 + d1 q1 within max|block| / 64516),
+//       each term's exact int32 block sum scaled by d_t and the weight block's scale in float32: two products
+//       a 32-value k-step and 16 x 8 outputs where v4 needs four.
 // The sums are float32, as the prefill products'.
 //   moe_gate_up_<variant>_<fmt>: h[row] = swiglu(x[token(row)] Wgate_e^T + bgate_e, x[token(row)] Wup_e^T + bup_e)
 //   moe_down_<variant>_<fmt>:    y[row] = h[row] Wdown_e^T + bdown_e
@@ -19,6 +24,8 @@
 #include "activation.cuh"
 #include "mma_tf32.cuh"
 #include "mma_bf16.cuh"
+#include "mma_s8.cuh"
+#include "vecdot.cuh"
 
 #define MOE_BM 64        // the most sorted rows (token-expert pairs) a tile: kernels/moe.py MOE_TILE_ROWS
 #define MOE_BK 32        // k values a step: one 32-value block of every format but the K-quants
@@ -137,7 +144,93 @@ __device__ __forceinline__ void moe_bf16_step(const u8 (*raw)[MOE_RAW], u32* con
         }
 }
 
-template <class DQ, bool EXACT, bool GATE_UP, bool STAGED, bool BF16, int BM, int WARPS_M>
+// ---- v5: the activations of a k-step as two int8 terms, 16 words a row and buffer: term t's bytes 4j .. 4j + 3
+// (word j of the term, j in 0..7) at word 4 (j % 4) + 2 t + j / 4, so that lane q's one 16-byte read holds the
+// words j = q and q + 4 of both terms, its A fragments' k = 4q .. 4q + 3 and 4q + 16 .. 4q + 19 (8 lanes of a
+// quarter warp read two rows: 32 banks). Their scales (d0, d1) a row beside them, double-buffered as the weights.
+#define MOE_S8_WORDS 16
+__device__ __forceinline__ int moe_s8_slot(int j, int term) { return 4 * (j & 3) + 2 * term + (j >> 2); }
+
+__device__ __forceinline__ u32 moe_s8_pack(const float* q) {
+    return ((u32)(int)q[0] & 0xffu) | (((u32)(int)q[1] & 0xffu) << 8) | (((u32)(int)q[2] & 0xffu) << 16)
+           | ((u32)(int)q[3] << 24);
+}
+
+// Four of a 32-value block's values, the block spread over 8 consecutive lanes (lane % 8 holds values 4 (lane % 8)
+// .. + 3), quantized as vecdot.cuh's quantize_block_warp does a block on 32 lanes (the same two terms: d0 = max|v|
+// / 127, q0 = rint(v / d0), then the residual v - d0 q0 the same way): the four values' bytes of each term as one
+// word, and the block's scales.
+__device__ __forceinline__ void moe_s8_quantize4(const float4 x4, u32& w0, u32& w1, float2& ds) {
+    const float v[4] = {x4.x, x4.y, x4.z, x4.w};
+    float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+#pragma unroll
+    for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float d0 = amax / 127.0f;
+    float q0[4], r[4], q1[4], rmax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        q0[i] = d0 > 0.0f ? rintf(v[i] / d0) : 0.0f;
+        r[i] = fmaf(-q0[i], d0, v[i]);
+        rmax = fmaxf(rmax, fabsf(r[i]));
+    }
+#pragma unroll
+    for (int o = 1; o < 8; o <<= 1) rmax = fmaxf(rmax, __shfl_xor_sync(0xffffffffu, rmax, o));
+    const float d1 = rmax / 127.0f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) q1[i] = d1 > 0.0f ? rintf(r[i] / d1) : 0.0f;
+    w0 = moe_s8_pack(q0);
+    w1 = moe_s8_pack(q1);
+    ds = make_float2(d0, d1);
+}
+
+// An exact int32 sum as a float without an int-to-float conversion (|v| < 2^22: 32 products of |q| <= 127 and
+// |w| <= 12 are at most 48768): the 1.5 * 2^23 trick of moe_dq8.
+__device__ __forceinline__ float moe_s8_float(int v) { return __int_as_float(0x4B400000 + v) - 12582912.0f; }
+
+// One 32-value k-step of v5 on int8 tensor cores (m16n8k32, one product a term): lane (g, q)'s B fragment is its
+// column's codes 4q .. 4q + 3 (the low nibbles of the block's qs[4q .. 4q + 3]) and 4q + 16 .. 4q + 19 (their high
+// nibbles): one word of the staged block (bytes 1 + 4q .. 4 + 4q) in the natural k order. Each output's two int32
+// sums are scaled by its row's (d0, d1) and its column's weight scale (columns 2q and 2q + 1: their blocks' first
+// bytes) and added to the float32 sums.
+template <int NMAT, int MT, int NT>
+__device__ __forceinline__ void moe_s8_step(const u8 (*raw)[MOE_RAW], const u32* a_s8, const float2* a_ds, int wm,
+                                            int wn, int g, int q, float (*acc)[MT][NT][4]) {
+    u32 a[MT][2][4];                             // [m16 tile][term][fragment]
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        const int r = wm + 16 * mt + g;
+        const uint4 r0 = *(const uint4*)&a_s8[r * MOE_S8_WORDS + 4 * q];
+        const uint4 r1 = *(const uint4*)&a_s8[(r + 8) * MOE_S8_WORDS + 4 * q];
+        a[mt][0][0] = r0.x; a[mt][0][1] = r1.x; a[mt][0][2] = r0.y; a[mt][0][3] = r1.y;
+        a[mt][1][0] = r0.z; a[mt][1][1] = r1.z; a[mt][1][2] = r0.w; a[mt][1][3] = r1.w;
+    }
+#pragma unroll
+    for (int m = 0; m < NMAT; ++m)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            const int c = m * MOE_BN + wn + 8 * nt;
+            const u32* words = (const u32*)&raw[c + g][0];
+            const u32 codes = __funnelshift_r(words[q], words[q + 1], 8);
+            const u32 b[2] = {(u32)fp4x4_doubled((int)(codes & 0x0F0F0F0Fu)),
+                              (u32)fp4x4_doubled((int)((codes >> 4) & 0x0F0F0F0Fu))};
+            const float sw[2] = {e8m0_half(raw[c + 2 * q][0]), e8m0_half(raw[c + 2 * q + 1][0])};
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                int s0[4] = {0, 0, 0, 0}, s1[4] = {0, 0, 0, 0};
+                mma_s8_16x8x32(s1, a[mt][1], b);
+                mma_s8_16x8x32(s0, a[mt][0], b);
+                const float2 ds[2] = {a_ds[wm + 16 * mt + g], a_ds[wm + 16 * mt + g + 8]};   // rows g, g + 8
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const float2 d = ds[i >> 1];
+                    const float v = fmaf(d.y, moe_s8_float(s1[i]), d.x * moe_s8_float(s0[i]));
+                    acc[m][mt][nt][i] = fmaf(sw[i & 1], v, acc[m][mt][nt][i]);
+                }
+            }
+        }
+}
+
+template <class DQ, bool EXACT, bool GATE_UP, bool STAGED, bool BF16, bool S8, int BM, int WARPS_M>
 __device__ __forceinline__ void moe_tile(
         MoeShared& sm, const float* __restrict__ x, const int* __restrict__ order, int k_used,
         const int* __restrict__ tiles, const u8* __restrict__ W1, const u8* __restrict__ W2, i64 row_bytes,
@@ -149,12 +242,18 @@ __device__ __forceinline__ void moe_tile(
     constexpr int A_VECS = (BM * (MOE_BK / 4) + MOE_THREADS - 1) / MOE_THREADS;
     static_assert(MT >= 1 && MT * 16 * WARPS_M == BM && NT * 8 * WARPS_N == MOE_BN, "warp tiling");
     static_assert(!BF16 || (EXACT && STAGED), "v4: staged weights whose values are bfloat16 values");
+    static_assert(!S8 || (!BF16 && STAGED), "v5: staged MXFP4 blocks");
     const int* tile = tiles + 4 * blockIdx.y;
     const int expert = tile[0], first = tile[1], rows = tile[2];
     if (rows <= 0) return;
     const int n0 = blockIdx.x * MOE_BN;
     // BF16 (v4): a row's 32 activations as 16 words of bfloat16 pairs, high parts in a[0]'s space, low in a[1]'s
     u32* const a_bf16[2] = {(u32*)&sm.a[0][0][0], (u32*)&sm.a[1][0][0]};
+    // S8 (v5): two buffers of the int8 terms in a[0]'s space (2 x 64 rows x 16 words of its 64 x 36), their scales
+    // in a[1]'s: one buffer is filled while the other is read, one __syncthreads a step (buffer b at b times the
+    // stride: an array of the two pointers indexed by the step would live in local memory)
+    u32* const a_s8 = (u32*)&sm.a[0][0][0];
+    float2* const a_ds = (float2*)&sm.a[1][0][0];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int wm = (warp / WARPS_N) * (MT * 16), wn = (warp % WARPS_N) * (NT * 8);
     const int g = lane >> 2, q = lane & 3;
@@ -204,14 +303,23 @@ __device__ __forceinline__ void moe_tile(
         }
     };
     // the activations split once as they are stored, a[0] their high parts and a[1] their low parts (one buffer:
-    // the step's products must be done before the next step's are stored, a second sync)
-    auto stage_a = [&]() {
+    // the step's products must be done before the next step's are stored, a second sync); v5's quantized into
+    // buffer buf (its shuffles: whole warps skip or take part, BM * 8 being a multiple of 32)
+    auto stage_a = [&](int buf) {
 #pragma unroll
         for (int v = 0; v < A_VECS; ++v) {
             const int i = tid + v * MOE_THREADS;
             if (i >= BM * (MOE_BK / 4)) continue;
             const int r = i / (MOE_BK / 4), c = 4 * (i % (MOE_BK / 4));
-            if (BF16) {
+            if (S8) {
+                u32 t0, t1;
+                float2 ds;
+                moe_s8_quantize4(a_next[v], t0, t1, ds);
+                u32* row = a_s8 + (buf * MOE_BM + r) * MOE_S8_WORDS;
+                row[moe_s8_slot(c / 4, 0)] = t0;
+                row[moe_s8_slot(c / 4, 1)] = t1;
+                if (c == 0) a_ds[buf * MOE_BM + r] = ds;
+            } else if (BF16) {
                 const float4 x4 = a_next[v];
                 u32 h[4], l[4];
                 bf16_split_bits(x4.x, h[0], l[0]);
@@ -242,13 +350,16 @@ __device__ __forceinline__ void moe_tile(
     };
     const int steps = K / MOE_BK;
     fetch(0);
-    stage_a();
+    stage_a(0);
     stage_raw(0);
     __syncthreads();
     for (int step = 0; step < steps; ++step) {
         const int buf = step & 1, k0 = step * MOE_BK;
         if (step + 1 < steps) fetch(k0 + MOE_BK);
-        if constexpr (BF16) {
+        if constexpr (S8) {
+            moe_s8_step<NMAT, MT, NT>(sm.raw[buf], a_s8 + buf * MOE_BM * MOE_S8_WORDS, a_ds + buf * MOE_BM, wm, wn,
+                                      g, q, acc);
+        } else if constexpr (BF16) {
             moe_bf16_step<DQ, NMAT, MT, NT>(sm.raw[buf], a_bf16, wm, wn, g, q, acc);
         } else {
         // the lane's activations of the step: rows wm + 16 mt + g and + 8, values 8q .. 8q + 7, split once
@@ -306,8 +417,8 @@ __device__ __forceinline__ void moe_tile(
         }
         if (step + 1 < steps) {
             stage_raw(buf ^ 1);
-            __syncthreads();
-            stage_a();
+            if constexpr (!S8) __syncthreads();      // v3, v4: one activation buffer, read by this step
+            stage_a(buf ^ 1);
         }
         __syncthreads();
     }
@@ -335,31 +446,34 @@ __device__ __forceinline__ void moe_tile(
 // The three tile heights: 64 rows as 2 x 4 warps of 32 x 32 columns (each activation fragment feeds 2 x 4 column
 // tiles, each dequantized weight value 2 row tiles), 32 as 1 x 8 of 32 x 16, 16 as 1 x 8 of 16 x 16 (a weight value
 // dequantized by one warp).
-template <class DQ, bool EXACT, bool GATE_UP, bool STAGED, bool BF16>
+template <class DQ, bool EXACT, bool GATE_UP, bool STAGED, bool BF16, bool S8>
 __device__ __forceinline__ void moe_grouped(
         int tile_rows, MoeShared& sm, const float* __restrict__ x, const int* __restrict__ order, int k_used,
         const int* __restrict__ tiles, const u8* __restrict__ W1, const u8* __restrict__ W2, i64 row_bytes,
         i64 expert_bytes, const float* __restrict__ b1, const float* __restrict__ b2, float* __restrict__ out,
         int N, int K, int clamped, int has_limit, float limit, float alpha) {
     if (tile_rows == 16)
-        moe_tile<DQ, EXACT, GATE_UP, STAGED, BF16, 16, 1>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
-                                                 b1, b2, out, N, K, clamped, has_limit, limit, alpha);
+        moe_tile<DQ, EXACT, GATE_UP, STAGED, BF16, S8, 16, 1>(sm, x, order, k_used, tiles, W1, W2, row_bytes,
+                                                              expert_bytes, b1, b2, out, N, K, clamped, has_limit,
+                                                              limit, alpha);
     else if (tile_rows == 32)
-        moe_tile<DQ, EXACT, GATE_UP, STAGED, BF16, 32, 1>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
-                                                 b1, b2, out, N, K, clamped, has_limit, limit, alpha);
+        moe_tile<DQ, EXACT, GATE_UP, STAGED, BF16, S8, 32, 1>(sm, x, order, k_used, tiles, W1, W2, row_bytes,
+                                                              expert_bytes, b1, b2, out, N, K, clamped, has_limit,
+                                                              limit, alpha);
     else
-        moe_tile<DQ, EXACT, GATE_UP, STAGED, BF16, 64, 2>(sm, x, order, k_used, tiles, W1, W2, row_bytes, expert_bytes,
-                                                 b1, b2, out, N, K, clamped, has_limit, limit, alpha);
+        moe_tile<DQ, EXACT, GATE_UP, STAGED, BF16, S8, 64, 2>(sm, x, order, k_used, tiles, W1, W2, row_bytes,
+                                                              expert_bytes, b1, b2, out, N, K, clamped, has_limit,
+                                                              limit, alpha);
 }
 
-#define DEFINE_MOE_GEMM(fmt, exact, variant, bf16)                                                           \
+#define DEFINE_MOE_GEMM(fmt, exact, variant, bf16, s8)                                                        \
 extern "C" __global__ void __launch_bounds__(MOE_THREADS) moe_gate_up_##variant##_##fmt(                    \
         const float* __restrict__ x, const int* __restrict__ order, int k_used, const int* __restrict__ tiles,\
         int tile_rows, const u8* __restrict__ gate, const u8* __restrict__ up, i64 row_bytes,                \
         i64 expert_bytes, const float* __restrict__ bias_gate, const float* __restrict__ bias_up,           \
         float* __restrict__ h, int F, int D, int clamped, int has_limit, float limit, float alpha) {        \
     __shared__ __align__(16) MoeShared sm;                                                                  \
-    moe_grouped<moe_dq_##fmt, exact, true, !moe_superblock_format(#fmt), bf16>(                             \
+    moe_grouped<moe_dq_##fmt, exact, true, !moe_superblock_format(#fmt), bf16, s8>(                         \
         tile_rows, sm, x, order, k_used, tiles, gate, up, row_bytes, expert_bytes, bias_gate, bias_up, h, F, \
         D, clamped, has_limit, limit, alpha);                                                                \
 }                                                                                                            \
@@ -368,16 +482,21 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS) moe_down_##variant##_#
         i64 row_bytes, i64 expert_bytes, const float* __restrict__ bias_down, float* __restrict__ y,        \
         int D, int F) {                                                                                      \
     __shared__ __align__(16) MoeShared sm;                                                                  \
-    moe_grouped<moe_dq_##fmt, exact, false, !moe_superblock_format(#fmt), bf16>(                            \
+    moe_grouped<moe_dq_##fmt, exact, false, !moe_superblock_format(#fmt), bf16, s8>(                        \
         tile_rows, sm, h, nullptr, 1, tiles, down, nullptr, row_bytes, expert_bytes, bias_down, nullptr, y, \
         D, F, 0, 0, 0.0f, 1.0f);                                                                             \
 }
 
 // v3: every format, TF32
-#define DEFINE_MOE_GEMM_V3(fmt, exact) DEFINE_MOE_GEMM(fmt, exact, v3, false)
+#define DEFINE_MOE_GEMM_V3(fmt, exact) DEFINE_MOE_GEMM(fmt, exact, v3, false, false)
 FOR_EACH_MOE_FORMAT(DEFINE_MOE_GEMM_V3)
 
 // v4: BF16, for the formats whose values are bfloat16 values (kernels/moe.py MOE_BF16_FORMATS)
 #define FOR_EACH_MOE_BF16_FORMAT(X) X(mxfp4)
-#define DEFINE_MOE_GEMM_V4(fmt) DEFINE_MOE_GEMM(fmt, true, v4, true)
+#define DEFINE_MOE_GEMM_V4(fmt) DEFINE_MOE_GEMM(fmt, true, v4, true, false)
 FOR_EACH_MOE_BF16_FORMAT(DEFINE_MOE_GEMM_V4)
+
+// v5: int8, for MXFP4 alone (kernels/moe.py MOE_S8_FORMATS: its values are small integers times a power of two)
+#define FOR_EACH_MOE_S8_FORMAT(X) X(mxfp4)
+#define DEFINE_MOE_GEMM_V5(fmt) DEFINE_MOE_GEMM(fmt, true, v5, false, true)
+FOR_EACH_MOE_S8_FORMAT(DEFINE_MOE_GEMM_V5)
