@@ -5,7 +5,8 @@ GPT-OSS-20B's attention products (Q8_0 weights): q (N = 4096, K = 2880), k and v
   tf32x3.product_us  matmul.prefill_product (dequant_split_rows tiles + two cuBLAS TF32 products), the input split
                      already made (as for the k and v products of one input);
   tf32x3.split_us    matmul.split_input, the input's [hi | hi | lo] split, once an input;
-  mma.product_us     mmq.product on the int8 activations;
+  mma.product_us     mmq.product on the int8 activations, k split as mmq.k_splits chooses (mma.splits);
+  mma.unsplit_us     the same with one block a tile (splits = 1), where the choice splits;
   mma.quantize_us    vecdot.quantize (two int8 terms), once an input;
   *.term_nmse        the error against float64 x @ W^T, normalized by the size of the terms (the conformance
                      rows' measure); mma.tops the int8 rate (2 T N K operations a term);
@@ -66,8 +67,8 @@ def bench_products(b, T: int, rng) -> dict:
         def tf32_product():
             matmul.prefill_product(b, dw, dw.raw, x, y, tile_bytes=64 << 20)
 
-        def mma_product():
-            mmq.product(b, dw.raw, dw.row_bytes, xq, xds, y, T, N, K, 2)
+        def mma_product(splits=None):
+            mmq.product(b, dw.raw, dw.row_bytes, xq, xds, y, T, N, K, 2, splits=splits)
 
         tf32_product()
         row = {"N": N, "K": K,
@@ -76,9 +77,11 @@ def bench_products(b, T: int, rng) -> dict:
         row["tf32x3"]["split_us"] = round(replay_us(cp, lambda: matmul.split_input(b, x, xs, T, K)), 1)
         mma_product()
         us = replay_us(cp, mma_product)
-        row["mma"] = {"term_nmse": term_nmse(), "product_us": round(us, 1),
+        row["mma"] = {"term_nmse": term_nmse(), "product_us": round(us, 1), "splits": mmq.k_splits(T, N, K),
                       "tops": round(2 * 2 * T * N * K / (us * 1e-6) / 1e12, 1),
                       "quantize_us": round(replay_us(cp, lambda: vecdot.quantize(b, x, xq, xds, T, K, 2)), 1)}
+        if row["mma"]["splits"] > 1:
+            row["mma"]["unsplit_us"] = round(replay_us(cp, lambda: mma_product(1)), 1)
         rows[name] = row
     layer = {}
     for path in ("tf32x3", "mma"):                     # q, k, v on one input, o on another: as a layer runs them

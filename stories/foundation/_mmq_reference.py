@@ -33,13 +33,14 @@ def int8_product(x: np.ndarray, blocks: np.ndarray, N: int, terms: int = 2) -> n
     T, K = x.shape
     xq, xds, _ = quantize_like_the_gpu(np.asarray(x, np.float32), terms)
     wq, wd = q8_0_fields(blocks, N, K)
-    w = wq.astype(np.float64).transpose(1, 2, 0)                # [K/32, 32, N]
+    ds = xds.astype(np.float64)
     y = np.zeros((T, N))
-    for j in range(terms):
-        q = xq[j].reshape(T, K // 32, 32).astype(np.float64).transpose(1, 0, 2)   # [K/32, T, 32]
-        # integer block sums, exact in float64: 32 products of at most 2^14 each, far below 2^53
-        sums = np.matmul(q, w)                                  # [K/32, T, N]
-        y += np.einsum("btn,tb,nb->tn", sums, xds[:, :, j].astype(np.float64), wd)
+    for b in range(K // 32):
+        w = wq[:, b].astype(np.float64).T                       # [32, N]
+        for j in range(terms):
+            # integer block sums, exact in float64: 32 products of at most 2^14 each, far below 2^53
+            sums = xq[j].reshape(T, K // 32, 32)[:, b].astype(np.float64) @ w
+            y += sums * ds[:, b, j, None] * wd[None, :, b]
     return y
 
 

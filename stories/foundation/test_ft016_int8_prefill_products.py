@@ -63,8 +63,10 @@ def launches(b):
 
 
 @pytest.mark.parametrize("T,N,K", [(5, 1, 32), (65, 129, 160), (128, 512, 2880), (300, 77, 4096), (512, 2880, 64),
-                                   (2048, 96, 2880)])
+                                   (2048, 96, 2880), (128, 4096, 2880)])
 def test_kernel_matches_the_reference(T, N, K):
+    """At each shape with the launcher's split choice (mmq.k_splits: 8 blocks a tile for T = 128, N = 512) and
+    unsplit."""
     b = checking_backend()
     rng = np.random.default_rng(T + N + K)
     w = random_weight(Q.Q8_0, (N, K), rng)
@@ -72,13 +74,16 @@ def test_kernel_matches_the_reference(T, N, K):
     dw = b.load_weight(w)
     xq, xds = vecdot.activation_buffers(b, T, K)
     vecdot.quantize(b, b.asarray(x), xq, xds, T, K, 2)
-    y = b._out((T, N))
-    mmq.product(b, dw.raw, dw.row_bytes, xq, xds, y, T, N, K, 2)
-    out = b.to_host(y)
     blocks = np.asarray(w.raw, np.uint8).reshape(N, -1)
-    assert term_normalized(out, int8_product(x, blocks, N), x, dequantized(blocks, N, K)) <= EXACT
+    exact, dense = int8_product(x, blocks, N), dequantized(blocks, N, K)
     ref_w = REF.load_weight(w)
-    check_product("matmul_q8x2:Q8_0", f"mmq T={T} N={N} K={K}", out, REF.matmul(x, ref_w), x, ref_w.dense())
+    ref = REF.matmul(x, ref_w)
+    for splits in sorted({1, mmq.k_splits(T, N, K)}):
+        y = b._out((T, N))
+        mmq.product(b, dw.raw, dw.row_bytes, xq, xds, y, T, N, K, 2, splits=splits)
+        out = b.to_host(y)
+        assert term_normalized(out, exact, x, dense) <= EXACT, f"splits={splits}"
+        check_product("matmul_q8x2:Q8_0", f"mmq T={T} N={N} K={K} splits={splits}", out, ref, x, ref_w.dense())
 
 
 @pytest.mark.parametrize("T", [5, 64, 512])
@@ -94,6 +99,7 @@ def test_the_switch_sends_q8_0_prefill_products_to_the_kernel(T):
         xd = b.asarray(x)
         outs = [b.to_host(b.matmul(xd, d, dev_bias if i == 0 else None)) for i, d in enumerate(dev)]
     assert names.count("quantize_q8") == 1 and names.count("mmq_q8_0") == 3, names
+    assert names.count("mmq_sum_splits") == sum(mmq.k_splits(T, w.shape[0], K) > 1 for w in weights), names
     ref_b = REF.load_weight(bias)
     for i, (w, out) in enumerate(zip(weights, outs)):
         ref_w = REF.load_weight(w)

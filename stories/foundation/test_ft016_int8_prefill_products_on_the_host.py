@@ -35,9 +35,9 @@ from fixtures.gguf_corrupt import random_blocks
 from fixtures.paths import REPO_ROOT
 from stories.foundation._cuda_conformance import THRESHOLDS, nmse
 from stories.foundation._mmq_reference import dequantized, int8_product, term_normalized
-from stories.llama._host_cuda import THREADED_LAUNCH, THREADED_PRELUDE, build_host_library, device_function
+from stories.llama._host_cuda import THREADED_PRELUDE, build_host_library, device_function
 from stories.llama.test_lt019_int8_products_on_the_host import quantize_like_the_gpu
-from worker.backend.cuda_runtime import NULL
+from worker.backend.cuda_runtime import NULL, elementwise_grid
 from worker.backend.kernels import mmq, vecdot
 
 pytestmark = [pytest.mark.story("FT-016"),
@@ -87,6 +87,29 @@ static inline void mma_s8_16x8x32(int* d, const u32* a, const u32* b) {
     warp_barriers[w]->arrive_and_wait();
 }
 
+// THREADED_LAUNCH's launch with a third grid dimension (mmq's k splits): every block of the grid in a seeded
+// shuffled order, each block's threads as host threads with a block barrier and a barrier a warp.
+static void launch3(unsigned gx, unsigned gy, unsigned gz, unsigned threads, unsigned seed,
+                    const std::function<void()>& body) {
+    gridDim = dim3{gx, gy, gz};
+    blockDim = dim3{threads, 1, 1};
+    std::vector<dim3> blocks;
+    for (unsigned z = 0; z < gz; ++z)
+        for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x) blocks.push_back(dim3{x, y, z});
+    std::shuffle(blocks.begin(), blocks.end(), std::mt19937(seed));
+    for (const dim3& b : blocks) {
+        blockIdx = b;
+        std::barrier<> bb(threads);
+        block_barrier = &bb;
+        std::vector<std::barrier<>*> wb;
+        for (unsigned w = 0; w < threads / 32; ++w) wb.push_back(warp_barriers[w] = new std::barrier<>(32));
+        std::vector<std::thread> ts;
+        for (unsigned i = 0; i < threads; ++i) ts.emplace_back([&, i] { threadIdx = dim3{i, 0, 0}; body(); });
+        for (auto& t : ts) t.join();
+        for (auto* p : wb) delete p;
+    }
+}
+
 // One warp's product on fragments given per lane (a: 4 registers, b: 2, d: 4 a lane).
 static void mma_warp_body(const u32* a, const u32* b, int* d) {
     const int l = threadIdx.x % 32;
@@ -109,8 +132,8 @@ def _host_entries(text: str) -> str:
     for m in _KERNEL.finditer(pre.stdout):
         params = " ".join(m.group(2).split())
         names = [re.findall(r"\w+", p)[-1] for p in params.split(",")]
-        entries.append(f'extern "C" void host_{m.group(1)}(unsigned gx, unsigned gy, unsigned threads, '
-                       f'unsigned seed, {params}) {{ launch(gx, gy, threads, seed, [=] {{ '
+        entries.append(f'extern "C" void host_{m.group(1)}(unsigned gx, unsigned gy, unsigned gz, unsigned threads, '
+                       f'unsigned seed, {params}) {{ launch3(gx, gy, gz, threads, seed, [=] {{ '
                        f'{m.group(1)}({", ".join(names)}); }}); }}\n')
     assert entries, "mmq.cu declares no kernel"
     return "".join(entries)
@@ -132,8 +155,8 @@ def host_mmq(tmp_path_factory):
         device_function(KERNELS / "vecdot.cuh", n) for n in ("quantize_block_warp", "load16_any", "load_f16_a2"))
     kernels = _body("mmq.cu") + _quantize_kernel()
     warp = ('extern "C" void host_mma_warp(const u32* a, const u32* b, int* d) '
-            '{ launch(1, 1, 32, 0, [=] { mma_warp_body(a, b, d); }); }\n')
-    text = _PRELUDE + helpers + THREADED_LAUNCH + kernels + warp
+            '{ launch3(1, 1, 1, 32, 0, [=] { mma_warp_body(a, b, d); }); }\n')
+    text = _PRELUDE + helpers + kernels + warp
     return build_host_library(text + _host_entries(kernels), tmp_path_factory.mktemp("mmq"), "mmq_host", timeout=600)
 
 
@@ -145,11 +168,11 @@ class HostBackend:
 
     def _launch(self, module, name, grid, block, args, *, keeps_quantized_input: bool = False) -> None:
         assert keeps_quantized_input          # mmq writes y alone, quantize_q8 the int8 input: neither invalidates it
-        gx, gy = (grid + (1,))[:2] if isinstance(grid, tuple) else (grid, 1)
-        self.launched.append((name, (gx, gy), block))
+        gx, gy, gz = (grid + (1, 1))[:3] if isinstance(grid, tuple) else (grid, 1, 1)
+        self.launched.append((name, (gx, gy, gz), block))
         self.seed += 1
-        getattr(self.lib, f"host_{name}")(ctypes.c_uint(int(gx)), ctypes.c_uint(int(gy)), ctypes.c_uint(int(block)),
-                                          ctypes.c_uint(self.seed), *(_c(a) for a in args))
+        getattr(self.lib, f"host_{name}")(*(ctypes.c_uint(int(v)) for v in (gx, gy, gz, block, self.seed)),
+                                          *(_c(a) for a in args))
 
 
 def _c(a):
@@ -224,8 +247,9 @@ def _q8_0_rows(rng, N: int, K: int, *, extreme: bool = False, zero_rows=(), zero
     return blocks.reshape(N, -1)
 
 
-def _run(lib, blocks: np.ndarray, x: np.ndarray, terms: int, *, bias=None, residual=None, in_place=False):
-    """The launcher's product on host buffers: (y, the launches made)."""
+def _run(lib, blocks: np.ndarray, x: np.ndarray, terms: int, *, bias=None, residual=None, in_place=False,
+         splits: int = 1):
+    """The launcher's product on host buffers, k split over `splits` blocks a tile: (y, the launches made)."""
     k = HostBackend(lib)
     T, K = x.shape
     N = blocks.shape[0]
@@ -235,20 +259,21 @@ def _run(lib, blocks: np.ndarray, x: np.ndarray, terms: int, *, bias=None, resid
         xq[1] = 99                            # quantize_q8 leaves term 1 unwritten: the kernel must not read it
     xq = np.ascontiguousarray(xq.reshape(-1))
     xds = np.ascontiguousarray(xds)
-    if in_place:
-        y = residual.copy()
-        mmq.product(k, raw, blocks.shape[1], xq, xds, y, T, N, K, terms, bias=bias, residual=y)
-    else:
-        y = np.full((T, N), np.nan, np.float32)
-        mmq.product(k, raw, blocks.shape[1], xq, xds, y, T, N, K, terms, bias=bias, residual=residual)
+    partials = np.full(splits * T * N, np.nan, np.float32) if splits > 1 else None     # all written, or NaN stays
+    y = residual.copy() if in_place else np.full((T, N), np.nan, np.float32)
+    mmq.product(k, raw, blocks.shape[1], xq, xds, y, T, N, K, terms, bias=bias, residual=y if in_place else residual,
+                splits=splits, partials=partials)
     return y, k.launched
 
 
-def _check(lib, blocks, x, terms, *, bias=None, residual=None, in_place=False, case=""):
+def _check(lib, blocks, x, terms, *, bias=None, residual=None, in_place=False, splits=1, case=""):
     T, K = x.shape
     N = blocks.shape[0]
-    y, launched = _run(lib, blocks, x, terms, bias=bias, residual=residual, in_place=in_place)
-    assert launched == [("mmq_q8_0", (-(-N // mmq.MMQ_BN), -(-T // mmq.MMQ_BM)), mmq.MMQ_THREADS)]
+    y, launched = _run(lib, blocks, x, terms, bias=bias, residual=residual, in_place=in_place, splits=splits)
+    want = [("mmq_q8_0", (-(-N // mmq.MMQ_BN), -(-T // mmq.MMQ_BM), splits), mmq.MMQ_THREADS)]
+    if splits > 1:
+        want.append(("mmq_sum_splits", (elementwise_grid(T * N), 1, 1), 256))
+    assert launched == want
     assert lib.host_mma_s8_count() > 0, "the product did not go through the tensor-core instruction"
     assert np.isfinite(y).all(), f"{case}: an output left unwritten (NaN) or not finite"
     start = np.zeros((T, N))
@@ -278,6 +303,32 @@ def test_kernel_matches_the_reference(host_mmq, T, N, n_blocks, terms):
     K = 32 * n_blocks
     x = rng.standard_normal((T, K)).astype(np.float32)
     _check(host_mmq, _q8_0_rows(rng, N, K), x, terms, case=f"T={T} N={N} K={K}")
+
+
+@pytest.mark.parametrize("T,N,n_blocks,splits", [(5, 1, 7, 2), (65, 129, 36, 3), (70, 33, 9, 3), (9, 40, 4, 3),
+                                                 (66, 70, 13, 8)])
+def test_k_split_over_blocks_matches_the_reference(host_mmq, T, N, n_blocks, splits):
+    """Each tile's k stages split over `splits` blocks (partial sums, then mmq_sum_splits with bias and residual):
+    uneven runs, a last stage of fewer blocks, and splits with no stage at all (4 blocks = 1 stage over 3)."""
+    rng = np.random.default_rng(T + N + n_blocks + splits)
+    K = 32 * n_blocks
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    bias, residual = rng.standard_normal(N).astype(np.float32), rng.standard_normal((T, N)).astype(np.float32)
+    _check(host_mmq, _q8_0_rows(rng, N, K), x, 2, bias=bias, residual=residual, in_place=True, splits=splits,
+           case=f"T={T} N={N} K={K} splits={splits}")
+
+
+def test_the_split_choice_fills_the_gpu_without_tiny_runs():
+    """One split where the tiles fill two blocks an SM (GPT-OSS's q product at T = 512); GPT-OSS's k and v products
+    at T = 128 (16 tiles) split 8 ways; never more splits than pairs of stages."""
+    assert mmq.k_splits(512, 4096, 2880) == 1 and mmq.k_splits(2048, 512, 2880) == 1
+    assert mmq.k_splits(128, 512, 2880) == mmq.MMQ_MAX_SPLITS
+    assert mmq.k_splits(128, 4096, 2880) == 2                  # 128 tiles: two blocks a tile, one wave
+    assert mmq.k_splits(64, 64, 32 * mmq.MMQ_KB * 3) == 1       # 3 stages: no split of fewer than 2
+    for T, N, K in [(5, 1, 32), (100, 3000, 4096), (7, 7, 32 * 4 * 40)]:
+        splits = mmq.k_splits(T, N, K)
+        assert 1 <= splits <= mmq.MMQ_MAX_SPLITS
+        assert splits == 1 or splits * mmq.MMQ_MIN_SPLIT_STAGES <= -(-K // 32 // mmq.MMQ_KB)
 
 
 def test_values_at_the_int8_range_ends(host_mmq):
@@ -348,7 +399,7 @@ def test_the_activations_of_quantize_q8_feed_the_kernel(host_mmq, terms):
     blocks = _q8_0_rows(rng, N, K)
     raw = np.concatenate([blocks.reshape(-1), np.zeros(PAD, np.uint8)])
     y = np.full((T, N), np.nan, np.float32)
-    mmq.product(k, raw, blocks.shape[1], xq, xds, y, T, N, K, terms)
+    mmq.product(k, raw, blocks.shape[1], xq, xds, y, T, N, K, terms, splits=1)
     assert [name for name, _, _ in k.launched] == ["quantize_q8", "mmq_q8_0"]
     dense = dequantized(blocks, N, K)
     assert term_normalized(y, int8_product(x, blocks, N, terms), x, dense) <= EXACT
@@ -363,9 +414,10 @@ def test_the_launcher_refuses_what_the_kernel_does_not_do():
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(T=st.integers(5, 140), N=st.integers(1, 140), n_blocks=st.integers(1, 10), terms=st.sampled_from([2, 1]),
-       scale=st.sampled_from([1.0, 1e-6, 1e4]), seed=st.integers(0, 2**31))
-def test_kernel_matches_the_reference_over_drawn_shapes(host_mmq, T, N, n_blocks, terms, scale, seed):
+       scale=st.sampled_from([1.0, 1e-6, 1e4]), splits=st.sampled_from([1, 1, 2, 3]), seed=st.integers(0, 2**31))
+def test_kernel_matches_the_reference_over_drawn_shapes(host_mmq, T, N, n_blocks, terms, scale, splits, seed):
     rng = np.random.default_rng(seed)
     K = 32 * n_blocks
     x = (rng.standard_normal((T, K)) * scale).astype(np.float32)
-    _check(host_mmq, _q8_0_rows(rng, N, K), x, terms, case=f"T={T} N={N} K={K} scale={scale}")
+    _check(host_mmq, _q8_0_rows(rng, N, K), x, terms, splits=splits,
+           case=f"T={T} N={N} K={K} scale={scale} splits={splits}")

@@ -13,7 +13,9 @@
 // registers a thread (spill-free with nvcc 13 for sm_90): two blocks, 16 warps, an SM.
 // Q8_0 blocks are 34 bytes, so weight rows are only 2-byte aligned: quants are read as aligned words joined
 // by funnel shifts (vecdot.cuh's load16_any, which reads up to 4 bytes past a row: WEIGHT_TAIL_PAD).
-// Rows past T or N and blocks past K are zero-filled and never stored.
+// Rows past T or N and blocks past K are zero-filled and never stored. A grid of few tiles (GPT-OSS's k and v products
+// at T = 128: 16) splits each tile's k stages over several blocks (mmq.py's k_splits), whose partial sums
+// mmq_sum_splits adds in a fixed order: the same result whatever the order blocks run in.
 #include "vecdot.cuh"
 #include "mma_s8.cuh"
 
@@ -45,10 +47,11 @@ struct MmqStage {              // one stage's global loads, held in registers un
     float wd[MMQ_W_PER_THREAD];
 };
 
-// Loads the stage of k blocks [b0, b0 + MMQ_KB) of this block's tile (zeros outside T, N and K).
+// Loads the stage of k blocks [b0, b0 + MMQ_KB) of this block's tile (zeros outside T, N and the block's k range,
+// which ends at block b_end; nb: the row's blocks).
 __device__ __forceinline__ void mmq_load(MmqStage& s, const u8* __restrict__ W, i64 row_bytes,
                                          const i8* __restrict__ xq, const float4* __restrict__ xds, i64 term_stride,
-                                         int t0, int n0, int b0, int T, int N, int nb, int terms) {
+                                         int t0, int n0, int b0, int b_end, int T, int N, int nb, int terms) {
     const int tid = threadIdx.x;
 #pragma unroll
     for (int r = 0; r < MMQ_X_PER_THREAD; ++r) {
@@ -57,7 +60,7 @@ __device__ __forceinline__ void mmq_load(MmqStage& s, const u8* __restrict__ W, 
         const int t = t0 + row, b = b0 + part / 2;
         int4 v;
         v.x = v.y = v.z = v.w = 0;
-        if (t < T && b < nb && term < terms)
+        if (t < T && b < b_end && term < terms)
             v = __ldg((const int4*)(xq + term * term_stride + (i64)t * (nb * 32) + 32 * b + 16 * (part % 2)));
         s.x[r] = v;
     }
@@ -67,7 +70,7 @@ __device__ __forceinline__ void mmq_load(MmqStage& s, const u8* __restrict__ W, 
         const int t = t0 + row, b = b0 + j;
         float2 d;
         d.x = d.y = 0.0f;
-        if (t < T && b < nb) {
+        if (t < T && b < b_end) {
             const float4 ds = xds[(i64)t * nb + b];
             d.x = ds.x;
             d.y = terms > 1 ? ds.y : 0.0f;
@@ -78,7 +81,7 @@ __device__ __forceinline__ void mmq_load(MmqStage& s, const u8* __restrict__ W, 
     for (int r = 0; r < MMQ_W_PER_THREAD; ++r) {
         const int e = tid + r * MMQ_THREADS, row = e / MMQ_KB, j = e % MMQ_KB;
         const int n = n0 + row, b = b0 + j;
-        if (n < N && b < nb) {
+        if (n < N && b < b_end) {
             const u8* blk = W + (i64)n * row_bytes + (i64)b * 34;
             s.wd[r] = load_f16_a2(blk);
             load16_any(blk + 2, s.w[r]);
@@ -120,12 +123,14 @@ __device__ __forceinline__ void mmq_store(const MmqStage& s, i8 (*xs)[MMQ_BM][MM
 
 // y[t, n] = sum_k x[t, k] W[n, k] (+ bias[n]) (+ residual[t, n]) for x as int8 terms xq [terms][T][K] (term
 // stride term_stride) with scales xds [T][K/32] (d0, d1, s, 0), W [N] rows of K/32 Q8_0 blocks row_bytes apart.
-// Grid (ceil(N / MMQ_BN), ceil(T / MMQ_BM)), MMQ_THREADS threads. residual may be y itself (each output is
-// read, then written, by one thread).
+// Grid (ceil(N / MMQ_BN), ceil(T / MMQ_BM), splits), MMQ_THREADS threads. residual may be y itself (each output is
+// read, then written, by one thread). splits > 1 (a grid too small to fill the GPU): block z takes the z-th of
+// `splits` equal runs of the k stages and writes its sums to partials [splits][T][N] (zeros for an empty run),
+// which mmq_sum_splits adds in split order, then bias and residual.
 extern "C" __global__ void __launch_bounds__(MMQ_THREADS, 2) mmq_q8_0(
         const u8* __restrict__ W, i64 row_bytes, const i8* __restrict__ xq, const float4* __restrict__ xds,
         i64 term_stride, const float* __restrict__ bias, const float* residual, float* y,
-        int T, int N, int K, int terms) {
+        int T, int N, int K, int terms, float* __restrict__ partials, int splits) {
     __shared__ __align__(16) i8 xs[2][MMQ_BM][MMQ_ROW];
     __shared__ __align__(16) i8 ws[MMQ_BN][MMQ_ROW];
     __shared__ float2 xd[MMQ_BM][MMQ_KB];
@@ -135,6 +140,8 @@ extern "C" __global__ void __launch_bounds__(MMQ_THREADS, 2) mmq_q8_0(
     const int wm = 16 * MMQ_MI * (warp / MMQ_WARPS_N);        // the warp's first row of the tile: tokens
     const int wn = 8 * MMQ_NI * (warp % MMQ_WARPS_N);         // and weights
     const int nb = K >> 5;
+    const int stages = (nb + MMQ_KB - 1) / MMQ_KB, run = (stages + splits - 1) / splits;
+    const int b_begin = min(nb, (int)blockIdx.z * run * MMQ_KB), b_end = min(nb, b_begin + run * MMQ_KB);
     float acc[MMQ_MI][MMQ_NI][4];
 #pragma unroll
     for (int mi = 0; mi < MMQ_MI; ++mi)
@@ -143,14 +150,14 @@ extern "C" __global__ void __launch_bounds__(MMQ_THREADS, 2) mmq_q8_0(
 #pragma unroll
             for (int i = 0; i < 4; ++i) acc[mi][ni][i] = 0.0f;
     MmqStage stage;
-    mmq_load(stage, W, row_bytes, xq, xds, term_stride, t0, n0, 0, T, N, nb, terms);
-    for (int b0 = 0; b0 < nb; b0 += MMQ_KB) {
+    if (b_begin < b_end) mmq_load(stage, W, row_bytes, xq, xds, term_stride, t0, n0, b_begin, b_end, T, N, nb, terms);
+    for (int b0 = b_begin; b0 < b_end; b0 += MMQ_KB) {
         __syncthreads();                              // the stage before is no longer read
         mmq_store(stage, xs, ws, xd, wd);
         __syncthreads();
-        if (b0 + MMQ_KB < nb)                         // the next stage's loads, in flight during the products
-            mmq_load(stage, W, row_bytes, xq, xds, term_stride, t0, n0, b0 + MMQ_KB, T, N, nb, terms);
-        const int blocks = min(MMQ_KB, nb - b0);      // the last stage may hold fewer
+        if (b0 + MMQ_KB < b_end)                      // the next stage's loads, in flight during the products
+            mmq_load(stage, W, row_bytes, xq, xds, term_stride, t0, n0, b0 + MMQ_KB, b_end, T, N, nb, terms);
+        const int blocks = min(MMQ_KB, b_end - b0);   // the last stage may hold fewer
 #pragma unroll 1
         for (int j = 0; j < blocks; ++j) {
             const int k = 32 * j + 4 * q;
@@ -206,10 +213,28 @@ extern "C" __global__ void __launch_bounds__(MMQ_THREADS, 2) mmq_q8_0(
                 if (t < T && n < N) {
                     const i64 at = (i64)t * N + n;
                     float v = acc[mi][ni][i];
-                    if (bias) v += bias[n];
-                    y[at] = residual ? residual[at] + v : v;
+                    if (splits > 1) {
+                        partials[(i64)blockIdx.z * T * N + at] = v;
+                    } else {
+                        if (bias) v += bias[n];
+                        y[at] = residual ? residual[at] + v : v;
+                    }
                 }
             }
         }
+    }
+}
+
+// y[t, n] = residual[t, n] + (sum over s of partials[s][t, n] in order + bias[n]) (either NULL: left out), the
+// epilogue of a split mmq_<fmt>: a grid-stride loop over the T N outputs.
+extern "C" __global__ void mmq_sum_splits(const float* __restrict__ partials, int splits,
+                                          const float* __restrict__ bias, const float* residual, float* y, int T,
+                                          int N) {
+    const i64 n_out = (i64)T * N;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n_out; i += (i64)gridDim.x * blockDim.x) {
+        float v = partials[i];
+        for (int s = 1; s < splits; ++s) v += partials[(i64)s * n_out + i];
+        if (bias) v += bias[i % N];
+        y[i] = residual ? residual[i] + v : v;
     }
 }

@@ -11,29 +11,62 @@ matmul_q8x2, the threshold of matvec_q8x2). M0_CUDA_PREFILL_Q8 picks the path of
 """
 from __future__ import annotations
 
-from worker.backend.cuda_runtime import NULL, i32, i64
+import os
+
+import numpy as np
+
+from worker.backend.cuda_runtime import NULL, elementwise_grid, i32, i64
+from worker.backend.kernels.matmul import workspace_ptr
 
 MMQ_FORMATS = frozenset({"q8_0"})     # formats with an mmq_<fmt> kernel
 PREFILL_Q8_PATHS = ("tf32x3", "mma")  # M0_CUDA_PREFILL_Q8
 MMQ_BM = 64                           # tokens a block: must match mmq.cu
 MMQ_BN = 64                           # weight rows a block: must match mmq.cu
 MMQ_THREADS = 256                     # 8 warps: must match mmq.cu
+MMQ_KB = 4                            # 32-value k blocks a stage: must match mmq.cu
 QUANT_BLOCK = 32
+# A product of fewer tiles than MMQ_MIN_BLOCKS (two blocks an SM of an H200's 132) splits its k stages over up to
+# MMQ_MAX_SPLITS blocks a tile (GPT-OSS's k and v products at T = 128: 16 tiles), at least MMQ_MIN_SPLIT_STAGES
+# stages a split; the partial sums go to a workspace and mmq_sum_splits adds them in order (deterministic).
+# M0_CUDA_MMQ_SPLITS: a fixed split count instead (1: never split), to compare on the GPU.
+MMQ_MIN_BLOCKS = 264
+MMQ_MAX_SPLITS = 8
+MMQ_MIN_SPLIT_STAGES = 2
+MMQ_SPLITS = int(os.environ.get("M0_CUDA_MMQ_SPLITS", "0"))
+PARTIALS = "mmq_partials"             # workspace of the split products' partial sums
+
+
+def k_splits(T: int, N: int, K: int) -> int:
+    """Blocks a (token, weight row) tile's k stages are split over: 1 where the tiles alone fill the GPU."""
+    if MMQ_SPLITS > 0:
+        return MMQ_SPLITS
+    tiles = -(-N // MMQ_BN) * -(-T // MMQ_BM)
+    stages = -(-(K // QUANT_BLOCK) // MMQ_KB)
+    return max(1, min(MMQ_MIN_BLOCKS // tiles, MMQ_MAX_SPLITS, stages // MMQ_MIN_SPLIT_STAGES))
 
 
 def product(k, raw, row_bytes: int, xq, xds, y, T: int, N: int, K: int, terms: int = 2, *,
-            bias=None, residual=None, fmt: str = "q8_0") -> None:
+            bias=None, residual=None, fmt: str = "q8_0", splits: int | None = None, partials=None) -> None:
     """y [T, N] = x W^T (+ bias[n]) (+ residual[t, n]) for x as quantize_q8 wrote it (xq [terms, T, K] int8 with
     term stride T K, xds [T, K/32] float4) and W the N stored rows of `raw`, row_bytes apart. K a multiple of 32;
-    residual may be y itself."""
+    residual may be y itself. splits: k_splits' choice by default; partials: a float32 buffer of splits T N values
+    for a split product (default: the backend's workspace PARTIALS)."""
     if fmt not in MMQ_FORMATS:
         raise ValueError(f"mmq has no kernel for {fmt!r} (only {sorted(MMQ_FORMATS)})")
-    if K % QUANT_BLOCK or terms not in (1, 2):
-        raise ValueError(f"mmq needs K a multiple of {QUANT_BLOCK} and 1 or 2 terms, got K={K}, terms={terms}")
+    if K % QUANT_BLOCK or terms not in (1, 2) or (splits is not None and splits < 1):
+        raise ValueError(f"mmq needs K a multiple of {QUANT_BLOCK}, 1 or 2 terms and at least one split, got K={K}, "
+                         f"terms={terms}, splits={splits}")
     if not (T and N):
         return
-    grid = ((N + MMQ_BN - 1) // MMQ_BN, (T + MMQ_BM - 1) // MMQ_BM)
+    splits = k_splits(T, N, K) if splits is None else splits
+    grid = ((N + MMQ_BN - 1) // MMQ_BN, (T + MMQ_BM - 1) // MMQ_BM, splits)
     b, r = (NULL if a is None else a for a in (bias, residual))
+    if splits > 1 and partials is None:
+        partials = np.uint64(workspace_ptr(k, PARTIALS, splits * T * N))
+    p = NULL if splits == 1 else partials
     k._launch("mmq.cu", f"mmq_{fmt}", grid, MMQ_THREADS,
-              (raw, i64(row_bytes), xq, xds, i64(T * K), b, r, y, i32(T), i32(N), i32(K), i32(terms)),
+              (raw, i64(row_bytes), xq, xds, i64(T * K), b, r, y, i32(T), i32(N), i32(K), i32(terms), p, i32(splits)),
               keeps_quantized_input=True)
+    if splits > 1:
+        k._launch("mmq.cu", "mmq_sum_splits", elementwise_grid(T * N), 256, (p, i32(splits), b, r, y, i32(T), i32(N)),
+                  keeps_quantized_input=True)
