@@ -19,9 +19,9 @@ against a product of fragments laid out from the PTX ISA's tables (and a wrong l
     (two TF32 terms; v4: two bfloat16 terms on the host's m16n8k16; v5: two int8 activation terms on its
     m16n8k32) and Q8_0 (three), each tile height (16, 32, 64 rows: three warp layouts), every kernel variant
     (moe.MOE_GEMM_VARIANTS: v3 with its staged weight blocks at unaligned row sizes, e.g. MXFP4 rows of 96
-    values = 51 bytes, its permuted k order, several k-steps and column blocks; v4 and v5, which take v3's
-    kernels for formats other than MXFP4), and Q4_1 (staged 20-byte blocks) and Q4_K (256-value blocks, read by
-    the fragments from global memory) at width 256.
+    values = 51 bytes, its permuted k order, several k-steps and column blocks; v4 and v5 have kernels for
+    MXFP4 alone and launch v3's for the other formats, checked once), and Q4_1 (staged 20-byte blocks) and
+    Q4_K (256-value blocks, read by the fragments from global memory) at width 256.
 The GPU runs the same comparisons in test_gt016_moe_prefill_on_device.py. Skipped where g++ or cpp is missing.
 """
 from __future__ import annotations
@@ -389,8 +389,14 @@ def _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha, tile
     return out, h, y, experts, order
 
 
-@pytest.mark.parametrize("variant", moe.MOE_GEMM_VARIANTS)
-@pytest.mark.parametrize("qtype", [Q.MXFP4, Q.Q8_0], ids=lambda q: q.name)
+def _own_kernels(qtype) -> list[str]:
+    """The variants with kernels of their own for the format: v4 and v5 of Q8_0, Q4_1 or Q4_K launch v3's
+    kernels, already run as v3 (test_variants_without_kernels_for_a_format_take_v3s checks that they do)."""
+    return [v for v in moe.MOE_GEMM_VARIANTS if moe.kernel_variant(v, FORMATS[qtype].kernel) == v]
+
+
+@pytest.mark.parametrize("variant,qtype", [(v, q) for q in (Q.MXFP4, Q.Q8_0) for v in _own_kernels(q)],
+                         ids=lambda p: p.name if isinstance(p, Q) else p)
 @pytest.mark.parametrize("T,E,k_used,D,F,case,tile_rows", [
     (2, 4, 2, 64, 64, "random", 16), (5, 4, 2, 96, 64, "random", 64), (17, 8, 4, 64, 96, "random", 32),
     (70, 4, 2, 64, 64, "one-expert", 64), (70, 4, 2, 64, 64, "one-expert", 16), (9, 4, 4, 64, 64, "every-expert", 16),
@@ -399,12 +405,21 @@ def test_expert_ffn_matches_the_reference(host_moe, variant, qtype, T, E, k_used
     _check_expert_ffn(host_moe, variant, qtype, T, E, k_used, D, F, case, tile_rows)
 
 
-@pytest.mark.parametrize("variant", moe.MOE_GEMM_VARIANTS)
-@pytest.mark.parametrize("qtype,tile_rows", [(Q.Q4_K, 32), (Q.Q4_1, 64)], ids=["Q4_K", "Q4_1"])
+@pytest.mark.parametrize("variant,qtype,tile_rows", [(v, q, rows) for q, rows in ((Q.Q4_K, 32), (Q.Q4_1, 64))
+                                                     for v in _own_kernels(q)],
+                         ids=lambda p: p.name if isinstance(p, Q) else str(p))
 def test_other_formats_match_the_reference(host_moe, variant, qtype, tile_rows):
     """Q4_K: 256-value blocks, which v3 reads from global memory by the fragment (not staged); Q4_1: 20-byte
     staged blocks with a minimum term, three TF32 terms."""
     _check_expert_ffn(host_moe, variant, qtype, 6, 4, 2, 256, 256, "random", tile_rows)
+
+
+@pytest.mark.parametrize("variant", [v for v in moe.MOE_GEMM_VARIANTS if v != "v3"])
+def test_variants_without_kernels_for_a_format_take_v3s(host_moe, variant):
+    """v4 and v5 on Q8_0 (no BF16 or int8 kernels of their own): v3's kernels are launched, and they hold v3's
+    bound (the launch names and the TF32 instruction are checked in _check_expert_ffn)."""
+    assert moe.kernel_variant(variant, "q8_0") == "v3"
+    _check_expert_ffn(host_moe, variant, Q.Q8_0, 2, 4, 2, 64, 64, "random", 16)
 
 
 def _check_expert_ffn(host_moe, variant, qtype, T, E, k_used, D, F, case, tile_rows):
