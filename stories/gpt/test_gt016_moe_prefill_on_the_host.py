@@ -17,7 +17,8 @@ against a product of fragments laid out from the PTX ISA's tables (and a wrong l
     and the down product alone within the prefill products' term-normalized bound ("matmul", 1e-11; v4's
     BF16 products "matmul_expert_bf16x2", 2.5e-11; v5's int8 products "matmul_expert_q8x2", 1e-8), for MXFP4
     (two TF32 terms; v4: two bfloat16 terms on the host's m16n8k16; v5: two int8 activation terms on its
-    m16n8k32) and Q8_0 (three), each tile height (16, 32, 64 rows: three warp layouts), every kernel variant
+    m16n8k32; inputs with one value 300 times the others in every 32-value block, its hard case, keep "moe"
+    at about 2e-7) and Q8_0 (three), each tile height (16, 32, 64 rows: three warp layouts), every kernel variant
     (moe.MOE_GEMM_VARIANTS: v3 with its staged weight blocks at unaligned row sizes, e.g. MXFP4 rows of 96
     values = 51 bytes, its permuted k order, several k-steps and column blocks; v4 and v5 have kernels for
     MXFP4 alone and launch v3's for the other formats, checked once), and Q4_1 (staged 20-byte blocks) and
@@ -400,7 +401,8 @@ def _own_kernels(qtype) -> list[str]:
 @pytest.mark.parametrize("T,E,k_used,D,F,case,tile_rows", [
     (2, 4, 2, 64, 64, "random", 16), (5, 4, 2, 96, 64, "random", 64), (17, 8, 4, 64, 96, "random", 32),
     (70, 4, 2, 64, 64, "one-expert", 64), (70, 4, 2, 64, 64, "one-expert", 16), (9, 4, 4, 64, 64, "every-expert", 16),
-    (40, 4, 3, 64, 96, "random", 32), (3, 32, 4, 64, 64, "plain-swiglu", 16), (6, 4, 2, 160, 224, "random", 32)])
+    (40, 4, 3, 64, 96, "random", 32), (3, 32, 4, 64, 64, "plain-swiglu", 16), (6, 4, 2, 160, 224, "random", 32),
+    (12, 4, 2, 64, 64, "one-large-value-a-block", 32)])
 def test_expert_ffn_matches_the_reference(host_moe, variant, qtype, T, E, k_used, D, F, case, tile_rows):
     _check_expert_ffn(host_moe, variant, qtype, T, E, k_used, D, F, case, tile_rows)
 
@@ -433,6 +435,8 @@ def _check_expert_ffn(host_moe, variant, qtype, T, E, k_used, D, F, case, tile_r
     if case == "one-expert":                              # every token's first choice: expert 1
         router_b[1] = 1e4
     x = rng.standard_normal((T, D)).astype(np.float32)
+    if case == "one-large-value-a-block":                 # v5's int8 terms: the block's other values in the second
+        x[:, ::32] *= 300.0
     limit, alpha = (None, None) if case == "plain-swiglu" else (7.0, 1.702)
     logits = (x @ router.T + router_b).astype(np.float32)    # the device path takes the router product's output
     out, h, y, experts, order = _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha, tile_rows,
