@@ -28,7 +28,7 @@ Acceptance, against the NumPy backend's mixture_of_experts (its host routing, fl
   loads, staged weight blocks, permuted k order and activations split as they are stored; v4, v3 on BF16
   tensor cores for MXFP4, v3's kernels for the other formats; v5, the same tiles on int8 tensor cores for
   MXFP4, v3's kernels for the other formats)
-  under every comparison above but the capture; also on Q4_1 and Q5_0 (staged blocks of 20 and 22 bytes) and
+  under every comparison above, the capture included; also on Q4_1 and Q5_0 (staged blocks of 20 and 22 bytes) and
   Q4_K (256-value blocks read by the fragment).
 The kernels' logic runs on the CPU in test_gt016_moe_prefill_on_the_host.py.
 """
@@ -153,7 +153,7 @@ def test_formats_without_grouped_kernels_route_on_the_host_and_say_why():
     check("moe", "host routing F32 down T=6", b.to_host(out), want)
 
 
-def test_a_gpt_oss_prefill_chunk_is_captured_and_replayed():
+def test_a_gpt_oss_prefill_chunk_is_captured_and_replayed(variant):
     from fixtures.gguf_corrupt import tiny_model_path
     from worker.backend.cuda import CudaBackend
     from worker.gguf import GGUFModelFile
