@@ -7,6 +7,8 @@ mma_s8.cuh) are replaced by host versions that multiply the fragments as the PTX
 one refuses an operand that is not a TF32 value: the split must hand the tensor cores exact TF32 values) and
 count their calls, so each variant is seen to take its own instruction. The int8 one is checked on its own
 against a product of fragments laid out from the PTX ISA's tables (and a wrong layout against it fails).
+v5's asynchronous copies (cp_async.cuh) land only at the wait that covers them, so a read that comes too
+early sees stale bytes.
 
   * moe_plan: the token-expert pairs sorted by expert exactly as NumPy's stable argsort, pos its inverse,
     the tile table each expert's run cut into tiles of 16, 32 or 64 rows, unused entries empty; hypothesis over
@@ -70,6 +72,25 @@ static inline int __popc(u32 v) { return __builtin_popcount(v); }
 static inline void __syncwarp() { warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
 static inline int __shfl_xor_sync(unsigned, int v, int o) { return (int)shuffle_from(v, (threadIdx.x % 32) ^ o); }
 static inline float2 make_float2(float a, float b) { return float2{a, b}; }
+
+// cp.async (cp_async.cuh) on the host: a thread's copies wait in their committed groups until cp_async_wait<N>
+// leaves at most N groups in flight, and land then, so that a read before the wait sees the old bytes, as it may
+// on the device.
+struct HostCopy { void* dst; u32 word; };
+thread_local std::vector<std::vector<HostCopy>> cp_groups;      // committed, oldest first
+thread_local std::vector<HostCopy> cp_open;                      // since the last commit
+static inline void cp_async4(void* smem, const void* gmem) {
+    u32 w;
+    std::memcpy(&w, gmem, 4);
+    cp_open.push_back(HostCopy{smem, w});
+}
+static inline void cp_async_commit() { cp_groups.push_back(cp_open); cp_open.clear(); }
+template <int N> static inline void cp_async_wait() {
+    while (cp_groups.size() > (size_t)N) {
+        for (const HostCopy& c : cp_groups.front()) std::memcpy(c.dst, &c.word, 4);
+        cp_groups.erase(cp_groups.begin());
+    }
+}
 
 // mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 on the host: the warp's fragments gathered as the
 // PTX ISA lays them out (g = lane / 4, q = lane % 4), each product exact (TF32 x TF32 fits float32), the
@@ -196,8 +217,8 @@ def _host_entries(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def host_moe(tmp_path_factory):
-    for mma in ("mma_tf32_16x8x8", "mma_bf16_16x8x16", "mma_s8_16x8x32"):     # the host versions stand in for these
-        assert mma in kernel_source("moe_gemm.cu")
+    for name in ("mma_tf32_16x8x8", "mma_bf16_16x8x16", "mma_s8_16x8x32", "cp_async_wait"):   # the host versions'
+        assert name in kernel_source("moe_gemm.cu")
     helpers = "".join(device_function(KERNELS / "common.cuh", n) for n in ("load_f16", "bf16_bits_to_f32"))
     helpers += device_function(KERNELS / "vecdot.cuh", "fp4x4_doubled")
     helpers += "".join(device_function(KERNELS / "mma_bf16.cuh", n)

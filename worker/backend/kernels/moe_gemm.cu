@@ -3,7 +3,7 @@
 // moe.cu's moe_plan sorts the (token, slot) pairs by expert and cuts each expert's run into tiles of
 // tile_rows (16, 32 or 64) sorted rows. A block takes one tile and MOE_BN output columns: it gathers the tile's rows of
 // the input, stages the expert's weight blocks as stored, dequantizes them on the fly (quant.cuh) and multiplies
-// with mma.sync. Two variants (kernels/moe.py MOE_GEMM_VARIANT):
+// with mma.sync. Three variants (kernels/moe.py MOE_GEMM_VARIANT):
 //   v3: TF32 (mma_tf32.cuh) in the prefill products' split-TF32 scheme (kernels/matmul.py): every activation
 //       x = x_hi + x_lo, and y = x_hi W + x_lo W where each weight value is a TF32 value already (MXFP4), else
 //       y = x_hi W_hi + x_hi W_lo + x_lo W_hi; each term x_k W_nk is then off by at most 2^-21 |x_k| |W_nk|.
@@ -13,7 +13,8 @@
 //       (doubled: 0, 1, 2, 3, 4, 6, 8, 12 and negatives, exact) with the block's scale halved, the activations
 //       quantized a 32-value block as vecdot.cuh's two int8 terms (x = d0 q0 + d1 q1 within max|block| / 64516),
 //       each term's exact int32 block sum scaled by d_t and the weight block's scale in float32: two products
-//       a 32-value k-step and 16 x 8 outputs where v4 needs four.
+//       a 32-value k-step and 16 x 8 outputs where v4 needs four. Its activations are double-buffered (one
+//       __syncthreads a step) and its weight blocks copied by cp.async two k-steps ahead (three stages).
 // The sums are float32, as the prefill products'.
 //   moe_gate_up_<variant>_<fmt>: h[row] = swiglu(x[token(row)] Wgate_e^T + bgate_e, x[token(row)] Wup_e^T + bup_e)
 //   moe_down_<variant>_<fmt>:    y[row] = h[row] Wdown_e^T + bdown_e
@@ -25,6 +26,7 @@
 #include "mma_tf32.cuh"
 #include "mma_bf16.cuh"
 #include "mma_s8.cuh"
+#include "cp_async.cuh"
 #include "vecdot.cuh"
 
 #define MOE_BM 64        // the most sorted rows (token-expert pairs) a tile: kernels/moe.py MOE_TILE_ROWS
@@ -147,8 +149,14 @@ __device__ __forceinline__ void moe_bf16_step(const u8 (*raw)[MOE_RAW], u32* con
 // ---- v5: the activations of a k-step as two int8 terms, 16 words a row and buffer: term t's bytes 4j .. 4j + 3
 // (word j of the term, j in 0..7) at word 4 (j % 4) + 2 t + j / 4, so that lane q's one 16-byte read holds the
 // words j = q and q + 4 of both terms, its A fragments' k = 4q .. 4q + 3 and 4q + 16 .. 4q + 19 (8 lanes of a
-// quarter warp read two rows: 32 banks). Their scales (d0, d1) a row beside them, double-buffered as the weights.
+// quarter warp read two rows: 32 banks); their scales (d0, d1) a row after them; two buffers (a[0]'s space).
+// The weight blocks come by cp.async two k-steps ahead, into three stages (sm.raw's two and a[1]'s space): the
+// aligned words that hold a block (a row of 17-byte blocks is not aligned), the block's offset in its slot in
+// the slot's byte MOE_S8_SHIFT (written by the thread that copies it).
 #define MOE_S8_WORDS 16
+#define MOE_S8_COPY_WORDS 5     // words that hold a 17-byte MXFP4 block at any offset (3 + 17 <= 20 bytes)
+#define MOE_S8_SHIFT 35         // the last byte of a MOE_RAW-byte slot
+static_assert(4 * MOE_S8_COPY_WORDS <= MOE_S8_SHIFT, "the copied words leave the slot's offset byte alone");
 __device__ __forceinline__ int moe_s8_slot(int j, int term) { return 4 * (j & 3) + 2 * term + (j >> 2); }
 
 __device__ __forceinline__ u32 moe_s8_pack(const float* q) {
@@ -210,10 +218,13 @@ __device__ __forceinline__ void moe_s8_step(const u8 (*raw)[MOE_RAW], const u32*
         for (int nt = 0; nt < NT; ++nt) {
             const int c = m * MOE_BN + wn + 8 * nt;
             const u32* words = (const u32*)&raw[c + g][0];
-            const u32 codes = __funnelshift_r(words[q], words[q + 1], 8);
+            const int o = raw[c + g][MOE_S8_SHIFT] + 1 + 4 * q;          // the slot's byte of qs[4q]
+            const u32 codes = __funnelshift_r(words[o >> 2], words[(o >> 2) + 1], (o & 3) * 8);
             const u32 b[2] = {(u32)fp4x4_doubled((int)(codes & 0x0F0F0F0Fu)),
                               (u32)fp4x4_doubled((int)((codes >> 4) & 0x0F0F0F0Fu))};
-            const float sw[2] = {e8m0_half(raw[c + 2 * q][0]), e8m0_half(raw[c + 2 * q + 1][0])};
+            const u8* e0 = raw[c + 2 * q];
+            const u8* e1 = raw[c + 2 * q + 1];
+            const float sw[2] = {e8m0_half(e0[e0[MOE_S8_SHIFT]]), e8m0_half(e1[e1[MOE_S8_SHIFT]])};
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
                 int s0[4] = {0, 0, 0, 0}, s1[4] = {0, 0, 0, 0};
@@ -249,11 +260,14 @@ __device__ __forceinline__ void moe_tile(
     const int n0 = blockIdx.x * MOE_BN;
     // BF16 (v4): a row's 32 activations as 16 words of bfloat16 pairs, high parts in a[0]'s space, low in a[1]'s
     u32* const a_bf16[2] = {(u32*)&sm.a[0][0][0], (u32*)&sm.a[1][0][0]};
-    // S8 (v5): two buffers of the int8 terms in a[0]'s space (2 x 64 rows x 16 words of its 64 x 36), their scales
-    // in a[1]'s: one buffer is filled while the other is read, one __syncthreads a step (buffer b at b times the
-    // stride: an array of the two pointers indexed by the step would live in local memory)
+    // S8 (v5): two buffers of the int8 terms and their scales in a[0]'s space (2 x 64 rows x 16 words, then 2 x 64
+    // float2): one buffer is filled while the other is read, one __syncthreads a step (buffer b at b times the
+    // stride: an array of the two pointers indexed by the step would live in local memory); a[1]'s space holds
+    // the weights' third stage
     u32* const a_s8 = (u32*)&sm.a[0][0][0];
-    float2* const a_ds = (float2*)&sm.a[1][0][0];
+    float2* const a_ds = (float2*)(a_s8 + 2 * MOE_BM * MOE_S8_WORDS);
+    static_assert(sizeof(u32) * 2 * MOE_BM * MOE_S8_WORDS + sizeof(float2) * 2 * MOE_BM <= sizeof(sm.a[0]), "v5");
+    static_assert(sizeof(sm.a[1]) >= sizeof(sm.raw[0]), "v5's third weight stage");
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int wm = (warp / WARPS_N) * (MT * 16), wn = (warp % WARPS_N) * (NT * 8);
     const int g = lane >> 2, q = lane & 3;
@@ -291,7 +305,7 @@ __device__ __forceinline__ void moe_tile(
                 if (src >= 0) a_next[v] = *(const float4*)(x + (i64)src * K + k0 + 4 * (i % (MOE_BK / 4)));
             }
         }
-        if (st_live) {
+        if (st_live && !S8) {
             // the block's bytes as aligned words (a row of blocks of 17..34 bytes is not aligned); the words
             // past the block stay within the weight's tail pad
             const unsigned long long addr = (unsigned long long)(st_row + (i64)(k0 / MOE_BK) * block_bytes);
@@ -340,6 +354,20 @@ __device__ __forceinline__ void moe_tile(
             }
         }
     };
+    // v5: the weight blocks of the step at k0 by cp.async into stage `stage` (a committed group, empty for the
+    // threads that copy nothing, so that every thread's groups count the steps alike)
+    auto raw_stage = [&](int stage) { return stage == 2 ? (u8 (*)[MOE_RAW])&sm.a[1][0][0] : sm.raw[stage]; };
+    auto copy_raw = [&](int k0, int stage) {
+        if (st_live) {
+            const unsigned long long addr = (unsigned long long)(st_row + (i64)(k0 / MOE_BK) * block_bytes);
+            const u32* src = (const u32*)(addr & ~3ull);
+            u8* slot = raw_stage(stage)[tid];
+#pragma unroll
+            for (int j = 0; j < MOE_S8_COPY_WORDS; ++j) cp_async4(slot + 4 * j, src + j);
+            slot[MOE_S8_SHIFT] = (u8)(addr & 3);
+        }
+        cp_async_commit();
+    };
     auto stage_raw = [&](int buf) {
         if (STAGED && st_m < NMAT) {
             u32* dst = (u32*)&sm.raw[buf][tid][0];
@@ -349,6 +377,33 @@ __device__ __forceinline__ void moe_tile(
         }
     };
     const int steps = K / MOE_BK;
+    if constexpr (S8) {
+        // v5: the weights of steps 0 and 1 on their way; a column past N reads zeros (its outputs are not stored)
+        if (STAGED && st_m < NMAT && !st_live)
+#pragma unroll
+            for (int stage = 0; stage < 3; ++stage)
+#pragma unroll
+                for (int j = 0; j < MOE_RAW_WORDS; ++j) ((u32*)raw_stage(stage)[tid])[j] = 0u;
+        copy_raw(0, 0);
+        if (steps > 1) copy_raw(MOE_BK, 1);
+        else cp_async_commit();
+        fetch(0);
+        stage_a(0);
+        cp_async_wait<1>();                      // step 0's group done (step 1's may still be in flight)
+        __syncthreads();
+        for (int step = 0; step < steps; ++step) {
+            const int buf = step & 1, k0 = step * MOE_BK;
+            // the stage read at step - 1 (every thread is past it: the sync that ended that step) takes step + 2's
+            if (step + 2 < steps) copy_raw(k0 + 2 * MOE_BK, (step + 2) % 3);
+            else cp_async_commit();
+            if (step + 1 < steps) fetch(k0 + MOE_BK);
+            moe_s8_step<NMAT, MT, NT>(raw_stage(step % 3), a_s8 + buf * MOE_BM * MOE_S8_WORDS, a_ds + buf * MOE_BM,
+                                      wm, wn, g, q, acc);
+            if (step + 1 < steps) stage_a(buf ^ 1);
+            cp_async_wait<1>();                  // step + 1's weights copied (step + 2's may still be in flight)
+            __syncthreads();
+        }
+    } else {
     fetch(0);
     stage_a(0);
     stage_raw(0);
@@ -356,10 +411,7 @@ __device__ __forceinline__ void moe_tile(
     for (int step = 0; step < steps; ++step) {
         const int buf = step & 1, k0 = step * MOE_BK;
         if (step + 1 < steps) fetch(k0 + MOE_BK);
-        if constexpr (S8) {
-            moe_s8_step<NMAT, MT, NT>(sm.raw[buf], a_s8 + buf * MOE_BM * MOE_S8_WORDS, a_ds + buf * MOE_BM, wm, wn,
-                                      g, q, acc);
-        } else if constexpr (BF16) {
+        if constexpr (BF16) {
             moe_bf16_step<DQ, NMAT, MT, NT>(sm.raw[buf], a_bf16, wm, wn, g, q, acc);
         } else {
         // the lane's activations of the step: rows wm + 16 mt + g and + 8, values 8q .. 8q + 7, split once
@@ -417,10 +469,11 @@ __device__ __forceinline__ void moe_tile(
         }
         if (step + 1 < steps) {
             stage_raw(buf ^ 1);
-            if constexpr (!S8) __syncthreads();      // v3, v4: one activation buffer, read by this step
+            __syncthreads();                     // one activation buffer, read by this step
             stage_a(buf ^ 1);
         }
         __syncthreads();
+    }
     }
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
