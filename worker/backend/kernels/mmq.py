@@ -18,7 +18,7 @@ import numpy as np
 from worker.backend.cuda_runtime import NULL, elementwise_grid, i32, i64
 from worker.backend.kernels.matmul import workspace_ptr
 
-MMQ_FORMATS = frozenset({"q8_0"})     # formats with an mmq_<fmt> kernel
+MMQ_FORMATS = frozenset({"q8_0"})     # formats with an mmq kernel (mmq_q8_0)
 PREFILL_Q8_PATHS = ("tf32x3", "mma")  # M0_CUDA_PREFILL_Q8
 MMQ_BM = 64                           # tokens a block: must match mmq.cu
 MMQ_BN = 64                           # weight rows a block: must match mmq.cu
@@ -64,7 +64,7 @@ def product(k, raw, row_bytes: int, xq, xds, y, T: int, N: int, K: int, terms: i
     if splits > 1 and partials is None:
         partials = np.uint64(workspace_ptr(k, PARTIALS, splits * T * N))
     p = NULL if splits == 1 else partials
-    k._launch("mmq.cu", f"mmq_{fmt}", grid, MMQ_THREADS,
+    k._launch("mmq.cu", "mmq_q8_0", grid, MMQ_THREADS,            # the one format MMQ_FORMATS holds
               (raw, i64(row_bytes), xq, xds, i64(T * K), b, r, y, i32(T), i32(N), i32(K), i32(terms), p, i32(splits)),
               keeps_quantized_input=True)
     if splits > 1:
