@@ -43,7 +43,13 @@ from hypothesis import strategies as st
 from fixtures.paths import REPO_ROOT
 from stories.foundation._cuda_conformance import THRESHOLDS, f32_tensor, nmse
 from stories.gpt._moe_cases import expert_blocks
-from stories.llama._host_cuda import THREADED_LAUNCH, THREADED_PRELUDE, build_host_library, device_function
+from stories.llama._host_cuda import (
+    HOST_MMA_S8,
+    THREADED_LAUNCH,
+    THREADED_PRELUDE,
+    build_host_library,
+    device_function,
+)
 from worker.backend.base import top_k_softmax
 from worker.backend.cuda_runtime import NULL, kernel_source
 from worker.backend.kernels import moe
@@ -147,33 +153,6 @@ static inline void mma_bf16_16x8x16(float* d, const u32* a, const u32* b) {
     warp_barriers[w]->arrive_and_wait();
 }
 
-// mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 on the host (v5), the PTX ISA's fragments for .s8 at m16n8k32:
-// four int8 values a register, element i of a fragment in byte i % 4 of register i / 4; a_i of lane (g, q) is
-// A[g + 8 (i / 4 % 2)][4q + i % 4 + 16 (i >= 8)] (a0 row g, a1 row g + 8, a2 row g and k + 16, a3 row g + 8 and
-// k + 16), b_i is B[4q + i % 4 + 16 (i >= 4)][g], d_i is D[g + 8 (i >= 2)][2q + i % 2]. Exact integer sums.
-static u32 mms_a[32][32][4], mms_b[32][32][2];
-static std::atomic<long long> mma_s8_count{0};
-extern "C" long long host_mma_s8_count() { return mma_s8_count.exchange(0); }
-static inline int s8_element(u32 reg, int byte) { return (int)(signed char)(u8)(reg >> (8 * byte)); }
-static inline void mma_s8_16x8x32(int* d, const u32* a, const u32* b) {
-    const int w = threadIdx.x / 32, l = threadIdx.x % 32, g = l / 4, q = l % 4;
-    warp_barriers[w]->arrive_and_wait();
-    for (int i = 0; i < 4; ++i) mms_a[w][l][i] = a[i];
-    for (int i = 0; i < 2; ++i) mms_b[w][l][i] = b[i];
-    if (l == 0) ++mma_s8_count;
-    warp_barriers[w]->arrive_and_wait();
-    for (int i = 0; i < 4; ++i) {
-        const int row = g + 8 * (i >> 1), col = 2 * q + (i & 1);
-        long long s = 0;
-        for (int k = 0; k < 32; ++k) {
-            const int lane_a = (row % 8) * 4 + (k % 16) / 4, lane_b = col * 4 + (k % 16) / 4;
-            s += (long long)s8_element(mms_a[w][lane_a][(row >= 8) + 2 * (k >= 16)], k % 4)
-                 * s8_element(mms_b[w][lane_b][k >= 16], k % 4);
-        }
-        d[i] = (int)(d[i] + s);
-    }
-    warp_barriers[w]->arrive_and_wait();
-}
 """
 
 # One m16n8k32 int8 product of one warp on the host version: lane l's fragments a[l][0..3], b[l][0..1], d[l][0..3].
@@ -224,7 +203,7 @@ def host_moe(tmp_path_factory):
     helpers += "".join(device_function(KERNELS / "mma_bf16.cuh", n)
                        for n in ("bf16_round_bits", "bf16_split_bits", "bf16_pack"))
     kernels = _body("moe.cu") + _gemm_source()
-    text = (_PRELUDE + helpers + _body("iq_tables.cuh") + _body("quant.cuh") + _body("tf32.cuh")
+    text = (_PRELUDE + HOST_MMA_S8 + helpers + _body("iq_tables.cuh") + _body("quant.cuh") + _body("tf32.cuh")
             + _body("activation.cuh") + THREADED_LAUNCH + _MMA_S8_ENTRY + kernels)
     return build_host_library(text + _host_entries(kernels), tmp_path_factory.mktemp("moe"), "moe_host", timeout=900)
 

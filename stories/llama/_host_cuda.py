@@ -94,15 +94,17 @@ static inline float __shfl_sync(unsigned, float v, int src) { return (float)shuf
 using std::max; using std::min;
 """
 
-# launch(gx, gy, threads, seed, body): every block of the grid in a seeded shuffled order (a kernel
-# must not depend on block order), each block's threads as host threads with a block barrier and
-# a barrier a warp (the prelude's __syncthreads and shuffles use block_barrier and warp_barriers).
+# launch(gx, gy, threads, seed, body) and launch3(gx, gy, gz, ...) for a 3-D grid: every block of the grid in a
+# seeded shuffled order (a kernel must not depend on block order), each block's threads as host threads with a
+# block barrier and a barrier a warp (the prelude's __syncthreads and shuffles use block_barrier and warp_barriers).
 THREADED_LAUNCH = r"""
-static void launch(unsigned gx, unsigned gy, unsigned threads, unsigned seed, const std::function<void()>& body) {
-    gridDim = dim3{gx, gy, 1};
+static void launch3(unsigned gx, unsigned gy, unsigned gz, unsigned threads, unsigned seed,
+                    const std::function<void()>& body) {
+    gridDim = dim3{gx, gy, gz};
     blockDim = dim3{threads, 1, 1};
     std::vector<dim3> blocks;
-    for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x) blocks.push_back(dim3{x, y, 0});
+    for (unsigned z = 0; z < gz; ++z)
+        for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x) blocks.push_back(dim3{x, y, z});
     std::shuffle(blocks.begin(), blocks.end(), std::mt19937(seed));
     for (const dim3& b : blocks) {
         blockIdx = b;
@@ -116,6 +118,49 @@ static void launch(unsigned gx, unsigned gy, unsigned threads, unsigned seed, co
         for (auto* p : wb) delete p;
     }
 }
+static void launch(unsigned gx, unsigned gy, unsigned threads, unsigned seed, const std::function<void()>& body) {
+    launch3(gx, gy, 1, threads, seed, body);
+}
+"""
+
+
+# The int8 tensor-core product (mma_s8.cuh) on the host threads of THREADED_PRELUDE; host_mma_s8_count counts
+# the calls, host_set_mma_s8_layout picks a wrong layout for negative controls.
+HOST_MMA_S8 = r"""
+// mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 on the host: the warp's fragments gathered as the PTX ISA lays
+// them out (g = lane / 4, q = lane % 4; four int8 a register, the lowest k in the lowest byte):
+//   A[row][k] is byte k % 4 of register (row >= 8) + 2 (k >= 16) of lane (row % 8) * 4 + (k % 16) / 4,
+//   B[k][col] is byte k % 4 of register (k >= 16) of lane col * 4 + (k % 16) / 4,
+//   d[i] of lane (g, q) is D[g + 8 (i >= 2)][2q + (i & 1)].
+// host_set_mma_s8_layout(1) swaps A's registers 1 and 2, (2) reads B's lanes k-major: wrong layouts, which the
+// tests use as negative controls.
+static u32 mms_a[32][32][4], mms_b[32][32][2];
+static std::atomic<long long> mma_s8_count{0};
+static int mma_s8_layout = 0;
+extern "C" long long host_mma_s8_count() { return mma_s8_count.exchange(0); }
+extern "C" void host_set_mma_s8_layout(int layout) { mma_s8_layout = layout; }
+static inline int s8_byte(u32 reg, int byte) { return (int)(signed char)(u8)(reg >> (8 * byte)); }
+static inline void mma_s8_16x8x32(int* d, const u32* a, const u32* b) {
+    const int w = threadIdx.x / 32, l = threadIdx.x % 32, g = l / 4, q = l % 4;
+    warp_barriers[w]->arrive_and_wait();
+    for (int i = 0; i < 4; ++i) mms_a[w][l][i] = a[i];
+    for (int i = 0; i < 2; ++i) mms_b[w][l][i] = b[i];
+    if (l == 0) ++mma_s8_count;
+    warp_barriers[w]->arrive_and_wait();
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + 8 * (i >> 1), col = 2 * q + (i & 1);
+        long long s = 0;
+        for (int k = 0; k < 32; ++k) {
+            const int ra = mma_s8_layout == 1 ? 2 * (row >= 8) + (k >= 16) : (row >= 8) + 2 * (k >= 16);
+            const int lb = mma_s8_layout == 2 ? ((k % 16) / 4) * 8 + col : col * 4 + (k % 16) / 4;
+            s += (long long)s8_byte(mms_a[w][(row % 8) * 4 + (k % 16) / 4][ra], k % 4)
+                 * s8_byte(mms_b[w][lb][k >= 16], k % 4);
+        }
+        d[i] = (int)((long long)d[i] + s);
+    }
+    warp_barriers[w]->arrive_and_wait();
+}
+
 """
 
 
