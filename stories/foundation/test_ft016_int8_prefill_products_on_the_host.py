@@ -23,7 +23,6 @@ from __future__ import annotations
 import ctypes
 import re
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -41,6 +40,8 @@ from stories.llama._host_cuda import (
     THREADED_PRELUDE,
     build_host_library,
     device_function,
+    host_entries,
+    kernel_body,
 )
 from stories.llama.test_lt019_int8_products_on_the_host import quantize_like_the_gpu
 from worker.backend.cuda_runtime import NULL, elementwise_grid
@@ -66,27 +67,6 @@ static void mma_warp_body(const u32* a, const u32* b, int* d) {
 }
 """
 
-_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)')
-
-
-def _body(name: str) -> str:
-    return re.sub(r'^\s*#include "[^"]+"\s*$', "", (KERNELS / name).read_text(), flags=re.M).replace("#pragma once", "")
-
-
-def _host_entries(text: str) -> str:
-    """host_<kernel>(gx, gy, threads, seed, kernel arguments...) for each extern "C" kernel of `text`."""
-    pre = subprocess.run(["cpp", "-P", "-x", "c++", "-"], input=text, capture_output=True, text=True, timeout=120)
-    assert pre.returncode == 0, pre.stderr
-    entries = []
-    for m in _KERNEL.finditer(pre.stdout):
-        params = " ".join(m.group(2).split())
-        names = [re.findall(r"\w+", p)[-1] for p in params.split(",")]
-        entries.append(f'extern "C" void host_{m.group(1)}(unsigned gx, unsigned gy, unsigned gz, unsigned threads, '
-                       f'unsigned seed, {params}) {{ launch3(gx, gy, gz, threads, seed, [=] {{ '
-                       f'{m.group(1)}({", ".join(names)}); }}); }}\n')
-    assert entries, "mmq.cu declares no kernel"
-    return "".join(entries)
-
 
 def _quantize_kernel() -> str:
     """vecdot.cu's quantize_q8, the kernel that makes the int8 activations the product reads."""
@@ -102,11 +82,11 @@ def host_mmq(tmp_path_factory):
     assert '#include "mma_s8.cuh"' in source and "mma_s8_16x8x32(" in source   # the instruction stood in for
     helpers = device_function(KERNELS / "common.cuh", "warp_max") + "".join(
         device_function(KERNELS / "vecdot.cuh", n) for n in ("quantize_block_warp", "load16_any", "load_f16_a2"))
-    kernels = _body("mmq.cu") + _quantize_kernel()
+    kernels = kernel_body(KERNELS / "mmq.cu") + _quantize_kernel()
     warp = ('extern "C" void host_mma_warp(const u32* a, const u32* b, int* d) '
             '{ launch3(1, 1, 1, 32, 0, [=] { mma_warp_body(a, b, d); }); }\n')
-    text = _PRELUDE + helpers + kernels + warp
-    return build_host_library(text + _host_entries(kernels), tmp_path_factory.mktemp("mmq"), "mmq_host", timeout=600)
+    text = _PRELUDE + helpers + kernels + warp + host_entries(kernels, grid_dims=3)
+    return build_host_library(text, tmp_path_factory.mktemp("mmq"), "mmq_host", timeout=600)
 
 
 class HostBackend:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import ctypes
 import re
 import shutil
-import subprocess
 
 import gguf
 import numpy as np
@@ -49,6 +48,8 @@ from stories.llama._host_cuda import (
     THREADED_PRELUDE,
     build_host_library,
     device_function,
+    host_entries,
+    kernel_body,
 )
 from worker.backend.base import top_k_softmax
 from worker.backend.cuda_runtime import NULL, kernel_source
@@ -162,16 +163,10 @@ extern "C" void host_mma_s8_warp(const u32* a, const u32* b, int* d) {
 }
 """
 
-_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)')
-
-
-def _body(name: str) -> str:
-    return re.sub(r'^\s*#include "[^"]+"\s*$', "", (KERNELS / name).read_text(), flags=re.M).replace("#pragma once", "")
-
 
 def _gemm_source() -> str:
     """moe_gemm.cu with its format list cut to HOST_FORMATS (each with the exactness flag the source gives it)."""
-    text = _body("moe_gemm.cu")
+    text = kernel_body(KERNELS / "moe_gemm.cu")
     listed = dict(re.findall(r"X\((\w+), (true|false)\)", text))
     assert set(HOST_FORMATS) <= set(listed) and set(listed) == moe.MOE_GEMM_FORMATS
     for define in ("DEFINE_MOE_DQ", "DEFINE_MOE_GEMM_V3"):      # v4's one format (MXFP4) is a host format
@@ -180,18 +175,6 @@ def _gemm_source() -> str:
                             " ".join(f"{define}({f}, {listed[f]})" for f in HOST_FORMATS))
     return text
 
-
-def _host_entries(text: str) -> str:
-    pre = subprocess.run(["cpp", "-P", "-x", "c++", "-"], input=text, capture_output=True, text=True, timeout=120)
-    assert pre.returncode == 0, pre.stderr
-    entries = []
-    for m in _KERNEL.finditer(pre.stdout):
-        params = " ".join(m.group(2).split())
-        names = [re.findall(r"\w+", p)[-1] for p in params.split(",")]
-        entries.append(f'extern "C" void host_{m.group(1)}(unsigned gx, unsigned gy, unsigned threads, '
-                       f'unsigned seed, {params}) {{ launch(gx, gy, threads, seed, [=] {{ '
-                       f'{m.group(1)}({", ".join(names)}); }}); }}\n')
-    return "".join(entries)
 
 
 @pytest.fixture(scope="module")
@@ -202,10 +185,10 @@ def host_moe(tmp_path_factory):
     helpers += device_function(KERNELS / "vecdot.cuh", "fp4x4_doubled")
     helpers += "".join(device_function(KERNELS / "mma_bf16.cuh", n)
                        for n in ("bf16_round_bits", "bf16_split_bits", "bf16_pack"))
-    kernels = _body("moe.cu") + _gemm_source()
-    text = (_PRELUDE + HOST_MMA_S8 + helpers + _body("iq_tables.cuh") + _body("quant.cuh") + _body("tf32.cuh")
-            + _body("activation.cuh") + THREADED_LAUNCH + _MMA_S8_ENTRY + kernels)
-    return build_host_library(text + _host_entries(kernels), tmp_path_factory.mktemp("moe"), "moe_host", timeout=900)
+    kernels = kernel_body(KERNELS / "moe.cu") + _gemm_source()
+    headers = "".join(kernel_body(KERNELS / h) for h in ("iq_tables.cuh", "quant.cuh", "tf32.cuh", "activation.cuh"))
+    text = _PRELUDE + HOST_MMA_S8 + helpers + headers + THREADED_LAUNCH + _MMA_S8_ENTRY + kernels
+    return build_host_library(text + host_entries(kernels), tmp_path_factory.mktemp("moe"), "moe_host", timeout=900)
 
 
 class HostBackend:

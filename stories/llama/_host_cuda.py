@@ -164,6 +164,32 @@ static inline void mma_s8_16x8x32(int* d, const u32* a, const u32* b) {
 """
 
 
+_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)')
+
+
+def kernel_body(path: Path) -> str:
+    """A kernel file's text without its #include lines and #pragma once (the host build lists what it includes)."""
+    return re.sub(r'^\s*#include "[^"]+"\s*$', "", path.read_text(), flags=re.M).replace("#pragma once", "")
+
+
+def host_entries(text: str, grid_dims: int = 2) -> str:
+    """extern "C" host_<kernel>(gx, gy[, gz], threads, seed, <the kernel's parameters>) for every kernel of `text`
+    (signatures from the preprocessed text, as FT-007 reads them), each running the kernel through THREADED_LAUNCH's
+    launch (grid_dims 2) or launch3 (3)."""
+    pre = subprocess.run(["cpp", "-P", "-x", "c++", "-"], input=text, capture_output=True, text=True, timeout=120)
+    assert pre.returncode == 0, pre.stderr
+    grid, call = ("unsigned gx, unsigned gy, unsigned gz", "launch3(gx, gy, gz") if grid_dims == 3 else \
+        ("unsigned gx, unsigned gy", "launch(gx, gy")
+    entries = []
+    for m in _KERNEL.finditer(pre.stdout):
+        params = " ".join(m.group(2).split())
+        names = [re.findall(r"\w+", p)[-1] for p in params.split(",")]
+        entries.append(f'extern "C" void host_{m.group(1)}({grid}, unsigned threads, unsigned seed, {params}) '
+                       f'{{ {call}, threads, seed, [=] {{ {m.group(1)}({", ".join(names)}); }}); }}\n')
+    assert entries, "no kernel in the text"
+    return "".join(entries)
+
+
 def device_function(path: Path, name: str) -> str:
     """The text of device function `name` of a header (from its signature to its closing brace)."""
     text = path.read_text()

@@ -19,9 +19,7 @@ The GPU runs the same checks in test_lt019_fused_decode_ops.py. Skipped where g+
 from __future__ import annotations
 
 import ctypes
-import re
 import shutil
-import subprocess
 
 import gguf
 import numpy as np
@@ -30,7 +28,14 @@ import pytest
 from fixtures.gguf_corrupt import random_blocks
 from fixtures.paths import REPO_ROOT
 from stories.foundation._cuda_conformance import THRESHOLDS, nmse
-from stories.llama._host_cuda import THREADED_LAUNCH, THREADED_PRELUDE, build_host_library, device_function
+from stories.llama._host_cuda import (
+    THREADED_LAUNCH,
+    THREADED_PRELUDE,
+    build_host_library,
+    device_function,
+    host_entries,
+    kernel_body,
+)
 from worker.backend.cuda_runtime import NULL, kernel_source
 from worker.backend.kernels import elementwise, norm, vecdot
 from worker.backend.numpy import NumpyBackend
@@ -50,36 +55,16 @@ _PRELUDE = THREADED_PRELUDE + r"""
 static inline double __shfl_xor_sync(unsigned, double v, int o) { return shuffle_from(v, (threadIdx.x % 32) ^ o); }
 """
 
-_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)')
-
-
-def _host_entries() -> str:
-    """extern "C" host_<kernel>(gx, gy, threads, seed, <the kernel's parameters>) for every kernel of SOURCES
-    (signatures from the preprocessed sources, as FT-007 reads them)."""
-    entries = []
-    for module in SOURCES:
-        pre = subprocess.run(["cpp", "-P", "-x", "c++", "-"], input=kernel_source(module), capture_output=True,
-                             text=True, timeout=120)
-        assert pre.returncode == 0, pre.stderr
-        for m in _KERNEL.finditer(pre.stdout):
-            params = " ".join(m.group(2).split())
-            names = [re.findall(r"\w+", p)[-1] for p in params.split(",")]
-            entries.append(f'extern "C" void host_{m.group(1)}(unsigned gx, unsigned gy, unsigned threads, '
-                           f'unsigned seed, {params}) {{ launch(gx, gy, threads, seed, [=] {{ '
-                           f'{m.group(1)}({", ".join(names)}); }}); }}\n')
-    return "".join(entries)
-
 
 @pytest.fixture(scope="module")
 def host_kernels(tmp_path_factory):
     def body(name):
-        return re.sub(r'^\s*#include "[^"]+"\s*$', "", (KERNELS / name).read_text(), flags=re.M).replace(
-            "#pragma once", "")
+        return kernel_body(KERNELS / name)
 
     helpers = "".join(device_function(KERNELS / "common.cuh", n) for n in ("warp_sum", "warp_max", "warp_sum_d",
                                                                       "block_sum_d"))
     text = (_PRELUDE + helpers + body("vecdot.cuh") + body("activation.cuh") + THREADED_LAUNCH
-            + "".join(body(s) for s in SOURCES) + _host_entries())
+            + "".join(body(s) for s in SOURCES) + "".join(host_entries(kernel_source(m)) for m in SOURCES))
     return build_host_library(text, tmp_path_factory.mktemp("fused"), "fused_host", timeout=900)
 
 
