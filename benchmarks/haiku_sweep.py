@@ -1,12 +1,16 @@
-"""How often a model passes the haiku test's word check: every minute word 0..59, greedy.
+"""How often a model passes the haiku test's word check: every minute word 0..59, greedy, over HTTP.
 
-    python benchmarks/haiku_sweep.py [--model PATH] [--max-tokens 48] [--out reports/haiku-sweep.json]
-    python benchmarks/haiku_sweep.py --model qwen2.5 --max-tokens 64 --out reports/haiku-sweep-qwen2.5.json
+    python benchmarks/haiku_sweep.py [--model PATH] [--worker ours|llama.cpp] [--out reports/haiku-sweep.json]
+    python benchmarks/haiku_sweep.py --model qwen2.5 --out reports/haiku-sweep-qwen2.5.json
+    python benchmarks/haiku_sweep.py --model qwen2.5 --worker llama.cpp --out reports/haiku-sweep-qwen2.5-llama-cpp.json
 
---model qwen2.5 is the suite's "qwen2.5" file (M0_QWEN25_GGUF, else the set-up's Qwen2.5-Coder file).
+--model qwen2.5 is the suite's "qwen2.5" file (M0_QWEN25_GGUF, else the set-up's Qwen2.5-Coder file);
+no --model: the embedded SmolLM2. --worker llama.cpp sweeps the same requests through the llama.cpp
+adapter (tools/llama_cpp_worker over llama.cpp's llama-server): a second implementation, so a word a
+model misses can be told apart from a worker's mistake.
 
-Runs in-process on the CPU reference (engine, not HTTP), with the model's own chat template
-(worker.tokenizer) and fixtures.haiku's prompt and word rule. Writes the minutes that passed.
+The requests are the haiku test's own (fixtures.haiku: prompt, chat template rendered by
+transformers, seed, max_tokens, temperature 0). Writes the minutes that passed and every text.
 """
 from __future__ import annotations
 
@@ -17,22 +21,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fixtures.haiku import SEED, contains_word, haiku_prompt, minute_word  # noqa: E402
+from fixtures.haiku import MAX_TOKENS, SEED, chat_prompt, contains_word, haiku_prompt, haiku_request, minute_word  # noqa: E402
 from fixtures.paths import user_model  # noqa: E402
 from fixtures.real_models import describe_model_file  # noqa: E402
+from fixtures.server_process import check_stream, execute  # noqa: E402
+
+
+def started_worker(kind: str, path: Path, device: str):
+    if kind == "llama.cpp":
+        from fixtures.llama_cpp_worker import llama_cpp_worker
+
+        return llama_cpp_worker(path)
+    from fixtures.server_process import worker_server
+
+    return worker_server(path, device=device)
 
 
 def main() -> int:
     from worker.default_model import default_model_path
-    from worker.engine import Engine
-    from worker.gguf import GGUFModelFile
-    from worker.models import load_model
-    from worker.sampling import SamplingParams
-    from worker.tokenizer import load_tokenizer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
-    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--worker", choices=("ours", "llama.cpp"), default="ours")
+    ap.add_argument("--device", default="cpu", help="our worker's --device")
     ap.add_argument("--out", default="reports/haiku-sweep.json")
     args = ap.parse_args()
     path = args.model or default_model_path()
@@ -40,34 +51,26 @@ def main() -> int:
         path = user_model("M0_QWEN25_GGUF")
         if path is None:
             sys.exit("no qwen2.5 file: set M0_QWEN25_GGUF or run scripts/bootstrap.sh")
-    gf = GGUFModelFile.open(path)
-    tokenizer = load_tokenizer(gf)
-    engine = Engine(load_model(gf, "cpu"), tokenizer)
+    path = Path(path)
+    report = {"model": describe_model_file(path), "worker": args.worker,
+              "device": args.device if args.worker == "ours" else "cpu (llama.cpp)",
+              "prompt": haiku_prompt("{word}"), "max_tokens": MAX_TOKENS, "seed": SEED,
+              "minutes_passed": [], "texts": {}, "of": 60}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Resume an interrupted sweep of the same model and settings: its minutes are kept.
-    report = {"model": describe_model_file(Path(path)), "max_tokens": args.max_tokens, "seed": SEED,
-              "minutes_passed": [], "texts": {}, "of": 60}
-    if out.exists():
-        old = json.loads(out.read_text())
-        if all(old.get(k) == report[k] for k in ("model", "max_tokens", "seed")):
-            report["minutes_passed"], report["texts"] = old["minutes_passed"], old["texts"]
-    for minute in range(60):
-        if str(minute) in report["texts"]:
-            continue
-        word = minute_word(minute)
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": haiku_prompt(word)}],
-                                               add_generation_prompt=True)
-        params = SamplingParams(temperature=0, seed=SEED, max_tokens=args.max_tokens)
-        text = "".join(getattr(ev, "text", "") or "" for ev in engine.generate(prompt, params))
-        report["texts"][str(minute)] = text
-        if contains_word(text, word):
-            report["minutes_passed"] = sorted(report["minutes_passed"] + [minute])
-        report["minutes_run"] = len(report["texts"])
-        report["passed"] = len(report["minutes_passed"])
-        out.write_text(json.dumps(report, indent=1))  # after every minute: an interrupted run keeps its part
-        print(f"{minute:2d} {word:14s} {'yes' if minute in report['minutes_passed'] else 'no '} {text[:70]!r}",
-              flush=True)
+    with started_worker(args.worker, path, args.device) as server:
+        for minute in range(60):
+            word = minute_word(minute)
+            response, events = execute(server.url, haiku_request(chat_prompt(path, haiku_prompt(word))[0]))
+            assert response.status_code == 200, events
+            text = check_stream(events)["text"]
+            report["texts"][str(minute)] = text
+            if contains_word(text, word):
+                report["minutes_passed"].append(minute)
+            print(f"{minute:2d} {word:14s} {'yes' if contains_word(text, word) else 'no '} {text[:70]!r}", flush=True)
+    report["passed"] = len(report["minutes_passed"])
+    report["minutes_missed"] = sorted(set(range(60)) - set(report["minutes_passed"]))
+    out.write_text(json.dumps(report, indent=1))
     print(f"{report['passed']} of 60 minute words written -> {out}")
     return 0
 

@@ -1,7 +1,7 @@
 """LT-025 Haiku generation test: the M0 success criterion (spec-digest §6), over HTTP.
 
 Acceptance: a fixed prompt asks, through the model's own chat template, for a haiku about GPU
-computing that includes the current minute written as a word (e.g. 42 -> "forty-two"), so the
+computing whose first line begins with the current minute written as a word (e.g. 42 -> "forty-two"), so the
 answer cannot be pre-baked; temperature 0 and a fixed seed; streamed over SSE from a real
 `python -m worker serve`; two runs give identical token ids; the minute word appears in the
 output. It runs on every real instruct model available: SmolLM2-135M-Instruct always, and the
@@ -28,8 +28,8 @@ def test_minute_words():       # the derivation itself, against hand-written val
     assert contains_word("Forty two cores hum", "forty-two") and not contains_word("fortytwo", "forty-two")
 
 
-def check_haiku(server, gguf_path, record_property):
-    result = run_haiku_twice(server.url, gguf_path)
+def check_haiku(server, gguf_path, record_property, minute=None):
+    result = run_haiku_twice(server.url, gguf_path, minute)
     record_property("model", str(gguf_path))
     record_property("minute_word", result.minute_word)
     record_property("haiku", result.text)
@@ -52,15 +52,18 @@ def test_haiku_smollm2(smollm2_server, record_property):
         pytest.xfail(f"SmolLM2-135M did not write the minute word {result.minute_word!r}: {result.text!r}")
 
 
+# The current minute (the spec's test), and minute 45: asked only to "include" its word, the
+# Qwen2.5-Coder file wrote "fifty-five" instead, under llama.cpp too.
 @pytest.mark.worker_http
 @pytest.mark.slow
 @pytest.mark.needs_model("qwen2.5")
-def test_haiku_qwen25_instruct(request, record_property):
+@pytest.mark.parametrize("minute", [None, 45], ids=["current-minute", "minute-45"])
+def test_haiku_qwen25_instruct(request, record_property, minute):
     from fixtures.paths import user_model
 
     path = user_model("M0_QWEN25_GGUF")
     state = getattr(request.config, "_m0", None)
     with worker_server(path, device=state.device if state else "cpu") as server:
-        result = check_haiku(server, path, record_property)
+        result = check_haiku(server, path, record_property, minute)
     assert result.minute_word_present, (
         f"{path.name} did not write the minute word {result.minute_word!r}:\n{result.text}")
