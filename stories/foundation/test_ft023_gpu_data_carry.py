@@ -162,8 +162,11 @@ def test_the_oracle_wheels_are_the_venvs_versions_without_torch_or_numpy(monkeyp
 
 def test_the_cached_oracle_wheels_install_on_the_gpu_machine(monkeypatch):
     """Every wheel pack would carry is in the cache at its version, and is one CPython 3.12 on manylinux_2_28
-    x86_64 can install (packaging's tag rules)."""
+    x86_64 can install (packaging's tag rules). On the GPU machine after staging: they installed."""
     module = _load(monkeypatch)
+    if not module.ORACLE_WHEELS.is_dir() and "oracles" in module.installed():
+        check_staged_oracles(module)      # the GPU machine, where the oracles item was staged
+        return
     if not module.ORACLE_WHEELS.is_dir():
         pytest.skip(f"no oracle wheel cache here ({module.FETCH_ORACLES} fetches it; needs network)")
     from packaging.tags import compatible_tags, cpython_tags
@@ -176,6 +179,13 @@ def test_the_cached_oracle_wheels_install_on_the_gpu_machine(monkeypatch):
     there = set(cpython_tags((3, 12), platforms=platforms)) | set(compatible_tags((3, 12), "cp312", platforms))
     for wheel in wheels:
         assert parse_wheel_filename(wheel.name)[3] & there, wheel.name
+
+
+def check_staged_oracles(module) -> None:
+    """The staged oracle wheels installed: Python imports each oracle at the version the item carried."""
+    lines = module.oracle_versions()
+    assert len(lines) == len(module.ORACLES), lines
+    assert not [line for line in lines if "MISMATCH" in line or "NOT IMPORTABLE" in line], lines
 
 
 def _fake_wheel(folder: Path, name: str, version: str) -> Path:
@@ -240,6 +250,12 @@ def test_staged_oracle_wheels_are_imported_from_the_site_at_their_versions(oracl
     assert [line.split()[:2] for line in report] == [["m0_fake_tok", "0.23.3"], ["m0_fake_hub", "2.4.0"]]
     assert not any("MISMATCH" in line for line in report) and str(site) in report[0]
     assert "3 wheels installed" not in " ".join(_call(module, plan["calls"][-1]["index"]))   # once only
+    check_staged_oracles(module)
+    # An oracle imported at another version than the item carried fails the check.
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--upgrade", "--target",
+                    str(site), str(site.parent / "old" / "m0_fake_tok-0.1.0-py3-none-any.whl")], check=True)
+    with pytest.raises(AssertionError, match="MISMATCH"):
+        check_staged_oracles(module)
 
 
 def test_missing_oracle_wheels_are_listed_by_pack_with_the_command_that_fetches_them(oracle_carry, monkeypatch):
