@@ -4,7 +4,8 @@
 GPU_SITE="${M0_GPU_SITE:-/tmp/site}"
 
 # .whl: the worker's packages (gguf, fastapi, ...); .whl-test (optional): the test extras (openai,
-# schemathesis and theirs, ruff for FT-039). Installed without dependencies or an index; /tmp/site goes first on PYTHONPATH.
+# schemathesis and theirs, ruff for FT-039); `python scripts/gpu_carry.py fetch-wheels` writes both here.
+# Installed without dependencies or an index; /tmp/site goes first on PYTHONPATH.
 # A stamp of the wheel set skips a second install of the same wheels: runs side by side on one machine
 # must not rewrite the folder the other is importing from.
 install_wheels() {

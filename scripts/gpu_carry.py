@@ -11,6 +11,7 @@ are all there is joined, checked against its sha256 and unpacked where the fixtu
     python3 scripts/gpu_carry.py stage                                 # there (stdlib only)
     python3 scripts/gpu_carry.py status                                # there: which items are in
     python scripts/gpu_carry.py fetch-oracles                          # here, once: the oracle wheels
+    python scripts/gpu_carry.py fetch-wheels                           # here, once: .whl and .whl-test
 
 Stage writes $STAGE/env.sh (M0_CACHE, M0_LLAMA_CPP_BIN, ...) for scripts/gpu-gates.sh run.
 
@@ -49,7 +50,7 @@ DESTINATIONS = {"site": SITE, "cache": CACHE, "stage": STAGE}
 # The reference libraries of the transformers comparisons (GT-002/003/004, ...), at the venv's versions.
 ORACLES = ("transformers", "tokenizers", "huggingface_hub")
 ORACLE_WHEELS = ROOT / ".cache" / "oracle-wheels"
-CARRIED_WHEELS = (ROOT / ".whl", ROOT / ".whl-test")     # installed by every run call (gpu-common.sh)
+CARRIED_WHEELS = (ROOT / ".whl", ROOT / ".whl-test")     # installed by every run call (gpu-common.sh; fetch-wheels)
 # The machine's torch keeps its own numpy and dependencies.
 KEEP_THERE = ("torch", "numpy")
 # The GPU machine: CPython 3.12 on x86_64 Linux (PEP 508 marker variables).
@@ -147,11 +148,21 @@ def find_oracle_wheels(needed: dict[str, str], folder: Path) -> tuple[list[Path]
 
 
 FETCH_ORACLES = "python scripts/gpu_carry.py fetch-oracles"
+FETCH_WHEELS = "python scripts/gpu_carry.py fetch-wheels"
+# What every run call installs there (gpu-common.sh), at this venv's versions: the worker's packages and
+# the allure plugin the machine lacks (.whl), and the test extras it lacks (.whl-test: the OpenAI client,
+# schemathesis, ruff for FT-039, and those of their requirements it does not have).
+CARRIED_PROJECTS = {
+    ROOT / ".whl": ("gguf", "fastapi", "starlette", "pydantic", "pydantic-core", "typing-inspection", "annotated-types",
+                    "annotated-doc", "typing-extensions", "opentelemetry-api", "uvicorn", "allure-pytest",
+                    "allure-python-commons"),
+    ROOT / ".whl-test": ("openai", "jiter", "sniffio", "schemathesis", "graphql-core", "harfile", "hypothesis-graphql",
+                         "jsonschema-rs", "pyrate-limiter", "truststore", "httpx2", "httpcore2", "ruff"),
+}
 
 
-def fetch_oracle_wheels(folder: Path = ORACLE_WHEELS) -> int:
-    """pip download each wheel the oracles item needs (network: here only) into `folder`."""
-    needed = oracle_wheels_needed()
+def download_wheels(needed: dict[str, str], folder: Path, what: str) -> int:
+    """pip download (network: here only) each wheel of `needed` not yet in `folder`, for the GPU machine."""
     _, missing = find_oracle_wheels(needed, folder)
     platforms = [arg for tag in THERE_PLATFORMS for arg in ("--platform", tag)]
     failed = []
@@ -162,9 +173,33 @@ def fetch_oracle_wheels(folder: Path = ORACLE_WHEELS) -> int:
         if subprocess.run(cmd).returncode:
             failed.append(spec)
     _, still = find_oracle_wheels(needed, folder)
-    print(f"{len(needed) - len(still)} of {len(needed)} oracle wheels in {folder}"
+    print(f"{len(needed) - len(still)} of {len(needed)} {what} wheels in {folder}"
           + (f"; missing: {', '.join(still)}" if still else ""))
     return 1 if still or failed else 0
+
+
+def fetch_oracle_wheels(folder: Path = ORACLE_WHEELS) -> int:
+    return download_wheels(oracle_wheels_needed(), folder, "oracle")
+
+
+def carried_wheels_needed() -> dict[Path, dict[str, str]]:
+    """Per carried folder, its projects at this venv's versions."""
+    return {folder: {_canonical(name): importlib.metadata.version(name) for name in names}
+            for folder, names in CARRIED_PROJECTS.items()}
+
+
+def fetch_carried_wheels() -> int:
+    """.whl and .whl-test at this venv's versions; a wheel of another version of the same project is removed."""
+    status = 0
+    for folder, needed in carried_wheels_needed().items():
+        folder.mkdir(exist_ok=True)
+        for wheel in folder.glob("*.whl"):
+            name, version = _wheel_project(wheel)
+            if name in needed and not _same_version(version, needed[name]):
+                print(f"removing {wheel.name} (this venv has {name} {needed[name]})")
+                wheel.unlink()
+        status |= download_wheels(needed, folder, folder.name)
+    return status
 
 
 def _oracles_item() -> tuple[Item | None, str | None]:
@@ -518,9 +553,12 @@ def main(argv=None) -> int:
     sub.add_parser("stage")
     sub.add_parser("status", help="the items staged, then the oracles' versions Python imports (== oracles)")
     sub.add_parser("fetch-oracles", help=f"here: pip download the oracle wheels into {ORACLE_WHEELS}")
+    sub.add_parser("fetch-wheels", help="here: pip download what every run call installs there into .whl, .whl-test")
     args = parser.parse_args(argv)
     if args.cmd == "fetch-oracles":
         return fetch_oracle_wheels()
+    if args.cmd == "fetch-wheels":
+        return fetch_carried_wheels()
     if args.cmd == "pack":
         plan = pack(args.with_qwen, args.chunk_mib)
         print(json.dumps({"calls": [{"folder": f".gpu-carry/c{c['index']}", "MiB": round(c["bytes"] / MIB, 1),

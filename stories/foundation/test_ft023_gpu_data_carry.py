@@ -181,6 +181,35 @@ def test_the_cached_oracle_wheels_install_on_the_gpu_machine(monkeypatch):
         assert parse_wheel_filename(wheel.name)[3] & there, wheel.name
 
 
+def test_the_wheels_every_call_installs_are_the_venvs_versions(monkeypatch):
+    """fetch-wheels writes .whl and .whl-test: each project at the version this venv runs."""
+    module = _load(monkeypatch)
+    assert tuple(module.CARRIED_PROJECTS) == module.CARRIED_WHEELS
+    for needed in module.carried_wheels_needed().values():
+        for name, version in needed.items():
+            assert importlib.metadata.version(name) == version, name
+
+
+def test_fetch_wheels_replaces_another_version_and_fetches_what_is_missing(tmp_path, monkeypatch):
+    module = _load(monkeypatch)
+    folder = tmp_path / ".whl"
+    monkeypatch.setattr(module, "CARRIED_PROJECTS", {folder: ("gguf", "uvicorn")})
+    gguf, uvicorn = (importlib.metadata.version(n) for n in ("gguf", "uvicorn"))
+    stale = _fake_wheel(folder, "gguf", "0.0.1")          # another version of a carried project
+    current = _fake_wheel(folder, "uvicorn", uvicorn)     # already the venv's
+    other = _fake_wheel(folder, "m0_fake_extra", "1.0")   # not a carried project: left alone
+    asked = []
+
+    def download(needed, where, what):
+        asked.append(module.find_oracle_wheels(needed, where)[1])
+        return 0
+
+    monkeypatch.setattr(module, "download_wheels", download)
+    assert module.fetch_carried_wheels() == 0
+    assert not stale.exists() and current.exists() and other.exists()
+    assert asked == [[f"gguf=={gguf}"]]
+
+
 def check_staged_oracles(module) -> None:
     """The staged oracle wheels installed: Python imports each oracle at the version the item carried."""
     lines = module.oracle_versions()
