@@ -1,5 +1,5 @@
 """FT-016 prefill products of Q8_0 weights on int8 tensor cores (worker/backend/kernels/mmq.cu), checked without a
-GPU: mmq.cu compiled for the host by the system C++ compiler, each CUDA thread of a block a host thread
+GPU: mmq.cu compiled for the host by the system C++ compiler, each CUDA thread of a block a host fiber
 (stories/llama/_host_cuda.py: __syncthreads and the warp exchanges are barriers, blocks run in a shuffled order),
 launched through the backend's own launcher (worker/backend/kernels/mmq.py), so that its grid, block size and
 argument order are checked as well. The tensor-core instruction (mma_s8.cuh, mma.sync m16n8k32 .s8) is replaced

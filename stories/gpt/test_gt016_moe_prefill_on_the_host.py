@@ -1,5 +1,5 @@
 """GT-016 prefill experts on the device, checked without a GPU: moe.cu and moe_gemm.cu compiled for the
-host by the system C++ compiler, each CUDA thread of a block run as a host thread (stories/llama/_host_cuda.py;
+host by the system C++ compiler, each CUDA thread of a block run as a host fiber (stories/llama/_host_cuda.py;
 __syncthreads and the warp exchanges are barriers, blocks run one after another in a shuffled order),
 launched through the backend's own launchers (worker/backend/kernels/moe.py), so that their grids, block
 sizes and argument order are checked as well. The tensor-core instructions (mma_tf32.cuh, mma_bf16.cuh,
@@ -84,8 +84,11 @@ static inline float2 make_float2(float a, float b) { return float2{a, b}; }
 // leaves at most N groups in flight, and land then, so that a read before the wait sees the old bytes, as it may
 // on the device.
 struct HostCopy { void* dst; u32 word; };
-thread_local std::vector<std::vector<HostCopy>> cp_groups;      // committed, oldest first
-thread_local std::vector<HostCopy> cp_open;                      // since the last commit
+static std::vector<std::vector<HostCopy>> cp_groups_of[1024];   // a thread's committed groups, oldest first
+static std::vector<HostCopy> cp_open_of[1024];                   // a thread's copies since its last commit
+#define cp_groups cp_groups_of[threadIdx.x]
+#define cp_open cp_open_of[threadIdx.x]
+static const int cp_reset_at_start = (fiber_thread_start = [] { cp_groups.clear(); cp_open.clear(); }, 0);
 static inline void cp_async4(void* smem, const void* gmem) {
     u32 w;
     std::memcpy(&w, gmem, 4);

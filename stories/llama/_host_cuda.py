@@ -1,6 +1,6 @@
-"""Building CUDA kernel sources for the host (g++), one host thread per CUDA thread.
+"""Building CUDA kernel sources for the host (g++), one host fiber per CUDA thread.
 
-Shared by the host-thread tests of the kernels (LT-016 attention, LT-019 fused decode ops, GT-016
+Shared by the host-fiber tests of the kernels (LT-016 attention, LT-019 fused decode ops, GT-016
 prefill experts): each supplies its own prelude (the CUDA types and intrinsics its kernels use; the
 common part is THREADED_PRELUDE) and entry points; this module holds the launcher those entry points
 call, the extraction of a header's device function, and the build. BIT_INTRINSICS, part of the
@@ -39,18 +39,20 @@ static inline u32 __vsub4(u32 a, u32 b) {
 }
 """
 
-# The CUDA names every host-thread build needs: types, qualifiers, the thread and block indices, bit
+# The CUDA names every host-fiber build needs: types, qualifiers, the thread and block indices, bit
 # casts, and __syncthreads / __shfl_xor_sync as barriers over the slots of a warp (threads of a block
-# are host threads: launch below).
+# are fibers, each on its own stack: launch below). A fiber runs until it waits at a barrier, so a kernel
+# that reads what another thread has not yet written (a barrier missing) reads it early every time.
 THREADED_PRELUDE = r"""
 #include <algorithm>
 #include <atomic>
-#include <barrier>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <random>
-#include <thread>
+#include <ucontext.h>
 #include <vector>
 typedef unsigned char u8;
 typedef signed char i8;
@@ -64,8 +66,7 @@ typedef long long i64;
 #define __shared__ static
 #define __launch_bounds__(...)
 struct dim3 { unsigned x = 0, y = 0, z = 0; };
-thread_local dim3 threadIdx;
-dim3 blockIdx, gridDim, blockDim;
+dim3 threadIdx, blockIdx, gridDim, blockDim;     // threadIdx: the running fiber's, set at every switch
 struct float2 { float x, y; };
 struct float4 { float x, y, z, w; };
 struct uint2 { u32 x, y; };
@@ -78,8 +79,24 @@ static inline u16 f32_to_f16_bits(float f) { _Float16 x = (_Float16)f; u16 h; st
 static inline float __ldcg(const float* p) { return *p; }
 static inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
 static inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-static std::barrier<>* block_barrier;
-static std::barrier<>* warp_barriers[32];
+// The fibers of the running block (launch3): each waits at a barrier by handing control back to the scheduler.
+static ucontext_t fiber_scheduler;
+static ucontext_t* fiber_running;
+static long long fiber_progress;                  // barriers passed and fibers finished: the deadlock check
+static inline void fiber_yield() { swapcontext(fiber_running, &fiber_scheduler); }
+struct FiberBarrier {
+    unsigned n, count = 0, generation = 0;
+    explicit FiberBarrier(unsigned n) : n(n) {}
+    void arrive_and_wait() {
+        const unsigned g = generation;
+        if (++count == n) { count = 0; ++generation; ++fiber_progress; return; }
+        while (generation == g) fiber_yield();
+    }
+};
+static FiberBarrier* block_barrier;
+static FiberBarrier* warp_barriers[32];
+// Per-thread state of a prelude (kept across a thread's barriers) is reset here when a thread starts.
+static void (*fiber_thread_start)() = nullptr;
 static double shuffle_slots[32][32];
 static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 static inline double shuffle_from(double v, int src) {
@@ -95,27 +112,75 @@ using std::max; using std::min;
 """
 
 # launch(gx, gy, threads, seed, body) and launch3(gx, gy, gz, ...) for a 3-D grid: every block of the grid in a
-# seeded shuffled order (a kernel must not depend on block order), each block's threads as host threads with a
-# block barrier and a barrier a warp (the prelude's __syncthreads and shuffles use block_barrier and warp_barriers).
+# seeded shuffled order (a kernel must not depend on block order); a block's threads are fibers, each run until it
+# waits at a barrier (the prelude's __syncthreads and shuffles use block_barrier and warp_barriers), one warp at a
+# time. A block whose fibers all wait and none can pass (a barrier some threads never reach) aborts with
+# a message, where threads would hang.
 THREADED_LAUNCH = r"""
+static const std::function<void()>* fiber_body;
+static std::vector<ucontext_t> fiber_contexts;
+static std::vector<char> fiber_done;
+static unsigned fiber_index;
+static void fiber_entry() {
+    if (fiber_thread_start) fiber_thread_start();
+    (*fiber_body)();
+    fiber_done[fiber_index] = 1;
+    ++fiber_progress;
+}                                                 // returns to uc_link: the scheduler
 static void launch3(unsigned gx, unsigned gy, unsigned gz, unsigned threads, unsigned seed,
                     const std::function<void()>& body) {
+    constexpr size_t STACK = 256 << 10;
+    static std::vector<char*> stacks;            // untouched pages cost nothing: kept for the next launch
+    while (stacks.size() < threads) stacks.push_back(static_cast<char*>(std::malloc(STACK)));
     gridDim = dim3{gx, gy, gz};
     blockDim = dim3{threads, 1, 1};
     std::vector<dim3> blocks;
     for (unsigned z = 0; z < gz; ++z)
         for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x) blocks.push_back(dim3{x, y, z});
     std::shuffle(blocks.begin(), blocks.end(), std::mt19937(seed));
+    fiber_body = &body;
     for (const dim3& b : blocks) {
         blockIdx = b;
-        std::barrier<> bb(threads);
+        FiberBarrier bb(threads);
         block_barrier = &bb;
-        std::vector<std::barrier<>*> wb;
-        for (unsigned w = 0; w < threads / 32; ++w) wb.push_back(warp_barriers[w] = new std::barrier<>(32));
-        std::vector<std::thread> ts;
-        for (unsigned i = 0; i < threads; ++i) ts.emplace_back([&, i] { threadIdx = dim3{i, 0, 0}; body(); });
-        for (auto& t : ts) t.join();
-        for (auto* p : wb) delete p;
+        std::vector<FiberBarrier> wb(threads / 32, FiberBarrier(32));
+        for (unsigned w = 0; w < threads / 32; ++w) warp_barriers[w] = &wb[w];
+        fiber_contexts.assign(threads, ucontext_t{});
+        fiber_done.assign(threads, 0);
+        for (unsigned i = 0; i < threads; ++i) {
+            ucontext_t& c = fiber_contexts[i];
+            getcontext(&c);
+            c.uc_stack.ss_sp = stacks[i];
+            c.uc_stack.ss_size = STACK;
+            c.uc_link = &fiber_scheduler;
+            makecontext(&c, fiber_entry, 0);
+        }
+        // One warp at a time, in an order shuffled per block, as far as it gets before it waits for another warp:
+        // a warp that writes what another still has to read (a __syncthreads missing) does so before the read.
+        std::vector<unsigned> warps((threads + 31) / 32);
+        for (unsigned w = 0; w < warps.size(); ++w) warps[w] = w;
+        std::shuffle(warps.begin(), warps.end(), std::mt19937(seed ^ (b.x * 7919u + b.y * 104729u + b.z)));
+        for (unsigned live = threads; live;) {
+            const long long before = fiber_progress;
+            for (unsigned w : warps) {
+                for (long long step = -1; step != fiber_progress;) {   // until the warp makes no progress
+                    step = fiber_progress;
+                    for (unsigned i = 32 * w; i < std::min(threads, 32 * w + 32); ++i) {
+                        if (fiber_done[i]) continue;
+                        fiber_index = i;
+                        threadIdx = dim3{i, 0, 0};
+                        fiber_running = &fiber_contexts[i];
+                        swapcontext(&fiber_scheduler, fiber_running);
+                        live -= fiber_done[i];
+                    }
+                }
+            }
+            if (live && fiber_progress == before) {
+                std::fprintf(stderr, "host launch: block (%u, %u, %u): %u threads wait at barriers none can pass\n",
+                             b.x, b.y, b.z, live);
+                std::abort();
+            }
+        }
     }
 }
 static void launch(unsigned gx, unsigned gy, unsigned threads, unsigned seed, const std::function<void()>& body) {
@@ -124,7 +189,7 @@ static void launch(unsigned gx, unsigned gy, unsigned threads, unsigned seed, co
 """
 
 
-# The int8 tensor-core product (mma_s8.cuh) on the host threads of THREADED_PRELUDE; host_mma_s8_count counts
+# The int8 tensor-core product (mma_s8.cuh) on the host fibers of THREADED_PRELUDE; host_mma_s8_count counts
 # the calls, host_set_mma_s8_layout picks a wrong layout for negative controls.
 HOST_MMA_S8 = r"""
 // mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 on the host: the warp's fragments gathered as the PTX ISA lays

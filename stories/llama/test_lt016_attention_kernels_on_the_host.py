@@ -1,5 +1,5 @@
 """LT-015/LT-016 attention kernels without a GPU: worker/backend/kernels/attention.cu compiled for the
-host by the system C++ compiler, each CUDA thread of a block run as a host thread (__syncthreads and
+host by the system C++ compiler, each CUDA thread of a block run as a host fiber, one warp at a time (__syncthreads and
 the warp shuffles are barriers over shared slots; blocks run one after another in a shuffled order,
 so the decode kernel's last-block merge sees its tickets arrive in any order).
 

@@ -1,5 +1,5 @@
 """LT-019 fused decode kernels without a GPU: vecdot.cu, norm.cu and elementwise.cu compiled for the host
-by the system C++ compiler, each CUDA thread of a block run as a host thread (__syncthreads and the warp
+by the system C++ compiler, each CUDA thread of a block run as a host fiber (__syncthreads and the warp
 shuffles are barriers over shared slots, as in test_lt016_attention_kernels_on_the_host.py; blocks run
 one after another in a shuffled order), launched through the backend's own launchers
 (kernels/vecdot.py, norm.py, elementwise.py) so that their grids, block sizes and argument order are
