@@ -65,9 +65,10 @@ def main() -> int:
             assert response.status_code == 200, events
             text = check_stream(events)["text"]
             report["texts"][str(minute)] = text
-            if contains_word(text, word):
+            written = contains_word(text, word)
+            if written:
                 report["minutes_passed"].append(minute)
-            print(f"{minute:2d} {word:14s} {'yes' if contains_word(text, word) else 'no '} {text[:70]!r}", flush=True)
+            print(f"{minute:2d} {word:14s} {'yes' if written else 'no '} {text[:70]!r}", flush=True)
     report["passed"] = len(report["minutes_passed"])
     report["minutes_missed"] = sorted(set(range(60)) - set(report["minutes_passed"]))
     out.write_text(json.dumps(report, indent=1))

@@ -50,7 +50,17 @@ DESTINATIONS = {"site": SITE, "cache": CACHE, "stage": STAGE}
 # The reference libraries of the transformers comparisons (GT-002/003/004, ...), at the venv's versions.
 ORACLES = ("transformers", "tokenizers", "huggingface_hub")
 ORACLE_WHEELS = ROOT / ".cache" / "oracle-wheels"
-CARRIED_WHEELS = (ROOT / ".whl", ROOT / ".whl-test")     # installed by every run call (gpu-common.sh; fetch-wheels)
+# What every run call installs there (gpu-common.sh), at this venv's versions: the worker's packages and
+# the allure plugin the machine lacks (.whl), and the test extras it lacks (.whl-test: the OpenAI client,
+# schemathesis, ruff for FT-039, and those of their requirements it does not have).
+CARRIED_PROJECTS = {
+    ROOT / ".whl": ("gguf", "fastapi", "starlette", "pydantic", "pydantic-core", "typing-inspection", "annotated-types",
+                    "annotated-doc", "typing-extensions", "opentelemetry-api", "uvicorn", "allure-pytest",
+                    "allure-python-commons"),
+    ROOT / ".whl-test": ("openai", "jiter", "sniffio", "schemathesis", "graphql-core", "harfile", "hypothesis-graphql",
+                         "jsonschema-rs", "pyrate-limiter", "truststore", "httpx2", "httpcore2", "ruff"),
+}
+CARRIED_WHEELS = tuple(CARRIED_PROJECTS)     # installed by every run call (gpu-common.sh; fetch-wheels)
 # The machine's torch keeps its own numpy and dependencies.
 KEEP_THERE = ("torch", "numpy")
 # The GPU machine: CPython 3.12 on x86_64 Linux (PEP 508 marker variables).
@@ -148,17 +158,6 @@ def find_oracle_wheels(needed: dict[str, str], folder: Path) -> tuple[list[Path]
 
 
 FETCH_ORACLES = "python scripts/gpu_carry.py fetch-oracles"
-FETCH_WHEELS = "python scripts/gpu_carry.py fetch-wheels"
-# What every run call installs there (gpu-common.sh), at this venv's versions: the worker's packages and
-# the allure plugin the machine lacks (.whl), and the test extras it lacks (.whl-test: the OpenAI client,
-# schemathesis, ruff for FT-039, and those of their requirements it does not have).
-CARRIED_PROJECTS = {
-    ROOT / ".whl": ("gguf", "fastapi", "starlette", "pydantic", "pydantic-core", "typing-inspection", "annotated-types",
-                    "annotated-doc", "typing-extensions", "opentelemetry-api", "uvicorn", "allure-pytest",
-                    "allure-python-commons"),
-    ROOT / ".whl-test": ("openai", "jiter", "sniffio", "schemathesis", "graphql-core", "harfile", "hypothesis-graphql",
-                         "jsonschema-rs", "pyrate-limiter", "truststore", "httpx2", "httpcore2", "ruff"),
-}
 
 
 def download_wheels(needed: dict[str, str], folder: Path, what: str) -> int:
