@@ -8,6 +8,10 @@ Files (fixtures.llama_quantized, built once with llama.cpp's own `llama-quantize
   every tensor role (token_embd, attention, FFN, output);
 - the real Qwen2.5 file (the suite's "qwen2.5" model).
 
+Each file is built just before its checks and removed after them (fixtures.llama_quantized.release;
+M0_KEEP_QUANTIZED=1 keeps them): the module-scoped `quantized_file` fixture makes pytest run a file's
+four checks one after another, and its xdist group keeps them on one pytest-xdist worker.
+
 Acceptance, per file: its tensor type counts are reported (gguf-py reads them); `python -m worker
 inspect` reads it; our NumPy dequantization equals gguf-py's bit for bit on every tensor; it
 generates a few greedy tokens on the CPU backend. A file holding a format our registry
@@ -28,6 +32,7 @@ from fixtures.llama_quantized import (
     EMBEDDING_TYPE,
     FORMATS,
     SMOLLM2_FORMATS,
+    release,
     smollm2_file,
     tensor_types,
     type_counts,
@@ -41,9 +46,14 @@ pytestmark = pytest.mark.story("LT-023")
 SOURCES = {"smollm2": smollm2_file, "wide": wide_file}
 
 
+def _case(source: str, fmt: str, *marks):
+    return pytest.param((source, fmt), id=f"{source}-{fmt}",
+                        marks=(*marks, pytest.mark.xdist_group(f"llama-quantized-{source}-{fmt}")))
+
+
 def _cases():
-    return [pytest.param("smollm2", fmt, marks=pytest.mark.slow, id=f"smollm2-{fmt}") for fmt in SMOLLM2_FORMATS] + \
-        [pytest.param("wide", fmt, id=f"wide-{fmt}") for fmt in FORMATS]
+    return [_case("smollm2", fmt, pytest.mark.slow) for fmt in SMOLLM2_FORMATS] + \
+        [_case("wide", fmt) for fmt in FORMATS]
 
 
 @contextmanager
@@ -73,6 +83,15 @@ def _file(source: str, fmt: str):
         pytest.skip(str(exc))
 
 
+@pytest.fixture(scope="module", params=_cases())
+def quantized_file(request):
+    """(source, format, path): the file exists for its four checks only."""
+    source, fmt = request.param
+    path = _file(source, fmt)
+    yield source, fmt, path
+    release(path)
+
+
 def _bits(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
 
@@ -95,9 +114,8 @@ def assert_every_tensor_matches_gguf_py(path) -> dict[str, int]:
     return counts
 
 
-@pytest.mark.parametrize("source,fmt", _cases())
-def test_file_in_each_format_holds_it_and_reports_its_types(source, fmt, record_property):
-    path = _file(source, fmt)
+def test_file_in_each_format_holds_it_and_reports_its_types(quantized_file, record_property):
+    source, fmt, path = quantized_file
     counts = type_counts(path)
     record_property("tensor_types", counts)
     print(f"\n{path.name}: {counts}")
@@ -109,9 +127,8 @@ def test_file_in_each_format_holds_it_and_reports_its_types(source, fmt, record_
         assert gguf.GGMLQuantizationType[fmt] in REGISTRY, f"{fmt} is not in worker.quant's format registry"
 
 
-@pytest.mark.parametrize("source,fmt", _cases())
-def test_worker_inspect_reads_the_file(source, fmt):
-    path = _file(source, fmt)
+def test_worker_inspect_reads_the_file(quantized_file):
+    _, _, path = quantized_file
     with formats_not_yet_supported_fail_expectedly(path):
         result = subprocess.run([sys.executable, "-m", "worker", "inspect", str(path)], capture_output=True,
                                 text=True, cwd=REPO_ROOT, timeout=120)
@@ -120,21 +137,19 @@ def test_worker_inspect_reads_the_file(source, fmt):
             assert name in result.stdout, f"inspect does not list {name}:\n{result.stdout}"
 
 
-@pytest.mark.parametrize("source,fmt", _cases())
-def test_every_tensor_dequantizes_like_gguf_py(source, fmt):
-    path = _file(source, fmt)
+def test_every_tensor_dequantizes_like_gguf_py(quantized_file):
+    _, _, path = quantized_file
     with formats_not_yet_supported_fail_expectedly(path):
         assert_every_tensor_matches_gguf_py(path)
 
 
-@pytest.mark.parametrize("source,fmt", _cases())
-def test_file_generates_on_the_cpu_backend(source, fmt):
+def test_file_generates_on_the_cpu_backend(quantized_file):
     from worker.backend.numpy import NumpyBackend
     from worker.gguf import GGUFModelFile
     from worker.models import load_model
     from worker.tokenizer import load_tokenizer
 
-    path = _file(source, fmt)
+    _, _, path = quantized_file
     with formats_not_yet_supported_fail_expectedly(path), GGUFModelFile.open(path) as gf:
         tokenizer = load_tokenizer(gf)
         model = load_model(gf, NumpyBackend())
@@ -152,3 +167,12 @@ def test_every_tensor_of_the_real_qwen25_file_dequantizes_like_gguf_py(record_mo
     counts = assert_every_tensor_matches_gguf_py(path)
     record_property("tensor_types", counts)
     print(f"\n{path.name}: {counts}")
+
+
+@pytest.mark.parametrize("keep", ["", "1"])
+def test_a_released_file_is_removed_unless_kept(tmp_path, monkeypatch, keep):
+    path = tmp_path / "smollm2-Q4_0.gguf"
+    path.write_bytes(b"GGUF")
+    monkeypatch.setenv("M0_KEEP_QUANTIZED", keep)
+    release(path)
+    assert path.exists() == (keep == "1")
