@@ -23,7 +23,7 @@ install_wheels || exit 1
 export M0_CONFORMANCE_JSON="$PWD/reports/cuda_conformance.json"
 log="$OUT/log.txt"
 status=0
-KERNEL_TESTS="stories/llama/test_lt019_kernel_unit_tests.py stories/gpt/test_gt016_kernel_integration_tests.py stories/foundation/test_ft016_gemm_wrapper.py stories/foundation/test_ft016_prefill_tf32_products.py stories/llama/test_lt019_fused_decode_ops.py stories/llama/test_lt016_flash_attention_gpu.py stories/gpt/test_gt016_moe_prefill_on_device.py"
+KERNEL_TESTS="stories/llama/test_lt019_kernel_unit_tests.py stories/gpt/test_gt016_kernel_integration_tests.py stories/foundation/test_ft016_gemm_wrapper.py stories/foundation/test_ft016_prefill_tf32_products.py stories/foundation/test_ft016_int8_prefill_products.py stories/llama/test_lt019_fused_decode_ops.py stories/llama/test_lt016_flash_attention_gpu.py stories/gpt/test_gt016_moe_prefill_on_device.py"
 
 { echo "== device"; nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader;
   python3 -c "import cupy; print('cupy', cupy.__version__, 'cuda runtime', cupy.cuda.runtime.runtimeGetVersion())"; } 2>&1 | tee -a "$log"
