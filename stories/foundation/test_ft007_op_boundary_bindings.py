@@ -96,16 +96,18 @@ def _name_values(expr: str) -> list[str]:
 
 def _name_variants(node: ast.expr) -> list[str]:
     """Every kernel name a launch's name expression can take (f-strings expanded). {suffix}, the grouped expert
-    kernels' variant part, depends on the name's {fmt} (kernels/moe.py _suffix): the two are expanded together."""
+    kernels' variant part, depends on the name's {fmt} and the tile height (kernels/moe.py _suffix): the suffix is
+    expanded together with the format, for every height."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return [node.value]
     assert isinstance(node, ast.JoinedStr), f"kernel name is not a literal: {ast.unparse(node)}"
     exprs = [ast.unparse(p.value) for p in node.values if not isinstance(p, ast.Constant)]
     if "suffix" in exprs:
-        from worker.backend.kernels.moe import MOE_GEMM_VARIANTS, _suffix
+        from worker.backend.kernels.moe import MOE_GEMM_VARIANTS, MOE_TILE_ROWS, _suffix
 
         assert "fmt" in exprs, "a grouped expert kernel's name has its format"
-        bindings = [{"suffix": _suffix(v, f), "fmt": f} for v in MOE_GEMM_VARIANTS for f in _name_values("fmt")]
+        bindings = [{"suffix": _suffix(v, f, rows), "fmt": f} for v in MOE_GEMM_VARIANTS for f in _name_values("fmt")
+                    for rows in MOE_TILE_ROWS]
     else:
         bindings = [{}]
     for expr in exprs:

@@ -7,8 +7,8 @@ matvec_q8x2: the same activation blocks), over T and N that are not multiples of
 models' K (GPT-OSS 2880 and 4096); outputs are poisoned with NaN first, so an unwritten element fails. Through
 CudaBackend.matmul, M0_CUDA_PREFILL_Q8=mma sends Q8_0 products of T > 4 tokens to it (bias included), quantizes
 one input once for the products that share it, and leaves other formats and decode products on their paths; the
-default stays tf32x3. The host tests (test_ft016_int8_prefill_products_on_the_host.py) check the same source
-without a GPU.
+default, auto, sends products of up to mmq.MMQ_AUTO_MAX_T tokens to it and longer ones to tf32x3. The host tests
+(test_ft016_int8_prefill_products_on_the_host.py) check the same source without a GPU.
 """
 from __future__ import annotations
 
@@ -110,7 +110,8 @@ def test_the_switch_sends_q8_0_prefill_products_to_the_kernel(T):
 
 def test_other_formats_and_decode_products_keep_their_paths():
     """Under mma a Q4_K prefill product still dequantizes tiles (prefill_product), a Q8_0 decode product still takes
-    the matvec kernels; the default path sends Q8_0 prefill products to prefill_product."""
+    the matvec kernels; tf32x3 sends Q8_0 prefill products to prefill_product, and auto (the default) sends them
+    here up to mmq.MMQ_AUTO_MAX_T tokens, to prefill_product above."""
     b = checking_backend()
     rng = np.random.default_rng(9)
     K = 256
@@ -123,8 +124,14 @@ def test_other_formats_and_decode_products_keep_their_paths():
         b.matmul(b.asarray(rng.standard_normal((64, K)).astype(np.float32)), q8)
     assert any(n.startswith("dequant_") and n.endswith("_q4_k") for n in prefill_q4k), prefill_q4k
     assert any(n.startswith(("mmvq_", "matvec_")) for n in decode_q8), decode_q8
-    assert any(n.startswith("dequant_") and n.endswith("_q8_0") for n in default_q8), default_q8
-    assert "mmq_q8_0" not in prefill_q4k + decode_q8 + default_q8
+    with prefill_q8(b, "auto"), launches(b) as auto_short:
+        b.matmul(b.asarray(rng.standard_normal((64, K)).astype(np.float32)), q8)
+    with prefill_q8(b, "auto"), launches(b) as auto_long:
+        b.matmul(b.asarray(rng.standard_normal((mmq.MMQ_AUTO_MAX_T + 1, K)).astype(np.float32)), q8)
+    dequantized = default_q8 + auto_long
+    assert any(n.startswith("dequant_") and n.endswith("_q8_0") for n in dequantized), (default_q8, auto_long)
+    assert "mmq_q8_0" not in prefill_q4k + decode_q8 + default_q8 + auto_long
+    assert "mmq_q8_0" in auto_short, auto_short
 
 
 def test_the_switch_is_read_from_the_environment(monkeypatch):
@@ -132,7 +139,7 @@ def test_the_switch_is_read_from_the_environment(monkeypatch):
     from worker.backend.cuda import CudaBackend
 
     monkeypatch.delenv("M0_CUDA_PREFILL_Q8", raising=False)
-    assert CudaBackend().prefill_q8 == "tf32x3"                               # the default: unchanged
+    assert CudaBackend().prefill_q8 == "auto"                                 # the default
     monkeypatch.setenv("M0_CUDA_PREFILL_Q8", "mma")
     assert CudaBackend().prefill_q8 == "mma"
     monkeypatch.setenv("M0_CUDA_PREFILL_Q8", "int4")

@@ -350,3 +350,19 @@ def test_kernel_matches_the_reference_over_drawn_shapes(host_mmq, T, N, n_blocks
     x = (rng.standard_normal((T, K)) * scale).astype(np.float32)
     _check(host_mmq, _q8_0_rows(rng, N, K), x, terms, splits=splits,
            case=f"T={T} N={N} K={K} scale={scale} splits={splits}")
+
+
+@pytest.mark.parametrize("path,fmt,T,expected", [
+    ("auto", "q8_0", 5, True), ("auto", "q8_0", mmq.MMQ_AUTO_MAX_T, True),
+    ("auto", "q8_0", mmq.MMQ_AUTO_MAX_T + 1, False), ("auto", "q4_k", 128, False), ("mma", "q8_0", 4096, True),
+    ("mma", "q4_0", 128, False),
+    ("tf32x3", "q8_0", 128, False)])
+def test_the_path_choice_of_a_prefill_product(path, fmt, T, expected):
+    """auto, the default, takes the int8 kernel for Q8_0 products up to MMQ_AUTO_MAX_T tokens (where it measured
+    faster), mma at every T, tf32x3 never; other formats never."""
+    assert mmq.uses_mma(path, fmt, T) is expected
+
+
+def test_an_unknown_path_is_refused():
+    with pytest.raises(ValueError, match="M0_CUDA_PREFILL_Q8 must be one of"):
+        mmq.uses_mma("int4", "q8_0", 128)

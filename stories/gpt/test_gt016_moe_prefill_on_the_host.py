@@ -370,7 +370,8 @@ def _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha, tile
     y = np.full((n_pairs, D), np.nan, np.float32)
     moe.down(k, fmt, h, tiles, n_tiles, tile_rows, draw, rb_d, D * rb_d, biases[2], y, D, F, variant=variant)
     kernel_variant = moe.kernel_variant(variant, fmt)
-    assert k.launched[-2:] == [f"moe_{kind}_{kernel_variant}_{fmt}" for kind in ("gate_up", "down")]
+    height = f"_r{tile_rows}" if kernel_variant in ("v4", "v5") else ""     # v4, v5: a kernel a tile height
+    assert k.launched[-2:] == [f"moe_{kind}_{kernel_variant}{height}_{fmt}" for kind in ("gate_up", "down")]
     out = np.full((T, D), np.nan, np.float32)
     moe.combine_rows(k, y, pos, weights, out, T, k_used, D)
     return out, h, y, experts, order

@@ -98,11 +98,11 @@ class CudaBackend(CudaMemory, Backend):
         if matvec not in MATVEC_PATHS:
             raise ValueError(f"matvec must be one of {sorted(MATVEC_PATHS)}, got {matvec!r}")
         self.matvec_terms = MATVEC_PATHS[matvec]
-        # Prefill products of Q8_0 weights: "tf32x3" (matmul.prefill_product, the default) or "mma" (int8 tensor
-        # cores on the decode products' int8 activations, kernels/mmq.py; not the default until timed on a GPU).
-        self.prefill_q8 = os.environ.get("M0_CUDA_PREFILL_Q8", "tf32x3")
-        if self.prefill_q8 not in mmq.PREFILL_Q8_PATHS:
-            raise ValueError(f"M0_CUDA_PREFILL_Q8 must be one of {mmq.PREFILL_Q8_PATHS}, got {self.prefill_q8!r}")
+        # Prefill products of Q8_0 weights: "auto" (the default: int8 tensor cores on the decode products' int8
+        # activations, kernels/mmq.py, up to mmq.MMQ_AUTO_MAX_T tokens; matmul.prefill_product above), "tf32x3"
+        # or "mma" (one path at every T).
+        self.prefill_q8 = os.environ.get("M0_CUDA_PREFILL_Q8", "auto")
+        mmq.uses_mma(self.prefill_q8, "q8_0", 1)      # a clear error for an unknown path, at start
         self.launch_serial = 0
         self._init_memory(staging_bytes)
         self._functions: dict[tuple[str, str], object] = {}
@@ -250,7 +250,7 @@ class CudaBackend(CudaMemory, Backend):
             vecdot.mmvq(self, w.format, raw, w.row_bytes, xq, xds, y, N, K, T, terms, bias=b)
         elif T <= MATVEC_MAX_T:
             matmul.matvec(self, w, raw, x2, b if b is not None else NULL, y, N, K, T)
-        elif self.prefill_q8 == "mma" and w.format in mmq.MMQ_FORMATS:
+        elif mmq.uses_mma(self.prefill_q8, w.format, T):
             prefill_terms = self.matvec_terms or 2
             xq, xds = vecdot.quantized_input(self, x, x2, T, K, prefill_terms)
             mmq.product(self, raw, w.row_bytes, xq, xds, y, T, N, K, prefill_terms, bias=b)

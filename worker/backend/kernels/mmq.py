@@ -7,7 +7,8 @@ The activations are vecdot.cu's quantize_q8 blocks (one or two int8 terms a valu
 products sum exactly in int32 on the tensor cores (mma.sync m16n8k32), then are scaled by the weight block's
 and the activation term's scales in float32. With two terms the error is the decode products' (conformance row
 matmul_q8x2, the threshold of matvec_q8x2). M0_CUDA_PREFILL_Q8 picks the path of Q8_0 prefill products
-(CudaBackend): "tf32x3" (the default, matmul.prefill_product) or "mma" (this kernel).
+(CudaBackend, uses_mma): "auto" (the default: this kernel up to MMQ_AUTO_MAX_T tokens), "tf32x3"
+(matmul.prefill_product) or "mma" (this kernel at every T).
 """
 from __future__ import annotations
 
@@ -19,7 +20,13 @@ from worker.backend.cuda_runtime import NULL, elementwise_grid, i32, i64
 from worker.backend.kernels.matmul import workspace_ptr
 
 MMQ_FORMATS = frozenset({"q8_0"})     # formats with an mmq kernel (mmq_q8_0)
-PREFILL_Q8_PATHS = ("tf32x3", "mma")  # M0_CUDA_PREFILL_Q8
+PREFILL_Q8_PATHS = ("auto", "tf32x3", "mma")  # M0_CUDA_PREFILL_Q8
+# "auto" (the default): this kernel for products of at most MMQ_AUTO_MAX_T tokens, tf32x3 above. Measured on the H200
+# (benchmarks/bench_int8_prefill.py, GPT-OSS-20B's four attention products a layer, CUDA-graph replays): 140 / 420 /
+# 1,498 us against tf32x3's 325 / 501 / 1,177 us at T = 128 / 512 / 2048 (mma's tiles reach ~150 of the int8 tensor
+# cores' TOPS, cuBLAS's TF32 products gain more from a long prompt); the two lines cross near T = 800. The whole
+# GPT-OSS-20B-shaped model's prefill: 23.2 against 28.1 ms at 128 tokens, 68.4 against 71.5 ms at 512.
+MMQ_AUTO_MAX_T = 768
 MMQ_BM = 64                           # tokens a block: must match mmq.cu
 MMQ_BN = 64                           # weight rows a block: must match mmq.cu
 MMQ_THREADS = 256                     # 8 warps: must match mmq.cu
@@ -34,6 +41,13 @@ MMQ_MAX_SPLITS = 8
 MMQ_MIN_SPLIT_STAGES = 2
 MMQ_SPLITS = int(os.environ.get("M0_CUDA_MMQ_SPLITS", "0"))
 PARTIALS = "mmq_partials"             # workspace of the split products' partial sums
+
+
+def uses_mma(path: str, fmt: str, T: int) -> bool:
+    """Whether a prefill product of T tokens on `fmt` weights takes this kernel under M0_CUDA_PREFILL_Q8=path."""
+    if path not in PREFILL_Q8_PATHS:
+        raise ValueError(f"M0_CUDA_PREFILL_Q8 must be one of {PREFILL_Q8_PATHS}, got {path!r}")
+    return fmt in MMQ_FORMATS and (path == "mma" or (path == "auto" and T <= MMQ_AUTO_MAX_T))
 
 
 def k_splits(T: int, N: int, K: int) -> int:

@@ -18,7 +18,8 @@ MOE_TILE_ROWS = (16, 32, 64)          # sorted rows a tile, the heights moe_gemm
 # M0_CUDA_MOE_GEMM=v3 keeps the TF32 kernels, to compare or fall back. v5: v4's tiles on int8 tensor cores
 # (m16n8k32) for MXFP4 (MOE_S8_FORMATS), as llama.cpp's mmq: E2M1 codes as int8 (doubled, exact), activations
 # quantized a 32-value block as two int8 terms (vecdot.cuh's, within max|block| / 64516: the conformance row
-# matmul_expert_q8x2), two products a k-step where v4 has four. Not the default until timed on a GPU.
+# matmul_expert_q8x2), two products a k-step where v4 has four. Slower than v4 on the H200 (1.46 against 1.19 ms
+# a GPT-OSS-20B-shaped layer at T = 128), so not the default.
 MOE_GEMM_VARIANTS = ("v3", "v4", "v5")
 MOE_GEMM_VARIANT = os.environ.get("M0_CUDA_MOE_GEMM", "v4")
 MOE_TILE_COLS = 128                   # output columns a block: moe_gemm.cu's MOE_BN
@@ -31,10 +32,12 @@ MOE_BF16_FORMATS = frozenset({"mxfp4"})
 MOE_S8_FORMATS = frozenset({"mxfp4"})
 # The formats each variant has its own kernels for; the others take v3's.
 _VARIANT_FORMATS = {"v4": MOE_BF16_FORMATS, "v5": MOE_S8_FORMATS}
-# Tile heights moe.tile_rows_for chooses from: 16-row tiles (T * k / E <= 16, e.g. 128 tokens on GPT-OSS-20B) were
-# slower than 32-row ones on the H200 (v4 at T = 128: 1.04 against 0.95 ms for the gate/up launch, 0.49 against 0.45
-# for down), so the choice starts at 32; the kernels and the plan still serve 16.
-MOE_TILE_ROWS_CHOSEN = (32, 64)
+# Tile heights moe.tile_rows_for chooses from: 32 rows at every T. On the H200 (benchmarks/bench_moe_prefill.py,
+# GPT-OSS-20B-shaped layer, v4 with a kernel a height) the gate/up + down launches took 0.71 + 0.45 ms with 32-row
+# tiles against 0.73 + 0.54 (16) and 1.50 + 0.72 (64) at T = 128; 1.67 + 1.01 against 2.27 + 1.08 (64) at T = 512;
+# 5.64 + 3.33 against 6.39 + 2.95 (64) at T = 2048: a 64-row tile's gate/up kernel needs 182 registers a thread (one
+# block an SM), a 32-row one's 120 (two). The kernels and the plan still serve 16 and 64.
+MOE_TILE_ROWS_CHOSEN = (32,)
 MOE_K_STEP = 32                       # moe_gemm.cu's MOE_BK: K must be a multiple
 # Formats with grouped kernels (moe_gemm.cu's FOR_EACH_MOE_FORMAT): the formats with int8 decode products.
 MOE_GEMM_FORMATS = frozenset({"q4_0", "q4_1", "q5_0", "q8_0", "mxfp4", "q4_k", "q5_k", "q6_k"})
@@ -73,9 +76,15 @@ def kernel_variant(variant: str, fmt: str) -> str:
     return variant if fmt in _VARIANT_FORMATS.get(variant, {fmt}) else "v3"
 
 
-def _suffix(variant: str, fmt: str) -> str:
-    """The kernel names' variant part: moe_gate_up<suffix>_<fmt>."""
-    return f"_{kernel_variant(variant, fmt)}"
+# Variants with a kernel a tile height (moe_gemm.cu's DEFINE_MOE_GEMM_HEIGHTS: each height's registers, not the
+# tallest one's); v3's kernels take the height as an argument.
+PER_HEIGHT_VARIANTS = frozenset({"v4", "v5"})
+
+
+def _suffix(variant: str, fmt: str, tile_rows: int) -> str:
+    """The kernel names' variant part: moe_gate_up<suffix>_<fmt>, e.g. _v3, _v4_r32."""
+    kernels = kernel_variant(variant, fmt)
+    return f"_{kernels}_r{tile_rows}" if kernels in PER_HEIGHT_VARIANTS else f"_{kernels}"
 
 
 def max_tiles(n_pairs: int, E: int, tile_rows: int) -> int:
@@ -110,7 +119,7 @@ def gate_up(k, fmt: str, x, order, n_used: int, tiles, n_tiles: int, tile_rows: 
     """h [n_pairs, F] in sorted-row order: swiglu(x Wgate_e^T + bgate_e, x Wup_e^T + bup_e) for each pair's
     token x and expert e; gate and up: the stacked [E, F, D] weights' bytes (one format, one row size);
     tiles: moe_plan's table of tile_rows-row tiles; variant: the kernel (gemm_variant)."""
-    cols, suffix = MOE_TILE_COLS, _suffix(gemm_variant(variant), fmt)
+    cols, suffix = MOE_TILE_COLS, _suffix(gemm_variant(variant), fmt, tile_rows)
     k._launch("moe_gemm.cu", f"moe_gate_up{suffix}_{fmt}", ((F + cols - 1) // cols, n_tiles), MOE_THREADS,
               (x, order, i32(n_used), tiles, i32(tile_rows), gate, up, i64(row_bytes), i64(expert_bytes),
                NULL if bias_gate is None else bias_gate, NULL if bias_up is None else bias_up, h, i32(F), i32(D),
@@ -121,7 +130,7 @@ def gate_up(k, fmt: str, x, order, n_used: int, tiles, n_tiles: int, tile_rows: 
 def down(k, fmt: str, h, tiles, n_tiles: int, tile_rows: int, down_w, row_bytes: int, expert_bytes: int,
          bias_down, y, D: int, F: int, variant: str | None = None) -> None:
     """y [n_pairs, D] in sorted-row order: h Wdown_e^T + bdown_e for each sorted row's expert e."""
-    cols, suffix = MOE_TILE_COLS, _suffix(gemm_variant(variant), fmt)
+    cols, suffix = MOE_TILE_COLS, _suffix(gemm_variant(variant), fmt, tile_rows)
     k._launch("moe_gemm.cu", f"moe_down{suffix}_{fmt}", ((D + cols - 1) // cols, n_tiles), MOE_THREADS,
               (h, tiles, i32(tile_rows), down_w, i64(row_bytes), i64(expert_bytes),
                NULL if bias_down is None else bias_down, y, i32(D), i32(F)))

@@ -544,12 +544,54 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS) moe_down_##variant##_#
 #define DEFINE_MOE_GEMM_V3(fmt, exact) DEFINE_MOE_GEMM(fmt, exact, v3, false, false)
 FOR_EACH_MOE_FORMAT(DEFINE_MOE_GEMM_V3)
 
+// v4 and v5: a kernel a tile height (kernels/moe.py _suffix: moe_gate_up_v4_r32_mxfp4, ...), each with the registers
+// its height needs: one kernel serving the three heights took the 64-row tile's 181 registers a thread at every
+// height, one block of 8 warps an SM (ncu, H200, GPT-OSS-20B-shaped layer at T = 128: 12.5 % occupancy, half the
+// schedulers' cycles without an eligible warp). BLOCKS: the blocks an SM the kernel is built for (__launch_bounds__'s
+// minimum, so a register budget of 65536 / (256 BLOCKS)). Their tile_rows parameter is their own height (the
+// launcher chooses the kernel by it), kept so that every variant is launched with the same arguments.
+#define DEFINE_MOE_GEMM_ROWS(fmt, variant, bf16, s8, rows, warps_m, gate_up_blocks, down_blocks)              \
+extern "C" __global__ void __launch_bounds__(MOE_THREADS, gate_up_blocks) moe_gate_up_##variant##_r##rows##_##fmt(\
+        const float* __restrict__ x, const int* __restrict__ order, int k_used, const int* __restrict__ tiles,\
+        int tile_rows, const u8* __restrict__ gate, const u8* __restrict__ up, i64 row_bytes,                \
+        i64 expert_bytes, const float* __restrict__ bias_gate, const float* __restrict__ bias_up,           \
+        float* __restrict__ h, int F, int D, int clamped, int has_limit, float limit, float alpha) {        \
+    __shared__ __align__(16) MoeShared sm;                                                                  \
+    moe_tile<moe_dq_##fmt, true, true, true, bf16, s8, rows, warps_m>(                                      \
+        sm, x, order, k_used, tiles, gate, up, row_bytes, expert_bytes, bias_gate, bias_up, h, F, D, clamped,\
+        has_limit, limit, alpha);                                                                            \
+}                                                                                                            \
+extern "C" __global__ void __launch_bounds__(MOE_THREADS, down_blocks) moe_down_##variant##_r##rows##_##fmt(  \
+        const float* __restrict__ h, const int* __restrict__ tiles, int tile_rows, const u8* __restrict__ down,\
+        i64 row_bytes, i64 expert_bytes, const float* __restrict__ bias_down, float* __restrict__ y,        \
+        int D, int F) {                                                                                      \
+    __shared__ __align__(16) MoeShared sm;                                                                  \
+    moe_tile<moe_dq_##fmt, true, false, true, bf16, s8, rows, warps_m>(                                     \
+        sm, h, nullptr, 1, tiles, down, nullptr, row_bytes, expert_bytes, bias_down, nullptr, y, D, F, 0, 0,  \
+        0.0f, 1.0f);                                                                                         \
+}
+// the heights' tilings as moe_grouped's; the blocks an SM: GATE_UP_BLOCKS_R<rows>, DOWN_BLOCKS_R<rows>, each the most
+// that ptxas fits without spilling (nvcc -Xptxas -v; v4's gate/up: 104, 120, 182 registers; down: 74, 96, 121) but
+// down's 32-row tile: three blocks (80 registers, a few spilled) timed the same as two on the H200 (0.446 / 0.449 ms)
+#define DEFINE_MOE_GEMM_HEIGHTS(fmt, variant, bf16, s8)                                                       \
+    DEFINE_MOE_GEMM_ROWS(fmt, variant, bf16, s8, 16, 1, GATE_UP_BLOCKS_R16, DOWN_BLOCKS_R16)                  \
+    DEFINE_MOE_GEMM_ROWS(fmt, variant, bf16, s8, 32, 1, GATE_UP_BLOCKS_R32, DOWN_BLOCKS_R32)                  \
+    DEFINE_MOE_GEMM_ROWS(fmt, variant, bf16, s8, 64, 2, GATE_UP_BLOCKS_R64, DOWN_BLOCKS_R64)
+#ifndef GATE_UP_BLOCKS_R16
+#define GATE_UP_BLOCKS_R16 2
+#define GATE_UP_BLOCKS_R32 2
+#define GATE_UP_BLOCKS_R64 1
+#define DOWN_BLOCKS_R16 3
+#define DOWN_BLOCKS_R32 2
+#define DOWN_BLOCKS_R64 2
+#endif
+
 // v4: BF16, for the formats whose values are bfloat16 values (kernels/moe.py MOE_BF16_FORMATS)
 #define FOR_EACH_MOE_BF16_FORMAT(X) X(mxfp4)
-#define DEFINE_MOE_GEMM_V4(fmt) DEFINE_MOE_GEMM(fmt, true, v4, true, false)
+#define DEFINE_MOE_GEMM_V4(fmt) DEFINE_MOE_GEMM_HEIGHTS(fmt, v4, true, false)
 FOR_EACH_MOE_BF16_FORMAT(DEFINE_MOE_GEMM_V4)
 
 // v5: int8, for MXFP4 alone (kernels/moe.py MOE_S8_FORMATS: its values are small integers times a power of two)
 #define FOR_EACH_MOE_S8_FORMAT(X) X(mxfp4)
-#define DEFINE_MOE_GEMM_V5(fmt) DEFINE_MOE_GEMM(fmt, true, v5, false, true)
+#define DEFINE_MOE_GEMM_V5(fmt) DEFINE_MOE_GEMM_HEIGHTS(fmt, v5, false, true)
 FOR_EACH_MOE_S8_FORMAT(DEFINE_MOE_GEMM_V5)
