@@ -20,7 +20,14 @@ import numpy as np
 import pytest
 
 from fixtures.gguf_corrupt import random_blocks
-from stories.foundation._cuda_conformance import check_product, checking_backend, f32_tensor, random_weight, record
+from stories.foundation._cuda_conformance import (
+    check_product,
+    checking_backend,
+    cuda_backend,
+    f32_tensor,
+    random_weight,
+    record,
+)
 from worker.backend.numpy import NumpyBackend
 from worker.quant import FORMATS, QuantTensor
 
@@ -28,6 +35,19 @@ Q = gguf.GGMLQuantizationType
 REF = NumpyBackend()
 pytestmark = [pytest.mark.gpu, pytest.mark.story("FT-016")]
 SCALED_FORMATS = [q for q, f in FORMATS.items() if f.f16_fields]     # formats with f16 scale fields
+
+
+@pytest.fixture(autouse=True, scope="module")
+def q8_products_dequantize():
+    """These checks are of matmul.prefill_product: Q8_0 prefill products stay on it (the default path, auto, sends
+    short ones to the int8 tensor cores, checked in test_ft016_int8_prefill_products.py)."""
+    backends = (checking_backend(), cuda_backend())
+    before = [b.prefill_q8 for b in backends]
+    for b in backends:
+        b.prefill_q8 = "tf32x3"
+    yield
+    for b, path in zip(backends, before):
+        b.prefill_q8 = path
 
 
 def model_shape(qtype, T: int) -> tuple[int, int]:
@@ -211,7 +231,6 @@ def test_workspace_is_bounded_and_counted():
 @pytest.mark.parametrize("path", ["tf32x3", "fp32"])
 def test_prefill_product_replays_from_a_cuda_graph(path):
     """Captured on a stream (cuBLAS included) and replayed on new input values: no host sync, no allocation."""
-    from stories.foundation._cuda_conformance import cuda_backend
     from worker.backend.kernels import matmul
 
     b = cuda_backend()
