@@ -69,8 +69,9 @@ run_gates() {
   { smol_ready || echo "SmolLM2 not available: its gate checks will be NOT RUN"; } | tee -a "$log"
   echo "== gate board on the GPU" | tee -a "$log"
   # GATES_ARGS: extra pytest arguments, e.g. "-n 8 --dist loadgroup --basetemp /tmp/m0-gates" (pytest-xdist:
-  # the tests that use the GPU stay on one worker, one at a time, gates/harness/plugin.py; a basetemp of
-  # its own, since the nested pytest runs of some tests prune pytest's numbered temporary folders)
+  # the tests that use the GPU share it, those that measure the whole device run alone, gates/harness/
+  # device_lock.py; a basetemp of its own, since the nested pytest runs of some tests prune pytest's numbered
+  # temporary folders)
   timeout "${GATES_TIMEOUT:-560}" python3 -m worker gates --device cuda -- ${GATES_ARGS:-} 2>&1 | tee "$OUT/gates.log" | grep -v '^[.sxFE]*\( *\[ *[0-9]*%\]\)\?$' \
     | tee -a "$log"
   echo "gates exit status: ${PIPESTATUS[0]}" | tee -a "$log"

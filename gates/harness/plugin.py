@@ -17,6 +17,7 @@ import pytest
 from gates.harness.allure_results import git_commit
 from gates.harness.attach import attach_json, attach_text
 from gates.harness.board import FAIL, TestResult, render_text
+from gates.harness.device_lock import EXCLUSIVE, SHARED, device_lock
 from gates.harness.environment import describe_model
 from gates.harness.labels import Shown, StoryIndex, behavior_labels, readable_bytes
 from gates.harness.run_reports import write_run_reports
@@ -38,7 +39,9 @@ MARKERS = [
     "slow: takes more than a few seconds",
     "needs_model(name): needs a real model file (smollm2, qwen2.5, phi3, gpt-oss-20b)",
     "allure_label: set by the plugin (gate/team/story labels)",
-    "uses_device: runs on the --device under test without the gpu mark (kept with the gpu tests under -n)",
+    "uses_device: runs on the --device under test without the gpu mark (shares it with the gpu tests under -n)",
+    "exclusive_device: measures or fills the whole device (its free memory, its speed): under -n it runs alone "
+    "(gates/harness/device_lock.py)",
 ]
 # A test records a reproducibility run for the board's plot with
 # record_property(REPRO_PROPERTY, {"label": str, "runs": {seed: [ids of run 1, ids of run 2]}}).
@@ -240,7 +243,7 @@ def pytest_collection_modifyitems(session, config, items):
         state.item_checks[item.nodeid] = checks
         item.user_properties.append((LABELS_PROPERTY, {"stories": stories, "checks": checks}))
         _apply_skips(item, state)
-        _keep_device_tests_together(item, config)
+        _keep_exclusive_tests_together(item, config)
         _add_allure_labels(item, state, stories, checks)
         keep.append(item)
     if drop:
@@ -266,12 +269,31 @@ def uses_device_under_test(item, rootpath: Path) -> bool:
     return bool(in_gates or item.get_closest_marker("gpu") or item.get_closest_marker("uses_device"))
 
 
-def _keep_device_tests_together(item, config) -> None:
-    """Under pytest-xdist, every test that uses the device under test runs on one worker, one at a time
-    (with --dist loadgroup): some measure the whole GPU's free memory or take nearly all of it, which
-    other tests on the GPU at the same moment would disturb. The other tests spread over the workers."""
-    if os.environ.get("PYTEST_XDIST_WORKER") and uses_device_under_test(item, config.rootpath):
+def runs_alone(item, rootpath: Path) -> bool:
+    """A gate's own check or an exclusive_device test: while it uses the device, no other test does."""
+    in_gates = (rootpath / "gates") in Path(str(item.path)).parents
+    return bool(in_gates or item.get_closest_marker("exclusive_device"))
+
+
+def _keep_exclusive_tests_together(item, config) -> None:
+    """Under pytest-xdist, the device tests that run alone go to one worker, one after another (with --dist
+    loadgroup), so that they do not queue on several workers at once; the other tests spread over the workers."""
+    if (os.environ.get("PYTEST_XDIST_WORKER") and uses_device_under_test(item, config.rootpath)
+            and runs_alone(item, config.rootpath)):
         item.add_marker(pytest.mark.xdist_group(DEVICE_GROUP))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Under pytest-xdist, a device test holds the device (its setup, call and teardown) shared with the other
+    device tests, or alone (runs_alone): some measure the whole GPU's free memory or take nearly all of it,
+    which another test allocating on it at the same moment would falsify (gates/harness/device_lock.py)."""
+    run_id = getattr(item.config, "workerinput", {}).get("testrunuid")
+    if not run_id or not uses_device_under_test(item, item.config.rootpath):
+        yield
+        return
+    with device_lock(run_id, EXCLUSIVE if runs_alone(item, item.config.rootpath) else SHARED):
+        yield
 
 
 @pytest.hookimpl(optionalhook=True)

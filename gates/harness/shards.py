@@ -5,7 +5,7 @@ merges the shards' result files).
 The split is a pure function of the collection: every shard collects the same items and keeps its own.
 A test module stays in one shard (its module-scoped fixtures are built once), unless it alone holds more
 device tests than a shard's fair share: then it is cut into contiguous runs of tests. The tests that use
-the device under test run one at a time (plugin._keep_device_tests_together), so they are the run's
+the device under test share one device (some run alone on it: plugin.runs_alone), so they are the run's
 critical path: they are balanced first, the other tests second.
 """
 from __future__ import annotations

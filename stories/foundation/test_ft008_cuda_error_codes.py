@@ -16,6 +16,8 @@ import pytest
 
 from worker.errors import DeviceOOMError, InvalidParamsError, WorkerError
 
+pytestmark = pytest.mark.exclusive_device  # measures or fills the whole device: alone under pytest-xdist
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The no-GPU path in a process of its own, for a machine whose GPU this process already sees: the
 # CUDA runtime reads CUDA_VISIBLE_DEVICES once, at its start, so the child sees no device at all.

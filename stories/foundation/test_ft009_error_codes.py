@@ -36,6 +36,8 @@ from worker.backend.cuda import CudaBackend, CudaUnavailableError
 from worker.backend.cuda_graph import DecodeGraphs
 from worker.errors import DeviceOOMError, WorkerError
 
+pytestmark = pytest.mark.exclusive_device  # measures or fills the whole device: alone under pytest-xdist
+
 CUDA_ERROR_NO_DEVICE = 100          # cudaErrorNoDevice
 CUDA_ERROR_ILLEGAL_ADDRESS = 700    # cudaErrorIllegalAddress
 

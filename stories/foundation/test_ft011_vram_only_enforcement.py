@@ -9,7 +9,7 @@ host's peak resident memory while loading stays near the staging size, not the m
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.exclusive_device]
 DEVICE_MEMORY = 2          # cudaMemoryTypeDevice
 
 

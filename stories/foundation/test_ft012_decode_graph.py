@@ -26,7 +26,7 @@ import pytest
 
 from worker.errors import InvalidParamsError, PromptTooLongError
 
-pytestmark = [pytest.mark.gpu, pytest.mark.story("FT-012")]
+pytestmark = [pytest.mark.gpu, pytest.mark.story("FT-012"), pytest.mark.exclusive_device]
 
 STEPS = 64
 PROMPT = [1, 7, 3, 12, 5]

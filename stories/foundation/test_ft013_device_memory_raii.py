@@ -9,7 +9,7 @@ import gc
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.exclusive_device]
 
 
 def _device_used(backend) -> int:

@@ -21,7 +21,7 @@ from worker.engine import KV_BUCKET_MIN, End, Engine, Token
 from worker.errors import DeviceOOMError
 from worker.sampling import SamplingParams
 
-pytestmark = pytest.mark.story("FT-021")
+pytestmark = [pytest.mark.story("FT-021"), pytest.mark.exclusive_device]
 GREEDY = {"temperature": 0.0, "seed": 0}
 
 

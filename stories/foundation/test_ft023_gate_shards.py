@@ -24,7 +24,7 @@ pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parents[2]
 
-# A gate whose required rows draw on tests in several modules: some use the device (run one at a time under
+# A gate whose required rows draw on tests in several modules: some use the device (shared under
 # xdist, and balanced across shards), one fails, one skips, one story has no test.
 STORY_MODULES = {
     "test_a.py": """

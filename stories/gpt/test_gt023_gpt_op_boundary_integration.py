@@ -26,6 +26,8 @@ from worker.backend.base import Backend
 from worker.backend.numpy import NumpyBackend
 from worker.errors import DeviceOOMError, PromptTooLongError
 
+pytestmark = pytest.mark.exclusive_device  # measures or fills the whole device: alone under pytest-xdist
+
 IDS = [15, 1034, 7, 49151, 0, 288, 288, 4096, 33, 12000, 5, 17]
 PREFILL = 8                           # > 4 tokens (tiled product path); the rest decode one by one
 INTERFACE = {name for name, member in vars(Backend).items() if callable(member) and not name.startswith("_")}

@@ -8,7 +8,7 @@ import pytest
 
 from stories.foundation._oom_scenarios import model_that_does_not_fit, oom_then_recover
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.exclusive_device]
 
 
 @pytest.mark.story("GT-045")

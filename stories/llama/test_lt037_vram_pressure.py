@@ -14,7 +14,7 @@ import pytest
 from stories.foundation._oom_scenarios import capped_model, device_used
 from worker.errors import DeviceOOMError
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.exclusive_device]
 
 
 @pytest.mark.story("LT-037")
