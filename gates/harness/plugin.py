@@ -243,7 +243,7 @@ def pytest_collection_modifyitems(session, config, items):
         state.item_checks[item.nodeid] = checks
         item.user_properties.append((LABELS_PROPERTY, {"stories": stories, "checks": checks}))
         _apply_skips(item, state)
-        _keep_exclusive_tests_together(item, config)
+        _group_device_tests(item, config)
         _add_allure_labels(item, state, stories, checks)
         keep.append(item)
     if drop:
@@ -275,12 +275,14 @@ def runs_alone(item, rootpath: Path) -> bool:
     return bool(in_gates or item.get_closest_marker("exclusive_device"))
 
 
-def _keep_exclusive_tests_together(item, config) -> None:
-    """Under pytest-xdist, the device tests that run alone go to one worker, one after another (with --dist
-    loadgroup), so that they do not queue on several workers at once; the other tests spread over the workers."""
-    if (os.environ.get("PYTEST_XDIST_WORKER") and uses_device_under_test(item, config.rootpath)
-            and runs_alone(item, config.rootpath)):
-        item.add_marker(pytest.mark.xdist_group(DEVICE_GROUP))
+def _group_device_tests(item, config) -> None:
+    """Under pytest-xdist (--dist loadgroup), the device tests that run alone go to one worker, one after another,
+    so that they do not queue on several workers at once; the other device tests of a module stay on one worker
+    (its fixtures built and its kernels compiled once, as under --dist loadfile) and share the device with the
+    other workers'; the tests that do not use the device spread over the workers."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and uses_device_under_test(item, config.rootpath):
+        alone = runs_alone(item, config.rootpath)
+        item.add_marker(pytest.mark.xdist_group(DEVICE_GROUP if alone else f"{DEVICE_GROUP}-{item.path.stem}"))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -17,10 +17,14 @@ from dataclasses import dataclass
 # pytest-xdist's --dist loadgroup appends "@<group>" to the node id of a grouped test (xdist/remote.py);
 # the board and the results files name tests by their plain pytest node id, with or without workers.
 DEVICE_GROUP = "device"
+_GROUP_SUFFIX = re.compile(r"[\w.-]+")
 
 
 def plain_nodeid(nodeid: str) -> str:
-    return nodeid.removesuffix(f"@{DEVICE_GROUP}")
+    """The node id without an xdist group suffix ("...::test_x[a]@device" -> "...::test_x[a]"); an "@" inside a
+    parameter id ("test[user@host]") is not one."""
+    head, at, tail = nodeid.rpartition("@")
+    return head if at and "::" in head and _GROUP_SUFFIX.fullmatch(tail) else nodeid
 
 
 @dataclass(frozen=True)

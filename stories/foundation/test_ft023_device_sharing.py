@@ -3,19 +3,20 @@
 Acceptance: under `-n N` the tests that use the device run on several workers at once, except those that
 measure or fill the whole device (a gate's own check, an `exclusive_device` test): while one of those runs, no
 other device test is in its setup, call or teardown, and device tests that arrive while one waits queue behind
-it (gates/harness/device_lock.py: a readers-writer lock over flock, with writer preference). Tests that do not
-use the device run beside anything. Without xdist nothing is locked.
+it (gates/harness/device_lock.py: a readers-writer lock over flock, with writer preference). A module's shared
+device tests stay on one worker (its fixtures and kernel compilations made once); tests that do not use the
+device run beside anything. Without xdist nothing is locked; xdist's group suffixes never reach the results.
 """
 import json
 import multiprocessing
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
 
 from gates.harness.device_lock import EXCLUSIVE, SHARED, device_lock
+from gates.harness.shards import plain_nodeid
 from stories.foundation.test_ft023_gate_shards import nested_env
 
 pytestmark = pytest.mark.story("FT-023")
@@ -123,17 +124,22 @@ def visit(name, kind, wait_for_company=False):
     me.unlink()
     with open(LOG, "a") as f:
         f.write(json.dumps({"name": name, "kind": kind, "start": start, "end": time.time(),
-                            "company": company}) + "\\n")
+                            "company": company, "worker": os.environ.get("PYTEST_XDIST_WORKER")}) + "\\n")
 '''
 
-_TESTS = '''
+_SHARED_MODULE = '''
 import pytest
 from recorder import visit
 
 @pytest.mark.uses_device
-@pytest.mark.parametrize("n", range(6))
+@pytest.mark.parametrize("n", range(2))
 def test_shared(n):
-    visit(f"shared{n}", "shared", wait_for_company=True)
+    visit(f"{__name__}-{n}", "shared", wait_for_company=True)
+'''
+
+_OTHER_MODULE = '''
+import pytest
+from recorder import visit
 
 @pytest.mark.uses_device
 @pytest.mark.exclusive_device
@@ -145,17 +151,20 @@ def test_alone(n):
 def test_host_only(n):
     pass
 '''
+SHARED_MODULES = ("test_shared_a", "test_shared_b", "test_shared_c")
 
 
 def _run_project(pytester, *args):
     pytester.makeconftest('pytest_plugins = ["gates.harness.plugin"]')
     (pytester.path / "recorder.py").write_text(_RECORDER)
-    (pytester.path / "test_device.py").write_text(textwrap.dedent(_TESTS))
+    for name in SHARED_MODULES:
+        (pytester.path / f"{name}.py").write_text(_SHARED_MODULE)
+    (pytester.path / "test_other.py").write_text(_OTHER_MODULE)
     log = pytester.path / "device.jsonl"
     tmp = pytester.mkdir("tmp")                       # the lock's files go to the temporary folder: this one
     env = {**nested_env(), "DEVICE_LOG": str(log), "PYTHONPATH": f"{pytester.path}:{nested_env()['PYTHONPATH']}",
            "TMPDIR": str(tmp)}
-    result = subprocess.run([sys.executable, "-m", "pytest", "test_device.py", "-p", "no:cacheprovider",
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
                              "-p", "no:allure_pytest", "--device", "cpu", "-q", *args],
                             cwd=pytester.path, env=env, capture_output=True, text=True, timeout=300)
     visits = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
@@ -164,9 +173,11 @@ def _run_project(pytester, *args):
 
 def test_under_xdist_shared_device_tests_overlap_and_exclusive_ones_run_alone(pytester):
     pytest.importorskip("xdist")
-    result, visits = _run_project(pytester, "-n", "3", "--dist", "loadgroup")
+    result, visits = _run_project(pytester, "-n", "4", "--dist", "loadgroup")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert len(visits) == 9
+    for module in SHARED_MODULES:                    # a module's device tests stay on one worker
+        assert len({v["worker"] for v in visits if v["name"].startswith(module)}) == 1, visits
     alone = [v for v in visits if v["kind"] == "exclusive"]
     for a in alone:
         overlapping = [v["name"] for v in visits if v is not a and v["start"] < a["end"] and a["start"] < v["end"]]
@@ -181,3 +192,13 @@ def test_without_xdist_nothing_is_locked(pytester):
     assert result.returncode == 0, result.stdout[-2000:]
     assert len(visits) == 3
     assert not list((pytester.path / "tmp").glob("m0-device-*")), "a run without workers took the device lock"
+
+
+@pytest.mark.parametrize("nodeid,plain", [
+    ("stories/a.py::test_x[1]@device", "stories/a.py::test_x[1]"),
+    ("stories/a.py::test_x@device-test_a", "stories/a.py::test_x"),
+    ("stories/a.py::test_x[user@host]", "stories/a.py::test_x[user@host]"),
+    ("stories/a.py::test_x[user@host]@llama-quantized-smollm2-Q8_0", "stories/a.py::test_x[user@host]"),
+    ("stories/a.py::test_x", "stories/a.py::test_x")])
+def test_the_results_name_tests_without_xdist_group_suffixes(nodeid, plain):
+    assert plain_nodeid(nodeid) == plain
