@@ -18,6 +18,7 @@
 // The sums are float32, as the prefill products'.
 //   moe_gate_up_<variant>_<fmt>: h[row] = swiglu(x[token(row)] Wgate_e^T + bgate_e, x[token(row)] Wup_e^T + bup_e)
 //   moe_down_<variant>_<fmt>:    y[row] = h[row] Wdown_e^T + bdown_e
+// (v4, v5: moe_gate_up_<variant>_r<rows>_<fmt>, a kernel a tile height; v3's take the height as an argument)
 // Tiles with rows = 0 (the plan's unused entries) exit at once. (v1, one unpipelined k-step at a time, and v2, v3
 // with the activations split by every warp that reads them, were slower at every size on the H200 and are gone.)
 #include "quant.cuh"
