@@ -13,6 +13,7 @@ threshold), rewritten after every record so that a crash still leaves the table 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -236,6 +237,21 @@ def cuda_backend(**options):
 def checking_backend():
     """The conformance backend: outputs poisoned with NaN, synchronized after every launch."""
     return cuda_backend(poison_outputs=True, sync_each_op=True)
+
+
+@contextlib.contextmanager
+def q8_prefill_path(path: str):
+    """The conformance backends' path of Q8_0 prefill products (CudaBackend.prefill_q8, M0_CUDA_PREFILL_Q8) set
+    to `path` inside the block; skips without a GPU."""
+    backends = (checking_backend(), cuda_backend())
+    before = [b.prefill_q8 for b in backends]
+    for b in backends:
+        b.prefill_q8 = path
+    try:
+        yield
+    finally:
+        for b, old in zip(backends, before):
+            b.prefill_q8 = old
 
 
 def random_weight(qtype, shape: tuple, rng: np.random.Generator, name: str = "w"):

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from stories.foundation._cuda_conformance import (
     check_product,
     checking_backend,
-    cuda_backend,
     examples,
+    q8_prefill_path,
     random_weight,
 )
 from worker.backend.numpy import NumpyBackend
@@ -30,13 +30,8 @@ pytestmark = pytest.mark.gpu
 def q8_products_dequantize():
     """These checks are of matmul.prefill_product: Q8_0 prefill products stay on it (the default path, auto, sends
     short ones to the int8 tensor cores, checked in test_ft016_int8_prefill_products.py)."""
-    backends = (checking_backend(), cuda_backend())
-    before = [b.prefill_q8 for b in backends]
-    for b in backends:
-        b.prefill_q8 = "tf32x3"
-    yield
-    for b, path in zip(backends, before):
-        b.prefill_q8 = path
+    with q8_prefill_path("tf32x3"):
+        yield
 
 
 @pytest.mark.story("FT-016")

@@ -25,6 +25,7 @@ from stories.foundation._cuda_conformance import (
     checking_backend,
     cuda_backend,
     f32_tensor,
+    q8_prefill_path,
     random_weight,
     record,
 )
@@ -41,13 +42,8 @@ SCALED_FORMATS = [q for q, f in FORMATS.items() if f.f16_fields]     # formats w
 def q8_products_dequantize():
     """These checks are of matmul.prefill_product: Q8_0 prefill products stay on it (the default path, auto, sends
     short ones to the int8 tensor cores, checked in test_ft016_int8_prefill_products.py)."""
-    backends = (checking_backend(), cuda_backend())
-    before = [b.prefill_q8 for b in backends]
-    for b in backends:
-        b.prefill_q8 = "tf32x3"
-    yield
-    for b, path in zip(backends, before):
-        b.prefill_q8 = path
+    with q8_prefill_path("tf32x3"):
+        yield
 
 
 def model_shape(qtype, T: int) -> tuple[int, int]:
