@@ -105,3 +105,17 @@ def test_a_failed_llama_bench_run_is_reported_not_raised(monkeypatch, tmp_path):
                         lambda cmd, **kw: types.SimpleNamespace(returncode=1, stdout="", stderr="failed to load model"))
     row = bench.bench_peer("gpt-oss-20b", tmp_path / "m.gguf", "llama-bench", 1)
     assert row["status"].startswith("FAILED") and "failed to load model" in row["status"]
+
+
+def test_the_prefill_paths_benchmark_reads_its_configurations():
+    """benchmarks/bench_prefill_paths.py: Q8:MOE[:ROWS] per configuration; a path, variant or tile height the
+    backend does not have is refused before any GPU work."""
+    from benchmarks.bench_prefill_paths import parse_configs
+
+    assert parse_configs("auto:v4, tf32x3:v5:16/32/64") == [
+        {"prefill_q8": "auto", "moe": "v4", "tile_rows": None},
+        {"prefill_q8": "tf32x3", "moe": "v5", "tile_rows": (16, 32, 64)}]
+    for bad, message in (("int4:v4", "M0_CUDA_PREFILL_Q8"), ("auto:v9", "M0_CUDA_MOE_GEMM"),
+                         ("auto:v4:48", "tile heights"), ("auto", "expected Q8:MOE"), ("", "no configuration")):
+        with pytest.raises(ValueError, match=message):
+            parse_configs(bad)
