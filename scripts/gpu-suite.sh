@@ -3,8 +3,9 @@
 #
 #   scripts/gpu-suite.sh [quick|full|smol|all]
 #     quick  kernel conformance only, fewer hypothesis examples (a smoke run)
-#     full   every gpu-marked test (default: stories/ and gates/, or $GPU_TESTS), then
-#            compute-sanitizer memcheck over the kernel suites (where compute-sanitizer exists)
+#     full   every gpu-marked test (default: stories/ and gates/, or $GPU_TESTS; GPU_WORKERS=N: on N
+#            pytest-xdist workers that share the GPU), then compute-sanitizer memcheck over the kernel suites
+#            (where compute-sanitizer exists)
 #     smol   SmolLM2 end to end + the decode benchmark (needs the SmolLM2 GGUF: installed, or
 #            reassembled from .dev/smol.part* / /tmp/smol.part*)
 #     all    full + smol
@@ -36,8 +37,11 @@ run_tests() {
   fi
   { smol_ready || echo "SmolLM2 not available: its GPU tests will fail or skip"; } | tee -a "$log"
   echo "== gpu-marked tests" | tee -a "$log"
+  # GPU_WORKERS=N: N pytest-xdist workers sharing the GPU (gates/harness/device_lock.py: the tests that measure
+  # the whole device run alone, a module's other tests on one worker)
   timeout "${PYTEST_TIMEOUT:-400}" python3 -m pytest ${GPU_TESTS:-stories gates} -m gpu --device cuda -q -p no:cacheprovider \
-    -o addopts="" --junitxml="$OUT/junit.xml" 2>&1 | tee -a "$log" || status=1
+    -o addopts="" --junitxml="$OUT/junit.xml" ${GPU_WORKERS:+-n "$GPU_WORKERS" --dist loadgroup} 2>&1 | tee -a "$log" \
+    || status=1
   run_memcheck
 }
 
