@@ -6,7 +6,8 @@ depend on what else runs: kernel checks, models against their references. They m
 and another worker's allocations in the middle would falsify them: they run alone (exclusive), every other test
 that uses the device waits, and they wait until the shared ones in progress are done.
 
-The lock is two files under the system's temporary folder, named by the xdist run's id, locked with flock(2):
+The lock is two files, named by the xdist run's id, in a folder the workers share (the plugin takes the parent of
+their temporary folders, the system's temporary folder by default), locked with flock(2):
 `room` (shared by the shared tests, exclusive for an exclusive one) and `turnstile`, which an exclusive test holds
 while it waits for the room and runs, so that shared tests arriving after it queue behind it instead of keeping the
 room busy forever (writer preference). flock locks go with the process: a worker that dies frees them.

@@ -294,7 +294,9 @@ def pytest_runtest_protocol(item, nextitem):
     if not run_id or not uses_device_under_test(item, item.config.rootpath):
         yield
         return
-    with device_lock(run_id, EXCLUSIVE if runs_alone(item, item.config.rootpath) else SHARED):
+    # the lock's files beside the workers' temporary folders (<basetemp>/popen-gwN): pytest prunes them with it
+    folder = str(item.config._tmp_path_factory.getbasetemp().parent)
+    with device_lock(run_id, EXCLUSIVE if runs_alone(item, item.config.rootpath) else SHARED, folder):
         yield
 
 

@@ -161,9 +161,9 @@ def _run_project(pytester, *args):
         (pytester.path / f"{name}.py").write_text(_SHARED_MODULE)
     (pytester.path / "test_other.py").write_text(_OTHER_MODULE)
     log = pytester.path / "device.jsonl"
-    tmp = pytester.mkdir("tmp")                       # the lock's files go to the temporary folder: this one
+    tmp = pytester.mkdir("tmp")                       # pytest's temporary folders, with the lock's files, go here
     env = {**nested_env(), "DEVICE_LOG": str(log), "PYTHONPATH": f"{pytester.path}:{nested_env()['PYTHONPATH']}",
-           "TMPDIR": str(tmp)}
+           "TMPDIR": str(tmp), "PYTEST_DEBUG_TEMPROOT": str(tmp)}
     result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
                              "-p", "no:allure_pytest", "--device", "cpu", "-q", *args],
                             cwd=pytester.path, env=env, capture_output=True, text=True, timeout=300)
@@ -184,14 +184,15 @@ def test_under_xdist_shared_device_tests_overlap_and_exclusive_ones_run_alone(py
         assert not overlapping, f"{a['name']} ran beside {overlapping}"
         assert not a["company"]
     assert any(v["company"] for v in visits if v["kind"] == "shared"), "no two shared device tests ran at once"
-    assert list((pytester.path / "tmp").glob("m0-device-*.room"))
+    rooms = list((pytester.path / "tmp").rglob("m0-device-*.room"))
+    assert rooms and all(any(r.parent.glob("popen-gw*")) for r in rooms)   # beside the workers' temporary folders
 
 
 def test_without_xdist_nothing_is_locked(pytester):
     result, visits = _run_project(pytester, "-k", "alone or host_only")
     assert result.returncode == 0, result.stdout[-2000:]
     assert len(visits) == 3
-    assert not list((pytester.path / "tmp").glob("m0-device-*")), "a run without workers took the device lock"
+    assert not list((pytester.path / "tmp").rglob("m0-device-*")), "a run without workers took the device lock"
 
 
 @pytest.mark.parametrize("nodeid,plain", [
