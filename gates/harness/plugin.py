@@ -263,16 +263,19 @@ def _apply_skips(item, state: GateState) -> None:
                     reason=f"real model {name!r} not available" + (f": set {env} to its GGUF file" if env else "")))
 
 
+def _gates_own_check(item, rootpath: Path) -> bool:
+    return (rootpath / "gates") in Path(str(item.path)).parents
+
+
 def uses_device_under_test(item, rootpath: Path) -> bool:
     """A gate's own check, a gpu test or a uses_device test: it runs on the device this run validates."""
-    in_gates = (rootpath / "gates") in Path(str(item.path)).parents
-    return bool(in_gates or item.get_closest_marker("gpu") or item.get_closest_marker("uses_device"))
+    return bool(_gates_own_check(item, rootpath) or item.get_closest_marker("gpu")
+                or item.get_closest_marker("uses_device"))
 
 
 def runs_alone(item, rootpath: Path) -> bool:
     """A gate's own check or an exclusive_device test: while it uses the device, no other test does."""
-    in_gates = (rootpath / "gates") in Path(str(item.path)).parents
-    return bool(in_gates or item.get_closest_marker("exclusive_device"))
+    return bool(_gates_own_check(item, rootpath) or item.get_closest_marker("exclusive_device"))
 
 
 def _group_device_tests(item, config) -> None:
