@@ -240,10 +240,10 @@ def checking_backend():
 
 
 @contextlib.contextmanager
-def q8_prefill_path(path: str):
-    """The conformance backends' path of Q8_0 prefill products (CudaBackend.prefill_q8, M0_CUDA_PREFILL_Q8) set
-    to `path` inside the block; skips without a GPU."""
-    backends = (checking_backend(), cuda_backend())
+def q8_prefill_path(path: str, *backends):
+    """The backends' path of Q8_0 prefill products (CudaBackend.prefill_q8, M0_CUDA_PREFILL_Q8) set to `path`
+    inside the block; without backends, the conformance ones' (skips without a GPU)."""
+    backends = backends or (checking_backend(), cuda_backend())
     before = [b.prefill_q8 for b in backends]
     for b in backends:
         b.prefill_q8 = path

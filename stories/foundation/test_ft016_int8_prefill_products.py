@@ -24,6 +24,7 @@ from stories.foundation._cuda_conformance import (
     checking_backend,
     cuda_backend,
     f32_tensor,
+    q8_prefill_path,
     random_weight,
 )
 from stories.foundation._mmq_reference import dequantized, int8_product, term_normalized
@@ -34,16 +35,6 @@ Q = gguf.GGMLQuantizationType
 REF = NumpyBackend()
 EXACT = 1e-12                         # float32 accumulation of exact block sums, term-normalized
 pytestmark = [pytest.mark.gpu, pytest.mark.story("FT-016")]
-
-
-@contextlib.contextmanager
-def prefill_q8(b, path: str):
-    """Run the backend's Q8_0 prefill products on `path` ("tf32x3" or "mma") inside the block."""
-    before, b.prefill_q8 = b.prefill_q8, path
-    try:
-        yield
-    finally:
-        b.prefill_q8 = before
 
 
 @contextlib.contextmanager
@@ -95,7 +86,7 @@ def test_the_switch_sends_q8_0_prefill_products_to_the_kernel(T):
     bias = f32_tensor(rng.standard_normal(N), "bias")
     x = rng.standard_normal((T, K)).astype(np.float32)
     dev, dev_bias = [b.load_weight(w) for w in weights], b.load_weight(bias)
-    with prefill_q8(b, "mma"), launches(b) as names:
+    with q8_prefill_path("mma", b), launches(b) as names:
         xd = b.asarray(x)
         outs = [b.to_host(b.matmul(xd, d, dev_bias if i == 0 else None)) for i, d in enumerate(dev)]
     assert names.count("quantize_q8") == 1 and names.count("mmq_q8_0") == 3, names
@@ -116,17 +107,17 @@ def test_other_formats_and_decode_products_keep_their_paths():
     rng = np.random.default_rng(9)
     K = 256
     q4k, q8 = (b.load_weight(random_weight(q, (64, K), rng)) for q in (Q.Q4_K, Q.Q8_0))
-    with prefill_q8(b, "mma"), launches(b) as prefill_q4k:
+    with q8_prefill_path("mma", b), launches(b) as prefill_q4k:
         b.matmul(b.asarray(rng.standard_normal((64, K)).astype(np.float32)), q4k)
-    with prefill_q8(b, "mma"), launches(b) as decode_q8:
+    with q8_prefill_path("mma", b), launches(b) as decode_q8:
         b.matmul(b.asarray(rng.standard_normal((2, K)).astype(np.float32)), q8)
-    with prefill_q8(b, "tf32x3"), launches(b) as default_q8:
+    with q8_prefill_path("tf32x3", b), launches(b) as default_q8:
         b.matmul(b.asarray(rng.standard_normal((64, K)).astype(np.float32)), q8)
     assert any(n.startswith("dequant_") and n.endswith("_q4_k") for n in prefill_q4k), prefill_q4k
     assert any(n.startswith(("mmvq_", "matvec_")) for n in decode_q8), decode_q8
-    with prefill_q8(b, "auto"), launches(b) as auto_short:
+    with q8_prefill_path("auto", b), launches(b) as auto_short:
         b.matmul(b.asarray(rng.standard_normal((64, K)).astype(np.float32)), q8)
-    with prefill_q8(b, "auto"), launches(b) as auto_long:
+    with q8_prefill_path("auto", b), launches(b) as auto_long:
         b.matmul(b.asarray(rng.standard_normal((mmq.MMQ_AUTO_MAX_T + 1, K)).astype(np.float32)), q8)
     dequantized = default_q8 + auto_long
     assert any(n.startswith("dequant_") and n.endswith("_q8_0") for n in dequantized), (default_q8, auto_long)
