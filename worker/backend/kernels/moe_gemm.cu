@@ -520,21 +520,26 @@ __device__ __forceinline__ void moe_grouped(
                                                               limit, alpha);
 }
 
-#define DEFINE_MOE_GEMM(fmt, exact, variant, bf16, s8)                                                        \
-extern "C" __global__ void __launch_bounds__(MOE_THREADS) moe_gate_up_##variant##_##fmt(                    \
+// The grouped kernels' parameters, the same for every variant (kernels/moe.py launches them alike)
+#define MOE_GATE_UP_PARAMS                                                                                   \
         const float* __restrict__ x, const int* __restrict__ order, int k_used, const int* __restrict__ tiles,\
         int tile_rows, const u8* __restrict__ gate, const u8* __restrict__ up, i64 row_bytes,                \
         i64 expert_bytes, const float* __restrict__ bias_gate, const float* __restrict__ bias_up,           \
-        float* __restrict__ h, int F, int D, int clamped, int has_limit, float limit, float alpha) {        \
+        float* __restrict__ h, int F, int D, int clamped, int has_limit, float limit, float alpha
+#define MOE_DOWN_PARAMS                                                                                      \
+        const float* __restrict__ h, const int* __restrict__ tiles, int tile_rows, const u8* __restrict__ down,\
+        i64 row_bytes, i64 expert_bytes, const float* __restrict__ bias_down, float* __restrict__ y, int D, int F
+
+#define DEFINE_MOE_GEMM(fmt, exact, variant, bf16, s8)                                                        \
+extern "C" __global__ void __launch_bounds__(MOE_THREADS) moe_gate_up_##variant##_##fmt(                    \
+        MOE_GATE_UP_PARAMS) {                                                                               \
     __shared__ __align__(16) MoeShared sm;                                                                  \
     moe_grouped<moe_dq_##fmt, exact, true, !moe_superblock_format(#fmt), bf16, s8>(                         \
         tile_rows, sm, x, order, k_used, tiles, gate, up, row_bytes, expert_bytes, bias_gate, bias_up, h, F, \
         D, clamped, has_limit, limit, alpha);                                                                \
 }                                                                                                            \
 extern "C" __global__ void __launch_bounds__(MOE_THREADS) moe_down_##variant##_##fmt(                       \
-        const float* __restrict__ h, const int* __restrict__ tiles, int tile_rows, const u8* __restrict__ down,\
-        i64 row_bytes, i64 expert_bytes, const float* __restrict__ bias_down, float* __restrict__ y,        \
-        int D, int F) {                                                                                      \
+        MOE_DOWN_PARAMS) {                                                                                  \
     __shared__ __align__(16) MoeShared sm;                                                                  \
     moe_grouped<moe_dq_##fmt, exact, false, !moe_superblock_format(#fmt), bf16, s8>(                        \
         tile_rows, sm, h, nullptr, 1, tiles, down, nullptr, row_bytes, expert_bytes, bias_down, nullptr, y, \
@@ -553,19 +558,14 @@ FOR_EACH_MOE_FORMAT(DEFINE_MOE_GEMM_V3)
 // launcher chooses the kernel by it), kept so that every variant is launched with the same arguments.
 #define DEFINE_MOE_GEMM_ROWS(fmt, variant, bf16, s8, rows, warps_m, gate_up_blocks, down_blocks)              \
 extern "C" __global__ void __launch_bounds__(MOE_THREADS, gate_up_blocks) moe_gate_up_##variant##_r##rows##_##fmt(\
-        const float* __restrict__ x, const int* __restrict__ order, int k_used, const int* __restrict__ tiles,\
-        int tile_rows, const u8* __restrict__ gate, const u8* __restrict__ up, i64 row_bytes,                \
-        i64 expert_bytes, const float* __restrict__ bias_gate, const float* __restrict__ bias_up,           \
-        float* __restrict__ h, int F, int D, int clamped, int has_limit, float limit, float alpha) {        \
+        MOE_GATE_UP_PARAMS) {                                                                               \
     __shared__ __align__(16) MoeShared sm;                                                                  \
     moe_tile<moe_dq_##fmt, true, true, true, bf16, s8, rows, warps_m>(                                      \
         sm, x, order, k_used, tiles, gate, up, row_bytes, expert_bytes, bias_gate, bias_up, h, F, D, clamped,\
         has_limit, limit, alpha);                                                                            \
 }                                                                                                            \
 extern "C" __global__ void __launch_bounds__(MOE_THREADS, down_blocks) moe_down_##variant##_r##rows##_##fmt(  \
-        const float* __restrict__ h, const int* __restrict__ tiles, int tile_rows, const u8* __restrict__ down,\
-        i64 row_bytes, i64 expert_bytes, const float* __restrict__ bias_down, float* __restrict__ y,        \
-        int D, int F) {                                                                                      \
+        MOE_DOWN_PARAMS) {                                                                                  \
     __shared__ __align__(16) MoeShared sm;                                                                  \
     moe_tile<moe_dq_##fmt, true, false, true, bf16, s8, rows, warps_m>(                                     \
         sm, h, nullptr, 1, tiles, down, nullptr, row_bytes, expert_bytes, bias_down, nullptr, y, D, F, 0, 0,  \
