@@ -404,6 +404,8 @@ def main(argv=None) -> int:
         return 0
     meta = json.loads(args.meta)
     meta.setdefault("ours_commit", os.environ.get("M0_COMMIT", "unknown"))
+    # the kernel choices set through the environment (M0_CUDA_MOE_GEMM, ...): the commit's defaults where empty
+    meta.setdefault("ours_kernel_env", {k: v for k, v in sorted(os.environ.items()) if k.startswith("M0_CUDA_")})
     report = side_by_side(json.loads(Path(args.ours).read_text()), json.loads(Path(args.peer).read_text()), meta)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))

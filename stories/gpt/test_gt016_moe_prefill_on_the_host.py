@@ -370,7 +370,7 @@ def _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha, tile
     y = np.full((n_pairs, D), np.nan, np.float32)
     moe.down(k, fmt, h, tiles, n_tiles, tile_rows, draw, rb_d, D * rb_d, biases[2], y, D, F, variant=variant)
     kernel_variant = moe.kernel_variant(variant, fmt)
-    height = f"_r{tile_rows}" if kernel_variant in ("v4", "v5") else ""     # v4, v5: a kernel a tile height
+    height = f"_r{tile_rows}" if kernel_variant in ("v4", "v5", "v6") else ""     # a kernel a tile height
     assert k.launched[-2:] == [f"moe_{kind}_{kernel_variant}{height}_{fmt}" for kind in ("gate_up", "down")]
     out = np.full((T, D), np.nan, np.float32)
     moe.combine_rows(k, y, pos, weights, out, T, k_used, D)
@@ -431,7 +431,8 @@ def _check_expert_ffn(host_moe, variant, qtype, T, E, k_used, D, F, case, tile_r
     assert host_moe.host_mma_not_tf32() == 0, "an mma operand was not a TF32 value"
     kernels = moe.kernel_variant(variant, fmt)
     assert (host_moe.host_mma_tf32_count() > 0) == (kernels == "v3"), "v3 multiplies on TF32 tensor cores, and only v3"
-    assert (host_moe.host_mma_bf16_count() > 0) == (kernels == "v4"), "v4 multiplies on BF16 tensor cores, and only v4"
+    assert (host_moe.host_mma_bf16_count() > 0) == (kernels in ("v4", "v6")), \
+        "v4 and v6 multiply on BF16 tensor cores, and only they"
     assert (host_moe.host_mma_s8_count() > 0) == (kernels == "v5"), "v5 multiplies on int8 tensor cores, and only v5"
     if case == "one-expert":
         assert (experts[:, 0] == 1).all()
@@ -449,5 +450,6 @@ def _check_expert_ffn(host_moe, variant, qtype, T, E, k_used, D, F, case, tile_r
     want = np.einsum("rf,rdf->rd", h.astype(np.float64), dense_down[ex]) + biases[2][ex]
     scale = np.einsum("rf,rdf->rd", np.abs(h.astype(np.float64)), np.abs(dense_down[ex])) + np.abs(biases[2][ex])
     term_nmse = float(np.sum((y - want) ** 2) / np.sum(scale ** 2))
-    row = {"v3": "matmul", "v4": "matmul_expert_bf16x2", "v5": "matmul_expert_q8x2"}[kernels]
+    row = {"v3": "matmul", "v4": "matmul_expert_bf16x2", "v5": "matmul_expert_q8x2",
+           "v6": "matmul_expert_bf16x2"}[kernels]
     assert term_nmse <= THRESHOLDS[row], f"down product term-normalized NMSE {term_nmse:.3e} ({row})"

@@ -20,7 +20,9 @@ MOE_TILE_ROWS = (16, 32, 64)          # sorted rows a tile, the heights moe_gemm
 # quantized a 32-value block as two int8 terms (vecdot.cuh's, within max|block| / 64516: the conformance row
 # matmul_expert_q8x2), two products a k-step where v4 has four. Slower than v4 on the H200 (1.46 against 1.19 ms
 # a GPT-OSS-20B-shaped layer at T = 128), so not the default.
-MOE_GEMM_VARIANTS = ("v3", "v4", "v5")
+# v6: v4 with two 32-value blocks a k-step (K a multiple of 32; a last odd block alone): half the steps, their barriers
+# and waits for loads, twice the bytes in flight a step; the same products as v4 (its conformance row).
+MOE_GEMM_VARIANTS = ("v3", "v4", "v5", "v6")
 MOE_GEMM_VARIANT = os.environ.get("M0_CUDA_MOE_GEMM", "v4")
 MOE_TILE_COLS = 128                   # output columns a block: moe_gemm.cu's MOE_BN
 MOE_THREADS = 256                     # moe_gemm.cu's MOE_THREADS
@@ -31,7 +33,7 @@ MOE_BF16_FORMATS = frozenset({"mxfp4"})
 # times a block's power of two.
 MOE_S8_FORMATS = frozenset({"mxfp4"})
 # The formats each variant has its own kernels for; the others take v3's.
-_VARIANT_FORMATS = {"v4": MOE_BF16_FORMATS, "v5": MOE_S8_FORMATS}
+_VARIANT_FORMATS = {"v4": MOE_BF16_FORMATS, "v5": MOE_S8_FORMATS, "v6": MOE_BF16_FORMATS}
 # Tile heights moe.tile_rows_for chooses from: 32 rows at every T. On the H200 (benchmarks/bench_moe_prefill.py,
 # GPT-OSS-20B-shaped layer, v4 with a kernel a height) the gate/up + down launches took 0.71 + 0.45 ms with 32-row
 # tiles against 0.73 + 0.54 (16) and 1.50 + 0.72 (64) at T = 128; 1.67 + 1.01 against 2.27 + 1.08 (64) at T = 512;
@@ -78,7 +80,7 @@ def kernel_variant(variant: str, fmt: str) -> str:
 
 # Variants with a kernel a tile height (moe_gemm.cu's DEFINE_MOE_GEMM_HEIGHTS: each height's registers, not the
 # tallest one's); v3's kernels take the height as an argument.
-PER_HEIGHT_VARIANTS = frozenset({"v4", "v5"})
+PER_HEIGHT_VARIANTS = frozenset({"v4", "v5", "v6"})
 
 
 def _suffix(variant: str, fmt: str, tile_rows: int) -> str:

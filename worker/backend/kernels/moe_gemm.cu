@@ -83,16 +83,29 @@ struct MoeShared {
 // the doubled E2M1 magnitudes 0, 1, 2, 3, 4, 6, 8, 12 picked from two registers by __byte_perm, the sign applied
 // to the integer, which becomes a float exactly by the 1.5 * 2^23 trick (no int-to-float conversion): the
 // table's values, times the same scale.
-template <class DQ>
-__device__ __forceinline__ void moe_dq8(const u8* r, int c, float* w) { DQ::dq8(r, c, w); }
+// OFF: the block's byte in the staged slot (v6 stages two MXFP4 blocks a slot, the second at byte 17).
+template <class DQ, int OFF = 0>
+struct MoeDq8 {
+    __device__ static __forceinline__ void at(const u8* r, int c, float* w) { DQ::dq8(r + OFF, c, w); }
+};
 
-template <>
-__device__ __forceinline__ void moe_dq8<moe_dq_mxfp4>(const u8* r, int c, float* w) {
+template <int OFF>
+struct MoeDq8<moe_dq_mxfp4, OFF> {
+    __device__ static __forceinline__ void at(const u8* r, int c, float* w);
+};
+
+template <class DQ, int OFF = 0>
+__device__ __forceinline__ void moe_dq8(const u8* r, int c, float* w) { MoeDq8<DQ, OFF>::at(r, c, w); }
+
+template <int OFF>
+__device__ __forceinline__ void MoeDq8<moe_dq_mxfp4, OFF>::at(const u8* r, int c, float* w) {
     const u32* words = (const u32*)r;
-    const float s = e8m0_half(words[0] & 0xffu);
-    const int h = (c & 1) * 2;                   // qs[8 (c & 1) + i] is the block's byte 1 + 8 (c & 1) + i
+    const float s = e8m0_half((words[OFF / 4] >> (8 * (OFF % 4))) & 0xffu);
+    // qs[8 (c & 1) + i] is the slot's byte OFF + 1 + 8 (c & 1) + i
+    constexpr int Q0 = (OFF + 1) / 4, SHIFT = 8 * ((OFF + 1) % 4);
+    const int h = Q0 + (c & 1) * 2;
     const u32 w0 = words[h], w1 = words[h + 1], w2 = words[h + 2];
-    const u32 lo = __funnelshift_r(w0, w1, 8), hi = __funnelshift_r(w1, w2, 8);
+    const u32 lo = __funnelshift_r(w0, w1, SHIFT), hi = __funnelshift_r(w1, w2, SHIFT);
     const int shift = (c >> 1) * 4;              // values 16..31 are the high nibbles
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
@@ -109,7 +122,7 @@ __device__ __forceinline__ void moe_dq8<moe_dq_mxfp4>(const u8* r, int c, float*
 // the first four for the first product (logical k 2q, 2q + 1, 2q + 8, 2q + 9), the last four for the second; the
 // same permutation for both operands leaves each dot product's terms unchanged. a_bf16: the step's activations,
 // 16 words a row (a lane's eight values are one 16-byte read; 8 lanes of a quarter warp cover 32 banks).
-template <class DQ, int NMAT, int MT, int NT>
+template <class DQ, int NMAT, int MT, int NT, int OFF>
 __device__ __forceinline__ void moe_bf16_step(const u8 (*raw)[MOE_RAW], u32* const* a_bf16, int wm, int wn, int g,
                                               int q, float (*acc)[MT][NT][4]) {
     u32 a[2][MT][2][4];                          // [low, high][m16 tile][product of the step][fragment]
@@ -133,7 +146,7 @@ __device__ __forceinline__ void moe_bf16_step(const u8 (*raw)[MOE_RAW], u32* con
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
             float w[8];
-            moe_dq8<DQ>(&raw[m * MOE_BN + wn + 8 * nt + g][0], q, w);
+            moe_dq8<DQ, OFF>(&raw[m * MOE_BN + wn + 8 * nt + g][0], q, w);
 #pragma unroll
             for (int s = 0; s < 2; ++s) {
                 const u32 b[2] = {bf16_pack(__float_as_uint(w[4 * s]), __float_as_uint(w[4 * s + 1])),
@@ -242,7 +255,7 @@ __device__ __forceinline__ void moe_s8_step(const u8 (*raw)[MOE_RAW], const u32*
         }
 }
 
-template <class DQ, bool EXACT, bool GATE_UP, bool STAGED, bool BF16, bool S8, int BM, int WARPS_M>
+template <class DQ, bool EXACT, bool GATE_UP, bool STAGED, bool BF16, bool S8, int BM, int WARPS_M, int KB = 1>
 __device__ __forceinline__ void moe_tile(
         MoeShared& sm, const float* __restrict__ x, const int* __restrict__ order, int k_used,
         const int* __restrict__ tiles, const u8* __restrict__ W1, const u8* __restrict__ W2, i64 row_bytes,
@@ -251,7 +264,11 @@ __device__ __forceinline__ void moe_tile(
     constexpr int NMAT = GATE_UP ? 2 : 1;
     constexpr int WARPS_N = (MOE_THREADS / 32) / WARPS_M;
     constexpr int MT = BM / WARPS_M / 16, NT = MOE_BN / WARPS_N / 8;  // m16 and n8 tiles a warp (a weight)
-    constexpr int A_VECS = (BM * (MOE_BK / 4) + MOE_THREADS - 1) / MOE_THREADS;
+    // KB: 32-value blocks a k-step (v6: two MXFP4 blocks, 34 contiguous bytes of a weight row, a staged slot each)
+    constexpr int STEP = MOE_BK * KB, STEP_VECS = STEP / 4;
+    constexpr int A_VECS = (BM * STEP_VECS + MOE_THREADS - 1) / MOE_THREADS;
+    static_assert(KB == 1 || (BF16 && KB == 2), "v6: two MXFP4 blocks (17 bytes each) a k-step on BF16");
+    static_assert(KB * BM * 16 <= MOE_BM * MOE_LDS, "v6: the step's bfloat16 activations fit a[0]'s space");
     static_assert(MT >= 1 && MT * 16 * WARPS_M == BM && NT * 8 * WARPS_N == MOE_BN, "warp tiling");
     static_assert(!BF16 || (EXACT && STAGED), "v4: staged weights whose values are bfloat16 values");
     static_assert(!S8 || (!BF16 && STAGED), "v5: staged MXFP4 blocks");
@@ -278,7 +295,8 @@ __device__ __forceinline__ void moe_tile(
     const u8* w2 = GATE_UP ? W2 + (i64)expert * expert_bytes : w1;
     // the weight staging: thread tid copies the current block of row n0 + tid % 128 of weight tid / 128
     const int block_bytes = STAGED ? (int)(row_bytes / (K / MOE_BK)) : 0;
-    const int words = (block_bytes + 3) >> 2;
+    const int k_blocks = K / MOE_BK;
+    int words = (block_bytes + 3) >> 2;          // the fetched step's staged words (v6: one block in a last odd step)
     const int st_m = tid / MOE_BN, st_n = n0 + tid % MOE_BN;
     const bool st_live = STAGED && st_m < NMAT && st_n < N;
     const u8* st_row = (st_m ? w2 : w1) + (i64)(st_n < N ? st_n : 0) * row_bytes;
@@ -301,11 +319,13 @@ __device__ __forceinline__ void moe_tile(
         for (int v = 0; v < A_VECS; ++v) {
             const int i = tid + v * MOE_THREADS;
             a_next[v] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (i < BM * (MOE_BK / 4)) {
-                const int src = sm.src_row[i / (MOE_BK / 4)];
-                if (src >= 0) a_next[v] = *(const float4*)(x + (i64)src * K + k0 + 4 * (i % (MOE_BK / 4)));
+            const int c = k0 + 4 * (i % STEP_VECS);
+            if (i < BM * STEP_VECS && (KB == 1 || c < K)) {
+                const int src = sm.src_row[i / STEP_VECS];
+                if (src >= 0) a_next[v] = *(const float4*)(x + (i64)src * K + c);
             }
         }
+        if (KB > 1) words = (min(KB, k_blocks - k0 / MOE_BK) * block_bytes + 3) >> 2;
         if (st_live && !S8) {
             // the block's bytes as aligned words (a row of blocks of 17..34 bytes is not aligned); the words
             // past the block stay within the weight's tail pad
@@ -324,8 +344,8 @@ __device__ __forceinline__ void moe_tile(
 #pragma unroll
         for (int v = 0; v < A_VECS; ++v) {
             const int i = tid + v * MOE_THREADS;
-            if (i >= BM * (MOE_BK / 4)) continue;
-            const int r = i / (MOE_BK / 4), c = 4 * (i % (MOE_BK / 4));
+            if (i >= BM * STEP_VECS) continue;
+            const int r = i / STEP_VECS, c = 4 * (i % STEP_VECS);
             if (S8) {
                 u32 t0, t1;
                 float2 ds;
@@ -341,8 +361,10 @@ __device__ __forceinline__ void moe_tile(
                 bf16_split_bits(x4.y, h[1], l[1]);
                 bf16_split_bits(x4.z, h[2], l[2]);
                 bf16_split_bits(x4.w, h[3], l[3]);
-                *(uint2*)&a_bf16[0][r * 16 + c / 2] = make_uint2(bf16_pack(h[0], h[1]), bf16_pack(h[2], h[3]));
-                *(uint2*)&a_bf16[1][r * 16 + c / 2] = make_uint2(bf16_pack(l[0], l[1]), bf16_pack(l[2], l[3]));
+                // block c / 32 of the step in its own BM x 16-word buffer (v4's layout, bank-conflict free)
+                const int o = ((c / MOE_BK) * BM + r) * 16 + (c % MOE_BK) / 2;
+                *(uint2*)&a_bf16[0][o] = make_uint2(bf16_pack(h[0], h[1]), bf16_pack(h[2], h[3]));
+                *(uint2*)&a_bf16[1][o] = make_uint2(bf16_pack(l[0], l[1]), bf16_pack(l[2], l[3]));
             } else {
                 const float4 x4 = a_next[v];
                 float4 h4, l4;
@@ -377,7 +399,7 @@ __device__ __forceinline__ void moe_tile(
                 if (j < words) dst[j] = st_live ? __funnelshift_r(raw_next[j], raw_next[j + 1], raw_shift) : 0u;
         }
     };
-    const int steps = K / MOE_BK;
+    const int steps = (k_blocks + KB - 1) / KB;
     if constexpr (S8) {
         // v5: the weights of steps 0 and 1 on their way; a column past N reads zeros (its outputs are not stored)
         if (STAGED && st_m < NMAT && !st_live)
@@ -410,10 +432,15 @@ __device__ __forceinline__ void moe_tile(
     stage_raw(0);
     __syncthreads();
     for (int step = 0; step < steps; ++step) {
-        const int buf = step & 1, k0 = step * MOE_BK;
-        if (step + 1 < steps) fetch(k0 + MOE_BK);
+        const int buf = step & 1, k0 = step * STEP;
+        if (step + 1 < steps) fetch(k0 + STEP);
         if constexpr (BF16) {
-            moe_bf16_step<DQ, NMAT, MT, NT>(sm.raw[buf], a_bf16, wm, wn, g, q, acc);
+            moe_bf16_step<DQ, NMAT, MT, NT, 0>(sm.raw[buf], a_bf16, wm, wn, g, q, acc);
+            if constexpr (KB > 1) {
+                u32* const a_second[2] = {a_bf16[0] + BM * 16, a_bf16[1] + BM * 16};
+                if (k0 + MOE_BK < K)             // the step's second block (not in a last odd step)
+                    moe_bf16_step<DQ, NMAT, MT, NT, 17>(sm.raw[buf], a_second, wm, wn, g, q, acc);
+            }
         } else {
         // the lane's activations of the step: rows wm + 16 mt + g and + 8, values 8q .. 8q + 7, split once
         u32 a_hi[MT][4][4], a_lo[MT][4][4];
@@ -556,28 +583,28 @@ FOR_EACH_MOE_FORMAT(DEFINE_MOE_GEMM_V3)
 // schedulers' cycles without an eligible warp). BLOCKS: the blocks an SM the kernel is built for (__launch_bounds__'s
 // minimum, so a register budget of 65536 / (256 BLOCKS)). Their tile_rows parameter is their own height (the
 // launcher chooses the kernel by it), kept so that every variant is launched with the same arguments.
-#define DEFINE_MOE_GEMM_ROWS(fmt, variant, bf16, s8, rows, warps_m, gate_up_blocks, down_blocks)              \
+#define DEFINE_MOE_GEMM_ROWS(fmt, variant, bf16, s8, kb, rows, warps_m, gate_up_blocks, down_blocks)          \
 extern "C" __global__ void __launch_bounds__(MOE_THREADS, gate_up_blocks) moe_gate_up_##variant##_r##rows##_##fmt(\
         MOE_GATE_UP_PARAMS) {                                                                               \
     __shared__ __align__(16) MoeShared sm;                                                                  \
-    moe_tile<moe_dq_##fmt, true, true, true, bf16, s8, rows, warps_m>(                                      \
+    moe_tile<moe_dq_##fmt, true, true, true, bf16, s8, rows, warps_m, kb>(                                  \
         sm, x, order, k_used, tiles, gate, up, row_bytes, expert_bytes, bias_gate, bias_up, h, F, D, clamped,\
         has_limit, limit, alpha);                                                                            \
 }                                                                                                            \
 extern "C" __global__ void __launch_bounds__(MOE_THREADS, down_blocks) moe_down_##variant##_r##rows##_##fmt(  \
         MOE_DOWN_PARAMS) {                                                                                  \
     __shared__ __align__(16) MoeShared sm;                                                                  \
-    moe_tile<moe_dq_##fmt, true, false, true, bf16, s8, rows, warps_m>(                                     \
+    moe_tile<moe_dq_##fmt, true, false, true, bf16, s8, rows, warps_m, kb>(                                 \
         sm, h, nullptr, 1, tiles, down, nullptr, row_bytes, expert_bytes, bias_down, nullptr, y, D, F, 0, 0,  \
         0.0f, 1.0f);                                                                                         \
 }
 // the heights' tilings as moe_grouped's; the blocks an SM: GATE_UP_BLOCKS_R<rows>, DOWN_BLOCKS_R<rows>, each the most
 // that ptxas fits without spilling (nvcc -Xptxas -v; v4's gate/up: 104, 120, 182 registers; down: 74, 96, 121) but
 // down's 32-row tile: three blocks (80 registers, a few spilled) timed the same as two on the H200 (0.446 / 0.449 ms)
-#define DEFINE_MOE_GEMM_HEIGHTS(fmt, variant, bf16, s8)                                                       \
-    DEFINE_MOE_GEMM_ROWS(fmt, variant, bf16, s8, 16, 1, GATE_UP_BLOCKS_R16, DOWN_BLOCKS_R16)                  \
-    DEFINE_MOE_GEMM_ROWS(fmt, variant, bf16, s8, 32, 1, GATE_UP_BLOCKS_R32, DOWN_BLOCKS_R32)                  \
-    DEFINE_MOE_GEMM_ROWS(fmt, variant, bf16, s8, 64, 2, GATE_UP_BLOCKS_R64, DOWN_BLOCKS_R64)
+#define DEFINE_MOE_GEMM_HEIGHTS(fmt, variant, bf16, s8, kb)                                                   \
+    DEFINE_MOE_GEMM_ROWS(fmt, variant, bf16, s8, kb, 16, 1, GATE_UP_BLOCKS_R16, DOWN_BLOCKS_R16)              \
+    DEFINE_MOE_GEMM_ROWS(fmt, variant, bf16, s8, kb, 32, 1, GATE_UP_BLOCKS_R32, DOWN_BLOCKS_R32)              \
+    DEFINE_MOE_GEMM_ROWS(fmt, variant, bf16, s8, kb, 64, 2, GATE_UP_BLOCKS_R64, DOWN_BLOCKS_R64)
 #ifndef GATE_UP_BLOCKS_R16
 #define GATE_UP_BLOCKS_R16 2
 #define GATE_UP_BLOCKS_R32 2
@@ -589,10 +616,14 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS, down_blocks) moe_down_
 
 // v4: BF16, for the formats whose values are bfloat16 values (kernels/moe.py MOE_BF16_FORMATS)
 #define FOR_EACH_MOE_BF16_FORMAT(X) X(mxfp4)
-#define DEFINE_MOE_GEMM_V4(fmt) DEFINE_MOE_GEMM_HEIGHTS(fmt, v4, true, false)
+#define DEFINE_MOE_GEMM_V4(fmt) DEFINE_MOE_GEMM_HEIGHTS(fmt, v4, true, false, 1)
 FOR_EACH_MOE_BF16_FORMAT(DEFINE_MOE_GEMM_V4)
+
+// v6: v4 with two 32-value blocks a k-step (half the steps, their barriers and load waits; twice the bytes in flight)
+#define DEFINE_MOE_GEMM_V6(fmt) DEFINE_MOE_GEMM_HEIGHTS(fmt, v6, true, false, 2)
+FOR_EACH_MOE_BF16_FORMAT(DEFINE_MOE_GEMM_V6)
 
 // v5: int8, for MXFP4 alone (kernels/moe.py MOE_S8_FORMATS: its values are small integers times a power of two)
 #define FOR_EACH_MOE_S8_FORMAT(X) X(mxfp4)
-#define DEFINE_MOE_GEMM_V5(fmt) DEFINE_MOE_GEMM_HEIGHTS(fmt, v5, false, true)
+#define DEFINE_MOE_GEMM_V5(fmt) DEFINE_MOE_GEMM_HEIGHTS(fmt, v5, false, true, 1)
 FOR_EACH_MOE_S8_FORMAT(DEFINE_MOE_GEMM_V5)
