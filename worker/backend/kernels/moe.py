@@ -20,10 +20,13 @@ MOE_TILE_ROWS = (16, 32, 64)          # sorted rows a tile, the heights moe_gemm
 # quantized a 32-value block as two int8 terms (vecdot.cuh's, within max|block| / 64516: the conformance row
 # matmul_expert_q8x2), two products a k-step where v4 has four. Slower than v4 on the H200 (1.46 against 1.19 ms
 # a GPT-OSS-20B-shaped layer at T = 128), so not the default.
-# v6: v4 with two 32-value blocks a k-step (K a multiple of 32; a last odd block alone): half the steps, their barriers
-# and waits for loads, twice the bytes in flight a step; the same products as v4 (its conformance row).
+# v6, the default: v4 with two 32-value blocks a k-step (K a multiple of 32; a last odd block alone): half the steps,
+# their barriers and waits for loads, twice the bytes in flight a step; the same products as v4 (its conformance row).
+# On the H200 (bench_moe_prefill.py, GPT-OSS-20B-shaped layer, 32-row tiles) its down launch took 0.397 against v4's
+# 0.449 ms at T = 128, 0.918 against 1.010 at 512, 3.09 against 3.35 at 2048; gate/up the same (0.705 / 0.702 ms);
+# the whole GPT-OSS-20B-shaped model's pp128 19.3 against 20.2 ms (bench_prefill_paths.py).
 MOE_GEMM_VARIANTS = ("v3", "v4", "v5", "v6")
-MOE_GEMM_VARIANT = os.environ.get("M0_CUDA_MOE_GEMM", "v4")
+MOE_GEMM_VARIANT = os.environ.get("M0_CUDA_MOE_GEMM", "v6")
 MOE_TILE_COLS = 128                   # output columns a block: moe_gemm.cu's MOE_BN
 MOE_THREADS = 256                     # moe_gemm.cu's MOE_THREADS
 # Formats whose dequantized values are bfloat16 values (moe_gemm.cu's FOR_EACH_MOE_BF16_FORMAT): MXFP4's E2M1 values

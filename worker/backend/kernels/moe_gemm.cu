@@ -3,7 +3,7 @@
 // moe.cu's moe_plan sorts the (token, slot) pairs by expert and cuts each expert's run into tiles of
 // tile_rows (16, 32 or 64) sorted rows. A block takes one tile and MOE_BN output columns: it gathers the tile's rows of
 // the input, stages the expert's weight blocks as stored, dequantizes them on the fly (quant.cuh) and multiplies
-// with mma.sync. Three variants (kernels/moe.py MOE_GEMM_VARIANT):
+// with mma.sync. Four variants (kernels/moe.py MOE_GEMM_VARIANT):
 //   v3: TF32 (mma_tf32.cuh) in the prefill products' split-TF32 scheme (kernels/matmul.py): every activation
 //       x = x_hi + x_lo, and y = x_hi W + x_lo W where each weight value is a TF32 value already (MXFP4), else
 //       y = x_hi W_hi + x_hi W_lo + x_lo W_hi; each term x_k W_nk is then off by at most 2^-21 |x_k| |W_nk|.
@@ -15,10 +15,12 @@
 //       each term's exact int32 block sum scaled by d_t and the weight block's scale in float32: two products
 //       a 32-value k-step and 16 x 8 outputs where v4 needs four. Its activations are double-buffered (one
 //       __syncthreads a step) and its weight blocks copied by cp.async two k-steps ahead (three stages).
+//   v6: v4 with two 32-value blocks a k-step (34 contiguous bytes of a weight row a staged slot): half the steps and
+//       their barriers, twice the bytes in flight a step.
 // The sums are float32, as the prefill products'.
 //   moe_gate_up_<variant>_<fmt>: h[row] = swiglu(x[token(row)] Wgate_e^T + bgate_e, x[token(row)] Wup_e^T + bup_e)
 //   moe_down_<variant>_<fmt>:    y[row] = h[row] Wdown_e^T + bdown_e
-// (v4, v5: moe_gate_up_<variant>_r<rows>_<fmt>, a kernel a tile height; v3's take the height as an argument)
+// (v4, v5, v6: moe_gate_up_<variant>_r<rows>_<fmt>, a kernel a tile height; v3's take the height as an argument)
 // Tiles with rows = 0 (the plan's unused entries) exit at once. (v1, one unpipelined k-step at a time, and v2, v3
 // with the activations split by every warp that reads them, were slower at every size on the H200 and are gone.)
 #include "quant.cuh"
@@ -577,7 +579,7 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS) moe_down_##variant##_#
 #define DEFINE_MOE_GEMM_V3(fmt, exact) DEFINE_MOE_GEMM(fmt, exact, v3, false, false)
 FOR_EACH_MOE_FORMAT(DEFINE_MOE_GEMM_V3)
 
-// v4 and v5: a kernel a tile height (kernels/moe.py _suffix: moe_gate_up_v4_r32_mxfp4, ...), each with the registers
+// v4, v5, v6: a kernel a tile height (kernels/moe.py _suffix: moe_gate_up_v4_r32_mxfp4, ...), each with the registers
 // its height needs: one kernel serving the three heights took the 64-row tile's 181 registers a thread at every
 // height, one block of 8 warps an SM (ncu, H200, GPT-OSS-20B-shaped layer at T = 128: 12.5 % occupancy, half the
 // schedulers' cycles without an eligible warp). BLOCKS: the blocks an SM the kernel is built for (__launch_bounds__'s
