@@ -267,10 +267,19 @@ def _gates_own_check(item, rootpath: Path) -> bool:
     return (rootpath / "gates") in Path(str(item.path)).parents
 
 
+# Session fixtures that start a worker process on the run's --device (fixtures/server_fixtures.py): a test that uses
+# one makes that process allocate and compute on the GPU, so on cuda it holds the device lock like a gpu test.
+DEVICE_SERVER_FIXTURES = frozenset({"smollm2_server"})
+
+
 def uses_device_under_test(item, rootpath: Path) -> bool:
-    """A gate's own check, a gpu test or a uses_device test: it runs on the device this run validates."""
+    """A gate's own check, a gpu test, a uses_device test, or (on cuda) a test of a worker process started on the
+    device: it runs on the device this run validates."""
+    state = getattr(item.config, "_m0", None)
+    on_gpu_server = (getattr(state, "device", "cpu") == "cuda"
+                     and bool(DEVICE_SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))))
     return bool(_gates_own_check(item, rootpath) or item.get_closest_marker("gpu")
-                or item.get_closest_marker("uses_device"))
+                or item.get_closest_marker("uses_device") or on_gpu_server)
 
 
 def runs_alone(item, rootpath: Path) -> bool:

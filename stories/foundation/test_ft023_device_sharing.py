@@ -203,3 +203,19 @@ def test_without_xdist_nothing_is_locked(pytester):
     ("stories/a.py::test_x", "stories/a.py::test_x")])
 def test_the_results_name_tests_without_xdist_group_suffixes(nodeid, plain):
     assert plain_nodeid(nodeid) == plain
+
+
+@pytest.mark.parametrize("device,fixtures,holds", [
+    ("cuda", ["smollm2_server", "tmp_path"], True),    # its server process computes on the GPU
+    ("cpu", ["smollm2_server"], False),                  # the same server on the CPU leaves the device alone
+    ("cuda", ["tiny_server"], False)])                   # the tiny server runs on the CPU whatever the device
+def test_a_test_of_a_worker_process_on_the_gpu_holds_the_device(tmp_path, device, fixtures, holds):
+    """A worker server started on the device (fixtures/server_fixtures.py) allocates there: an exclusive test that
+    measures the device's free memory must not run while it starts or serves a job."""
+    from types import SimpleNamespace
+
+    from gates.harness.plugin import uses_device_under_test
+
+    item = SimpleNamespace(config=SimpleNamespace(_m0=SimpleNamespace(device=device)), fixturenames=fixtures,
+                           path=tmp_path / "stories" / "test_x.py", get_closest_marker=lambda name: None)
+    assert uses_device_under_test(item, tmp_path) is holds

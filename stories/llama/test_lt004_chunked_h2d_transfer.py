@@ -43,12 +43,19 @@ class FakeStream:
 
     def run_until(self, n: int) -> None:
         while self.done < n:
-            dst, offset, host_ptr, nbytes = self.queue[self.done]
-            dst.memory[offset:offset + nbytes] = ctypes.string_at(host_ptr, nbytes)   # reads the host buffer NOW
+            op = self.queue[self.done]
             self.done += 1
+            if callable(op):                   # other queued work: a wait for an event, a fill
+                op()
+                continue
+            dst, offset, host_ptr, nbytes = op
+            dst.memory[offset:offset + nbytes] = ctypes.string_at(host_ptr, nbytes)   # reads the host buffer NOW
 
     def record(self):
         return FakeEvent(self, len(self.queue))
+
+    def wait_event(self, event: "FakeEvent") -> None:
+        self.queue.append(event.synchronize)   # what follows runs after the event's stream reached it
 
     def synchronize(self) -> None:
         self.run_until(len(self.queue))
@@ -97,7 +104,9 @@ def stand_in_cupy():
         return buf
 
     cp = types.ModuleType("cupy")
-    cp.cuda = types.SimpleNamespace(alloc_pinned_memory=alloc_pinned_memory, Stream=FakeStream)
+    caller = FakeStream()                  # the caller's current stream
+    cp.cuda = types.SimpleNamespace(alloc_pinned_memory=alloc_pinned_memory, Stream=FakeStream,
+                                    get_current_stream=lambda: caller)
     saved = sys.modules.get("cupy", _ABSENT)
     sys.modules["cupy"] = cp
     try:
@@ -167,6 +176,22 @@ def test_the_staging_buffers_are_reused_across_tensors(fake_cupy):
         assert bytes(dst.memory) == src.tobytes()
     assert len(fake_cupy) == 2, "pinned memory must be allocated once, not per tensor"
     assert stager.bytes_uploaded == 17 * PAGE + 4
+
+
+@pytest.mark.story("LT-004")
+def test_the_copies_land_after_work_queued_before_on_the_callers_stream(fake_cupy):
+    """The copy stream runs beside the caller's: a fill of the destination queued there before the upload (and not
+    run yet, as on a busy GPU) must not land on top of the copied bytes."""
+    import cupy
+
+    size = 3 * PAGE + 11
+    source = np.random.default_rng(7).integers(0, 256, size, dtype=np.uint8)
+    dst = FakeDeviceArray(size)
+    caller = cupy.cuda.get_current_stream()
+    caller.queue.append(lambda: dst.memory.__setitem__(slice(0, size), b"\xab" * size))   # cupy.full, pending
+    PinnedStager(2 * PAGE).upload(source, dst)
+    caller.synchronize()
+    assert bytes(dst.memory) == source.tobytes()
 
 
 @pytest.mark.story("LT-004")

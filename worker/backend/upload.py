@@ -64,6 +64,7 @@ class PinnedStager:
         self.capacity_bytes = 2 * self.chunk
         self._pinned = [cp.cuda.alloc_pinned_memory(self.chunk) for _ in range(2)]
         self._host = [np.frombuffer(m, dtype=np.uint8, count=self.chunk) for m in self._pinned]
+        self._cuda = cp.cuda
         self._stream = cp.cuda.Stream(non_blocking=True)
         self._done = [None, None]          # event per buffer: its last copy has finished
         self.bytes_uploaded = 0
@@ -74,6 +75,9 @@ class PinnedStager:
         total = raw.size
         if dst.nbytes < total:
             raise ValueError(f"device buffer of {dst.nbytes} bytes cannot take {total}")
+        # the copy stream is not ordered after the caller's: work queued there on dst (a fill, a kernel on a pool block
+        # just freed) must finish before the copies land, or it overwrites them (seen on a busy GPU)
+        self._stream.wait_event(self._cuda.get_current_stream().record())
         done, slot = 0, 0
         while done < total:
             n = min(self.chunk, total - done)
