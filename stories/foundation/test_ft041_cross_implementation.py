@@ -41,6 +41,9 @@ PROMPTS = {
     "code": "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
     "chat": "<|im_start|>user\nName three uses of a GPU, briefly.<|im_end|>\n<|im_start|>assistant\n",
     "emoji": "List of emoji with names:\n😀 grinning face\n🎉 party popper\n",
+    # characters that no vocabulary holds whole: a continuation in kind comes as byte tokens (Qwen2.5's vocabulary
+    # holds the common emoji whole, so "emoji" may give no token that ends inside a character)
+    "glyphs": "Egyptian hieroglyphs, Unicode block U+13000:\n𓀀 man seated\n𓀁 man with hand to mouth\n𓀂",
 }
 
 
@@ -236,12 +239,15 @@ def test_token_events_carry_the_same_whole_characters(pair):
 
 def test_a_cut_inside_a_character_ends_both_with_one_replacement_character(pair):
     ours, theirs, _, _ = pair
-    ours_run, their_run = both_greedy(pair, "emoji")
-    k = agreed_length(ours_run, their_run)
-    cut = next((i for i, t in enumerate(ours_run["tokens"][:k - 1], start=1) if t["t"] == ""), None)
-    if cut is None:
+    for prompt in ("emoji", "glyphs"):         # the first whose agreed continuation has a token inside a character
+        ours_run, their_run = both_greedy(pair, prompt)
+        k = agreed_length(ours_run, their_run)
+        cut = next((i for i, t in enumerate(ours_run["tokens"][:k - 1], start=1) if t["t"] == ""), None)
+        if cut is not None:
+            break
+    else:
         pytest.skip("no agreed token ends inside a character")
-    runs = [greedy(w.url, PROMPTS["emoji"], cut, "x-cut") for w in (ours, theirs)]
+    runs = [greedy(w.url, PROMPTS[prompt], cut, "x-cut") for w in (ours, theirs)]
     assert runs[0]["ids"] == runs[1]["ids"]
     assert runs[0]["text"] == runs[1]["text"] and runs[0]["text"].endswith("\ufffd")
     assert runs[0]["text"].count("\ufffd") == 1
