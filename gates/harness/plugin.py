@@ -267,19 +267,28 @@ def _gates_own_check(item, rootpath: Path) -> bool:
     return (rootpath / "gates") in Path(str(item.path)).parents
 
 
-# Session fixtures that start a worker process on the run's --device (fixtures/server_fixtures.py): a test that uses
-# one makes that process allocate and compute on the GPU, so on cuda it holds the device lock like a gpu test.
-DEVICE_SERVER_FIXTURES = frozenset({"smollm2_server"})
+# Fixtures through which a test puts work on the run's --device without a device mark: `device` (the test loads a
+# model or starts a worker process on it: the integration suites, FT-018, ...) and `smollm2_server` (a worker process
+# on the device, fixtures/server_fixtures.py). On cuda such a test allocates and computes on the GPU, so it holds the
+# device lock (shared) like a gpu test: an exclusive test's free-memory figures would count its allocations.
+DEVICE_FIXTURES = frozenset({"device", "smollm2_server"})
+
+
+def _device_marked(item, rootpath: Path) -> bool:
+    return bool(_gates_own_check(item, rootpath) or item.get_closest_marker("gpu")
+                or item.get_closest_marker("uses_device"))
+
+
+def puts_work_on_the_gpu(item) -> bool:
+    """On cuda: the test uses a fixture that puts work on the device (DEVICE_FIXTURES)."""
+    state = getattr(item.config, "_m0", None)
+    return getattr(state, "device", "cpu") == "cuda" and bool(DEVICE_FIXTURES & set(getattr(item, "fixturenames", ())))
 
 
 def uses_device_under_test(item, rootpath: Path) -> bool:
-    """A gate's own check, a gpu test, a uses_device test, or (on cuda) a test of a worker process started on the
-    device: it runs on the device this run validates."""
-    state = getattr(item.config, "_m0", None)
-    on_gpu_server = (getattr(state, "device", "cpu") == "cuda"
-                     and bool(DEVICE_SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))))
-    return bool(_gates_own_check(item, rootpath) or item.get_closest_marker("gpu")
-                or item.get_closest_marker("uses_device") or on_gpu_server)
+    """A gate's own check, a gpu test, a uses_device test, or (on cuda) a test that puts work on the device through
+    its fixtures: it runs on the device this run validates."""
+    return _device_marked(item, rootpath) or puts_work_on_the_gpu(item)
 
 
 def runs_alone(item, rootpath: Path) -> bool:
@@ -292,7 +301,8 @@ def _group_device_tests(item, config) -> None:
     so that they do not queue on several workers at once; the other device tests of a module stay on one worker
     (its fixtures built and its kernels compiled once, as under --dist loadfile) and share the device with the
     other workers'; the tests that do not use the device spread over the workers."""
-    if os.environ.get("PYTEST_XDIST_WORKER") and uses_device_under_test(item, config.rootpath):
+    # (the tests that reach the device only through their fixtures keep xdist's spread: the lock alone covers them)
+    if os.environ.get("PYTEST_XDIST_WORKER") and _device_marked(item, config.rootpath):
         alone = runs_alone(item, config.rootpath)
         item.add_marker(pytest.mark.xdist_group(DEVICE_GROUP if alone else f"{DEVICE_GROUP}-{item.path.stem}"))
 

@@ -7,15 +7,17 @@ it (gates/harness/device_lock.py: a readers-writer lock over flock, with writer 
 device tests stay on one worker (its fixtures and kernel compilations made once); tests that do not use the
 device run beside anything. Without xdist nothing is locked; xdist's group suffixes never reach the results.
 """
+import fcntl
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
 import time
 
 import pytest
 
-from gates.harness.device_lock import EXCLUSIVE, SHARED, device_lock
+from gates.harness.device_lock import EXCLUSIVE, SHARED, device_lock, lock_paths
 from gates.harness.shards import plain_nodeid
 from stories.foundation.test_ft023_gate_shards import nested_env
 
@@ -42,12 +44,27 @@ def _next(log, timeout=10.0):
     return log.get(timeout=timeout)
 
 
+def _wait_until_locked(path, timeout=10.0):
+    """Until another process holds `path`'s flock (a fixed sleep raced a slow process start on a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        finally:
+            os.close(fd)
+        time.sleep(0.01)
+    raise AssertionError(f"nobody took {path} within {timeout} s")
+
+
 def test_an_exclusive_holder_waits_for_the_shared_ones_and_later_shared_ones_wait_for_it(tmp_path):
     log = CONTEXT.Queue()
     reader, release_reader = _start("reader", SHARED, tmp_path, log)
     assert _next(log) == ("reader", "in")
     writer, release_writer = _start("writer", EXCLUSIVE, tmp_path, log)
-    time.sleep(0.5)                                   # the writer now waits for the room
+    _wait_until_locked(lock_paths("run", tmp_path)[0])   # the writer holds the turnstile: it waits for the room
     late, release_late = _start("late reader", SHARED, tmp_path, log)
     time.sleep(0.5)
     assert log.empty(), "a holder got in beside a shared one while an exclusive one waited"
@@ -207,11 +224,12 @@ def test_the_results_name_tests_without_xdist_group_suffixes(nodeid, plain):
 
 @pytest.mark.parametrize("device,fixtures,holds", [
     ("cuda", ["smollm2_server", "tmp_path"], True),    # its server process computes on the GPU
-    ("cpu", ["smollm2_server"], False),                  # the same server on the CPU leaves the device alone
+    ("cuda", ["server", "device"], True),                # a worker (or a model) started on the run's device
+    ("cpu", ["smollm2_server", "device"], False),        # on the CPU they leave the device alone
     ("cuda", ["tiny_server"], False)])                   # the tiny server runs on the CPU whatever the device
-def test_a_test_of_a_worker_process_on_the_gpu_holds_the_device(tmp_path, device, fixtures, holds):
-    """A worker server started on the device (fixtures/server_fixtures.py) allocates there: an exclusive test that
-    measures the device's free memory must not run while it starts or serves a job."""
+def test_a_test_that_puts_work_on_the_gpu_through_its_fixtures_holds_the_device(tmp_path, device, fixtures, holds):
+    """A worker server or a model started on the device allocates there: an exclusive test that measures the
+    device's free memory must not run while it starts or serves a job."""
     from types import SimpleNamespace
 
     from gates.harness.plugin import uses_device_under_test
