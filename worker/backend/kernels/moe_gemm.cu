@@ -85,7 +85,8 @@ struct MoeShared {
 // the doubled E2M1 magnitudes 0, 1, 2, 3, 4, 6, 8, 12 picked from two registers by __byte_perm, the sign applied
 // to the integer, which becomes a float exactly by the 1.5 * 2^23 trick (no int-to-float conversion): the
 // table's values, times the same scale.
-// OFF: the block's byte in the staged slot (v6 stages two MXFP4 blocks a slot, the second at byte 17).
+// OFF: the block's byte in the staged slot (v6 stages two MXFP4 blocks a slot, the second at MOE_MXFP4_BYTES).
+#define MOE_MXFP4_BYTES 17       // an MXFP4 block: its e8m0 scale and 16 bytes of E2M1 codes
 template <class DQ, int OFF = 0>
 struct MoeDq8 {
     __device__ static __forceinline__ void at(const u8* r, int c, float* w) { DQ::dq8(r + OFF, c, w); }
@@ -93,30 +94,27 @@ struct MoeDq8 {
 
 template <int OFF>
 struct MoeDq8<moe_dq_mxfp4, OFF> {
-    __device__ static __forceinline__ void at(const u8* r, int c, float* w);
+    __device__ static __forceinline__ void at(const u8* r, int c, float* w) {
+        const u32* words = (const u32*)r;
+        const float s = e8m0_half((words[OFF / 4] >> (8 * (OFF % 4))) & 0xffu);
+        // qs[8 (c & 1) + i] is the slot's byte OFF + 1 + 8 (c & 1) + i
+        constexpr int Q0 = (OFF + 1) / 4, SHIFT = 8 * ((OFF + 1) % 4);
+        const int h = Q0 + (c & 1) * 2;
+        const u32 w0 = words[h], w1 = words[h + 1], w2 = words[h + 2];
+        const u32 lo = __funnelshift_r(w0, w1, SHIFT), hi = __funnelshift_r(w1, w2, SHIFT);
+        const int shift = (c >> 1) * 4;              // values 16..31 are the high nibbles
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const u32 code = ((i < 4 ? lo : hi) >> (8 * (i & 3) + shift)) & 15u;
+            const int mag = (int)__byte_perm(0x03020100u, 0x0C080604u, code & 7u);
+            const int v = (code & 8u) ? -mag : mag;
+            w[i] = s * (__int_as_float(0x4B400000 + v) - 12582912.0f);
+        }
+    }
 };
 
 template <class DQ, int OFF = 0>
 __device__ __forceinline__ void moe_dq8(const u8* r, int c, float* w) { MoeDq8<DQ, OFF>::at(r, c, w); }
-
-template <int OFF>
-__device__ __forceinline__ void MoeDq8<moe_dq_mxfp4, OFF>::at(const u8* r, int c, float* w) {
-    const u32* words = (const u32*)r;
-    const float s = e8m0_half((words[OFF / 4] >> (8 * (OFF % 4))) & 0xffu);
-    // qs[8 (c & 1) + i] is the slot's byte OFF + 1 + 8 (c & 1) + i
-    constexpr int Q0 = (OFF + 1) / 4, SHIFT = 8 * ((OFF + 1) % 4);
-    const int h = Q0 + (c & 1) * 2;
-    const u32 w0 = words[h], w1 = words[h + 1], w2 = words[h + 2];
-    const u32 lo = __funnelshift_r(w0, w1, SHIFT), hi = __funnelshift_r(w1, w2, SHIFT);
-    const int shift = (c >> 1) * 4;              // values 16..31 are the high nibbles
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        const u32 code = ((i < 4 ? lo : hi) >> (8 * (i & 3) + shift)) & 15u;
-        const int mag = (int)__byte_perm(0x03020100u, 0x0C080604u, code & 7u);
-        const int v = (code & 8u) ? -mag : mag;
-        w[i] = s * (__int_as_float(0x4B400000 + v) - 12582912.0f);
-    }
-}
 
 // One 32-value k-step of v4 on BF16 tensor cores (m16n8k16, two a step): the weights' values are bfloat16
 // values already (MXFP4's: E2M1 times a power of two), the activations two bfloat16 terms each (high, low:
@@ -441,7 +439,7 @@ __device__ __forceinline__ void moe_tile(
             if constexpr (KB > 1) {
                 u32* const a_second[2] = {a_bf16[0] + BM * 16, a_bf16[1] + BM * 16};
                 if (k0 + MOE_BK < K)             // the step's second block (not in a last odd step)
-                    moe_bf16_step<DQ, NMAT, MT, NT, 17>(sm.raw[buf], a_second, wm, wn, g, q, acc);
+                    moe_bf16_step<DQ, NMAT, MT, NT, MOE_MXFP4_BYTES>(sm.raw[buf], a_second, wm, wn, g, q, acc);
             }
         } else {
         // the lane's activations of the step: rows wm + 16 mt + g and + 8, values 8q .. 8q + 7, split once
