@@ -157,6 +157,29 @@ static inline void mma_bf16_16x8x16(float* d, const u32* a, const u32* b) {
     warp_barriers[w]->arrive_and_wait();
 }
 
+// fma.rn.bf16x2 with -0 (mma_bf16.cuh's bf16x2_mul) on the host: each half's product in float32 (exact: two
+// bfloat16 values' product fits), rounded to nearest-even at bfloat16.
+static inline u32 bf16x2_mul(u32 a, u32 b) {
+    u32 d = 0;
+    for (int h = 0; h < 2; ++h) {
+        u32 u = __float_as_uint(bf16_half(a, h) * bf16_half(b, h));
+        if ((u & 0x7f800000u) != 0x7f800000u) u += 0x7fffu + ((u >> 16) & 1u);
+        d |= (u >> 16) << (16 * h);
+    }
+    return d;
+}
+
+"""
+
+# v7's bfloat16 words of n staged slots (36 bytes: two MXFP4 blocks, at bytes 0 and 17): out[slot][block][lane q][4].
+_BF16_WORDS_ENTRY = r"""
+extern "C" void host_mxfp4_bf16_words(const u8* slots, int n, u32* out) {
+    for (int i = 0; i < n; ++i)
+        for (int q = 0; q < 4; ++q) {
+            moe_mxfp4_bf16_words<0>(slots + MOE_RAW * i, q, out + ((2 * i) * 4 + q) * 4);
+            moe_mxfp4_bf16_words<MOE_MXFP4_BYTES>(slots + MOE_RAW * i, q, out + ((2 * i + 1) * 4 + q) * 4);
+        }
+}
 """
 
 # One m16n8k32 int8 product of one warp on the host version: lane l's fragments a[l][0..3], b[l][0..1], d[l][0..3].
@@ -191,7 +214,8 @@ def host_moe(tmp_path_factory):
     kernels = kernel_body(KERNELS / "moe.cu") + _gemm_source()
     headers = "".join(kernel_body(KERNELS / h) for h in ("iq_tables.cuh", "quant.cuh", "tf32.cuh", "activation.cuh"))
     text = _PRELUDE + HOST_MMA_S8 + helpers + headers + THREADED_LAUNCH + _MMA_S8_ENTRY + kernels
-    return build_host_library(text + host_entries(kernels), tmp_path_factory.mktemp("moe"), "moe_host", timeout=900)
+    return build_host_library(text + host_entries(kernels) + _BF16_WORDS_ENTRY, tmp_path_factory.mktemp("moe"),
+                              "moe_host", timeout=900)
 
 
 class HostBackend:
@@ -344,6 +368,37 @@ def test_host_int8_mma_follows_the_ptx_fragment_layout(host_moe):
         assert np.array_equal(_s8_outputs(d), want) == right
 
 
+def test_v7_bfloat16_words_are_gguf_py_values_exactly(host_moe):
+    """v7 builds MXFP4's weight values as bfloat16 bits from the codes and scales them by bfloat16 multiplies
+    (moe_mxfp4_bf16_words): for every scale byte 0..255 (e8 = 0, 1: subnormal products; e8 > 128: two multiplies;
+    255: E8M0's NaN, which gguf-py reads as 2^128 and overflows as we do) and every code at every position, the
+    words hold gguf-py's dequantized values exactly, in the k order stage_a writes the activations in: lane q's
+    word i holds k = 4q + i % 2 + 16 (i // 2) in its low half and k + 2 in its high half."""
+    rng = np.random.default_rng(7)
+    n = 256 * 2
+    blocks = np.zeros((2 * n, 17), np.uint8)             # two blocks a slot, every scale byte twice
+    blocks[:, 0] = np.tile(np.arange(256, dtype=np.uint8), 4)
+    codes = rng.integers(0, 16, (2 * n, 32)).astype(np.uint8)
+    codes[:32, :] = np.arange(32)[None, :] % 16           # every code at every position
+    codes[16:32, :] = (np.arange(32)[None, :] + 8) % 16
+    blocks[:, 1:] = codes[:, :16] | (codes[:, 16:] << 4)
+    slots = np.zeros((n, 36), np.uint8)                  # moe_gemm.cu's MOE_RAW bytes a slot
+    slots[:, :17], slots[:, 17:34] = blocks[0::2], blocks[1::2]
+    out = np.zeros((n, 2, 4, 4), np.uint32)
+    host_moe.host_mxfp4_bf16_words(_c(slots), n, _c(out))
+    got = np.zeros((n, 2, 32), np.float32)
+    for q in range(4):
+        for i in range(4):
+            k = 4 * q + i % 2 + 16 * (i // 2)
+            words = out[:, :, q, i]
+            got[:, :, k] = ((words & 0xFFFF) << 16).view(np.float32)
+            got[:, :, k + 2] = (words & 0xFFFF0000).view(np.float32)
+    with np.errstate(over="ignore"):
+        want = gguf.quants.dequantize(blocks.reshape(-1), Q.MXFP4).reshape(n, 2, 32)
+    # gguf-py's float32 values are bfloat16 values (E2M1 times a power of two) but where they overflow float32
+    assert np.array_equal(got, want), np.argwhere(got != want)[:5]
+
+
 # -- the whole expert FFN ----------------------------------------------------------------------------
 
 def _expert_weight(qtype, shape, rng):
@@ -370,7 +425,7 @@ def _host_moe_ffn(k, x, logits, mats, biases, fmt, E, k_used, limit, alpha, tile
     y = np.full((n_pairs, D), np.nan, np.float32)
     moe.down(k, fmt, h, tiles, n_tiles, tile_rows, draw, rb_d, D * rb_d, biases[2], y, D, F, variant=variant)
     kernel_variant = moe.kernel_variant(variant, fmt)
-    height = f"_r{tile_rows}" if kernel_variant in ("v4", "v5", "v6") else ""     # a kernel a tile height
+    height = f"_r{tile_rows}" if kernel_variant in moe.PER_HEIGHT_VARIANTS else ""     # a kernel a tile height
     assert k.launched[-2:] == [f"moe_{kind}_{kernel_variant}{height}_{fmt}" for kind in ("gate_up", "down")]
     out = np.full((T, D), np.nan, np.float32)
     moe.combine_rows(k, y, pos, weights, out, T, k_used, D)
@@ -431,8 +486,8 @@ def _check_expert_ffn(host_moe, variant, qtype, T, E, k_used, D, F, case, tile_r
     assert host_moe.host_mma_not_tf32() == 0, "an mma operand was not a TF32 value"
     kernels = moe.kernel_variant(variant, fmt)
     assert (host_moe.host_mma_tf32_count() > 0) == (kernels == "v3"), "v3 multiplies on TF32 tensor cores, and only v3"
-    assert (host_moe.host_mma_bf16_count() > 0) == (kernels in ("v4", "v6")), \
-        "v4 and v6 multiply on BF16 tensor cores, and only they"
+    assert (host_moe.host_mma_bf16_count() > 0) == (kernels in moe.MOE_BF16_VARIANTS), \
+        "v4, v6 and v7 multiply on BF16 tensor cores, and only they"
     assert (host_moe.host_mma_s8_count() > 0) == (kernels == "v5"), "v5 multiplies on int8 tensor cores, and only v5"
     if case == "one-expert":
         assert (experts[:, 0] == 1).all()
@@ -451,5 +506,5 @@ def _check_expert_ffn(host_moe, variant, qtype, T, E, k_used, D, F, case, tile_r
     scale = np.einsum("rf,rdf->rd", np.abs(h.astype(np.float64)), np.abs(dense_down[ex])) + np.abs(biases[2][ex])
     term_nmse = float(np.sum((y - want) ** 2) / np.sum(scale ** 2))
     row = {"v3": "matmul", "v4": "matmul_expert_bf16x2", "v5": "matmul_expert_q8x2",
-           "v6": "matmul_expert_bf16x2"}[kernels]
+           "v6": "matmul_expert_bf16x2", "v7": "matmul_expert_bf16x2"}[kernels]
     assert term_nmse <= THRESHOLDS[row], f"down product term-normalized NMSE {term_nmse:.3e} ({row})"

@@ -13,6 +13,14 @@ __device__ __forceinline__ void mma_bf16_16x8x16(float* d, const u32* a, const u
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// a b on two bfloat16 pairs (the lower halves, the upper halves), each rounded to bfloat16: fma with -0, so that
+// a product's sign of zero is kept. Exact where the product is a bfloat16 value (a power-of-two scaling).
+__device__ __forceinline__ u32 bf16x2_mul(u32 a, u32 b) {
+    u32 d;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(0x80008000u));
+    return d;
+}
+
 // v rounded to nearest-even at bfloat16's 7 explicit mantissa bits, as float32 bits with the low 16 bits
 // clear. A finite value that would round past FLT_MAX is truncated instead; Inf and NaN pass unchanged.
 __device__ __forceinline__ u32 bf16_round_bits(float v) {

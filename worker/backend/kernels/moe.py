@@ -20,13 +20,21 @@ MOE_TILE_ROWS = (16, 32, 64)          # sorted rows a tile, the heights moe_gemm
 # quantized a 32-value block as two int8 terms (vecdot.cuh's, within max|block| / 64516: the conformance row
 # matmul_expert_q8x2), two products a k-step where v4 has four. Slower than v4 on the H200 (1.46 against 1.19 ms
 # a GPT-OSS-20B-shaped layer at T = 128), so not the default.
-# v6, the default: v4 with two 32-value blocks a k-step (K a multiple of 32; a last odd block alone): half the steps,
+# v6: v4 with two 32-value blocks a k-step (K a multiple of 32; a last odd block alone): half the steps,
 # their barriers and waits for loads, twice the bytes in flight a step; the same products as v4 (its conformance row).
 # On the H200 (bench_moe_prefill.py, GPT-OSS-20B-shaped layer, 32-row tiles) its down launch took 0.397 against v4's
 # 0.449 ms at T = 128, 0.918 against 1.010 at 512, 3.09 against 3.35 at 2048; gate/up the same (0.705 / 0.702 ms);
 # the whole GPT-OSS-20B-shaped model's pp128 19.3 against 20.2 ms (bench_prefill_paths.py).
-MOE_GEMM_VARIANTS = ("v3", "v4", "v5", "v6")
-MOE_GEMM_VARIANT = os.environ.get("M0_CUDA_MOE_GEMM", "v6")
+# v7, the default: v6 with MXFP4's bfloat16 weight values built from the codes' bits and scaled by an exact bfloat16
+# multiply, not through float32 (moe_gemm.cu's moe_mxfp4_bf16_words: a third of the instructions a value); the same
+# bfloat16 values, so v6's products and conformance row. On the H200 (bench_moe_prefill.py, 32-row tiles, one run) its
+# gate/up launch took 0.577 against v6's 0.711 ms at T = 128 and 1.381 against 1.643 at 512, its down 0.343 against
+# 0.401 and 0.800 against 0.915; the whole GPT-OSS-20B-shaped model's pp128 18.65 against 19.64 ms, pp512 58.5 against
+# 66.0 (bench_prefill_paths.py, same run). Tried and dropped: v7 with the weight blocks copied by cp.async, a warp's
+# copies consecutive words of a few rows (coalesced; two stages): gate/up 0.929 ms at T = 128, slower (ncu: v7's
+# gate/up at half the L1 and half the SM throughput, neither saturated).
+MOE_GEMM_VARIANTS = ("v3", "v4", "v5", "v6", "v7")
+MOE_GEMM_VARIANT = os.environ.get("M0_CUDA_MOE_GEMM", "v7")
 MOE_TILE_COLS = 128                   # output columns a block: moe_gemm.cu's MOE_BN
 MOE_THREADS = 256                     # moe_gemm.cu's MOE_THREADS
 # Formats whose dequantized values are bfloat16 values (moe_gemm.cu's FOR_EACH_MOE_BF16_FORMAT): MXFP4's E2M1 values
@@ -36,7 +44,9 @@ MOE_BF16_FORMATS = frozenset({"mxfp4"})
 # times a block's power of two.
 MOE_S8_FORMATS = frozenset({"mxfp4"})
 # The formats each variant has its own kernels for; the others take v3's.
-_VARIANT_FORMATS = {"v4": MOE_BF16_FORMATS, "v5": MOE_S8_FORMATS, "v6": MOE_BF16_FORMATS}
+_VARIANT_FORMATS = {"v4": MOE_BF16_FORMATS, "v5": MOE_S8_FORMATS, "v6": MOE_BF16_FORMATS, "v7": MOE_BF16_FORMATS}
+# The variants on BF16 tensor cores, all with v4's products (conformance row matmul_expert_bf16x2)
+MOE_BF16_VARIANTS = frozenset({"v4", "v6", "v7"})
 # Tile heights moe.tile_rows_for chooses from: 32 rows at every T. On the H200 (benchmarks/bench_moe_prefill.py,
 # GPT-OSS-20B-shaped layer, v4 with a kernel a height) the gate/up + down launches took 0.71 + 0.45 ms with 32-row
 # tiles against 0.73 + 0.54 (16) and 1.50 + 0.72 (64) at T = 128; 1.67 + 1.01 against 2.27 + 1.08 (64) at T = 512;
@@ -83,7 +93,7 @@ def kernel_variant(variant: str, fmt: str) -> str:
 
 # Variants with a kernel a tile height (moe_gemm.cu's DEFINE_MOE_GEMM_HEIGHTS: each height's registers, not the
 # tallest one's); v3's kernels take the height as an argument.
-PER_HEIGHT_VARIANTS = frozenset({"v4", "v5", "v6"})
+PER_HEIGHT_VARIANTS = frozenset({"v4", "v5", "v6", "v7"})
 
 
 def _suffix(variant: str, fmt: str, tile_rows: int) -> str:

@@ -17,10 +17,11 @@
 //       __syncthreads a step) and its weight blocks copied by cp.async two k-steps ahead (three stages).
 //   v6: v4 with two 32-value blocks a k-step (34 contiguous bytes of a weight row a staged slot): half the steps and
 //       their barriers, twice the bytes in flight a step.
+//   v7: v6 with MXFP4's bfloat16 values built from the codes' bits (moe_mxfp4_bf16_words), not through float32.
 // The sums are float32, as the prefill products'.
 //   moe_gate_up_<variant>_<fmt>: h[row] = swiglu(x[token(row)] Wgate_e^T + bgate_e, x[token(row)] Wup_e^T + bup_e)
 //   moe_down_<variant>_<fmt>:    y[row] = h[row] Wdown_e^T + bdown_e
-// (v4, v5, v6: moe_gate_up_<variant>_r<rows>_<fmt>, a kernel a tile height; v3's take the height as an argument)
+// (v4 to v7: moe_gate_up_<variant>_r<rows>_<fmt>, a kernel a tile height; v3's take the height as an argument)
 // Tiles with rows = 0 (the plan's unused entries) exit at once. (v1, one unpipelined k-step at a time, and v2, v3
 // with the activations split by every warp that reads them, were slower at every size on the H200 and are gone.)
 #include "quant.cuh"
@@ -50,6 +51,7 @@ __device__ __forceinline__ void split_bits(float v, u32& hi, u32& lo) {
 
 #define DEFINE_MOE_DQ(fmt, exact)                                                                            \
 struct moe_dq_##fmt {                                                                                        \
+    static constexpr bool is_mxfp4 = #fmt[0] == 'm';                                                         \
     __device__ static __forceinline__ void dq8(const u8* r, int c, float* w) { dq8_##fmt(r, c, w); }        \
 };
 FOR_EACH_MOE_FORMAT(DEFINE_MOE_DQ)
@@ -116,15 +118,46 @@ struct MoeDq8<moe_dq_mxfp4, OFF> {
 template <class DQ, int OFF = 0>
 __device__ __forceinline__ void moe_dq8(const u8* r, int c, float* w) { MoeDq8<DQ, OFF>::at(r, c, w); }
 
+// v7: lane q's eight values of a staged MXFP4 block as four bfloat16 pairs built from the codes' bits, without
+// float32 values on the way (a third of moe_dq8's instructions): a code s e1 e0 m placed as bfloat16 bits, s at 15
+// and e1 e0 m at 8..6, is its E2M1 value times 2^-126 (e1 e0 = 0: a subnormal, m x 2^-127), so an exact bfloat16
+// multiply by 2^(e8 - 1) gives the value times the block's scale 2^(e8 - 127) (two multiplies where 2^(e8 - 1) is
+// past bfloat16's range: 2^127, then 2^(e8 - 128)). The same bfloat16 values as moe_dq8's, so v7's products are
+// v6's. The lane's word of codes, bytes 4q .. 4q + 3 (values 4q .. 4q + 3 in the low nibbles, 4q + 16 .. 4q + 19
+// in the high ones), gives pairs from nibbles p and p + 16: w[i] holds k = 4q + i % 2 + 16 (i / 2) and that k + 2
+// (low half first), the order stage_a writes v7's activation rows in.
+// words: the staged words that hold the block (4-byte aligned), the block at their byte `at`.
+__device__ __forceinline__ void moe_mxfp4_bf16_words_at(const u32* words, int at, int q, u32* w) {
+    const u32 e8 = (words[at >> 2] >> (8 * (at & 3))) & 0xffu;
+    const int qs = at + 1;                       // the block's codes after its scale byte
+    const u32 codes = __funnelshift_r(words[(qs >> 2) + q], words[(qs >> 2) + q + 1], 8 * (qs & 3));
+    const bool past = e8 > 128u;
+    const u32 s1 = (past ? 254u : e8 + 126u) << 7, s2 = (e8 - 1u) << 7;   // bfloat16 2^min(e8 - 1, 127), 2^(e8 - 128)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int p = 8 * (i & 1) + 4 * (i >> 1);
+        const u32 a = codes << (12 - p);         // the sign bits at 15 and 31
+        const u32 v = (a & 0x80008000u) | ((a >> 6) & 0x01C001C0u);
+        w[i] = bf16x2_mul(v, s1 | (s1 << 16));
+        if (past) w[i] = bf16x2_mul(w[i], s2 | (s2 << 16));
+    }
+}
+
+template <int OFF>
+__device__ __forceinline__ void moe_mxfp4_bf16_words(const u8* r, int q, u32* w) {
+    moe_mxfp4_bf16_words_at((const u32*)r, OFF, q, w);
+}
+
 // One 32-value k-step of v4 on BF16 tensor cores (m16n8k16, two a step): the weights' values are bfloat16
 // values already (MXFP4's: E2M1 times a power of two), the activations two bfloat16 terms each (high, low:
 // within 2^-18 of the value). The k order is v3's: lane (g, q) holds values 8q .. 8q + 7 of its rows and column,
 // the first four for the first product (logical k 2q, 2q + 1, 2q + 8, 2q + 9), the last four for the second; the
 // same permutation for both operands leaves each dot product's terms unchanged. a_bf16: the step's activations,
 // 16 words a row (a lane's eight values are one 16-byte read; 8 lanes of a quarter warp cover 32 banks).
-template <class DQ, int NMAT, int MT, int NT, int OFF>
-__device__ __forceinline__ void moe_bf16_step(const u8 (*raw)[MOE_RAW], u32* const* a_bf16, int wm, int wn, int g,
-                                              int q, float (*acc)[MT][NT][4]) {
+// words_of(m, nt, words): the lane's weight values of weight m, column tile nt, as four bfloat16 pairs.
+template <int NMAT, int MT, int NT, class WordsOf>
+__device__ __forceinline__ void moe_bf16_products(u32* const* a_bf16, int wm, int g, int q, WordsOf words_of,
+                                                  float (*acc)[MT][NT][4]) {
     u32 a[2][MT][2][4];                          // [low, high][m16 tile][product of the step][fragment]
 #pragma unroll
     for (int part = 0; part < 2; ++part)
@@ -145,12 +178,11 @@ __device__ __forceinline__ void moe_bf16_step(const u8 (*raw)[MOE_RAW], u32* con
     for (int m = 0; m < NMAT; ++m)
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-            float w[8];
-            moe_dq8<DQ, OFF>(&raw[m * MOE_BN + wn + 8 * nt + g][0], q, w);
+            u32 words[4];                        // the lane's weight values as bfloat16 pairs
+            words_of(m, nt, words);
 #pragma unroll
             for (int s = 0; s < 2; ++s) {
-                const u32 b[2] = {bf16_pack(__float_as_uint(w[4 * s]), __float_as_uint(w[4 * s + 1])),
-                                  bf16_pack(__float_as_uint(w[4 * s + 2]), __float_as_uint(w[4 * s + 3]))};
+                const u32 b[2] = {words[2 * s], words[2 * s + 1]};
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
                     mma_bf16_16x8x16(acc[m][mt][nt], a[0][mt][s], b);   // the small term first
@@ -158,6 +190,24 @@ __device__ __forceinline__ void moe_bf16_step(const u8 (*raw)[MOE_RAW], u32* con
                 }
             }
         }
+}
+
+// One 32-value k-step of v4, v6, v7 from staged slots (MOE_RAW bytes a weight row; OFF: the block's byte in them)
+template <class DQ, int NMAT, int MT, int NT, int OFF, bool WORDS = false>
+__device__ __forceinline__ void moe_bf16_step(const u8 (*raw)[MOE_RAW], u32* const* a_bf16, int wm, int wn, int g,
+                                              int q, float (*acc)[MT][NT][4]) {
+    moe_bf16_products<NMAT, MT, NT>(a_bf16, wm, g, q, [&](int m, int nt, u32* words) {
+        const u8* r = &raw[m * MOE_BN + wn + 8 * nt + g][0];
+        if constexpr (WORDS) {
+            static_assert(DQ::is_mxfp4, "v7 builds MXFP4's bfloat16 values alone");
+            moe_mxfp4_bf16_words<OFF>(r, q, words);
+        } else {
+            float w[8];
+            moe_dq8<DQ, OFF>(r, q, w);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) words[i] = bf16_pack(__float_as_uint(w[2 * i]), __float_as_uint(w[2 * i + 1]));
+        }
+    }, acc);
 }
 
 // ---- v5: the activations of a k-step as two int8 terms, 16 words a row and buffer: term t's bytes 4j .. 4j + 3
@@ -255,7 +305,8 @@ __device__ __forceinline__ void moe_s8_step(const u8 (*raw)[MOE_RAW], const u32*
         }
 }
 
-template <class DQ, bool EXACT, bool GATE_UP, bool STAGED, bool BF16, bool S8, int BM, int WARPS_M, int KB = 1>
+template <class DQ, bool EXACT, bool GATE_UP, bool STAGED, bool BF16, bool S8, int BM, int WARPS_M, int KB = 1,
+          bool WORDS = false>
 __device__ __forceinline__ void moe_tile(
         MoeShared& sm, const float* __restrict__ x, const int* __restrict__ order, int k_used,
         const int* __restrict__ tiles, const u8* __restrict__ W1, const u8* __restrict__ W2, i64 row_bytes,
@@ -268,6 +319,7 @@ __device__ __forceinline__ void moe_tile(
     constexpr int STEP = MOE_BK * KB, STEP_VECS = STEP / 4;
     constexpr int A_VECS = (BM * STEP_VECS + MOE_THREADS - 1) / MOE_THREADS;
     static_assert(KB == 1 || (BF16 && KB == 2), "v6: two MXFP4 blocks (17 bytes each) a k-step on BF16");
+    static_assert(!WORDS || (BF16 && KB == 2), "v7: v6 with the weights' bfloat16 pairs built from the codes");
     static_assert(KB * BM * 16 <= MOE_BM * MOE_LDS, "v6: the step's bfloat16 activations fit a[0]'s space");
     static_assert(MT >= 1 && MT * 16 * WARPS_M == BM && NT * 8 * WARPS_N == MOE_BN, "warp tiling");
     static_assert(!BF16 || (EXACT && STAGED), "v4: staged weights whose values are bfloat16 values");
@@ -361,10 +413,18 @@ __device__ __forceinline__ void moe_tile(
                 bf16_split_bits(x4.y, h[1], l[1]);
                 bf16_split_bits(x4.z, h[2], l[2]);
                 bf16_split_bits(x4.w, h[3], l[3]);
-                // block c / 32 of the step in its own BM x 16-word buffer (v4's layout, bank-conflict free)
-                const int o = ((c / MOE_BK) * BM + r) * 16 + (c % MOE_BK) / 2;
-                *(uint2*)&a_bf16[0][o] = make_uint2(bf16_pack(h[0], h[1]), bf16_pack(h[2], h[3]));
-                *(uint2*)&a_bf16[1][o] = make_uint2(bf16_pack(l[0], l[1]), bf16_pack(l[2], l[3]));
+                // block c / 32 of the step in its own BM x 16-word buffer (v4's layout, bank-conflict free); v7's
+                // words in moe_mxfp4_bf16_words' order: k = 4j .. 4j + 3 (j = (c % 32) / 4) as the pairs (k, k + 2)
+                // and (k + 1, k + 3) at words 4 (j % 4) + 2 (j / 4), + 1 (the same set of words a warp)
+                const int j = (c % MOE_BK) / 4;
+                const int o = ((c / MOE_BK) * BM + r) * 16 + (WORDS ? 4 * (j % 4) + 2 * (j / 4) : 2 * j);
+                if (WORDS) {
+                    *(uint2*)&a_bf16[0][o] = make_uint2(bf16_pack(h[0], h[2]), bf16_pack(h[1], h[3]));
+                    *(uint2*)&a_bf16[1][o] = make_uint2(bf16_pack(l[0], l[2]), bf16_pack(l[1], l[3]));
+                } else {
+                    *(uint2*)&a_bf16[0][o] = make_uint2(bf16_pack(h[0], h[1]), bf16_pack(h[2], h[3]));
+                    *(uint2*)&a_bf16[1][o] = make_uint2(bf16_pack(l[0], l[1]), bf16_pack(l[2], l[3]));
+                }
             } else {
                 const float4 x4 = a_next[v];
                 float4 h4, l4;
@@ -435,11 +495,12 @@ __device__ __forceinline__ void moe_tile(
         const int buf = step & 1, k0 = step * STEP;
         if (step + 1 < steps) fetch(k0 + STEP);
         if constexpr (BF16) {
-            moe_bf16_step<DQ, NMAT, MT, NT, 0>(sm.raw[buf], a_bf16, wm, wn, g, q, acc);
+            moe_bf16_step<DQ, NMAT, MT, NT, 0, WORDS>(sm.raw[buf], a_bf16, wm, wn, g, q, acc);
             if constexpr (KB > 1) {
                 u32* const a_second[2] = {a_bf16[0] + BM * 16, a_bf16[1] + BM * 16};
                 if (k0 + MOE_BK < K)             // the step's second block (not in a last odd step)
-                    moe_bf16_step<DQ, NMAT, MT, NT, MOE_MXFP4_BYTES>(sm.raw[buf], a_second, wm, wn, g, q, acc);
+                    moe_bf16_step<DQ, NMAT, MT, NT, MOE_MXFP4_BYTES, WORDS>(sm.raw[buf], a_second, wm, wn, g, q,
+                                                                            acc);
             }
         } else {
         // the lane's activations of the step: rows wm + 16 mt + g and + 8, values 8q .. 8q + 7, split once
@@ -583,28 +644,28 @@ FOR_EACH_MOE_FORMAT(DEFINE_MOE_GEMM_V3)
 // schedulers' cycles without an eligible warp). BLOCKS: the blocks an SM the kernel is built for (__launch_bounds__'s
 // minimum, so a register budget of 65536 / (256 BLOCKS)). Their tile_rows parameter is their own height (the
 // launcher chooses the kernel by it), kept so that every variant is launched with the same arguments.
-#define DEFINE_MOE_GEMM_ROWS(fmt, variant, bf16, s8, kb, rows, warps_m, gate_up_blocks, down_blocks)          \
+#define DEFINE_MOE_GEMM_ROWS(fmt, variant, bf16, s8, kb, words, rows, warps_m, gate_up_blocks, down_blocks)   \
 extern "C" __global__ void __launch_bounds__(MOE_THREADS, gate_up_blocks) moe_gate_up_##variant##_r##rows##_##fmt(\
         MOE_GATE_UP_PARAMS) {                                                                               \
     __shared__ __align__(16) MoeShared sm;                                                                  \
-    moe_tile<moe_dq_##fmt, true, true, true, bf16, s8, rows, warps_m, kb>(                                  \
+    moe_tile<moe_dq_##fmt, true, true, true, bf16, s8, rows, warps_m, kb, words>(                           \
         sm, x, order, k_used, tiles, gate, up, row_bytes, expert_bytes, bias_gate, bias_up, h, F, D, clamped,\
         has_limit, limit, alpha);                                                                            \
 }                                                                                                            \
 extern "C" __global__ void __launch_bounds__(MOE_THREADS, down_blocks) moe_down_##variant##_r##rows##_##fmt(  \
         MOE_DOWN_PARAMS) {                                                                                  \
     __shared__ __align__(16) MoeShared sm;                                                                  \
-    moe_tile<moe_dq_##fmt, true, false, true, bf16, s8, rows, warps_m, kb>(                                 \
+    moe_tile<moe_dq_##fmt, true, false, true, bf16, s8, rows, warps_m, kb, words>(                          \
         sm, h, nullptr, 1, tiles, down, nullptr, row_bytes, expert_bytes, bias_down, nullptr, y, D, F, 0, 0,  \
         0.0f, 1.0f);                                                                                         \
 }
 // the heights' tilings as moe_grouped's; the blocks an SM: GATE_UP_BLOCKS_R<rows>, DOWN_BLOCKS_R<rows>, each the most
 // that ptxas fits without spilling (nvcc -Xptxas -v; v4's gate/up: 104, 120, 182 registers; down: 74, 96, 121) but
 // down's 32-row tile: three blocks (80 registers, a few spilled) timed the same as two on the H200 (0.446 / 0.449 ms)
-#define DEFINE_MOE_GEMM_HEIGHTS(fmt, variant, bf16, s8, kb)                                                   \
-    DEFINE_MOE_GEMM_ROWS(fmt, variant, bf16, s8, kb, 16, 1, GATE_UP_BLOCKS_R16, DOWN_BLOCKS_R16)              \
-    DEFINE_MOE_GEMM_ROWS(fmt, variant, bf16, s8, kb, 32, 1, GATE_UP_BLOCKS_R32, DOWN_BLOCKS_R32)              \
-    DEFINE_MOE_GEMM_ROWS(fmt, variant, bf16, s8, kb, 64, 2, GATE_UP_BLOCKS_R64, DOWN_BLOCKS_R64)
+#define DEFINE_MOE_GEMM_HEIGHTS(fmt, variant, bf16, s8, kb, words)                                            \
+    DEFINE_MOE_GEMM_ROWS(fmt, variant, bf16, s8, kb, words, 16, 1, GATE_UP_BLOCKS_R16, DOWN_BLOCKS_R16)       \
+    DEFINE_MOE_GEMM_ROWS(fmt, variant, bf16, s8, kb, words, 32, 1, GATE_UP_BLOCKS_R32, DOWN_BLOCKS_R32)       \
+    DEFINE_MOE_GEMM_ROWS(fmt, variant, bf16, s8, kb, words, 64, 2, GATE_UP_BLOCKS_R64, DOWN_BLOCKS_R64)
 #ifndef GATE_UP_BLOCKS_R16
 #define GATE_UP_BLOCKS_R16 2
 #define GATE_UP_BLOCKS_R32 2
@@ -616,14 +677,19 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS, down_blocks) moe_down_
 
 // v4: BF16, for the formats whose values are bfloat16 values (kernels/moe.py MOE_BF16_FORMATS)
 #define FOR_EACH_MOE_BF16_FORMAT(X) X(mxfp4)
-#define DEFINE_MOE_GEMM_V4(fmt) DEFINE_MOE_GEMM_HEIGHTS(fmt, v4, true, false, 1)
+#define DEFINE_MOE_GEMM_V4(fmt) DEFINE_MOE_GEMM_HEIGHTS(fmt, v4, true, false, 1, false)
 FOR_EACH_MOE_BF16_FORMAT(DEFINE_MOE_GEMM_V4)
 
 // v6: v4 with two 32-value blocks a k-step (half the steps, their barriers and load waits; twice the bytes in flight)
-#define DEFINE_MOE_GEMM_V6(fmt) DEFINE_MOE_GEMM_HEIGHTS(fmt, v6, true, false, 2)
+#define DEFINE_MOE_GEMM_V6(fmt) DEFINE_MOE_GEMM_HEIGHTS(fmt, v6, true, false, 2, false)
 FOR_EACH_MOE_BF16_FORMAT(DEFINE_MOE_GEMM_V6)
+
+// v7: v6 with MXFP4's bfloat16 values built from the codes' bits (moe_mxfp4_bf16_words); the same products
+#define FOR_EACH_MOE_WORDS_FORMAT(X) X(mxfp4)
+#define DEFINE_MOE_GEMM_V7(fmt) DEFINE_MOE_GEMM_HEIGHTS(fmt, v7, true, false, 2, true)
+FOR_EACH_MOE_WORDS_FORMAT(DEFINE_MOE_GEMM_V7)
 
 // v5: int8, for MXFP4 alone (kernels/moe.py MOE_S8_FORMATS: its values are small integers times a power of two)
 #define FOR_EACH_MOE_S8_FORMAT(X) X(mxfp4)
-#define DEFINE_MOE_GEMM_V5(fmt) DEFINE_MOE_GEMM_HEIGHTS(fmt, v5, false, true, 1)
+#define DEFINE_MOE_GEMM_V5(fmt) DEFINE_MOE_GEMM_HEIGHTS(fmt, v5, false, true, 1, false)
 FOR_EACH_MOE_S8_FORMAT(DEFINE_MOE_GEMM_V5)
