@@ -15,7 +15,7 @@
 # (scripts/make_twin.py), and a GPT-OSS-20B-shaped MXFP4 model written there
 # (benchmarks/bench_vs_llama_cpp.py write-gpt-oss; BENCH_MODELS="smollm2 qwen2.5" skips it).
 # BENCH_LLAMA_CPP=0 measures ours only (no build, no llama-bench).
-# Writes under $OUT (default reports/gpu): bench_vs_llama_cpp.json (also reports/), ours.json,
+# Writes under $OUT (default reports/gpu): bench_vs_llama_cpp.json (also reports/), ours.json, precompile.log,
 # peer.json, llama_build.log, bench.log. Exit status non-zero if a step failed.
 set -uo pipefail
 mode="${1:-run}"
@@ -110,6 +110,15 @@ run() {
     echo "no llama.cpp source in $PEER (run scripts/gpu-bench.sh prepare): llama.cpp NOT RUN" | tee -a "$log"
   fi
 
+  # our kernel modules compiled into CuPy's disk cache meanwhile, a process each (NVRTC is single-threaded), so
+  # that the measuring step below loads them instead of compiling them on its first launches
+  precompile=()
+  for module in $(python3 -c "from worker.backend.cuda_runtime import kernel_modules; print(*kernel_modules())"); do
+    timeout 300 python3 -c "from worker.backend.cuda_runtime import compile_module; compile_module('$module')" \
+      >> "$OUT/precompile.log" 2>&1 &
+    precompile+=($!)
+  done
+
   # 2. the model files
   models=()
   for m in ${BENCH_MODELS:-smollm2 qwen2.5 gpt-oss-20b}; do
@@ -141,6 +150,8 @@ run() {
   #    beside it would slow our figures); ours takes well under a minute, so it waits for the build
   #    as long as that leaves it and llama-bench their time
   wait_build() { while [ $building = 1 ] && [ ! -f /tmp/llb.rc ] && [ "$(left "$1")" -gt 10 ]; do sleep 1; done; }
+  for pid in "${precompile[@]}"; do wait "$pid" || echo "a kernel module did not precompile (precompile.log)" | tee -a "$log"; done
+  echo "kernel modules compiled at ${SECONDS}s" | tee -a "$log"
   wait_build 220
   state=$([ $building = 0 ] && echo 'not built' || { [ -f /tmp/llb.rc ] && echo done || echo 'still running'; })
   echo "== ours (llama.cpp build: $state) at ${SECONDS}s" | tee -a "$log"

@@ -35,3 +35,16 @@ def test_kernels_are_compiled_once_and_shared():
     module = cuda_runtime._MODULES[(0, "elementwise.cu")]
     np.testing.assert_array_equal(b.to_host(b.gelu(b.asarray(np.zeros(3)))), np.zeros(3, np.float32))
     assert cuda_runtime._MODULES[(0, "elementwise.cu")] is module
+
+
+@pytest.mark.story("FT-010")
+def test_a_module_compiled_ahead_is_the_one_launches_use():
+    """compile_module (scripts/gpu-bench.sh compiles every module ahead, into CuPy's disk cache): the module it
+    compiles is the process's module of that file, so a launch after it compiles nothing more."""
+    from worker.backend import cuda_runtime
+
+    assert "moe_gemm.cu" in cuda_runtime.kernel_modules()
+    cuda_runtime.compile_module("softmax.cu")
+    module = cuda_runtime._MODULES[(0, "softmax.cu")]
+    assert cuda_runtime._module(0, "softmax.cu") is module
+    assert module.get_function("argmax") is not None

@@ -101,6 +101,18 @@ def _module(device_index: int, name: str):
         return _MODULES[key]
 
 
+def kernel_modules() -> list[str]:
+    """Every kernel module: the .cu files of worker/backend/kernels."""
+    return sorted(path.name for path in KERNEL_DIR.glob("*.cu"))
+
+
+def compile_module(name: str, device_index: int = 0) -> None:
+    """Compile one kernel module for this GPU now rather than at its first launch. CuPy keeps the binary in its
+    disk cache (keyed by the source, the options and the GPU), so later processes on the machine load it instead
+    of compiling: NVRTC takes tens of seconds for moe_gemm.cu's many kernels."""
+    _module(device_index, name).compile()
+
+
 # -- memory ------------------------------------------------------------------------------------
 
 _POOL = None
