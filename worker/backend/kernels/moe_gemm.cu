@@ -126,11 +126,13 @@ __device__ __forceinline__ void moe_dq8(const u8* r, int c, float* w) { MoeDq8<D
 // v6's. The lane's word of codes, bytes 4q .. 4q + 3 (values 4q .. 4q + 3 in the low nibbles, 4q + 16 .. 4q + 19
 // in the high ones), gives pairs from nibbles p and p + 16: w[i] holds k = 4q + i % 2 + 16 (i / 2) and that k + 2
 // (low half first), the order stage_a writes v7's activation rows in.
-// words: the staged words that hold the block (4-byte aligned), the block at their byte `at`.
-__device__ __forceinline__ void moe_mxfp4_bf16_words_at(const u32* words, int at, int q, u32* w) {
-    const u32 e8 = (words[at >> 2] >> (8 * (at & 3))) & 0xffu;
-    const int qs = at + 1;                       // the block's codes after its scale byte
-    const u32 codes = __funnelshift_r(words[(qs >> 2) + q], words[(qs >> 2) + q + 1], 8 * (qs & 3));
+// OFF: the block's byte in the staged slot (4-byte aligned shared memory), as moe_dq8's.
+template <int OFF>
+__device__ __forceinline__ void moe_mxfp4_bf16_words(const u8* r, int q, u32* w) {
+    const u32* words = (const u32*)r;
+    const u32 e8 = (words[OFF / 4] >> (8 * (OFF % 4))) & 0xffu;
+    constexpr int Q0 = (OFF + 1) / 4, SHIFT = 8 * ((OFF + 1) % 4);   // the codes after the scale byte
+    const u32 codes = __funnelshift_r(words[Q0 + q], words[Q0 + q + 1], SHIFT);
     const bool past = e8 > 128u;
     const u32 s1 = (past ? 254u : e8 + 126u) << 7, s2 = (e8 - 1u) << 7;   // bfloat16 2^min(e8 - 1, 127), 2^(e8 - 128)
 #pragma unroll
@@ -143,21 +145,16 @@ __device__ __forceinline__ void moe_mxfp4_bf16_words_at(const u32* words, int at
     }
 }
 
-template <int OFF>
-__device__ __forceinline__ void moe_mxfp4_bf16_words(const u8* r, int q, u32* w) {
-    moe_mxfp4_bf16_words_at((const u32*)r, OFF, q, w);
-}
-
 // One 32-value k-step of v4 on BF16 tensor cores (m16n8k16, two a step): the weights' values are bfloat16
 // values already (MXFP4's: E2M1 times a power of two), the activations two bfloat16 terms each (high, low:
 // within 2^-18 of the value). The k order is v3's: lane (g, q) holds values 8q .. 8q + 7 of its rows and column,
 // the first four for the first product (logical k 2q, 2q + 1, 2q + 8, 2q + 9), the last four for the second; the
 // same permutation for both operands leaves each dot product's terms unchanged. a_bf16: the step's activations,
 // 16 words a row (a lane's eight values are one 16-byte read; 8 lanes of a quarter warp cover 32 banks).
-// words_of(m, nt, words): the lane's weight values of weight m, column tile nt, as four bfloat16 pairs.
-template <int NMAT, int MT, int NT, class WordsOf>
-__device__ __forceinline__ void moe_bf16_products(u32* const* a_bf16, int wm, int g, int q, WordsOf words_of,
-                                                  float (*acc)[MT][NT][4]) {
+// WORDS (v7): the weight values' bfloat16 pairs built from MXFP4's codes (moe_mxfp4_bf16_words), not through moe_dq8.
+template <class DQ, int NMAT, int MT, int NT, int OFF, bool WORDS = false>
+__device__ __forceinline__ void moe_bf16_step(const u8 (*raw)[MOE_RAW], u32* const* a_bf16, int wm, int wn, int g,
+                                              int q, float (*acc)[MT][NT][4]) {
     u32 a[2][MT][2][4];                          // [low, high][m16 tile][product of the step][fragment]
 #pragma unroll
     for (int part = 0; part < 2; ++part)
@@ -179,7 +176,16 @@ __device__ __forceinline__ void moe_bf16_products(u32* const* a_bf16, int wm, in
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
             u32 words[4];                        // the lane's weight values as bfloat16 pairs
-            words_of(m, nt, words);
+            const u8* r = &raw[m * MOE_BN + wn + 8 * nt + g][0];
+            if constexpr (WORDS) {
+                static_assert(DQ::is_mxfp4, "v7 builds MXFP4's bfloat16 values alone");
+                moe_mxfp4_bf16_words<OFF>(r, q, words);
+            } else {
+                float w[8];
+                moe_dq8<DQ, OFF>(r, q, w);
+#pragma unroll
+                for (int i = 0; i < 4; ++i) words[i] = bf16_pack(__float_as_uint(w[2 * i]), __float_as_uint(w[2 * i + 1]));
+            }
 #pragma unroll
             for (int s = 0; s < 2; ++s) {
                 const u32 b[2] = {words[2 * s], words[2 * s + 1]};
@@ -190,24 +196,6 @@ __device__ __forceinline__ void moe_bf16_products(u32* const* a_bf16, int wm, in
                 }
             }
         }
-}
-
-// One 32-value k-step of v4, v6, v7 from staged slots (MOE_RAW bytes a weight row; OFF: the block's byte in them)
-template <class DQ, int NMAT, int MT, int NT, int OFF, bool WORDS = false>
-__device__ __forceinline__ void moe_bf16_step(const u8 (*raw)[MOE_RAW], u32* const* a_bf16, int wm, int wn, int g,
-                                              int q, float (*acc)[MT][NT][4]) {
-    moe_bf16_products<NMAT, MT, NT>(a_bf16, wm, g, q, [&](int m, int nt, u32* words) {
-        const u8* r = &raw[m * MOE_BN + wn + 8 * nt + g][0];
-        if constexpr (WORDS) {
-            static_assert(DQ::is_mxfp4, "v7 builds MXFP4's bfloat16 values alone");
-            moe_mxfp4_bf16_words<OFF>(r, q, words);
-        } else {
-            float w[8];
-            moe_dq8<DQ, OFF>(r, q, w);
-#pragma unroll
-            for (int i = 0; i < 4; ++i) words[i] = bf16_pack(__float_as_uint(w[2 * i]), __float_as_uint(w[2 * i + 1]));
-        }
-    }, acc);
 }
 
 // ---- v5: the activations of a k-step as two int8 terms, 16 words a row and buffer: term t's bytes 4j .. 4j + 3
