@@ -172,17 +172,19 @@ def check(op: str, shape: str, out, ref, threshold: float | None = None) -> None
     assert value <= limit, f"{op} {shape}: NMSE {value:.3e} above threshold {limit:.1e}"
 
 
-def product_op(backend, op: str, qtype, T: int) -> str:
+def product_op(backend, op: str, qtype, T: int, N: int = 1 << 20, K: int = 1 << 20) -> str:
     """The conformance row of a product: `op`, or `op_q8x2` / `op_q8` when the backend runs this
     format at this T on int8 activations (its `matvec_terms`; a prefill product on the int8 tensor cores,
-    kernels/mmq.py, takes two terms unless matvec_terms says one), since those rows hold other thresholds."""
+    kernels/mmq.py, takes two terms unless matvec_terms says one, and an [N, K] weight of few rows takes the
+    float matvec, matmul.few_rows), since those rows hold other thresholds."""
     from worker.backend.kernels import mmq
-    from worker.backend.kernels.matmul import MATVEC_MAX_T
+    from worker.backend.kernels.matmul import MATVEC_MAX_T, few_rows
     from worker.backend.kernels.vecdot import uses_int8_activations
 
     fmt = qtype.name.lower()
     terms = uses_int8_activations(backend, fmt, T)
-    if not terms and op == "matmul" and T > MATVEC_MAX_T and mmq.uses_mma(backend.prefill_q8, fmt, T):
+    if not terms and op == "matmul" and T > MATVEC_MAX_T and not few_rows(N, K, T) \
+            and mmq.uses_mma(backend.prefill_q8, fmt, T):
         terms = backend.matvec_terms or 2
     return {0: op, 1: f"{op}_q8", 2: f"{op}_q8x2"}[terms]
 

@@ -411,9 +411,21 @@ def test_float_matvec_splits_few_rows_within_what_the_kernel_can_launch():
             launches.append((name, grid, block, int(args[-1])))
 
     w = types.SimpleNamespace(format="f32", row_bytes=4 * 2880)
-    for N, K in ((32, 2880), (2880, 2880), (64, 512), (8, 200)):
-        matmul.matvec(Launcher(), w, None, None, None, None, N, K, 1)
-    assert launches == [("matvec_f32", 8, 512, 4),          # 8 parts wanted, 4 fit 512 threads
-                        ("matvec_f32", 720, 128, 1),
-                        ("matvec_f32", 16, 256, 2),         # K / 256 = 2 chunks of 8 a lane at least
-                        ("matvec_f32", 2, 128, 1)]
+    for N, K, T in ((32, 2880, 1), (2880, 2880, 1), (64, 512, 1), (8, 200, 1), (32, 2880, 130)):
+        matmul.matvec(Launcher(), w, None, None, None, None, N, K, T)
+    assert launches == [("matvec_f32", (8, 1), 512, 4),     # 8 parts wanted, 4 fit 512 threads
+                        ("matvec_f32", (720, 1), 128, 1),
+                        ("matvec_f32", (16, 1), 256, 2),    # K / 256 = 2 chunks of 8 a lane at least
+                        ("matvec_f32", (2, 1), 128, 1),
+                        ("matvec_f32", (8, 33), 512, 4)]    # a router's prefill: 130 tokens in groups of 4
+
+
+def test_few_rows_products_of_any_length_take_matvec():
+    """A prefill product on a wide weight of few rows (GPT-OSS-20B's router: 32 x 2880) takes matvec's token
+    groups, not the dequantized tiles and cuBLAS; square and narrow weights, and too much work, do not."""
+    from worker.backend.kernels import matmul
+
+    assert matmul.few_rows(32, 2880, 128) and matmul.few_rows(32, 2880, 512) and matmul.few_rows(4, 64, 16)
+    assert not matmul.few_rows(32, 2880, 2048)              # T N K past FEW_ROWS_MAX_WORK
+    assert not matmul.few_rows(64, 64, 16)                  # a tiny model's square products keep their path
+    assert not matmul.few_rows(128, 2880, 16)               # more rows than FEW_ROWS

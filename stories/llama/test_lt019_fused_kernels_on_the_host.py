@@ -205,6 +205,21 @@ def test_rmsnorm_q8_matches_the_reference_and_quantize(host_kernels, D, T):
     np.testing.assert_array_equal(xds, wds)
 
 
+@pytest.mark.parametrize("D,kernel", [(2880, "rmsnorm_q8"), (576, "rmsnorm_q8"), (8224, "rmsnorm"), (100, "rmsnorm")])
+def test_rmsnorm_of_many_rows_keeps_rows_in_registers_where_they_fit(host_kernels, D, kernel):
+    """norm.rmsnorm (a prefill's norm, any row count): rows of 32-value blocks that rmsnorm_q8 keeps in registers
+    take it with no int8 output (terms = 0: nothing else written), the others the two-pass rmsnorm."""
+    T = 9
+    rng = np.random.default_rng(D)
+    x = (rng.standard_normal((T, D)) * 30).astype(np.float32)
+    w = (1 + 0.3 * rng.standard_normal(D)).astype(np.float32)
+    k = HostBackend(host_kernels)
+    y = np.full((T, D), np.nan, np.float32)
+    norm.rmsnorm(k, x, w, y, T, D, 1e-5)
+    assert k.launched == [kernel]
+    assert nmse(y, REF.rmsnorm(x, w, 1e-5)) <= THRESHOLDS["rmsnorm"]
+
+
 def _term_nmse(y, x, dense, bias=None):
     """NMSE of y against x @ dense.T (+ bias), normalized by |x| @ |dense|.T (the size of the terms summed)."""
     ref = x.astype(np.float64) @ dense.T + (0 if bias is None else bias)

@@ -95,8 +95,8 @@ def test_prefill_matmul_matches_reference(qtype, seed, N, n_blocks, odd, T):
     x = rng.standard_normal((T, K)).astype(np.float32)
     out = b.to_host(b.matmul(b.asarray(x), b.load_weight(w)))
     ref_w = REF.load_weight(w)
-    check_product(f"{product_op(b, 'matmul', qtype, T)}:{qtype.name}", f"T={T} N={N} K={K}", out, REF.matmul(x, ref_w),
-                  x, ref_w.dense())
+    check_product(f"{product_op(b, 'matmul', qtype, T, N, K)}:{qtype.name}", f"T={T} N={N} K={K}", out,
+                  REF.matmul(x, ref_w), x, ref_w.dense())
 
 
 @pytest.mark.story("LT-019")
@@ -114,7 +114,7 @@ def test_model_sized_products(qtype, N, K, T):
     x = rng.standard_normal((T, K)).astype(np.float32)
     out = b.to_host(b.matmul(b.asarray(x), b.load_weight(w)))
     ref_w = REF.load_weight(w)
-    op = product_op(b, "matvec" if T <= 4 else "matmul", qtype, T)
+    op = product_op(b, "matvec" if T <= 4 else "matmul", qtype, T, N, K)
     check_product(f"{op}:{qtype.name}", f"T={T} N={N} K={K}", out,
                   REF.matmul(x, ref_w), x, ref_w.dense())
 

@@ -248,7 +248,7 @@ class CudaBackend(CudaMemory, Backend):
         if terms:
             xq, xds = vecdot.quantized_input(self, x, x2, T, K, terms)
             vecdot.mmvq(self, w.format, raw, w.row_bytes, xq, xds, y, N, K, T, terms, bias=b)
-        elif T <= MATVEC_MAX_T:
+        elif T <= MATVEC_MAX_T or matmul.few_rows(N, K, T):
             matmul.matvec(self, w, raw, x2, b if b is not None else NULL, y, N, K, T)
         elif mmq.uses_mma(self.prefill_q8, w.format, T):
             prefill_terms = self.matvec_terms or 2

@@ -8,7 +8,9 @@
 #define MATVEC_MAX_T 4   // tokens one launch of the fused kernel handles (decode: 1)
 #define MATVEC_ROWS_PER_BLOCK 4   // matmul.py's
 
-// y[t, n] = sum_k x[t, k] * W[n, k] (+ bias[n]) for t < T <= MATVEC_MAX_T.
+// y[t, n] = sum_k x[t, k] * W[n, k] (+ bias[n]) for t < T: grid.y walks the tokens in groups of
+// MATVEC_MAX_T (decode: one group; a prefill product of few rows, GPT-OSS's router, one group a block
+// row, matmul.py's few_rows).
 // Each output row is split over `parts` warps (a block: MATVEC_ROWS_PER_BLOCK rows x parts warps):
 // part p's lanes take 8-value chunks c = 32 p + lane, step 32 parts; the parts' warp sums add in
 // part order. A product of few rows (GPT-OSS's router: 32 rows of 2880) takes several warps a row,
@@ -19,6 +21,9 @@ extern "C" __global__ void matvec_##fmt(const u8* __restrict__ W, i64 row_bytes,
                                         const float* __restrict__ x, const float* __restrict__ bias, \
                                         float* __restrict__ y, int N, int K, int T, int parts) {  \
     __shared__ float part_sums[MATVEC_MAX_PARTS][MATVEC_ROWS_PER_BLOCK][MATVEC_MAX_T];            \
+    x += (i64)blockIdx.y * MATVEC_MAX_T * K;  /* this block's group of tokens */                  \
+    y += (i64)blockIdx.y * MATVEC_MAX_T * N;                                                      \
+    T = min(T - (int)blockIdx.y * MATVEC_MAX_T, MATVEC_MAX_T);                                    \
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;                                   \
     const int r = warp % MATVEC_ROWS_PER_BLOCK, part = warp / MATVEC_ROWS_PER_BLOCK;              \
     const int n = blockIdx.x * MATVEC_ROWS_PER_BLOCK + r;                                         \

@@ -56,10 +56,26 @@ def matvec_parts(k, fmt: str, N: int, K: int) -> int:
     return max(1, min(parts, known[fmt] // (32 * MATVEC_ROWS_PER_BLOCK)))
 
 
+# A prefill product of a wide weight of few rows (GPT-OSS's router: 32 rows of 2880) takes matvec too, a block row
+# a group of MATVEC_MAX_T tokens, with float32 sums: one launch of a few microseconds, where prefill_product spends
+# five (dequantization, input split, two cuBLAS products and cuBLAS's split-k reduction) on as little work, 25 us a
+# GPT-OSS-20B layer at T = 128 (H200, ncu). The weight is read once a token group, hence the bound on T N K.
+FEW_ROWS = 64                         # at most this many rows,
+FEW_ROWS_WIDTH = 16                   # each at least this many times as long as the weight has rows,
+FEW_ROWS_MAX_WORK = 1 << 26           # and T N K at most this
+
+
+def few_rows(N: int, K: int, T: int) -> bool:
+    """Whether a product of T tokens on an [N, K] weight takes matvec however many tokens it has."""
+    return N <= FEW_ROWS and K >= FEW_ROWS_WIDTH * N and T * N * K <= FEW_ROWS_MAX_WORK
+
+
 def matvec(k, w, raw, x, bias, y, N: int, K: int, T: int) -> None:
-    """y[t, n] = x[t] . W[n] (+ bias[n]) for T <= MATVEC_MAX_T tokens; raw: the weight's (expert's) bytes."""
+    """y[t, n] = x[t] . W[n] (+ bias[n]) for t < T (groups of MATVEC_MAX_T tokens, a grid row each); raw: the
+    weight's (expert's) bytes."""
     parts = matvec_parts(k, w.format, N, K)
-    k._launch("matmul.cu", f"matvec_{w.format}", (N + MATVEC_ROWS_PER_BLOCK - 1) // MATVEC_ROWS_PER_BLOCK,
+    k._launch("matmul.cu", f"matvec_{w.format}",
+              ((N + MATVEC_ROWS_PER_BLOCK - 1) // MATVEC_ROWS_PER_BLOCK, (T + MATVEC_MAX_T - 1) // MATVEC_MAX_T),
               32 * MATVEC_ROWS_PER_BLOCK * parts,
               (raw, i64(w.row_bytes), x, bias, y, i32(N), i32(K), i32(T), i32(parts)))
 

@@ -1,7 +1,7 @@
 """Launchers of norm.cu: RMSNorm and LayerNorm, one block per row."""
 from __future__ import annotations
 
-from worker.backend.cuda_runtime import f32, i32
+from worker.backend.cuda_runtime import NULL, f32, i32
 
 
 def _block(D: int) -> int:
@@ -9,7 +9,14 @@ def _block(D: int) -> int:
 
 
 def rmsnorm(k, x, w, y, rows: int, D: int, eps: float) -> None:
-    if rows:
+    """y = x / sqrt(mean(x^2) + eps) * w, a block a row: rows whose 32-value blocks rmsnorm_q8 keeps in
+    registers take it without its int8 output (one read of the row), others rmsnorm (two)."""
+    if not rows:
+        return
+    warps = min(D // 32, _warps_allowed(k, "rmsnorm_q8"))
+    if D % 32 == 0 and D <= 32 * RMSNORM_Q8_BLOCKS_PER_WARP * warps:
+        k._launch("norm.cu", "rmsnorm_q8", rows, 32 * warps, (x, w, y, NULL, NULL, i32(D), f32(eps), i32(rows), i32(0)))
+    else:
         k._launch("norm.cu", "rmsnorm", rows, _block(D), (x, w, y, i32(D), f32(eps)))
 
 
