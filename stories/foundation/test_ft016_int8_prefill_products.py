@@ -90,6 +90,7 @@ def test_the_switch_sends_q8_0_prefill_products_to_the_kernel(T):
         xd = b.asarray(x)
         outs = [b.to_host(b.matmul(xd, d, dev_bias if i == 0 else None)) for i, d in enumerate(dev)]
     assert names.count("quantize_q8") == 1 and names.count("mmq_q8_0") == 3, names
+    assert names.count("mmq_sum_splits") == sum(mmq.k_splits(T, w.shape[0], K) > 1 for w in weights), names
     ref_b = REF.load_weight(bias)
     for i, (w, out) in enumerate(zip(weights, outs)):
         ref_w = REF.load_weight(w)

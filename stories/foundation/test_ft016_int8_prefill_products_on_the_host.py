@@ -44,7 +44,7 @@ from stories.llama._host_cuda import (
     kernel_body,
 )
 from stories.llama.test_lt019_int8_products_on_the_host import quantize_like_the_gpu
-from worker.backend.cuda_runtime import NULL
+from worker.backend.cuda_runtime import NULL, elementwise_grid
 from worker.backend.kernels import mmq, vecdot
 
 pytestmark = [pytest.mark.story("FT-016"),
@@ -189,13 +189,9 @@ def _run(lib, blocks: np.ndarray, x: np.ndarray, terms: int, *, bias=None, resid
     xq = np.ascontiguousarray(xq.reshape(-1))
     xds = np.ascontiguousarray(xds)
     partials = np.full(splits * T * N, np.nan, np.float32) if splits > 1 else None     # all written, or NaN stays
-    tiles = -(-N // mmq.MMQ_BN) * -(-T // mmq.MMQ_BM)
-    counters = np.zeros(tiles, np.int32) if splits > 1 else None
     y = residual.copy() if in_place else np.full((T, N), np.nan, np.float32)
     mmq.product(k, raw, blocks.shape[1], xq, xds, y, T, N, K, terms, bias=bias, residual=y if in_place else residual,
-                splits=splits, partials=partials, counters=counters)
-    if counters is not None:
-        assert not counters.any(), "a tile's last block leaves its ticket at zero for the next launch"
+                splits=splits, partials=partials)
     return y, k.launched
 
 
@@ -203,7 +199,10 @@ def _check(lib, blocks, x, terms, *, bias=None, residual=None, in_place=False, s
     T, K = x.shape
     N = blocks.shape[0]
     y, launched = _run(lib, blocks, x, terms, bias=bias, residual=residual, in_place=in_place, splits=splits)
-    assert launched == [("mmq_q8_0", (-(-N // mmq.MMQ_BN), -(-T // mmq.MMQ_BM), splits), mmq.MMQ_THREADS)]
+    want = [("mmq_q8_0", (-(-N // mmq.MMQ_BN), -(-T // mmq.MMQ_BM), splits), mmq.MMQ_THREADS)]
+    if splits > 1:
+        want.append(("mmq_sum_splits", (elementwise_grid(T * N), 1, 1), 256))
+    assert launched == want
     assert lib.host_mma_s8_count() > 0, "the product did not go through the tensor-core instruction"
     assert np.isfinite(y).all(), f"{case}: an output left unwritten (NaN) or not finite"
     start = np.zeros((T, N))
@@ -238,9 +237,8 @@ def test_kernel_matches_the_reference(host_mmq, T, N, n_blocks, terms):
 @pytest.mark.parametrize("T,N,n_blocks,splits", [(5, 1, 7, 2), (65, 129, 36, 3), (70, 33, 9, 3), (9, 40, 4, 3),
                                                  (66, 70, 13, 8)])
 def test_k_split_over_blocks_matches_the_reference(host_mmq, T, N, n_blocks, splits):
-    """Each tile's k stages split over `splits` blocks (partial sums; the tile's last block adds them, with bias and
-    residual, in one launch): uneven runs, a last stage of fewer blocks, and splits with no stage at all (4 blocks =
-    1 stage over 3). The host runs the blocks in a shuffled order, so the last block is not always split z = 2."""
+    """Each tile's k stages split over `splits` blocks (partial sums, then mmq_sum_splits with bias and residual):
+    uneven runs, a last stage of fewer blocks, and splits with no stage at all (4 blocks = 1 stage over 3)."""
     rng = np.random.default_rng(T + N + n_blocks + splits)
     K = 32 * n_blocks
     x = rng.standard_normal((T, K)).astype(np.float32)

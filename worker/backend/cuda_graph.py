@@ -175,11 +175,6 @@ class DecodeGraphs:
                       "prefill_captures": 0, "prefill_replays": 0, "prefill_eager": 0, "table_writes": 0}
 
     # -- what the ops ask while a step is captured ----------------------------------------------
-    @property
-    def capturing(self) -> bool:
-        """Whether a forward pass is being captured now."""
-        return self._capturing is not None
-
     def device_ids(self, ids_host: np.ndarray, n_rows: int):
         """The device int32 ids for an embedding lookup of the captured step (None outside a capture)."""
         g = self._capturing

@@ -14,9 +14,8 @@
 // Q8_0 blocks are 34 bytes, so weight rows are only 2-byte aligned: quants are read as aligned words joined
 // by funnel shifts (vecdot.cuh's load16_any, which reads up to 4 bytes past a row: WEIGHT_TAIL_PAD).
 // Rows past T or N and blocks past K are zero-filled and never stored. A grid of few tiles (GPT-OSS's k and v products
-// at T = 128: 16) splits each tile's k stages over several blocks (mmq.py's k_splits); the tile's last block to
-// finish (an atomic ticket after __threadfence, as attention.cu's decode merge) adds their partial sums in split
-// order: the same result whatever the order blocks run in, and no second launch.
+// at T = 128: 16) splits each tile's k stages over several blocks (mmq.py's k_splits), whose partial sums
+// mmq_sum_splits adds in a fixed order: the same result whatever the order blocks run in.
 #include "vecdot.cuh"
 #include "mma_s8.cuh"
 
@@ -126,14 +125,12 @@ __device__ __forceinline__ void mmq_store(const MmqStage& s, i8 (*xs)[MMQ_BM][MM
 // stride term_stride) with scales xds [T][K/32] (d0, d1, s, 0), W [N] rows of K/32 Q8_0 blocks row_bytes apart.
 // Grid (ceil(N / MMQ_BN), ceil(T / MMQ_BM), splits), MMQ_THREADS threads. residual may be y itself (each output is
 // read, then written, by one thread). splits > 1 (a grid too small to fill the GPU): block z takes the z-th of
-// `splits` equal runs of the k stages and writes its sums to partials [splits][T][N] (zeros for an empty run);
-// the tile's last block (counters: an int32 ticket a tile, zero between launches, reset by that block) adds them
-// in split order, then bias and residual.
+// `splits` equal runs of the k stages and writes its sums to partials [splits][T][N] (zeros for an empty run),
+// which mmq_sum_splits adds in split order, then bias and residual.
 extern "C" __global__ void __launch_bounds__(MMQ_THREADS, 2) mmq_q8_0(
         const u8* __restrict__ W, i64 row_bytes, const i8* __restrict__ xq, const float4* __restrict__ xds,
         i64 term_stride, const float* __restrict__ bias, const float* residual, float* y,
-        int T, int N, int K, int terms, float* partials, int splits, int* __restrict__ counters) {
-    __shared__ int last_block;
+        int T, int N, int K, int terms, float* __restrict__ partials, int splits) {
     __shared__ __align__(16) i8 xs[2][MMQ_BM][MMQ_ROW];
     __shared__ __align__(16) i8 ws[MMQ_BN][MMQ_ROW];
     __shared__ float2 xd[MMQ_BM][MMQ_KB];
@@ -226,23 +223,18 @@ extern "C" __global__ void __launch_bounds__(MMQ_THREADS, 2) mmq_q8_0(
             }
         }
     }
-    if (splits == 1) return;
-    __threadfence();                                  // this block's partial sums are visible before its ticket
-    __syncthreads();
-    const int tile = blockIdx.y * gridDim.x + blockIdx.x;
-    if (threadIdx.x == 0) last_block = atomicAdd(counters + tile, 1) == splits - 1;
-    __syncthreads();
-    if (!last_block) return;
-    __threadfence();
-    if (threadIdx.x == 0) counters[tile] = 0;        // ready for the next launch
+}
+
+// y[t, n] = residual[t, n] + (sum over s of partials[s][t, n] in order + bias[n]) (either NULL: left out), the
+// epilogue of a split mmq_<fmt>: a grid-stride loop over the T N outputs.
+extern "C" __global__ void mmq_sum_splits(const float* __restrict__ partials, int splits,
+                                          const float* __restrict__ bias, const float* residual, float* y, int T,
+                                          int N) {
     const i64 n_out = (i64)T * N;
-    for (int e = threadIdx.x; e < MMQ_BM * MMQ_BN; e += MMQ_THREADS) {
-        const int t = t0 + e / MMQ_BN, n = n0 + e % MMQ_BN;
-        if (t >= T || n >= N) continue;
-        const i64 at = (i64)t * N + n;
-        float v = __ldcg(partials + at);              // L2: other blocks wrote them
-        for (int s = 1; s < splits; ++s) v += __ldcg(partials + s * n_out + at);
-        if (bias) v += bias[n];
-        y[at] = residual ? residual[at] + v : v;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n_out; i += (i64)gridDim.x * blockDim.x) {
+        float v = partials[i];
+        for (int s = 1; s < splits; ++s) v += partials[(i64)s * n_out + i];
+        if (bias) v += bias[i % N];
+        y[i] = residual ? residual[i] + v : v;
     }
 }

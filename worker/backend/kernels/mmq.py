@@ -16,8 +16,7 @@ import os
 
 import numpy as np
 
-from worker.backend.cuda_runtime import NULL, i32, i64
-from worker.backend.kernels.attention import split_counters
+from worker.backend.cuda_runtime import NULL, elementwise_grid, i32, i64
 from worker.backend.kernels.matmul import workspace_ptr
 
 MMQ_FORMATS = frozenset({"q8_0"})     # formats with an mmq kernel (mmq_q8_0)
@@ -35,8 +34,10 @@ MMQ_KB = 4                            # 32-value k blocks a stage: must match mm
 QUANT_BLOCK = 32
 # A product of fewer tiles than MMQ_MIN_BLOCKS (two blocks an SM of an H200's 132) splits its k stages over up to
 # MMQ_MAX_SPLITS blocks a tile (GPT-OSS's k and v products at T = 128: 16 tiles), at least MMQ_MIN_SPLIT_STAGES
-# stages a split; the partial sums go to a workspace and the tile's last block adds them in order (deterministic;
-# a separate mmq_sum_splits launch took 3.6 us a product, 346 us of GPT-OSS-20B's 128-token prefill on the H200).
+# stages a split; the partial sums go to a workspace and mmq_sum_splits adds them in order (deterministic). Summing
+# them in each tile's last block instead (an atomic ticket, no second launch) was slower on the H200: mmq_q8_0 took
+# 4,193 us of GPT-OSS-20B's 128-token prefill against 3,142 + 344 for the two kernels (ncu): that block's serial sum
+# of 64 x 64 outputs over up to 8 splits outlasts the launch it saves.
 # M0_CUDA_MMQ_SPLITS: a fixed split count instead (1: never split), to compare on the GPU.
 MMQ_MIN_BLOCKS = 264
 MMQ_MAX_SPLITS = 8
@@ -62,13 +63,11 @@ def k_splits(T: int, N: int, K: int) -> int:
 
 
 def product(k, raw, row_bytes: int, xq, xds, y, T: int, N: int, K: int, terms: int = 2, *,
-            bias=None, residual=None, fmt: str = "q8_0", splits: int | None = None, partials=None,
-            counters=None) -> None:
+            bias=None, residual=None, fmt: str = "q8_0", splits: int | None = None, partials=None) -> None:
     """y [T, N] = x W^T (+ bias[n]) (+ residual[t, n]) for x as quantize_q8 wrote it (xq [terms, T, K] int8 with
     term stride T K, xds [T, K/32] float4) and W the N stored rows of `raw`, row_bytes apart. K a multiple of 32;
     residual may be y itself. splits: k_splits' choice by default; partials: a float32 buffer of splits T N values
-    for a split product (default: the backend's workspace PARTIALS); counters: its int32 tickets, one a tile, zero
-    (default: the backend's, attention.split_counters)."""
+    for a split product (default: the backend's workspace PARTIALS)."""
     if fmt not in MMQ_FORMATS:
         raise ValueError(f"mmq has no kernel for {fmt!r} (only {sorted(MMQ_FORMATS)})")
     if K % QUANT_BLOCK or terms not in (1, 2) or (splits is not None and splits < 1):
@@ -79,11 +78,12 @@ def product(k, raw, row_bytes: int, xq, xds, y, T: int, N: int, K: int, terms: i
     splits = k_splits(T, N, K) if splits is None else splits
     grid = ((N + MMQ_BN - 1) // MMQ_BN, (T + MMQ_BM - 1) // MMQ_BM, splits)
     b, r = (NULL if a is None else a for a in (bias, residual))
-    p = c = NULL
-    if splits > 1:
-        p = np.uint64(workspace_ptr(k, PARTIALS, splits * T * N)) if partials is None else partials
-        c = split_counters(k, grid[0] * grid[1], k.graphs.capturing) if counters is None else counters
+    if splits > 1 and partials is None:
+        partials = np.uint64(workspace_ptr(k, PARTIALS, splits * T * N))
+    p = NULL if splits == 1 else partials
     k._launch("mmq.cu", "mmq_q8_0", grid, MMQ_THREADS,            # the one format MMQ_FORMATS holds
-              (raw, i64(row_bytes), xq, xds, i64(T * K), b, r, y, i32(T), i32(N), i32(K), i32(terms), p, i32(splits),
-               c),
+              (raw, i64(row_bytes), xq, xds, i64(T * K), b, r, y, i32(T), i32(N), i32(K), i32(terms), p, i32(splits)),
               keeps_quantized_input=True)
+    if splits > 1:
+        k._launch("mmq.cu", "mmq_sum_splits", elementwise_grid(T * N), 256, (p, i32(splits), b, r, y, i32(T), i32(N)),
+                  keeps_quantized_input=True)
