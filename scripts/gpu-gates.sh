@@ -42,7 +42,7 @@ wheel_bytes = sum(p.stat().st_size for d in (".whl", ".whl-test") for p in pathl
 sizes = {c["index"]: c["bytes"] for c in plan["calls"]}
 fits = lambda i: sizes[i] + wheel_bytes <= 58 * MIB   # a call: 64 MiB with the tracked tree (a few MiB)
 calls = [c["index"] for c in plan["calls"]]
-gate1 = plan["gate1_calls"]       # calls 1..gate1 carry what gate 1 needs; later ones what gates 2-4 need too
+gate1 = plan["gate1_calls"]       # gate 1 runs in call gate1 (the last: its Qwen2.5 rows need every part), gates 2-4 after
 wheels = [".whl", ".whl-test"]
 print("\nDevice calls (run tool), one right after the other: the machine keeps /tmp only while warm:")
 def call(n, carry, command):

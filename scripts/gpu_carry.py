@@ -79,7 +79,6 @@ class Item:
     members: list[tuple[Path, str]]  # (file here, name in the archive)
     compress: int                    # gzip level, 0 for none (quantized weights barely shrink)
     rows: str                        # what it serves (printed by pack, for the plan)
-    gates_2_to_4_only: bool = False  # starts a call folder of its own, after those gate 1 needs
     wheels: dict[str, str] | None = None   # pip-installed into $SITE once staged: {name: version} of the oracles
 
 
@@ -279,9 +278,10 @@ def items(with_qwen: bool) -> tuple[list[Item], list[str]]:
             # transformers' logits for it (fixtures/real_reference.py): minutes to recompute from the file
             logits = sorted((cache / "hf_reference").glob(f"{model.name}-*.npz"))
             members += [(p, f"hf_reference/{p.name}") for p in logits]
+            # gate 1 has rows of it too (FT-012, FT-024, LT-018): every gate runs after the last call
             found.append(Item("qwen2.5-coder", "cache", members, 0,
-                              "the real qwen2.5 file (fixtures/real_models.py): G2-QWEN-*, LT-024, LT-025, FT-024",
-                              gates_2_to_4_only=True))
+                              "the real qwen2.5 file (fixtures/real_models.py): G2-QWEN-*, LT-024, LT-025, FT-012, "
+                              "FT-024, LT-018"))
         else:
             missing.append(f"{model} (python -m fixtures.real_models assemble)")
     return found, missing
@@ -342,12 +342,7 @@ def pack(with_qwen: bool, chunk_mib: int) -> dict:
     CARRY.mkdir()
     calls = [{"index": 1, "bytes": 0, "items": []}]
     manifests = []
-    gate1_calls = None      # the calls that carry all gate 1 needs: gate 1 can run in the last of them
     for item in found:
-        if item.gates_2_to_4_only and gate1_calls is None:
-            gate1_calls = len(calls)
-            if calls[-1]["bytes"]:
-                calls.append({"index": len(calls) + 1, "bytes": 0, "items": []})
         sink = _PartWriter(item.name, calls, chunk_mib * MIB)
         stream = gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=item.compress, mtime=0) if item.compress else sink
         with tarfile.open(fileobj=stream, mode="w|") as tar:
@@ -361,7 +356,8 @@ def pack(with_qwen: bool, chunk_mib: int) -> dict:
                          | ({"wheels": item.wheels} if item.wheels else {}))
     for call in calls:   # every call folder holds every manifest: stage knows all items from any call
         (CARRY / f"c{call['index']}" / "manifest.json").write_text(json.dumps(manifests, indent=1))
-    plan = {"calls": calls, "gate1_calls": gate1_calls or len(calls), "items": manifests, "missing_here": missing}
+    # gate 1 runs in the last call (its Qwen2.5 rows need the real file, the last item), gates 2-4 in the next
+    plan = {"calls": calls, "gate1_calls": len(calls), "items": manifests, "missing_here": missing}
     (CARRY / "plan.json").write_text(json.dumps(plan, indent=1))
     return plan
 
