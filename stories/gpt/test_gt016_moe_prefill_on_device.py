@@ -230,8 +230,9 @@ def test_grouped_products_keep_the_prefill_products_bound(variant, qtype, tile_r
     want = np.einsum("rk,rnk->rn", x64, w_live[ex]) + b_live[ex]
     scale = np.einsum("rk,rnk->rn", np.abs(x64), np.abs(w_live[ex])) + np.abs(b_live[ex])
     value = float(np.sum((got - want) ** 2) / np.sum(scale ** 2))
-    row = {"v3": "matmul_expert", "v4": "matmul_expert_bf16x2", "v6": "matmul_expert_bf16x2",
-           "v7": "matmul_expert_bf16x2", "v5": "matmul_expert_q8x2"}[moe.kernel_variant(variant, gate.format)]
+    kernels = moe.kernel_variant(variant, gate.format)
+    row = "matmul_expert_bf16x2" if kernels in moe.MOE_BF16_VARIANTS else {"v3": "matmul_expert",
+                                                                           "v5": "matmul_expert_q8x2"}[kernels]
     assert value <= record(row, f"grouped {variant} {product} {qtype.name} T={T} rows={tile_rows}", value)
     want = np.einsum("rf,rdf->rd", h_h, w_down[ex]) + b_down[ex]
     scale = np.einsum("rf,rdf->rd", np.abs(h_h), np.abs(w_down[ex])) + np.abs(b_down[ex])

@@ -33,7 +33,11 @@ MOE_TILE_ROWS = (16, 32, 64)          # sorted rows a tile, the heights moe_gemm
 # 66.0 (bench_prefill_paths.py, same run). Tried and dropped: v7 with the weight blocks copied by cp.async, a warp's
 # copies consecutive words of a few rows (coalesced; two stages): gate/up 0.929 ms at T = 128, slower (ncu: v7's
 # gate/up at half the L1 and half the SM throughput, neither saturated).
-MOE_GEMM_VARIANTS = ("v3", "v4", "v5", "v6", "v7")
+# v8: v7 with the down product's blocks 256 columns wide (two 128-column halves of one weight: each k-step's staged
+# activations, barriers and load waits serve twice the columns, half the blocks), built like gate/up (the same
+# accumulators a thread); gate/up is v7's kernel. Why: at T = 128 v7's down launch took 232 us a layer against
+# gate/up's 332 for twice the weights (ncu, H200, GPT-OSS-20B-shaped prefill). Not yet timed on a GPU: not the default.
+MOE_GEMM_VARIANTS = ("v3", "v4", "v5", "v6", "v7", "v8")
 MOE_GEMM_VARIANT = os.environ.get("M0_CUDA_MOE_GEMM", "v7")
 MOE_TILE_COLS = 128                   # output columns a block: moe_gemm.cu's MOE_BN
 MOE_THREADS = 256                     # moe_gemm.cu's MOE_THREADS
@@ -44,9 +48,14 @@ MOE_BF16_FORMATS = frozenset({"mxfp4"})
 # times a block's power of two.
 MOE_S8_FORMATS = frozenset({"mxfp4"})
 # The formats each variant has its own kernels for; the others take v3's.
-_VARIANT_FORMATS = {"v4": MOE_BF16_FORMATS, "v5": MOE_S8_FORMATS, "v6": MOE_BF16_FORMATS, "v7": MOE_BF16_FORMATS}
+_VARIANT_FORMATS = {"v4": MOE_BF16_FORMATS, "v5": MOE_S8_FORMATS, "v6": MOE_BF16_FORMATS, "v7": MOE_BF16_FORMATS,
+                    "v8": MOE_BF16_FORMATS}
 # The variants on BF16 tensor cores, all with v4's products (conformance row matmul_expert_bf16x2)
-MOE_BF16_VARIANTS = frozenset({"v4", "v6", "v7"})
+MOE_BF16_VARIANTS = frozenset({"v4", "v6", "v7", "v8"})
+# Variants whose down blocks take 2 x MOE_TILE_COLS columns (moe_gemm.cu's WIDE), and those that run another
+# variant's gate/up kernels
+WIDE_DOWN_VARIANTS = frozenset({"v8"})
+GATE_UP_KERNELS = {"v8": "v7"}
 # Tile heights moe.tile_rows_for chooses from: 32 rows at every T. On the H200 (benchmarks/bench_moe_prefill.py,
 # GPT-OSS-20B-shaped layer, v4 with a kernel a height) the gate/up + down launches took 0.71 + 0.45 ms with 32-row
 # tiles against 0.73 + 0.54 (16) and 1.50 + 0.72 (64) at T = 128; 1.67 + 1.01 against 2.27 + 1.08 (64) at T = 512;
@@ -93,12 +102,13 @@ def kernel_variant(variant: str, fmt: str) -> str:
 
 # Variants with a kernel a tile height (moe_gemm.cu's DEFINE_MOE_GEMM_HEIGHTS: each height's registers, not the
 # tallest one's); v3's kernels take the height as an argument.
-PER_HEIGHT_VARIANTS = frozenset({"v4", "v5", "v6", "v7"})
+PER_HEIGHT_VARIANTS = frozenset({"v4", "v5", "v6", "v7", "v8"})
 
 
-def _suffix(variant: str, fmt: str, tile_rows: int) -> str:
+def _suffix(variant: str, fmt: str, tile_rows: int, gate_up: bool = False) -> str:
     """The kernel names' variant part: moe_gate_up<suffix>_<fmt>, e.g. _v3, _v4_r32."""
     kernels = kernel_variant(variant, fmt)
+    kernels = GATE_UP_KERNELS.get(kernels, kernels) if gate_up else kernels
     return f"_{kernels}_r{tile_rows}" if kernels in PER_HEIGHT_VARIANTS else f"_{kernels}"
 
 
@@ -134,7 +144,7 @@ def gate_up(k, fmt: str, x, order, n_used: int, tiles, n_tiles: int, tile_rows: 
     """h [n_pairs, F] in sorted-row order: swiglu(x Wgate_e^T + bgate_e, x Wup_e^T + bup_e) for each pair's
     token x and expert e; gate and up: the stacked [E, F, D] weights' bytes (one format, one row size);
     tiles: moe_plan's table of tile_rows-row tiles; variant: the kernel (gemm_variant)."""
-    cols, suffix = MOE_TILE_COLS, _suffix(gemm_variant(variant), fmt, tile_rows)
+    cols, suffix = MOE_TILE_COLS, _suffix(gemm_variant(variant), fmt, tile_rows, gate_up=True)
     k._launch("moe_gemm.cu", f"moe_gate_up{suffix}_{fmt}", ((F + cols - 1) // cols, n_tiles), MOE_THREADS,
               (x, order, i32(n_used), tiles, i32(tile_rows), gate, up, i64(row_bytes), i64(expert_bytes),
                NULL if bias_gate is None else bias_gate, NULL if bias_up is None else bias_up, h, i32(F), i32(D),
@@ -145,7 +155,9 @@ def gate_up(k, fmt: str, x, order, n_used: int, tiles, n_tiles: int, tile_rows: 
 def down(k, fmt: str, h, tiles, n_tiles: int, tile_rows: int, down_w, row_bytes: int, expert_bytes: int,
          bias_down, y, D: int, F: int, variant: str | None = None) -> None:
     """y [n_pairs, D] in sorted-row order: h Wdown_e^T + bdown_e for each sorted row's expert e."""
-    cols, suffix = MOE_TILE_COLS, _suffix(gemm_variant(variant), fmt, tile_rows)
+    kernels = kernel_variant(gemm_variant(variant), fmt)
+    cols = MOE_TILE_COLS * (2 if kernels in WIDE_DOWN_VARIANTS else 1)
+    suffix = _suffix(gemm_variant(variant), fmt, tile_rows)
     k._launch("moe_gemm.cu", f"moe_down{suffix}_{fmt}", ((D + cols - 1) // cols, n_tiles), MOE_THREADS,
               (h, tiles, i32(tile_rows), down_w, i64(row_bytes), i64(expert_bytes),
                NULL if bias_down is None else bias_down, y, i32(D), i32(F)))

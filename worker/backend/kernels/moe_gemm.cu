@@ -3,7 +3,7 @@
 // moe.cu's moe_plan sorts the (token, slot) pairs by expert and cuts each expert's run into tiles of
 // tile_rows (16, 32 or 64) sorted rows. A block takes one tile and MOE_BN output columns: it gathers the tile's rows of
 // the input, stages the expert's weight blocks as stored, dequantizes them on the fly (quant.cuh) and multiplies
-// with mma.sync. Four variants (kernels/moe.py MOE_GEMM_VARIANT):
+// with mma.sync. The variants (kernels/moe.py MOE_GEMM_VARIANT):
 //   v3: TF32 (mma_tf32.cuh) in the prefill products' split-TF32 scheme (kernels/matmul.py): every activation
 //       x = x_hi + x_lo, and y = x_hi W + x_lo W where each weight value is a TF32 value already (MXFP4), else
 //       y = x_hi W_hi + x_hi W_lo + x_lo W_hi; each term x_k W_nk is then off by at most 2^-21 |x_k| |W_nk|.
@@ -18,6 +18,8 @@
 //   v6: v4 with two 32-value blocks a k-step (34 contiguous bytes of a weight row a staged slot): half the steps and
 //       their barriers, twice the bytes in flight a step.
 //   v7: v6 with MXFP4's bfloat16 values built from the codes' bits (moe_mxfp4_bf16_words), not through float32.
+//   v8: v7 with the down product's blocks 256 columns wide (two 128-column halves: each k-step's activation rows,
+//       barriers and load waits serve twice the columns, half the blocks); gate/up is v7's.
 // The sums are float32, as the prefill products'.
 //   moe_gate_up_<variant>_<fmt>: h[row] = swiglu(x[token(row)] Wgate_e^T + bgate_e, x[token(row)] Wup_e^T + bup_e)
 //   moe_down_<variant>_<fmt>:    y[row] = h[row] Wdown_e^T + bdown_e
@@ -293,14 +295,17 @@ __device__ __forceinline__ void moe_s8_step(const u8 (*raw)[MOE_RAW], const u32*
         }
 }
 
+// WIDE (v8's down product): MOE_BN columns more a block, taken as a second "weight" (NMAT = 2) that is the weight's
+// next MOE_BN rows, so that each step's activations and barriers serve twice the columns, as gate/up's do.
 template <class DQ, bool EXACT, bool GATE_UP, bool STAGED, bool BF16, bool S8, int BM, int WARPS_M, int KB = 1,
-          bool WORDS = false>
+          bool WORDS = false, bool WIDE = false>
 __device__ __forceinline__ void moe_tile(
         MoeShared& sm, const float* __restrict__ x, const int* __restrict__ order, int k_used,
         const int* __restrict__ tiles, const u8* __restrict__ W1, const u8* __restrict__ W2, i64 row_bytes,
         i64 expert_bytes, const float* __restrict__ b1, const float* __restrict__ b2, float* __restrict__ out,
         int N, int K, int clamped, int has_limit, float limit, float alpha) {
-    constexpr int NMAT = GATE_UP ? 2 : 1;
+    constexpr int NMAT = GATE_UP || WIDE ? 2 : 1;
+    constexpr int OUT_MATS = WIDE ? 2 : 1;       // the column halves a block writes (gate/up: one, after SwiGLU)
     constexpr int WARPS_N = (MOE_THREADS / 32) / WARPS_M;
     constexpr int MT = BM / WARPS_M / 16, NT = MOE_BN / WARPS_N / 8;  // m16 and n8 tiles a warp (a weight)
     // KB: 32-value blocks a k-step (v6: two MXFP4 blocks, 34 contiguous bytes of a weight row, a staged slot each)
@@ -312,10 +317,11 @@ __device__ __forceinline__ void moe_tile(
     static_assert(MT >= 1 && MT * 16 * WARPS_M == BM && NT * 8 * WARPS_N == MOE_BN, "warp tiling");
     static_assert(!BF16 || (EXACT && STAGED), "v4: staged weights whose values are bfloat16 values");
     static_assert(!S8 || (!BF16 && STAGED), "v5: staged MXFP4 blocks");
+    static_assert(!WIDE || (BF16 && !GATE_UP), "v8: the down product on BF16, 2 x MOE_BN columns a block");
     const int* tile = tiles + 4 * blockIdx.y;
     const int expert = tile[0], first = tile[1], rows = tile[2];
     if (rows <= 0) return;
-    const int n0 = blockIdx.x * MOE_BN;
+    const int n0 = blockIdx.x * MOE_BN * OUT_MATS;
     // BF16 (v4): a row's 32 activations as 16 words of bfloat16 pairs, high parts in a[0]'s space, low in a[1]'s
     u32* const a_bf16[2] = {(u32*)&sm.a[0][0][0], (u32*)&sm.a[1][0][0]};
     // S8 (v5): two buffers of the int8 terms and their scales in a[0]'s space (2 x 64 rows x 16 words, then 2 x 64
@@ -337,9 +343,9 @@ __device__ __forceinline__ void moe_tile(
     const int block_bytes = STAGED ? (int)(row_bytes / (K / MOE_BK)) : 0;
     const int k_blocks = K / MOE_BK;
     int words = (block_bytes + 3) >> 2;          // the fetched step's staged words (v6: one block in a last odd step)
-    const int st_m = tid / MOE_BN, st_n = n0 + tid % MOE_BN;
+    const int st_m = tid / MOE_BN, st_n = n0 + tid % MOE_BN + (WIDE ? st_m * MOE_BN : 0);   // WIDE: one weight
     const bool st_live = STAGED && st_m < NMAT && st_n < N;
-    const u8* st_row = (st_m ? w2 : w1) + (i64)(st_n < N ? st_n : 0) * row_bytes;
+    const u8* st_row = (st_m && !WIDE ? w2 : w1) + (i64)(st_n < N ? st_n : 0) * row_bytes;
     float acc[NMAT][MT][NT][4];
 #pragma unroll
     for (int m = 0; m < NMAT; ++m)
@@ -553,16 +559,18 @@ __device__ __forceinline__ void moe_tile(
     }
     }
 #pragma unroll
+    for (int m = 0; m < OUT_MATS; ++m) {
+#pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 const int r = wm + 16 * mt + g + 8 * (i >> 1);
-                const int n = n0 + wn + 8 * nt + 2 * q + (i & 1);
+                const int n = n0 + m * MOE_BN + wn + 8 * nt + 2 * q + (i & 1);
                 if (r >= rows || n >= N) continue;
                 const i64 o = (i64)(first + r) * N + n;
-                float v = acc[0][mt][nt][i] + (b1 ? b1[(i64)expert * N + n] : 0.0f);
+                float v = acc[m][mt][nt][i] + (b1 ? b1[(i64)expert * N + n] : 0.0f);
                 if (GATE_UP) {
                     const float u = acc[NMAT - 1][mt][nt][i] + (b2 ? b2[(i64)expert * N + n] : 0.0f);
                     v = clamped ? swiglu_clamped_f(v, u, has_limit, limit, alpha) : swiglu_f(v, u);
@@ -570,6 +578,7 @@ __device__ __forceinline__ void moe_tile(
                 out[o] = v;
             }
         }
+    }
     }
 }
 
@@ -647,6 +656,16 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS, down_blocks) moe_down_
         sm, h, nullptr, 1, tiles, down, nullptr, row_bytes, expert_bytes, bias_down, nullptr, y, D, F, 0, 0,  \
         0.0f, 1.0f);                                                                                         \
 }
+// v8: v7's gate/up kernels (kernels/moe.py runs them) and down kernels of 2 x MOE_BN columns a block (moe_tile's WIDE),
+// built for gate/up's blocks an SM (the same accumulators a thread)
+#define DEFINE_MOE_DOWN_WIDE_ROWS(fmt, variant, kb, words, rows, warps_m, blocks)                             \
+extern "C" __global__ void __launch_bounds__(MOE_THREADS, blocks) moe_down_##variant##_r##rows##_##fmt(       \
+        MOE_DOWN_PARAMS) {                                                                                  \
+    __shared__ __align__(16) MoeShared sm;                                                                  \
+    moe_tile<moe_dq_##fmt, true, false, true, true, false, rows, warps_m, kb, words, true>(                 \
+        sm, h, nullptr, 1, tiles, down, nullptr, row_bytes, expert_bytes, bias_down, nullptr, y, D, F, 0, 0,  \
+        0.0f, 1.0f);                                                                                         \
+}
 // the heights' tilings as moe_grouped's; the blocks an SM: GATE_UP_BLOCKS_R<rows>, DOWN_BLOCKS_R<rows>, each the most
 // that ptxas fits without spilling (nvcc -Xptxas -v; v4's gate/up: 104, 120, 182 registers; down: 74, 96, 121) but
 // down's 32-row tile: three blocks (80 registers, a few spilled) timed the same as two on the H200 (0.446 / 0.449 ms)
@@ -676,6 +695,13 @@ FOR_EACH_MOE_BF16_FORMAT(DEFINE_MOE_GEMM_V6)
 #define FOR_EACH_MOE_WORDS_FORMAT(X) X(mxfp4)
 #define DEFINE_MOE_GEMM_V7(fmt) DEFINE_MOE_GEMM_HEIGHTS(fmt, v7, true, false, 2, true)
 FOR_EACH_MOE_WORDS_FORMAT(DEFINE_MOE_GEMM_V7)
+
+// v8: v7 with down blocks of 2 x MOE_BN columns
+#define DEFINE_MOE_GEMM_V8(fmt)                                                                              \
+    DEFINE_MOE_DOWN_WIDE_ROWS(fmt, v8, 2, true, 16, 1, GATE_UP_BLOCKS_R16)                                   \
+    DEFINE_MOE_DOWN_WIDE_ROWS(fmt, v8, 2, true, 32, 1, GATE_UP_BLOCKS_R32)                                   \
+    DEFINE_MOE_DOWN_WIDE_ROWS(fmt, v8, 2, true, 64, 2, GATE_UP_BLOCKS_R64)
+FOR_EACH_MOE_WORDS_FORMAT(DEFINE_MOE_GEMM_V8)
 
 // v5: int8, for MXFP4 alone (kernels/moe.py MOE_S8_FORMATS: its values are small integers times a power of two)
 #define FOR_EACH_MOE_S8_FORMAT(X) X(mxfp4)
