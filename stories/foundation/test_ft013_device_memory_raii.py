@@ -50,10 +50,15 @@ def test_kv_cache_alloc_free_cycles_return_to_baseline():
         report = b.memory_report()
         assert report["kv_cache"] == 0
         # persistent scratch sized by the context (RoPE tables, attention's split partials) stays, counted as
-        # workspace; so does the 3-token pass's graph, kept for the next cache (recaptured for a larger one)
+        # workspace; so does the 3-token pass's graph, kept for the next cache (recaptured for a larger one).
+        # The driver's figure is the whole device's: another process that frees memory meanwhile (a gate run's
+        # other workers, between their tests) lowers it, so only memory held beyond the baseline counts (a gate run
+        # on the H200 once saw 66 MiB less in use than the baseline, which the former two-sided check failed).
         grown = report["workspace"] - workspace
-        assert abs(_device_used(b) - baseline - grown) <= 2 << 20, \
-            f"device memory did not return after n_ctx={n_ctx} (the pool caches {b.pool.free_bytes()} free bytes)"
+        held = _device_used(b) - baseline - grown
+        assert held <= 2 << 20, (f"device memory did not return after n_ctx={n_ctx}: {held} bytes more in use than "
+                                 f"the baseline and the workspace growth (the pool caches {b.pool.free_bytes()} free "
+                                 f"bytes)")
 
 
 @pytest.mark.story("FT-013")
