@@ -1,4 +1,5 @@
-"""Q8_0 prefill products: int8 tensor cores (kernels/mmq.py, M0_CUDA_PREFILL_Q8=mma) beside the default TF32 path.
+"""Q8_0 prefill products: int8 tensor cores (kernels/mmq.py, M0_CUDA_PREFILL_Q8=mma) beside the default TF32 path,
+and the BF16 tensor cores (mmq.product_bf16, M0_CUDA_PREFILL_Q8=bf16).
 
 GPT-OSS-20B's attention products (Q8_0 weights): q (N = 4096, K = 2880), k and v (N = 512, K = 2880), o
 (N = 2880, K = 4096), at T = 128, 512, 2048 tokens. For each product:
@@ -7,6 +8,7 @@ GPT-OSS-20B's attention products (Q8_0 weights): q (N = 4096, K = 2880), k and v
   tf32x3.split_us    matmul.split_input, the input's [hi | hi | lo] split, once an input;
   mma.product_us     mmq.product on the int8 activations, k split as mmq.k_splits chooses (mma.splits);
   mma.unsplit_us     the same with one block a tile (splits = 1), where the choice splits;
+  bf16.product_us    mmq.product_bf16 on the float32 input (split into bfloat16 terms in the kernel), k split alike;
   mma.quantize_us    vecdot.quantize (two int8 terms), once an input;
   *.term_nmse        the error against float64 x @ W^T, normalized by the size of the terms (the conformance
                      rows' measure); mma.tops the int8 rate (2 T N K operations a term);
@@ -82,14 +84,21 @@ def bench_products(b, T: int, rng) -> dict:
                       "quantize_us": round(replay_us(cp, lambda: vecdot.quantize(b, x, xq, xds, T, K, 2)), 1)}
         if row["mma"]["splits"] > 1:
             row["mma"]["unsplit_us"] = round(replay_us(cp, lambda: mma_product(1)), 1)
+
+        def bf16_product():
+            mmq.product_bf16(b, dw.raw, dw.row_bytes, x, y, T, N, K)
+
+        bf16_product()
+        row["bf16"] = {"term_nmse": term_nmse(), "product_us": round(replay_us(cp, bf16_product), 1)}
         rows[name] = row
     layer = {}
-    for path in ("tf32x3", "mma"):                     # q, k, v on one input, o on another: as a layer runs them
+    for path in ("tf32x3", "mma", "bf16"):             # q, k, v on one input, o on another: as a layer runs them
+        prepare = {"tf32x3": "split_us", "mma": "quantize_us"}.get(path)     # bf16 splits inside its kernel
         layer[path] = round(sum(rows[n][path]["product_us"] for n, _, _ in PRODUCTS)
-                            + sum(rows[n][path]["split_us" if path == "tf32x3" else "quantize_us"]
-                                  for n in ("attn_q", "attn_output")), 1)
+                            + (sum(rows[n][path][prepare] for n in ("attn_q", "attn_output")) if prepare else 0.0), 1)
     return {"T": T, "products": rows, "layer_us": layer,
-            "layer_speedup": round(layer["tf32x3"] / layer["mma"], 2) if layer["mma"] else None}
+            "layer_speedup": round(layer["tf32x3"] / layer["mma"], 2) if layer["mma"] else None,
+            "bf16_over_mma": round(layer["mma"] / layer["bf16"], 2) if layer["bf16"] else None}
 
 
 def main() -> None:

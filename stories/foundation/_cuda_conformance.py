@@ -44,6 +44,10 @@ THRESHOLDS = {
     # term sum (term-normalized NMSE <= 2^-36 = 1.5e-11) besides the float32 sums matmul_expert allows (1e-11).
     # On the H200 the worst seen was 1.1e-13; a lost low term leaves 2^-9 of each activation (about 1e-8 at width 256).
     "matmul_expert_bf16x2": 2.5e-11,
+    # Q8_0 prefill products on BF16 tensor cores (mmq.cu's mmq_bf16_q8_0, M0_CUDA_PREFILL_Q8=bf16): the same two
+    # bfloat16 terms of each activation, each quant an exact bfloat16 value, a block's sum scaled by its d: the bound
+    # of matmul_expert_bf16x2.
+    "matmul_bf16x2": 2.5e-11,
     # Decode products on int8 activations (worker/backend/kernels/vecdot.cu), term-normalized as above.
     # Two int8 terms carry each activation to within max|block|/64516 (d1 <= d0/254, d0 = max/127).
     # Gaussian inputs land near 8.6e-10 / K; a block dominated by one large value (SwiGLU outputs) is
@@ -183,9 +187,11 @@ def product_op(backend, op: str, qtype, T: int, N: int = 1 << 20, K: int = 1 << 
 
     fmt = qtype.name.lower()
     terms = uses_int8_activations(backend, fmt, T)
-    if not terms and op == "matmul" and T > MATVEC_MAX_T and not few_rows(N, K, T) \
-            and mmq.uses_mma(backend.prefill_q8, fmt, T):
-        terms = backend.matvec_terms or 2
+    if not terms and op == "matmul" and T > MATVEC_MAX_T and not few_rows(N, K, T):
+        if mmq.uses_bf16(backend.prefill_q8, fmt):
+            return "matmul_bf16x2"
+        if mmq.uses_mma(backend.prefill_q8, fmt, T):
+            terms = backend.matvec_terms or 2
     return {0: op, 1: f"{op}_q8", 2: f"{op}_q8x2"}[terms]
 
 

@@ -96,8 +96,9 @@ def _name_values(expr: str) -> list[str]:
 
 def _name_variants(node: ast.expr) -> list[str]:
     """Every kernel name a launch's name expression can take (f-strings expanded). {suffix}, the grouped expert
-    kernels' variant part, depends on the name's {fmt} and the tile height (kernels/moe.py _suffix): the suffix is
-    expanded together with the format, for every height."""
+    kernels' variant part, depends on the name's {fmt} and the tile height (kernels/moe.py _suffix; a gate/up
+    kernel's on whose gate/up kernels the variant runs): the suffix is expanded together with the format, for every
+    height."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return [node.value]
     assert isinstance(node, ast.JoinedStr), f"kernel name is not a literal: {ast.unparse(node)}"
@@ -106,8 +107,9 @@ def _name_variants(node: ast.expr) -> list[str]:
         from worker.backend.kernels.moe import MOE_GEMM_VARIANTS, MOE_TILE_ROWS, _suffix
 
         assert "fmt" in exprs, "a grouped expert kernel's name has its format"
-        bindings = [{"suffix": _suffix(v, f, rows), "fmt": f} for v in MOE_GEMM_VARIANTS for f in _name_values("fmt")
-                    for rows in MOE_TILE_ROWS]
+        gate_up = isinstance(node.values[0], ast.Constant) and node.values[0].value == "moe_gate_up"
+        bindings = [{"suffix": _suffix(v, f, rows, gate_up=gate_up), "fmt": f} for v in MOE_GEMM_VARIANTS
+                    for f in _name_values("fmt") for rows in MOE_TILE_ROWS]
     else:
         bindings = [{}]
     for expr in exprs:

@@ -99,6 +99,26 @@ def test_the_switch_sends_q8_0_prefill_products_to_the_kernel(T):
                       x, ref_w.dense(), None if bias_i is None else bias_i.dense())
 
 
+@pytest.mark.parametrize("T", [5, 128, 512])
+def test_the_bf16_path_on_gpt_oss_shapes(T):
+    """M0_CUDA_PREFILL_Q8=bf16: GPT-OSS-20B's q, k, v and output products on mmq_bf16_q8_0 (activations split into
+    two bfloat16 terms in the kernel: no quantize_q8 launch, no int8 kernel), within matmul_bf16x2's bound, bias and
+    residual included (the residual the output itself)."""
+    b = checking_backend()
+    rng = np.random.default_rng(T + 1)
+    shapes = [(4096, 2880), (512, 2880), (512, 2880), (2880, 4096)]
+    for i, (N, K) in enumerate(shapes):
+        w = random_weight(Q.Q8_0, (N, K), rng, name=f"w{i}")
+        bias = f32_tensor(rng.standard_normal(N), "bias")
+        x = rng.standard_normal((T, K)).astype(np.float32)
+        with q8_prefill_path("bf16", b), launches(b) as names:
+            out = b.to_host(b.matmul(b.asarray(x), b.load_weight(w), b.load_weight(bias)))
+        assert "mmq_bf16_q8_0" in names and "quantize_q8" not in names and "mmq_q8_0" not in names, names
+        ref_w, ref_b = REF.load_weight(w), REF.load_weight(bias)
+        check_product("matmul_bf16x2:Q8_0", f"bf16 T={T} N={N} K={K}", out, REF.matmul(x, ref_w, ref_b), x,
+                      ref_w.dense(), ref_b.dense())
+
+
 def test_other_formats_and_decode_products_keep_their_paths():
     """Under mma a Q4_K prefill product still dequantizes tiles (prefill_product), a Q8_0 decode product still takes
     the matvec kernels; tf32x3 sends Q8_0 prefill products to prefill_product, and auto (the default) sends them

@@ -35,6 +35,7 @@ from fixtures.paths import REPO_ROOT
 from stories.foundation._cuda_conformance import THRESHOLDS, nmse
 from stories.foundation._mmq_reference import dequantized, int8_product, term_normalized
 from stories.llama._host_cuda import (
+    HOST_MMA_BF16,
     HOST_MMA_S8,
     THREADED_LAUNCH,
     THREADED_PRELUDE,
@@ -59,7 +60,7 @@ Q8_0 = GGMLQuantizationType.Q8_0
 _PRELUDE = THREADED_PRELUDE + r"""
 #define __restrict__
 #define __align__(n) __attribute__((aligned(n)))
-""" + HOST_MMA_S8 + THREADED_LAUNCH + r"""
+""" + HOST_MMA_S8 + HOST_MMA_BF16 + THREADED_LAUNCH + r"""
 // One warp's product on fragments given per lane (a: 4 registers, b: 2, d: 4 a lane).
 static void mma_warp_body(const u32* a, const u32* b, int* d) {
     const int l = threadIdx.x % 32;
@@ -82,6 +83,8 @@ def host_mmq(tmp_path_factory):
     assert '#include "mma_s8.cuh"' in source and "mma_s8_16x8x32(" in source   # the instruction stood in for
     helpers = device_function(KERNELS / "common.cuh", "warp_max") + "".join(
         device_function(KERNELS / "vecdot.cuh", n) for n in ("quantize_block_warp", "load16_any", "load_f16_a2"))
+    helpers += "".join(device_function(KERNELS / "mma_bf16.cuh", n)
+                       for n in ("bf16_round_bits", "bf16_split_bits", "bf16_pack"))
     kernels = kernel_body(KERNELS / "mmq.cu") + _quantize_kernel()
     warp = ('extern "C" void host_mma_warp(const u32* a, const u32* b, int* d) '
             '{ launch3(1, 1, 1, 32, 0, [=] { mma_warp_body(a, b, d); }); }\n')
@@ -366,3 +369,51 @@ def test_the_path_choice_of_a_prefill_product(path, fmt, T, expected):
 def test_an_unknown_path_is_refused():
     with pytest.raises(ValueError, match="M0_CUDA_PREFILL_Q8 must be one of"):
         mmq.uses_mma("int4", "q8_0", 128)
+
+
+# -- mmq_bf16_q8_0: the same tiles on BF16 tensor cores ----------------------------------------------------------------
+
+def _bf16(v: np.ndarray) -> np.ndarray:
+    """float32 values rounded to bfloat16 (nearest even), as float64."""
+    u = np.asarray(v, np.float32).view(np.uint32).astype(np.uint64)
+    u = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+    return u.view(np.float32).astype(np.float64)
+
+
+@pytest.mark.parametrize("T,N,n_blocks,splits,extreme", [
+    (5, 1, 1, 1, False), (5, 1, 7, 2, False), (64, 64, 4, 1, True), (65, 129, 5, 1, False), (130, 70, 9, 1, False),
+    (7, 200, 2, 1, True), (65, 129, 36, 3, False), (66, 70, 13, 8, False), (9, 40, 4, 3, False)])
+def test_bf16_kernel_matches_the_reference(host_mmq, T, N, n_blocks, splits, extreme):
+    """mmq_bf16_q8_0 (M0_CUDA_PREFILL_Q8=bf16) on the host: float32 activations split into two bfloat16 terms in the
+    kernel, BF16 tensor-core products and no int8 ones, bias and residual, k split over blocks (uneven runs, empty
+    ones); within matmul_bf16x2's bound of x @ W^T, which one bfloat16 term a value would miss by far."""
+    rng = np.random.default_rng(7 * T + N + n_blocks + splits)
+    K = 32 * n_blocks
+    x = (rng.standard_normal((T, K)) * rng.choice([1e-3, 1.0, 300.0], (T, 1))).astype(np.float32)
+    x[:, ::32] *= 1e3                          # a large value leading each block
+    blocks = _q8_0_rows(rng, N, K, extreme=extreme)
+    bias, residual = rng.standard_normal(N).astype(np.float32), rng.standard_normal((T, N)).astype(np.float32)
+    k = HostBackend(host_mmq)
+    raw = np.concatenate([blocks.reshape(-1), np.zeros(PAD, np.uint8)])
+    partials = np.full(splits * T * N, np.nan, np.float32) if splits > 1 else None
+    y = residual.copy()
+    host_mmq.host_mma_bf16_count(), host_mmq.host_mma_s8_count()          # the counters from zero
+    mmq.product_bf16(k, raw, blocks.shape[1], x, y, T, N, K, bias=bias, residual=y, splits=splits, partials=partials)
+    grid = (-(-N // mmq.MMQ_BN), -(-T // mmq.MMQ_BM), splits)
+    assert k.launched == [("mmq_bf16_q8_0", grid, mmq.MMQ_THREADS)] + (
+        [("mmq_sum_splits", (elementwise_grid(T * N), 1, 1), 256)] if splits > 1 else [])
+    assert host_mmq.host_mma_bf16_count() > 0 and host_mmq.host_mma_s8_count() == 0
+    assert np.isfinite(y).all()
+    dense = dequantized(blocks, N, K)
+    start = bias.astype(np.float64) + residual.astype(np.float64)
+    err = term_normalized(y, x.astype(np.float64) @ dense.T + start, x, dense)
+    assert err <= THRESHOLDS["matmul_bf16x2"], f"term-normalized {err:.3e}"
+    one_term = _bf16(x) @ dense.T + start     # the control: a single bfloat16 term a value
+    assert term_normalized(one_term, x.astype(np.float64) @ dense.T + start, x, dense) > THRESHOLDS["matmul_bf16x2"]
+
+
+def test_the_bf16_path_is_chosen_by_its_switch():
+    assert mmq.uses_bf16("bf16", "q8_0") and not mmq.uses_bf16("bf16", "q4_k")
+    assert not any(mmq.uses_bf16(path, "q8_0") for path in ("auto", "mma", "tf32x3"))
+    assert not mmq.uses_mma("bf16", "q8_0", 128)
+

@@ -43,6 +43,7 @@ from fixtures.paths import REPO_ROOT
 from stories.foundation._cuda_conformance import THRESHOLDS, f32_tensor, nmse
 from stories.gpt._moe_cases import expert_blocks
 from stories.llama._host_cuda import (
+    HOST_MMA_BF16,
     HOST_MMA_S8,
     THREADED_LAUNCH,
     THREADED_PRELUDE,
@@ -71,7 +72,6 @@ SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, Heal
 _PRELUDE = THREADED_PRELUDE + r"""
 #define __restrict__
 #define __align__(n) __attribute__((aligned(n)))
-static inline u32 __float_as_uint(float f) { u32 u; std::memcpy(&u, &f, 4); return u; }
 static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
@@ -131,44 +131,6 @@ static inline void mma_tf32_16x8x8(float* d, const u32* a, const u32* b) {
 }
 static inline void mma_tf32_16x8x8_free(float* d, const u32* a, const u32* b) { mma_tf32_16x8x8(d, a, b); }
 
-// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 on the host (v4): two bfloat16 values a register, the lower
-// k in the low half (mma_bf16.cuh); each product exact, the sixteen of an output summed in double, added once.
-static u32 mmb_a[32][32][4], mmb_b[32][32][2];
-static std::atomic<long long> mma_bf16_count{0};
-extern "C" long long host_mma_bf16_count() { return mma_bf16_count.exchange(0); }
-static inline float bf16_half(u32 reg, int high) { return __uint_as_float(high ? reg & 0xffff0000u : reg << 16); }
-static inline void mma_bf16_16x8x16(float* d, const u32* a, const u32* b) {
-    const int w = threadIdx.x / 32, l = threadIdx.x % 32, g = l / 4, q = l % 4;
-    warp_barriers[w]->arrive_and_wait();
-    for (int i = 0; i < 4; ++i) mmb_a[w][l][i] = a[i];
-    for (int i = 0; i < 2; ++i) mmb_b[w][l][i] = b[i];
-    if (l == 0) ++mma_bf16_count;
-    warp_barriers[w]->arrive_and_wait();
-    for (int i = 0; i < 4; ++i) {
-        const int row = g + 8 * (i >> 1), col = 2 * q + (i & 1);
-        double s = 0.0;
-        for (int k = 0; k < 16; ++k) {
-            const float av = bf16_half(mmb_a[w][(row % 8) * 4 + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)], k % 2);
-            const float bv = bf16_half(mmb_b[w][col * 4 + (k % 8) / 2][k >= 8], k % 2);
-            s += (double)(av * bv);
-        }
-        d[i] = (float)((double)d[i] + s);
-    }
-    warp_barriers[w]->arrive_and_wait();
-}
-
-// fma.rn.bf16x2 with -0 (mma_bf16.cuh's bf16x2_mul) on the host: each half's product in float32 (exact: two
-// bfloat16 values' product fits), rounded to nearest-even at bfloat16.
-static inline u32 bf16x2_mul(u32 a, u32 b) {
-    u32 d = 0;
-    for (int h = 0; h < 2; ++h) {
-        u32 u = __float_as_uint(bf16_half(a, h) * bf16_half(b, h));
-        if ((u & 0x7f800000u) != 0x7f800000u) u += 0x7fffu + ((u >> 16) & 1u);
-        d |= (u >> 16) << (16 * h);
-    }
-    return d;
-}
-
 """
 
 # v7's bfloat16 words of n staged slots (36 bytes: two MXFP4 blocks, at bytes 0 and 17): out[slot][block][lane q][4].
@@ -213,7 +175,7 @@ def host_moe(tmp_path_factory):
                        for n in ("bf16_round_bits", "bf16_split_bits", "bf16_pack"))
     kernels = kernel_body(KERNELS / "moe.cu") + _gemm_source()
     headers = "".join(kernel_body(KERNELS / h) for h in ("iq_tables.cuh", "quant.cuh", "tf32.cuh", "activation.cuh"))
-    text = _PRELUDE + HOST_MMA_S8 + helpers + headers + THREADED_LAUNCH + _MMA_S8_ENTRY + kernels
+    text = _PRELUDE + HOST_MMA_S8 + HOST_MMA_BF16 + helpers + headers + THREADED_LAUNCH + _MMA_S8_ENTRY + kernels
     return build_host_library(text + host_entries(kernels) + _BF16_WORDS_ENTRY, tmp_path_factory.mktemp("moe"),
                               "moe_host", timeout=900)
 

@@ -17,6 +17,7 @@ BIT_INTRINSICS = r"""
 struct int4 { int x, y, z, w; };
 template <typename T> static inline T __ldg(const T* p) { T v; std::memcpy(&v, p, sizeof(T)); return v; }
 static inline float __uint_as_float(u32 u) { float f; std::memcpy(&f, &u, 4); return f; }
+static inline u32 __float_as_uint(float f) { u32 u; std::memcpy(&u, &f, 4); return u; }
 static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 // byte n of the result: byte (s >> 4n) & 7 of the eight bytes {y, x} (x the low four)
 static inline u32 __byte_perm(u32 x, u32 y, u32 s) {
@@ -226,6 +227,49 @@ static inline void mma_s8_16x8x32(int* d, const u32* a, const u32* b) {
     warp_barriers[w]->arrive_and_wait();
 }
 
+"""
+
+
+# The BF16 tensor-core product (mma_bf16.cuh) on the host fibers of THREADED_PRELUDE; host_mma_bf16_count counts
+# the calls.
+HOST_MMA_BF16 = r"""
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 on the host: two bfloat16 values a register, the lower
+// k in the low half (mma_bf16.cuh); each product exact, the sixteen of an output summed in double, added once.
+static u32 mmb_a[32][32][4], mmb_b[32][32][2];
+static std::atomic<long long> mma_bf16_count{0};
+extern "C" long long host_mma_bf16_count() { return mma_bf16_count.exchange(0); }
+static inline float bf16_half(u32 reg, int high) { return __uint_as_float(high ? reg & 0xffff0000u : reg << 16); }
+static inline void mma_bf16_16x8x16(float* d, const u32* a, const u32* b) {
+    const int w = threadIdx.x / 32, l = threadIdx.x % 32, g = l / 4, q = l % 4;
+    warp_barriers[w]->arrive_and_wait();
+    for (int i = 0; i < 4; ++i) mmb_a[w][l][i] = a[i];
+    for (int i = 0; i < 2; ++i) mmb_b[w][l][i] = b[i];
+    if (l == 0) ++mma_bf16_count;
+    warp_barriers[w]->arrive_and_wait();
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + 8 * (i >> 1), col = 2 * q + (i & 1);
+        double s = 0.0;
+        for (int k = 0; k < 16; ++k) {
+            const float av = bf16_half(mmb_a[w][(row % 8) * 4 + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)], k % 2);
+            const float bv = bf16_half(mmb_b[w][col * 4 + (k % 8) / 2][k >= 8], k % 2);
+            s += (double)(av * bv);
+        }
+        d[i] = (float)((double)d[i] + s);
+    }
+    warp_barriers[w]->arrive_and_wait();
+}
+
+// fma.rn.bf16x2 with -0 (mma_bf16.cuh's bf16x2_mul) on the host: each half's product in float32 (exact: two
+// bfloat16 values' product fits), rounded to nearest-even at bfloat16.
+static inline u32 bf16x2_mul(u32 a, u32 b) {
+    u32 d = 0;
+    for (int h = 0; h < 2; ++h) {
+        u32 u = __float_as_uint(bf16_half(a, h) * bf16_half(b, h));
+        if ((u & 0x7f800000u) != 0x7f800000u) u += 0x7fffu + ((u >> 16) & 1u);
+        d |= (u >> 16) << (16 * h);
+    }
+    return d;
+}
 """
 
 

@@ -100,7 +100,7 @@ class CudaBackend(CudaMemory, Backend):
         self.matvec_terms = MATVEC_PATHS[matvec]
         # Prefill products of Q8_0 weights: "auto" (the default: int8 tensor cores on the decode products' int8
         # activations, kernels/mmq.py, up to mmq.MMQ_AUTO_MAX_T tokens; matmul.prefill_product above), "tf32x3"
-        # or "mma" (one path at every T).
+        # or "mma" (one path at every T), or "bf16" (mmq_bf16_q8_0 at every T: BF16 tensor cores).
         self.prefill_q8 = os.environ.get("M0_CUDA_PREFILL_Q8", "auto")
         mmq.uses_mma(self.prefill_q8, "q8_0", 1)      # a clear error for an unknown path, at start
         self.launch_serial = 0
@@ -250,6 +250,8 @@ class CudaBackend(CudaMemory, Backend):
             vecdot.mmvq(self, w.format, raw, w.row_bytes, xq, xds, y, N, K, T, terms, bias=b)
         elif T <= MATVEC_MAX_T or matmul.few_rows(N, K, T):
             matmul.matvec(self, w, raw, x2, b if b is not None else NULL, y, N, K, T)
+        elif mmq.uses_bf16(self.prefill_q8, w.format):
+            mmq.product_bf16(self, raw, w.row_bytes, x2, y, T, N, K, bias=b)
         elif mmq.uses_mma(self.prefill_q8, w.format, T):
             prefill_terms = self.matvec_terms or 2
             xq, xds = vecdot.quantized_input(self, x, x2, T, K, prefill_terms)

@@ -18,6 +18,7 @@
 // mmq_sum_splits adds in a fixed order: the same result whatever the order blocks run in.
 #include "vecdot.cuh"
 #include "mma_s8.cuh"
+#include "mma_bf16.cuh"
 
 #define MMQ_BM 64              // tokens a block (mmq.py)
 #define MMQ_BN 64              // weight rows a block (mmq.py)
@@ -46,6 +47,44 @@ struct MmqStage {              // one stage's global loads, held in registers un
     int w[MMQ_W_PER_THREAD][8];
     float wd[MMQ_W_PER_THREAD];
 };
+
+// The weight part of a stage: the Q8_0 blocks [b0, b0 + MMQ_KB) of rows n0.. (zeros past N and b_end), their quants
+// as words and their scales.
+__device__ __forceinline__ void mmq_load_w(int (*w)[8], float* wd, const u8* __restrict__ W, i64 row_bytes, int n0,
+                                           int b0, int b_end, int N) {
+    const int tid = threadIdx.x;
+#pragma unroll
+    for (int r = 0; r < MMQ_W_PER_THREAD; ++r) {
+        const int e = tid + r * MMQ_THREADS, row = e / MMQ_KB, j = e % MMQ_KB;
+        const int n = n0 + row, b = b0 + j;
+        if (n < N && b < b_end) {
+            const u8* blk = W + (i64)n * row_bytes + (i64)b * 34;
+            wd[r] = load_f16_a2(blk);
+            load16_any(blk + 2, w[r]);
+            load16_any(blk + 18, w[r] + 4);
+        } else {
+            wd[r] = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) w[r][i] = 0;
+        }
+    }
+}
+
+// Writes a stage's weight part into shared memory: ws[row][k] (int8), wds[row][j].
+__device__ __forceinline__ void mmq_store_w(const int (*w)[8], const float* wd, i8 (*ws)[MMQ_ROW],
+                                            float (*wds)[MMQ_KB]) {
+    const int tid = threadIdx.x;
+#pragma unroll
+    for (int r = 0; r < MMQ_W_PER_THREAD; ++r) {
+        const int e = tid + r * MMQ_THREADS, row = e / MMQ_KB, j = e % MMQ_KB;
+        int4 lo, hi;
+        lo.x = w[r][0]; lo.y = w[r][1]; lo.z = w[r][2]; lo.w = w[r][3];
+        hi.x = w[r][4]; hi.y = w[r][5]; hi.z = w[r][6]; hi.w = w[r][7];
+        *(int4*)&ws[row][32 * j] = lo;
+        *(int4*)&ws[row][32 * j + 16] = hi;
+        wds[row][j] = wd[r];
+    }
+}
 
 // Loads the stage of k blocks [b0, b0 + MMQ_KB) of this block's tile (zeros outside T, N and the block's k range,
 // which ends at block b_end; nb: the row's blocks).
@@ -77,21 +116,7 @@ __device__ __forceinline__ void mmq_load(MmqStage& s, const u8* __restrict__ W, 
         }
         s.xd[r] = d;
     }
-#pragma unroll
-    for (int r = 0; r < MMQ_W_PER_THREAD; ++r) {
-        const int e = tid + r * MMQ_THREADS, row = e / MMQ_KB, j = e % MMQ_KB;
-        const int n = n0 + row, b = b0 + j;
-        if (n < N && b < b_end) {
-            const u8* blk = W + (i64)n * row_bytes + (i64)b * 34;
-            s.wd[r] = load_f16_a2(blk);
-            load16_any(blk + 2, s.w[r]);
-            load16_any(blk + 18, s.w[r] + 4);
-        } else {
-            s.wd[r] = 0.0f;
-#pragma unroll
-            for (int i = 0; i < 8; ++i) s.w[r][i] = 0;
-        }
-    }
+    mmq_load_w(s.w, s.wd, W, row_bytes, n0, b0, b_end, N);
 }
 
 // Writes a loaded stage into shared memory: xs[term][row][k], ws[row][k] (int8), xd[row][j], wd[row][j].
@@ -109,16 +134,7 @@ __device__ __forceinline__ void mmq_store(const MmqStage& s, i8 (*xs)[MMQ_BM][MM
         const int e = tid + r * MMQ_THREADS;
         xd[e / MMQ_KB][e % MMQ_KB] = s.xd[r];
     }
-#pragma unroll
-    for (int r = 0; r < MMQ_W_PER_THREAD; ++r) {
-        const int e = tid + r * MMQ_THREADS, row = e / MMQ_KB, j = e % MMQ_KB;
-        int4 lo, hi;
-        lo.x = s.w[r][0]; lo.y = s.w[r][1]; lo.z = s.w[r][2]; lo.w = s.w[r][3];
-        hi.x = s.w[r][4]; hi.y = s.w[r][5]; hi.z = s.w[r][6]; hi.w = s.w[r][7];
-        *(int4*)&ws[row][32 * j] = lo;
-        *(int4*)&ws[row][32 * j + 16] = hi;
-        wd[row][j] = s.wd[r];
-    }
+    mmq_store_w(s.w, s.wd, ws, wd);
 }
 
 // y[t, n] = sum_k x[t, k] W[n, k] (+ bias[n]) (+ residual[t, n]) for x as int8 terms xq [terms][T][K] (term
@@ -200,6 +216,162 @@ extern "C" __global__ void __launch_bounds__(MMQ_THREADS, 2) mmq_q8_0(
                         acc[mi][ni][i] = fmaf(sw[ni][i & 1], v, acc[mi][ni][i]);
                     }
                 }
+            }
+        }
+    }
+#pragma unroll
+    for (int mi = 0; mi < MMQ_MI; ++mi) {
+#pragma unroll
+        for (int ni = 0; ni < MMQ_NI; ++ni) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int t = t0 + wm + 16 * mi + g + 8 * (i >> 1), n = n0 + wn + 8 * ni + 2 * q + (i & 1);
+                if (t < T && n < N) {
+                    const i64 at = (i64)t * N + n;
+                    float v = acc[mi][ni][i];
+                    if (splits > 1) {
+                        partials[(i64)blockIdx.z * T * N + at] = v;
+                    } else {
+                        if (bias) v += bias[n];
+                        y[at] = residual ? residual[at] + v : v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---- mmq_bf16_q8_0 (M0_CUDA_PREFILL_Q8=bf16): mmq_q8_0's tiles, stages and split runs on BF16 tensor cores ----
+// The activations are read as float32 and split as they are staged into two bfloat16 terms (x = hi + lo within
+// 2^-18 |x|: mma_bf16.cuh's bf16_split_bits); each weight quant is an exact bfloat16 value (|q| <= 128: at most
+// eight significant bits). A 32-value block's sum over both of its k16 halves and both terms is float32 (each
+// product exact) and is scaled by the block's d alone: acc += d_w[n, b] S. So no activation scales and no
+// conversion of integer sums: one FFMA an output a block where mmq_q8_0 spends seven, for twice its mma
+// instructions; and no quantize_q8 launch before it. Error: the bfloat16 split's (row matmul_bf16x2, as the grouped
+// expert products on BF16, 2.5e-11 term-normalized), below the int8 terms' (matmul_q8x2, 1e-8).
+// Shared memory: each term's staged rows MMB_ROW words (MMQ_KB 32-value blocks as bfloat16 pairs, 4 words of
+// padding: the words q of rows g of a fragment load fall in 32 banks), 34 KB, beside mmq_q8_0's weight stage.
+#define MMB_ROW (MMQ_KB * 16 + 4)
+#define MMB_X_VECS (MMQ_BM * MMQ_KB * 8 / MMQ_THREADS)    // float4s of a stage's activations a thread
+static_assert(MMB_X_VECS * MMQ_THREADS == MMQ_BM * MMQ_KB * 8, "a stage's activations: whole float4s a thread");
+
+struct MmbStage {
+    float4 x[MMB_X_VECS];
+    int w[MMQ_W_PER_THREAD][8];
+    float wd[MMQ_W_PER_THREAD];
+};
+
+// Two int8 values (bytes 0 and 1 of `two`) as a bfloat16 pair, exactly: each becomes a float by the 1.5 * 2^23
+// trick (no int-to-float conversion) and keeps its upper half (|q| <= 128 fits bfloat16's eight bits).
+__device__ __forceinline__ u32 mmb_s8x2_bf16x2(u32 two) {
+    const int v0 = (int)(signed char)(two & 0xffu), v1 = (int)(signed char)((two >> 8) & 0xffu);
+    return bf16_pack(__float_as_uint(mmq_exact_float(v0)), __float_as_uint(mmq_exact_float(v1)));
+}
+
+__device__ __forceinline__ void mmb_load(MmbStage& s, const u8* __restrict__ W, i64 row_bytes,
+                                         const float* __restrict__ x, int t0, int n0, int b0, int b_end, int T,
+                                         int N, int K) {
+    const int tid = threadIdx.x;
+#pragma unroll
+    for (int r = 0; r < MMB_X_VECS; ++r) {
+        const int c = tid + r * MMQ_THREADS;          // row, float4: float4 fastest (coalesced rows)
+        const int v = c % (MMQ_KB * 8), row = c / (MMQ_KB * 8);
+        const int t = t0 + row, b = b0 + v / 8;
+        float4 val = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (t < T && b < b_end) val = *(const float4*)(x + (i64)t * K + 32 * b0 + 4 * v);
+        s.x[r] = val;
+    }
+    mmq_load_w(s.w, s.wd, W, row_bytes, n0, b0, b_end, N);
+}
+
+// Writes a loaded stage: xs[term][row][word] (bfloat16 pairs, the lower k in the low half), ws, wds.
+__device__ __forceinline__ void mmb_store(const MmbStage& s, u32 (*xs)[MMQ_BM][MMB_ROW], i8 (*ws)[MMQ_ROW],
+                                          float (*wds)[MMQ_KB]) {
+    const int tid = threadIdx.x;
+#pragma unroll
+    for (int r = 0; r < MMB_X_VECS; ++r) {
+        const int c = tid + r * MMQ_THREADS;
+        const int v = c % (MMQ_KB * 8), row = c / (MMQ_KB * 8);
+        const float4 x4 = s.x[r];
+        u32 h[4], l[4];
+        bf16_split_bits(x4.x, h[0], l[0]);
+        bf16_split_bits(x4.y, h[1], l[1]);
+        bf16_split_bits(x4.z, h[2], l[2]);
+        bf16_split_bits(x4.w, h[3], l[3]);
+        *(uint2*)&xs[0][row][2 * v] = make_uint2(bf16_pack(h[0], h[1]), bf16_pack(h[2], h[3]));
+        *(uint2*)&xs[1][row][2 * v] = make_uint2(bf16_pack(l[0], l[1]), bf16_pack(l[2], l[3]));
+    }
+    mmq_store_w(s.w, s.wd, ws, wds);
+}
+
+// y = x W^T (+ bias) (+ residual) as mmq_q8_0 computes it (grid, splits, partials alike), x float32 [T][K].
+extern "C" __global__ void __launch_bounds__(MMQ_THREADS, 2) mmq_bf16_q8_0(
+        const u8* __restrict__ W, i64 row_bytes, const float* __restrict__ x, const float* __restrict__ bias,
+        const float* residual, float* y, int T, int N, int K, float* __restrict__ partials, int splits) {
+    __shared__ __align__(16) u32 xs[2][MMQ_BM][MMB_ROW];
+    __shared__ __align__(16) i8 ws[MMQ_BN][MMQ_ROW];
+    __shared__ float wd[MMQ_BN][MMQ_KB];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
+    const int n0 = blockIdx.x * MMQ_BN, t0 = blockIdx.y * MMQ_BM;
+    const int wm = 16 * MMQ_MI * (warp / MMQ_WARPS_N);
+    const int wn = 8 * MMQ_NI * (warp % MMQ_WARPS_N);
+    const int nb = K >> 5;
+    const int stages = (nb + MMQ_KB - 1) / MMQ_KB, run = (stages + splits - 1) / splits;
+    const int b_begin = min(nb, (int)blockIdx.z * run * MMQ_KB), b_end = min(nb, b_begin + run * MMQ_KB);
+    float acc[MMQ_MI][MMQ_NI][4];
+#pragma unroll
+    for (int mi = 0; mi < MMQ_MI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < MMQ_NI; ++ni)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[mi][ni][i] = 0.0f;
+    MmbStage stage;
+    if (b_begin < b_end) mmb_load(stage, W, row_bytes, x, t0, n0, b_begin, b_end, T, N, K);
+    for (int b0 = b_begin; b0 < b_end; b0 += MMQ_KB) {
+        __syncthreads();                              // the stage before is no longer read
+        mmb_store(stage, xs, ws, wd);
+        __syncthreads();
+        if (b0 + MMQ_KB < b_end)                      // the next stage's loads, in flight during the products
+            mmb_load(stage, W, row_bytes, x, t0, n0, b0 + MMQ_KB, b_end, T, N, K);
+        const int blocks = min(MMQ_KB, b_end - b0);
+#pragma unroll 1
+        for (int j = 0; j < blocks; ++j) {
+            u32 bw[MMQ_NI][2][2];                     // [n8 tile][k16 half][fragment register]
+            float sw[MMQ_NI][2];                      // the block's scales of this lane's columns 2q, 2q + 1
+#pragma unroll
+            for (int ni = 0; ni < MMQ_NI; ++ni) {
+                const i8* wrow = ws[wn + 8 * ni + g] + 32 * j + 2 * q;
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {         // B[k][g] for k = 16h + 2q, + 1 and 16h + 2q + 8, + 9
+                    bw[ni][h][0] = mmb_s8x2_bf16x2(*(const u16*)(wrow + 16 * h));
+                    bw[ni][h][1] = mmb_s8x2_bf16x2(*(const u16*)(wrow + 16 * h + 8));
+                }
+                sw[ni][0] = wd[wn + 8 * ni + 2 * q][j];
+                sw[ni][1] = wd[wn + 8 * ni + 2 * q + 1][j];
+            }
+#pragma unroll
+            for (int mi = 0; mi < MMQ_MI; ++mi) {
+                const int r0 = wm + 16 * mi + g;      // this lane's rows r0 and r0 + 8
+                float sums[MMQ_NI][4];                // the block's float32 sums, both halves and terms
+#pragma unroll
+                for (int ni = 0; ni < MMQ_NI; ++ni)
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) sums[ni][i] = 0.0f;
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int kw = 16 * j + 8 * h + q;
+#pragma unroll
+                    for (int term = 1; term >= 0; --term) {   // the small term first
+                        const u32 a[4] = {xs[term][r0][kw], xs[term][r0 + 8][kw], xs[term][r0][kw + 4],
+                                          xs[term][r0 + 8][kw + 4]};
+#pragma unroll
+                        for (int ni = 0; ni < MMQ_NI; ++ni) mma_bf16_16x8x16(sums[ni], a, bw[ni][h]);
+                    }
+                }
+#pragma unroll
+                for (int ni = 0; ni < MMQ_NI; ++ni)
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) acc[mi][ni][i] = fmaf(sw[ni][i & 1], sums[ni][i], acc[mi][ni][i]);
             }
         }
     }

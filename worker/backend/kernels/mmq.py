@@ -8,7 +8,12 @@ products sum exactly in int32 on the tensor cores (mma.sync m16n8k32), then are 
 and the activation term's scales in float32. With two terms the error is the decode products' (conformance row
 matmul_q8x2, the threshold of matvec_q8x2). M0_CUDA_PREFILL_Q8 picks the path of Q8_0 prefill products
 (CudaBackend, uses_mma): "auto" (the default: this kernel up to MMQ_AUTO_MAX_T tokens), "tf32x3"
-(matmul.prefill_product) or "mma" (this kernel at every T).
+(matmul.prefill_product), "mma" (this kernel at every T) or "bf16" (mmq_bf16_q8_0 at every T:
+
+    product_bf16(k, raw, w.row_bytes, x, y, T, N, K, bias=b)     # x float32 [T, K], split in the kernel
+
+the same tiles on BF16 tensor cores, the activations two bfloat16 terms, conformance row matmul_bf16x2; not yet
+timed on a GPU, so not the default).
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from worker.backend.cuda_runtime import NULL, elementwise_grid, i32, i64
 from worker.backend.kernels.matmul import workspace_ptr
 
 MMQ_FORMATS = frozenset({"q8_0"})     # formats with an mmq kernel (mmq_q8_0)
-PREFILL_Q8_PATHS = ("auto", "tf32x3", "mma")  # M0_CUDA_PREFILL_Q8
+PREFILL_Q8_PATHS = ("auto", "tf32x3", "mma", "bf16")  # M0_CUDA_PREFILL_Q8
 # "auto" (the default): this kernel for products of at most MMQ_AUTO_MAX_T tokens, tf32x3 above. Measured on the H200
 # (benchmarks/bench_int8_prefill.py, GPT-OSS-20B's four attention products a layer, CUDA-graph replays): 140 / 420 /
 # 1,498 us against tf32x3's 325 / 501 / 1,177 us at T = 128 / 512 / 2048 (mma's tiles reach ~150 of the int8 tensor
@@ -53,6 +58,11 @@ def uses_mma(path: str, fmt: str, T: int) -> bool:
     return fmt in MMQ_FORMATS and (path == "mma" or (path == "auto" and T <= MMQ_AUTO_MAX_T))
 
 
+def uses_bf16(path: str, fmt: str) -> bool:
+    """Whether a prefill product on `fmt` weights takes mmq_bf16_q8_0 under M0_CUDA_PREFILL_Q8=path."""
+    return path == "bf16" and fmt in MMQ_FORMATS
+
+
 def k_splits(T: int, N: int, K: int) -> int:
     """Blocks a (token, weight row) tile's k stages are split over: 1 where the tiles alone fill the GPU."""
     if MMQ_SPLITS > 0:
@@ -60,6 +70,38 @@ def k_splits(T: int, N: int, K: int) -> int:
     tiles = -(-N // MMQ_BN) * -(-T // MMQ_BM)
     stages = -(-(K // QUANT_BLOCK) // MMQ_KB)
     return max(1, min(MMQ_MIN_BLOCKS // tiles, MMQ_MAX_SPLITS, stages // MMQ_MIN_SPLIT_STAGES))
+
+
+def _check_shape(K: int, splits: int | None) -> None:
+    if K % QUANT_BLOCK or (splits is not None and splits < 1):
+        raise ValueError(f"mmq needs K a multiple of {QUANT_BLOCK} and at least one split, got K={K}, splits={splits}")
+
+
+def _sum_splits(k, p, splits: int, b, r, y, T: int, N: int) -> None:
+    """The split product's epilogue: y = r + (the partial sums in split order + b)."""
+    k._launch("mmq.cu", "mmq_sum_splits", elementwise_grid(T * N), 256, (p, i32(splits), b, r, y, i32(T), i32(N)),
+              keeps_quantized_input=True)
+
+
+def product_bf16(k, raw, row_bytes: int, x, y, T: int, N: int, K: int, *, bias=None, residual=None,
+                 fmt: str = "q8_0", splits: int | None = None, partials=None) -> None:
+    """y [T, N] = x W^T (+ bias[n]) (+ residual[t, n]) for x float32 [T, K] (C-contiguous) on BF16 tensor cores
+    (mmq_bf16_q8_0: product's tiles, k splits and arguments otherwise)."""
+    if fmt not in MMQ_FORMATS:
+        raise ValueError(f"mmq has no kernel for {fmt!r} (only {sorted(MMQ_FORMATS)})")
+    _check_shape(K, splits)
+    if not (T and N):
+        return
+    splits = k_splits(T, N, K) if splits is None else splits
+    grid = ((N + MMQ_BN - 1) // MMQ_BN, (T + MMQ_BM - 1) // MMQ_BM, splits)
+    b, r = (NULL if a is None else a for a in (bias, residual))
+    if splits > 1 and partials is None:
+        partials = np.uint64(workspace_ptr(k, PARTIALS, splits * T * N))
+    p = NULL if splits == 1 else partials
+    k._launch("mmq.cu", "mmq_bf16_q8_0", grid, MMQ_THREADS,
+              (raw, i64(row_bytes), x, b, r, y, i32(T), i32(N), i32(K), p, i32(splits)), keeps_quantized_input=True)
+    if splits > 1:
+        _sum_splits(k, p, splits, b, r, y, T, N)
 
 
 def product(k, raw, row_bytes: int, xq, xds, y, T: int, N: int, K: int, terms: int = 2, *,
@@ -85,5 +127,4 @@ def product(k, raw, row_bytes: int, xq, xds, y, T: int, N: int, K: int, terms: i
               (raw, i64(row_bytes), xq, xds, i64(T * K), b, r, y, i32(T), i32(N), i32(K), i32(terms), p, i32(splits)),
               keeps_quantized_input=True)
     if splits > 1:
-        k._launch("mmq.cu", "mmq_sum_splits", elementwise_grid(T * N), 256, (p, i32(splits), b, r, y, i32(T), i32(N)),
-                  keeps_quantized_input=True)
+        _sum_splits(k, p, splits, b, r, y, T, N)
