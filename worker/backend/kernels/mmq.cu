@@ -137,6 +137,41 @@ __device__ __forceinline__ void mmq_store(const MmqStage& s, i8 (*xs)[MMQ_BM][MM
     mmq_store_w(s.w, s.wd, ws, wd);
 }
 
+// Block z's run of 32-value k blocks [b_begin, b_end) when a tile's stages are split over `splits` blocks (equal runs
+// of whole stages; the last runs may be short or empty).
+__device__ __forceinline__ void mmq_split_run(int nb, int splits, int& b_begin, int& b_end) {
+    const int stages = (nb + MMQ_KB - 1) / MMQ_KB, run = (stages + splits - 1) / splits;
+    b_begin = min(nb, (int)blockIdx.z * run * MMQ_KB);
+    b_end = min(nb, b_begin + run * MMQ_KB);
+}
+
+// A warp's outputs (rows r0 + 16 mi + g (+ 8), columns c0 + 8 ni + 2q (+ 1)): y = residual + (acc + bias), or, for a
+// split product, the block's partial sums (mmq_sum_splits adds them).
+__device__ __forceinline__ void mmq_write_tile(const float (&acc)[MMQ_MI][MMQ_NI][4], int r0, int c0, int g, int q,
+                                               const float* __restrict__ bias, const float* residual, float* y, int T,
+                                               int N, float* __restrict__ partials, int splits) {
+#pragma unroll
+    for (int mi = 0; mi < MMQ_MI; ++mi) {
+#pragma unroll
+        for (int ni = 0; ni < MMQ_NI; ++ni) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int t = r0 + 16 * mi + g + 8 * (i >> 1), n = c0 + 8 * ni + 2 * q + (i & 1);
+                if (t < T && n < N) {
+                    const i64 at = (i64)t * N + n;
+                    float v = acc[mi][ni][i];
+                    if (splits > 1) {
+                        partials[(i64)blockIdx.z * T * N + at] = v;
+                    } else {
+                        if (bias) v += bias[n];
+                        y[at] = residual ? residual[at] + v : v;
+                    }
+                }
+            }
+        }
+    }
+}
+
 // y[t, n] = sum_k x[t, k] W[n, k] (+ bias[n]) (+ residual[t, n]) for x as int8 terms xq [terms][T][K] (term
 // stride term_stride) with scales xds [T][K/32] (d0, d1, s, 0), W [N] rows of K/32 Q8_0 blocks row_bytes apart.
 // Grid (ceil(N / MMQ_BN), ceil(T / MMQ_BM), splits), MMQ_THREADS threads. residual may be y itself (each output is
@@ -156,15 +191,9 @@ extern "C" __global__ void __launch_bounds__(MMQ_THREADS, 2) mmq_q8_0(
     const int wm = 16 * MMQ_MI * (warp / MMQ_WARPS_N);        // the warp's first row of the tile: tokens
     const int wn = 8 * MMQ_NI * (warp % MMQ_WARPS_N);         // and weights
     const int nb = K >> 5;
-    const int stages = (nb + MMQ_KB - 1) / MMQ_KB, run = (stages + splits - 1) / splits;
-    const int b_begin = min(nb, (int)blockIdx.z * run * MMQ_KB), b_end = min(nb, b_begin + run * MMQ_KB);
-    float acc[MMQ_MI][MMQ_NI][4];
-#pragma unroll
-    for (int mi = 0; mi < MMQ_MI; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < MMQ_NI; ++ni)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) acc[mi][ni][i] = 0.0f;
+    int b_begin, b_end;
+    mmq_split_run(nb, splits, b_begin, b_end);
+    float acc[MMQ_MI][MMQ_NI][4] = {};
     MmqStage stage;
     if (b_begin < b_end) mmq_load(stage, W, row_bytes, xq, xds, term_stride, t0, n0, b_begin, b_end, T, N, nb, terms);
     for (int b0 = b_begin; b0 < b_end; b0 += MMQ_KB) {
@@ -219,26 +248,7 @@ extern "C" __global__ void __launch_bounds__(MMQ_THREADS, 2) mmq_q8_0(
             }
         }
     }
-#pragma unroll
-    for (int mi = 0; mi < MMQ_MI; ++mi) {
-#pragma unroll
-        for (int ni = 0; ni < MMQ_NI; ++ni) {
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int t = t0 + wm + 16 * mi + g + 8 * (i >> 1), n = n0 + wn + 8 * ni + 2 * q + (i & 1);
-                if (t < T && n < N) {
-                    const i64 at = (i64)t * N + n;
-                    float v = acc[mi][ni][i];
-                    if (splits > 1) {
-                        partials[(i64)blockIdx.z * T * N + at] = v;
-                    } else {
-                        if (bias) v += bias[n];
-                        y[at] = residual ? residual[at] + v : v;
-                    }
-                }
-            }
-        }
-    }
+    mmq_write_tile(acc, t0 + wm, n0 + wn, g, q, bias, residual, y, T, N, partials, splits);
 }
 
 // ---- mmq_bf16_q8_0 (M0_CUDA_PREFILL_Q8=bf16): mmq_q8_0's tiles, stages and split runs on BF16 tensor cores ----
@@ -316,15 +326,9 @@ extern "C" __global__ void __launch_bounds__(MMQ_THREADS, 2) mmq_bf16_q8_0(
     const int wm = 16 * MMQ_MI * (warp / MMQ_WARPS_N);
     const int wn = 8 * MMQ_NI * (warp % MMQ_WARPS_N);
     const int nb = K >> 5;
-    const int stages = (nb + MMQ_KB - 1) / MMQ_KB, run = (stages + splits - 1) / splits;
-    const int b_begin = min(nb, (int)blockIdx.z * run * MMQ_KB), b_end = min(nb, b_begin + run * MMQ_KB);
-    float acc[MMQ_MI][MMQ_NI][4];
-#pragma unroll
-    for (int mi = 0; mi < MMQ_MI; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < MMQ_NI; ++ni)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) acc[mi][ni][i] = 0.0f;
+    int b_begin, b_end;
+    mmq_split_run(nb, splits, b_begin, b_end);
+    float acc[MMQ_MI][MMQ_NI][4] = {};
     MmbStage stage;
     if (b_begin < b_end) mmb_load(stage, W, row_bytes, x, t0, n0, b_begin, b_end, T, N, K);
     for (int b0 = b_begin; b0 < b_end; b0 += MMQ_KB) {
@@ -375,26 +379,7 @@ extern "C" __global__ void __launch_bounds__(MMQ_THREADS, 2) mmq_bf16_q8_0(
             }
         }
     }
-#pragma unroll
-    for (int mi = 0; mi < MMQ_MI; ++mi) {
-#pragma unroll
-        for (int ni = 0; ni < MMQ_NI; ++ni) {
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int t = t0 + wm + 16 * mi + g + 8 * (i >> 1), n = n0 + wn + 8 * ni + 2 * q + (i & 1);
-                if (t < T && n < N) {
-                    const i64 at = (i64)t * N + n;
-                    float v = acc[mi][ni][i];
-                    if (splits > 1) {
-                        partials[(i64)blockIdx.z * T * N + at] = v;
-                    } else {
-                        if (bias) v += bias[n];
-                        y[at] = residual ? residual[at] + v : v;
-                    }
-                }
-            }
-        }
-    }
+    mmq_write_tile(acc, t0 + wm, n0 + wn, g, q, bias, residual, y, T, N, partials, splits);
 }
 
 // y[t, n] = residual[t, n] + (sum over s of partials[s][t, n] in order + bias[n]) (either NULL: left out), the
