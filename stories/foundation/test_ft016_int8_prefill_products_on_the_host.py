@@ -342,6 +342,12 @@ def test_the_launcher_refuses_what_the_kernel_does_not_do():
         mmq.product(None, None, 0, None, None, None, 8, 8, 48, 2)
     with pytest.raises(ValueError, match="no kernel"):
         mmq.product(None, None, 0, None, None, None, 8, 8, 64, 2, fmt="q4_0")
+    with pytest.raises(ValueError, match="1 or 2 int8 terms"):
+        mmq.product(None, None, 0, None, None, None, 8, 8, 64, 3)
+    with pytest.raises(ValueError, match="K a multiple of 32"):
+        mmq.product_bf16(None, None, 0, None, None, 8, 8, 48)
+    with pytest.raises(ValueError, match="at least one split"):
+        mmq.product_bf16(None, None, 0, None, None, 8, 8, 64, splits=0)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -72,9 +72,19 @@ def k_splits(T: int, N: int, K: int) -> int:
     return max(1, min(MMQ_MIN_BLOCKS // tiles, MMQ_MAX_SPLITS, stages // MMQ_MIN_SPLIT_STAGES))
 
 
-def _check_shape(K: int, splits: int | None) -> None:
+def _tiles(k, fmt: str, T: int, N: int, K: int, splits: int | None, partials, bias, residual):
+    """(grid, splits, bias, residual, partials) of a product's launch, NULL for what it lacks; None: nothing to do."""
+    if fmt not in MMQ_FORMATS:
+        raise ValueError(f"mmq has no kernel for {fmt!r} (only {sorted(MMQ_FORMATS)})")
     if K % QUANT_BLOCK or (splits is not None and splits < 1):
         raise ValueError(f"mmq needs K a multiple of {QUANT_BLOCK} and at least one split, got K={K}, splits={splits}")
+    if not (T and N):
+        return None
+    splits = k_splits(T, N, K) if splits is None else splits
+    grid = ((N + MMQ_BN - 1) // MMQ_BN, (T + MMQ_BM - 1) // MMQ_BM, splits)
+    if splits > 1 and partials is None:
+        partials = np.uint64(workspace_ptr(k, PARTIALS, splits * T * N))
+    return (grid, splits, *(NULL if a is None else a for a in (bias, residual)), NULL if splits == 1 else partials)
 
 
 def _sum_splits(k, p, splits: int, b, r, y, T: int, N: int) -> None:
@@ -87,17 +97,10 @@ def product_bf16(k, raw, row_bytes: int, x, y, T: int, N: int, K: int, *, bias=N
                  fmt: str = "q8_0", splits: int | None = None, partials=None) -> None:
     """y [T, N] = x W^T (+ bias[n]) (+ residual[t, n]) for x float32 [T, K] (C-contiguous) on BF16 tensor cores
     (mmq_bf16_q8_0: product's tiles, k splits and arguments otherwise)."""
-    if fmt not in MMQ_FORMATS:
-        raise ValueError(f"mmq has no kernel for {fmt!r} (only {sorted(MMQ_FORMATS)})")
-    _check_shape(K, splits)
-    if not (T and N):
+    launch = _tiles(k, fmt, T, N, K, splits, partials, bias, residual)
+    if launch is None:
         return
-    splits = k_splits(T, N, K) if splits is None else splits
-    grid = ((N + MMQ_BN - 1) // MMQ_BN, (T + MMQ_BM - 1) // MMQ_BM, splits)
-    b, r = (NULL if a is None else a for a in (bias, residual))
-    if splits > 1 and partials is None:
-        partials = np.uint64(workspace_ptr(k, PARTIALS, splits * T * N))
-    p = NULL if splits == 1 else partials
+    grid, splits, b, r, p = launch
     k._launch("mmq.cu", "mmq_bf16_q8_0", grid, MMQ_THREADS,
               (raw, i64(row_bytes), x, b, r, y, i32(T), i32(N), i32(K), p, i32(splits)), keeps_quantized_input=True)
     if splits > 1:
@@ -110,19 +113,12 @@ def product(k, raw, row_bytes: int, xq, xds, y, T: int, N: int, K: int, terms: i
     term stride T K, xds [T, K/32] float4) and W the N stored rows of `raw`, row_bytes apart. K a multiple of 32;
     residual may be y itself. splits: k_splits' choice by default; partials: a float32 buffer of splits T N values
     for a split product (default: the backend's workspace PARTIALS)."""
-    if fmt not in MMQ_FORMATS:
-        raise ValueError(f"mmq has no kernel for {fmt!r} (only {sorted(MMQ_FORMATS)})")
-    if K % QUANT_BLOCK or terms not in (1, 2) or (splits is not None and splits < 1):
-        raise ValueError(f"mmq needs K a multiple of {QUANT_BLOCK}, 1 or 2 terms and at least one split, got K={K}, "
-                         f"terms={terms}, splits={splits}")
-    if not (T and N):
+    if terms not in (1, 2):
+        raise ValueError(f"mmq takes 1 or 2 int8 terms, got {terms}")
+    launch = _tiles(k, fmt, T, N, K, splits, partials, bias, residual)
+    if launch is None:
         return
-    splits = k_splits(T, N, K) if splits is None else splits
-    grid = ((N + MMQ_BN - 1) // MMQ_BN, (T + MMQ_BM - 1) // MMQ_BM, splits)
-    b, r = (NULL if a is None else a for a in (bias, residual))
-    if splits > 1 and partials is None:
-        partials = np.uint64(workspace_ptr(k, PARTIALS, splits * T * N))
-    p = NULL if splits == 1 else partials
+    grid, splits, b, r, p = launch
     k._launch("mmq.cu", "mmq_q8_0", grid, MMQ_THREADS,            # the one format MMQ_FORMATS holds
               (raw, i64(row_bytes), xq, xds, i64(T * K), b, r, y, i32(T), i32(N), i32(K), i32(terms), p, i32(splits)),
               keeps_quantized_input=True)
