@@ -356,11 +356,7 @@ extern "C" __global__ void __launch_bounds__(MMQ_THREADS, 2) mmq_bf16_q8_0(
 #pragma unroll
             for (int mi = 0; mi < MMQ_MI; ++mi) {
                 const int r0 = wm + 16 * mi + g;      // this lane's rows r0 and r0 + 8
-                float sums[MMQ_NI][4];                // the block's float32 sums, both halves and terms
-#pragma unroll
-                for (int ni = 0; ni < MMQ_NI; ++ni)
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) sums[ni][i] = 0.0f;
+                float sums[MMQ_NI][4] = {};           // the block's float32 sums, both halves and terms
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
                     const int kw = 16 * j + 8 * h + q;

@@ -155,9 +155,9 @@ def gate_up(k, fmt: str, x, order, n_used: int, tiles, n_tiles: int, tile_rows: 
 def down(k, fmt: str, h, tiles, n_tiles: int, tile_rows: int, down_w, row_bytes: int, expert_bytes: int,
          bias_down, y, D: int, F: int, variant: str | None = None) -> None:
     """y [n_pairs, D] in sorted-row order: h Wdown_e^T + bdown_e for each sorted row's expert e."""
-    kernels = kernel_variant(gemm_variant(variant), fmt)
-    cols = MOE_TILE_COLS * (2 if kernels in WIDE_DOWN_VARIANTS else 1)
-    suffix = _suffix(gemm_variant(variant), fmt, tile_rows)
+    variant = gemm_variant(variant)
+    cols = MOE_TILE_COLS * (2 if kernel_variant(variant, fmt) in WIDE_DOWN_VARIANTS else 1)
+    suffix = _suffix(variant, fmt, tile_rows)
     k._launch("moe_gemm.cu", f"moe_down{suffix}_{fmt}", ((D + cols - 1) // cols, n_tiles), MOE_THREADS,
               (h, tiles, i32(tile_rows), down_w, i64(row_bytes), i64(expert_bytes),
                NULL if bias_down is None else bias_down, y, i32(D), i32(F)))

@@ -345,7 +345,7 @@ __device__ __forceinline__ void moe_tile(
     int words = (block_bytes + 3) >> 2;          // the fetched step's staged words (v6: one block in a last odd step)
     const int st_m = tid / MOE_BN, st_n = n0 + tid % MOE_BN + (WIDE ? st_m * MOE_BN : 0);   // WIDE: one weight
     const bool st_live = STAGED && st_m < NMAT && st_n < N;
-    const u8* st_row = (st_m && !WIDE ? w2 : w1) + (i64)(st_n < N ? st_n : 0) * row_bytes;
+    const u8* st_row = (st_m ? w2 : w1) + (i64)(st_n < N ? st_n : 0) * row_bytes;   // w2: w1 but for gate/up
     float acc[NMAT][MT][NT][4];
 #pragma unroll
     for (int m = 0; m < NMAT; ++m)

@@ -13,8 +13,8 @@ def rmsnorm(k, x, w, y, rows: int, D: int, eps: float) -> None:
     registers take it without its int8 output (one read of the row), others rmsnorm (two)."""
     if not rows:
         return
-    warps = min(D // 32, _warps_allowed(k, "rmsnorm_q8"))
-    if D % 32 == 0 and D <= 32 * RMSNORM_Q8_BLOCKS_PER_WARP * warps:
+    warps = _warps_in_registers(k, D)
+    if warps:
         k._launch("norm.cu", "rmsnorm_q8", rows, 32 * warps, (x, w, y, NULL, NULL, i32(D), f32(eps), i32(rows), i32(0)))
     else:
         k._launch("norm.cu", "rmsnorm", rows, _block(D), (x, w, y, i32(D), f32(eps)))
@@ -40,12 +40,19 @@ def _warps_allowed(k, name: str) -> int:
     return known[name]
 
 
+def _warps_in_registers(k, D: int) -> int:
+    """Warps of an rmsnorm_q8 block that keeps a row of D values in registers (a warp per 32-value block or a
+    few), 0 where the row does not fit or D is not whole blocks."""
+    warps = min(D // 32, _warps_allowed(k, "rmsnorm_q8"))
+    return warps if D % 32 == 0 and D <= 32 * RMSNORM_Q8_BLOCKS_PER_WARP * warps else 0
+
+
 def rmsnorm_q8(k, x, w, y, xq, xds, terms: int, rows: int, D: int, eps: float) -> None:
     """rmsnorm, also writing y as int8 activation blocks (vecdot.py's layout); D % 32 == 0."""
     if not rows:
         return
-    warps = min(D // 32, _warps_allowed(k, "rmsnorm_q8"))
-    if D <= 32 * RMSNORM_Q8_BLOCKS_PER_WARP * warps:   # the row in registers: a warp per 32-value block or a few
+    warps = _warps_in_registers(k, D)
+    if warps:
         k._launch("norm.cu", "rmsnorm_q8", rows, 32 * warps,
                   (x, w, y, xq, xds, i32(D), f32(eps), i32(rows), i32(terms)))
     else:
