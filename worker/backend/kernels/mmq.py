@@ -12,8 +12,9 @@ matmul_q8x2, the threshold of matvec_q8x2). M0_CUDA_PREFILL_Q8 picks the path of
 
     product_bf16(k, raw, w.row_bytes, x, y, T, N, K, bias=b)     # x float32 [T, K], split in the kernel
 
-the same tiles on BF16 tensor cores, the activations two bfloat16 terms, conformance row matmul_bf16x2; not yet
-timed on a GPU, so not the default).
+the same tiles on BF16 tensor cores, the activations two bfloat16 terms, conformance row matmul_bf16x2; slower on
+the H200, so not the default: GPT-OSS-20B's four attention products a layer took 235 against 140 us at T = 128 and
+752 against 419 at 512, benchmarks/bench_int8_prefill.py, one run).
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ MOE_TILE_ROWS = (16, 32, 64)          # sorted rows a tile, the heights moe_gemm
 # On the H200 (bench_moe_prefill.py, GPT-OSS-20B-shaped layer, 32-row tiles) its down launch took 0.397 against v4's
 # 0.449 ms at T = 128, 0.918 against 1.010 at 512, 3.09 against 3.35 at 2048; gate/up the same (0.705 / 0.702 ms);
 # the whole GPT-OSS-20B-shaped model's pp128 19.3 against 20.2 ms (bench_prefill_paths.py).
-# v7, the default: v6 with MXFP4's bfloat16 weight values built from the codes' bits and scaled by an exact bfloat16
+# v7: v6 with MXFP4's bfloat16 weight values built from the codes' bits and scaled by an exact bfloat16
 # multiply, not through float32 (moe_gemm.cu's moe_mxfp4_bf16_words: a third of the instructions a value); the same
 # bfloat16 values, so v6's products and conformance row. On the H200 (bench_moe_prefill.py, 32-row tiles, one run) its
 # gate/up launch took 0.577 against v6's 0.711 ms at T = 128 and 1.381 against 1.643 at 512, its down 0.343 against
@@ -36,9 +36,13 @@ MOE_TILE_ROWS = (16, 32, 64)          # sorted rows a tile, the heights moe_gemm
 # v8: v7 with the down product's blocks 256 columns wide (two 128-column halves of one weight: each k-step's staged
 # activations, barriers and load waits serve twice the columns, half the blocks), built like gate/up (the same
 # accumulators a thread); gate/up is v7's kernel. Why: at T = 128 v7's down launch took 232 us a layer against
-# gate/up's 332 for twice the weights (ncu, H200, GPT-OSS-20B-shaped prefill). Not yet timed on a GPU: not the default.
+# gate/up's 332 for twice the weights (ncu, H200, GPT-OSS-20B-shaped prefill). The default: on the H200 the whole
+# GPT-OSS-20B-shaped model's prefill (bench_prefill_paths.py, one run, 7 repeats, two v8 rows around a v7 row) took
+# 18.17 / 17.92 against v7's 18.37 ms at 128 tokens, 57.5 / 57.4 against 59.6 at 512, 214.1 / 214.0 against 222.0
+# at 2048. One layer of uniformly routed random tokens (bench_moe_prefill.py) put its down launch at 0.355 against
+# v7's 0.339 ms at T = 128 and 0.755 against 0.796 at 512: the model's routing, not the layer's, decides.
 MOE_GEMM_VARIANTS = ("v3", "v4", "v5", "v6", "v7", "v8")
-MOE_GEMM_VARIANT = os.environ.get("M0_CUDA_MOE_GEMM", "v7")
+MOE_GEMM_VARIANT = os.environ.get("M0_CUDA_MOE_GEMM", "v8")
 MOE_TILE_COLS = 128                   # output columns a block: moe_gemm.cu's MOE_BN
 MOE_THREADS = 256                     # moe_gemm.cu's MOE_THREADS
 # Formats whose dequantized values are bfloat16 values (moe_gemm.cu's FOR_EACH_MOE_BF16_FORMAT): MXFP4's E2M1 values
@@ -60,7 +64,9 @@ GATE_UP_KERNELS = {"v8": "v7"}
 # GPT-OSS-20B-shaped layer, v4 with a kernel a height) the gate/up + down launches took 0.71 + 0.45 ms with 32-row
 # tiles against 0.73 + 0.54 (16) and 1.50 + 0.72 (64) at T = 128; 1.67 + 1.01 against 2.27 + 1.08 (64) at T = 512;
 # 5.64 + 3.33 against 6.39 + 2.95 (64) at T = 2048: a 64-row tile's gate/up kernel needs 182 registers a thread (one
-# block an SM), a 32-row one's 120 (two). The kernels and the plan still serve 16 and 64.
+# block an SM), a 32-row one's 120 (two). The kernels and the plan still serve 16 and 64. With v8 the whole
+# GPT-OSS-20B-shaped prefill took 21.2 / 71.0 / 271 ms with 16-row tiles against 18.2 / 57.5 / 214 with 32-row ones
+# at 128 / 512 / 2048 tokens, and 16 where an expert's share fits, else 32, 21.1 ms at 128 (H200, one run).
 MOE_TILE_ROWS_CHOSEN = (32,)
 MOE_K_STEP = 32                       # moe_gemm.cu's MOE_BK: K must be a multiple
 # Formats with grouped kernels (moe_gemm.cu's FOR_EACH_MOE_FORMAT): the formats with int8 decode products.
