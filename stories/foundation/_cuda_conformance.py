@@ -177,21 +177,18 @@ def check(op: str, shape: str, out, ref, threshold: float | None = None) -> None
 
 
 def product_op(backend, op: str, qtype, T: int, N: int = 1 << 20, K: int = 1 << 20) -> str:
-    """The conformance row of a product: `op`, or `op_q8x2` / `op_q8` when the backend runs this
-    format at this T on int8 activations (its `matvec_terms`; a prefill product on the int8 tensor cores,
-    kernels/mmq.py, takes two terms unless matvec_terms says one, and an [N, K] weight of few rows takes the
-    float matvec, matmul.few_rows), since those rows hold other thresholds."""
-    from worker.backend.kernels import mmq
-    from worker.backend.kernels.matmul import MATVEC_MAX_T, few_rows
+    """The conformance row of a product (`op`: matvec, matmul or matmul_expert) by the path the backend takes for it
+    (cuda.product_path, which CudaBackend.matmul follows): `op` for the float paths, `op_q8x2` / `op_q8` on int8
+    activations (the decode products, and Q8_0 prefill products on the int8 tensor cores: two terms unless
+    matvec_terms says one), `op_bf16x2` on the BF16 tensor cores, since those rows hold other thresholds."""
+    from worker.backend.cuda import product_path
     from worker.backend.kernels.vecdot import uses_int8_activations
 
     fmt = qtype.name.lower()
-    terms = uses_int8_activations(backend, fmt, T)
-    if not terms and op == "matmul" and T > MATVEC_MAX_T and not few_rows(N, K, T):
-        if mmq.uses_bf16(backend.prefill_q8, fmt):
-            return "matmul_bf16x2"
-        if mmq.uses_mma(backend.prefill_q8, fmt, T):
-            terms = backend.matvec_terms or 2
+    path = product_path(backend, fmt, T, N, K)
+    if path == "bf16":
+        return f"{op}_bf16x2"
+    terms = {"mmvq": uses_int8_activations(backend, fmt, T), "mma": backend.matvec_terms or 2}.get(path, 0)
     return {0: op, 1: f"{op}_q8", 2: f"{op}_q8x2"}[terms]
 
 

@@ -372,6 +372,35 @@ def test_the_path_choice_of_a_prefill_product(path, fmt, T, expected):
     assert mmq.uses_mma(path, fmt, T) is expected
 
 
+@pytest.mark.parametrize("terms,q8,fmt,T,N,K,path", [
+    (2, "auto", "q8_0", 1, 4096, 2880, "mmvq"), (2, "auto", "q8_0", 4, 4096, 2880, "mmvq"),
+    (0, "auto", "q8_0", 4, 4096, 2880, "matvec"), (2, "auto", "f32", 2, 64, 64, "matvec"),
+    (2, "auto", "q8_0", 7, 96, 128, "mma"), (2, "auto", "q8_0", 128, 4096, 2880, "mma"),
+    (2, "auto", "q8_0", mmq.MMQ_AUTO_MAX_T + 1, 4096, 2880, "tf32x3"), (2, "auto", "q4_k", 128, 896, 896, "tf32x3"),
+    (2, "tf32x3", "q8_0", 128, 4096, 2880, "tf32x3"), (2, "bf16", "q8_0", 128, 4096, 2880, "bf16"),
+    (2, "auto", "q8_0", 128, 32, 2880, "matvec")])
+def test_every_product_has_one_path_and_the_conformance_row_follows_it(terms, q8, fmt, T, N, K, path):
+    """cuda.product_path is the one choice of kernel CudaBackend.matmul follows (int8 decode products up to
+    MMVQ_MAX_T tokens, the float matvec for few tokens or a weight of few rows, then the Q8_0 tensor-core paths,
+    else tf32x3), and the conformance checks hold each product to its path's row. An expert's product of 7 tokens
+    on Q8_0 runs on the int8 tensor cores: held to the float row (1e-11) it failed on the H200 at 1.02e-11, as
+    the two int8 terms allow (matmul_expert_q8x2, 1e-8)."""
+    from types import SimpleNamespace
+
+    from gguf import GGMLQuantizationType as Q
+
+    from stories.foundation._cuda_conformance import product_op
+    from worker.backend.cuda import product_path
+
+    backend = SimpleNamespace(matvec_terms=terms, prefill_q8=q8)
+    assert product_path(backend, fmt, T, N, K) == path
+    qtype = Q[fmt.upper()]
+    rows = {op: product_op(backend, op, qtype, T, N, K) for op in ("matvec", "matmul", "matmul_expert")}
+    suffix = {"mmvq": "_q8x2" if terms == 2 else "", "mma": "_q8x2", "bf16": "_bf16x2"}.get(path, "")
+    assert rows == {op: op + suffix for op in rows}
+    assert all(row in THRESHOLDS for op, row in rows.items() if op != "matvec" or T <= 4)   # matvec: decode only
+
+
 def test_an_unknown_path_is_refused():
     with pytest.raises(ValueError, match="M0_CUDA_PREFILL_Q8 must be one of"):
         mmq.uses_mma("int4", "q8_0", 128)

@@ -206,8 +206,8 @@ def test_stacked_expert_products(qtype, seed, E, T, with_bias):
     bb, rb = (b.load_weight(bias), REF.load_weight(bias)) if with_bias else (None, None)
     for e in range(E):
         out = b.to_host(b.matmul(b.asarray(x), bw, bb, expert=e))
-        check_product(product_op(b, "matmul_expert", qtype, T), f"{qtype.name} E={E} e={e} T={T} bias={with_bias}",
-                      out,
+        check_product(product_op(b, "matmul_expert", qtype, T, N, K),
+                      f"{qtype.name} E={E} e={e} T={T} bias={with_bias}", out,
                       REF.matmul(x, rw, rb, expert=e), x, rw.expert(e), rb.dense()[e] if with_bias else None)
 
 
