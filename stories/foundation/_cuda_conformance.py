@@ -182,13 +182,10 @@ def product_op(backend, op: str, qtype, T: int, N: int = 1 << 20, K: int = 1 << 
     activations (the decode products, and Q8_0 prefill products on the int8 tensor cores: two terms unless
     matvec_terms says one), `op_bf16x2` on the BF16 tensor cores, since those rows hold other thresholds."""
     from worker.backend.cuda import product_path
-    from worker.backend.kernels.vecdot import uses_int8_activations
 
-    fmt = qtype.name.lower()
-    path = product_path(backend, fmt, T, N, K)
+    path, terms = product_path(backend, qtype.name.lower(), T, N, K)
     if path == "bf16":
         return f"{op}_bf16x2"
-    terms = {"mmvq": uses_int8_activations(backend, fmt, T), "mma": backend.matvec_terms or 2}.get(path, 0)
     return {0: op, 1: f"{op}_q8", 2: f"{op}_q8x2"}[terms]
 
 

@@ -393,7 +393,8 @@ def test_every_product_has_one_path_and_the_conformance_row_follows_it(terms, q8
     from worker.backend.cuda import product_path
 
     backend = SimpleNamespace(matvec_terms=terms, prefill_q8=q8)
-    assert product_path(backend, fmt, T, N, K) == path
+    int8_terms = {"mmvq": terms, "mma": terms or 2}.get(path, 0)      # mma: two terms unless matvec_terms says one
+    assert product_path(backend, fmt, T, N, K) == (path, int8_terms)
     qtype = Q[fmt.upper()]
     rows = {op: product_op(backend, op, qtype, T, N, K) for op in ("matvec", "matmul", "matmul_expert")}
     suffix = {"mmvq": "_q8x2" if terms == 2 else "", "mma": "_q8x2", "bf16": "_bf16x2"}.get(path, "")

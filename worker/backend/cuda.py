@@ -49,21 +49,24 @@ PINNED_COPY_MIN = 4096                # to_host: arrays of at least this many fl
 MATVEC_PATHS = {"q8x2": 2, "q8": 1, "float": 0}     # decode product path -> int8 activation terms
 
 
-def product_path(k, fmt: str, T: int, N: int, K: int) -> str:
+def product_path(k, fmt: str, T: int, N: int, K: int) -> tuple[str, int]:
     """The kernel a product of T tokens on an [N, K] weight (or expert) of format `fmt` takes on backend `k`
-    (its matvec_terms and prefill_q8): "mmvq" (int8 activations, kernels/vecdot.py), "matvec" (float,
-    kernels/matmul.py: few tokens, or few rows), "bf16" or "mma" (Q8_0 on tensor cores, kernels/mmq.py) or
-    "tf32x3" (dequantized tiles and split TF32 products, matmul.prefill_product). CudaBackend.matmul follows it;
-    the conformance checks read it to hold each product to its path's bound."""
-    if vecdot.uses_int8_activations(k, fmt, T):
-        return "mmvq"
+    (its matvec_terms and prefill_q8), and the int8 terms of its activations (0: float): "mmvq" (int8
+    activations, kernels/vecdot.py), "matvec" (float, kernels/matmul.py: few tokens, or few rows), "bf16" or "mma"
+    (Q8_0 on tensor cores, kernels/mmq.py; mma on two int8 terms unless matvec_terms says one) or "tf32x3"
+    (dequantized tiles and split TF32 products, matmul.prefill_product). CudaBackend.matmul follows it; the
+    conformance checks read it to hold each product to its path's bound."""
+    terms = vecdot.uses_int8_activations(k, fmt, T)
+    if terms:
+        return "mmvq", terms
     if T <= MATVEC_MAX_T or matmul.few_rows(N, K, T):
-        return "matvec"
+        return "matvec", 0
     if mmq.uses_bf16(k.prefill_q8, fmt):
-        return "bf16"
+        return "bf16", 0
     if mmq.uses_mma(k.prefill_q8, fmt, T):
-        return "mma"
-    return "tf32x3"
+        return "mma", k.matvec_terms or 2
+    return "tf32x3", 0
+
 
 __all__ = [
     "ATT_MAX_HEAD_DIM",
@@ -261,9 +264,8 @@ class CudaBackend(CudaMemory, Backend):
             if b.size != N:
                 raise InvalidParamsError(f"bias of {b.size} values for {N} outputs", field="bias")
         y = self._out((T, N))
-        path = product_path(self, w.format, T, N, K)
+        path, terms = product_path(self, w.format, T, N, K)
         if path == "mmvq":
-            terms = vecdot.uses_int8_activations(self, w.format, T)
             xq, xds = vecdot.quantized_input(self, x, x2, T, K, terms)
             vecdot.mmvq(self, w.format, raw, w.row_bytes, xq, xds, y, N, K, T, terms, bias=b)
         elif path == "matvec":
@@ -271,9 +273,8 @@ class CudaBackend(CudaMemory, Backend):
         elif path == "bf16":
             mmq.product_bf16(self, raw, w.row_bytes, x2, y, T, N, K, bias=b)
         elif path == "mma":
-            prefill_terms = self.matvec_terms or 2
-            xq, xds = vecdot.quantized_input(self, x, x2, T, K, prefill_terms)
-            mmq.product(self, raw, w.row_bytes, xq, xds, y, T, N, K, prefill_terms, bias=b)
+            xq, xds = vecdot.quantized_input(self, x, x2, T, K, terms)
+            mmq.product(self, raw, w.row_bytes, xq, xds, y, T, N, K, terms, bias=b)
         else:
             matmul.prefill_product(self, w, raw, x2, y, b, tile_bytes=TILE_MAX_BYTES)
         return y.reshape(N) if squeeze else y.reshape(x.shape[:-1] + (N,))
