@@ -133,13 +133,16 @@ static inline void mma_tf32_16x8x8_free(float* d, const u32* a, const u32* b) { 
 
 """
 
-# v7's bfloat16 words of n staged slots (36 bytes: two MXFP4 blocks, at bytes 0 and 17): out[slot][block][lane q][4].
+# v7's bfloat16 words of n staged slots (36 bytes: two MXFP4 blocks, at bytes 0 and 17), each block's scale words
+# made from its scale byte as the kernels' staging makes them: out[slot][block][lane q][4].
 _BF16_WORDS_ENTRY = r"""
 extern "C" void host_mxfp4_bf16_words(const u8* slots, int n, u32* out) {
     for (int i = 0; i < n; ++i)
         for (int q = 0; q < 4; ++q) {
-            moe_mxfp4_bf16_words<0>(slots + MOE_RAW * i, q, out + ((2 * i) * 4 + q) * 4);
-            moe_mxfp4_bf16_words<MOE_MXFP4_BYTES>(slots + MOE_RAW * i, q, out + ((2 * i + 1) * 4 + q) * 4);
+            const u8* slot = slots + MOE_RAW * i;
+            moe_mxfp4_bf16_words<0>(slot, q, moe_mxfp4_scale_words(slot[0]), out + ((2 * i) * 4 + q) * 4);
+            moe_mxfp4_bf16_words<MOE_MXFP4_BYTES>(slot, q, moe_mxfp4_scale_words(slot[MOE_MXFP4_BYTES]),
+                                                  out + ((2 * i + 1) * 4 + q) * 4);
         }
 }
 """

@@ -74,6 +74,7 @@ struct uint2 { u32 x, y; };
 struct uint4 { u32 x, y, z, w; };
 static inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
 static inline uint2 make_uint2(u32 a, u32 b) { return uint2{a, b}; }
+static inline uint4 make_uint4(u32 a, u32 b, u32 c, u32 d) { return uint4{a, b, c, d}; }
 """ + BIT_INTRINSICS + r"""
 static inline float f16_bits_to_f32(u16 h) { _Float16 x; std::memcpy(&x, &h, 2); return (float)x; }
 static inline u16 f32_to_f16_bits(float f) { _Float16 x = (_Float16)f; u16 h; std::memcpy(&h, &x, 2); return h; }

@@ -81,6 +81,7 @@ __device__ constexpr bool moe_superblock_format(const char* f) { return f[2] == 
 struct MoeShared {
     float a[2][MOE_BM][MOE_LDS];         // the tile's input rows of the k-step: high parts, low parts
     u8 raw[2][2 * MOE_BN][MOE_RAW];      // the weights' stored blocks: row m * 128 + c is column n0 + c of weight m
+    uint4 scales[2][2 * MOE_BN];         // v7: each staged slot's two blocks' moe_mxfp4_scale_words
     int src_row[MOE_BM];
 };
 
@@ -122,30 +123,44 @@ __device__ __forceinline__ void moe_dq8(const u8* r, int c, float* w) { MoeDq8<D
 
 // v7: lane q's eight values of a staged MXFP4 block as four bfloat16 pairs built from the codes' bits, without
 // float32 values on the way (a third of moe_dq8's instructions): a code s e1 e0 m placed as bfloat16 bits, s at 15
-// and e1 e0 m at 8..6, is its E2M1 value times 2^-126 (e1 e0 = 0: a subnormal, m x 2^-127), so an exact bfloat16
-// multiply by 2^(e8 - 1) gives the value times the block's scale 2^(e8 - 127) (two multiplies where 2^(e8 - 1) is
-// past bfloat16's range: 2^127, then 2^(e8 - 128)). The same bfloat16 values as moe_dq8's, so v7's products are
-// v6's. The lane's word of codes, bytes 4q .. 4q + 3 (values 4q .. 4q + 3 in the low nibbles, 4q + 16 .. 4q + 19
-// in the high ones), gives pairs from nibbles p and p + 16: w[i] holds k = 4q + i % 2 + 16 (i / 2) and that k + 2
-// (low half first), the order stage_a writes v7's activation rows in.
-// OFF: the block's byte in the staged slot (4-byte aligned shared memory), as moe_dq8's.
+// and e1 e0 m at 8..6, is its E2M1 value times 2^-126 (e1 e0 = 0: a subnormal, m x 2^-127), so exact bfloat16
+// multiplies by the block's scale words (moe_mxfp4_scale_words: 2^(e8 - 1) in two factors) give the value times
+// the block's scale 2^(e8 - 127). The same bfloat16 values as moe_dq8's, so v7's products are v6's. The lane's
+// word of codes, bytes 4q .. 4q + 3 (values 4q .. 4q + 3 in the low nibbles, 4q + 16 .. 4q + 19 in the high ones),
+// gives pairs from nibbles p and p + 16: w[i] holds k = 4q + i % 2 + 16 (i / 2) and that k + 2 (low half first),
+// the order stage_a writes v7's activation rows in.
+// OFF: the block's byte in the staged slot (4-byte aligned shared memory), as moe_dq8's; scale: the block's
+// moe_mxfp4_scale_words, made once where the block is staged rather than by each of the lanes that read it.
 template <int OFF>
-__device__ __forceinline__ void moe_mxfp4_bf16_words(const u8* r, int q, u32* w) {
+__device__ __forceinline__ void moe_mxfp4_bf16_words(const u8* r, int q, uint2 scale, u32* w) {
     const u32* words = (const u32*)r;
-    const u32 e8 = (words[OFF / 4] >> (8 * (OFF % 4))) & 0xffu;
     constexpr int Q0 = (OFF + 1) / 4, SHIFT = 8 * ((OFF + 1) % 4);   // the codes after the scale byte
     const u32 codes = __funnelshift_r(words[Q0 + q], words[Q0 + q + 1], SHIFT);
-    const bool past = e8 > 128u;
-    const u32 s1 = (past ? 254u : e8 + 126u) << 7, s2 = (e8 - 1u) << 7;   // bfloat16 2^min(e8 - 1, 127), 2^(e8 - 128)
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         const int p = 8 * (i & 1) + 4 * (i >> 1);
         const u32 a = codes << (12 - p);         // the sign bits at 15 and 31
         const u32 v = (a & 0x80008000u) | ((a >> 6) & 0x01C001C0u);
-        w[i] = bf16x2_mul(v, s1 | (s1 << 16));
-        if (past) w[i] = bf16x2_mul(w[i], s2 | (s2 << 16));
+        w[i] = bf16x2_mul(bf16x2_mul(v, scale.x), scale.y);
     }
 }
+
+// An MXFP4 block's scale byte e8 as the two bfloat16x2 factors of 2^(e8 - 1) that moe_mxfp4_bf16_words multiplies
+// by: 2^(e8 - 1) and 1, or 2^127 and 2^(e8 - 128) where 2^(e8 - 1) is past bfloat16's range (e8 > 128). Both
+// multiplies are exact (a power of two; bfloat16 arithmetic keeps subnormals).
+__device__ __forceinline__ uint2 moe_mxfp4_scale_words(u32 e8) {
+    const bool past = e8 > 128u;
+    const u32 s1 = (past ? 254u : e8 + 126u) << 7, s2 = past ? (e8 - 1u) << 7 : 0x3F80u;
+    return make_uint2(s1 | (s1 << 16), s2 | (s2 << 16));
+}
+
+// v7's activation words of a 32-value block in fragment order: the A fragment of lane L (4g + q) for the step's
+// product s (k 16s .. 16s + 15) of row tile mt is the four words {row g's pair 0, row g + 8's pair 0, row g's pair
+// 1, row g + 8's pair 1} (mma.sync m16n8k16's a0..a3), stored together, the 32 lanes' fragments of (mt, s) one
+// after the other: one conflict-free 16-byte read a fragment and no register moves to assemble it (v6's row-major
+// words needed four moves an mma: ncu counted 63 M of the gate/up launch's 276 M instructions at T = 128).
+// Returns the first word's index in the block's buffer (BM * 16 words, as v6's).
+__device__ __forceinline__ int moe_frag_word(int mt, int s, int lane) { return ((mt * 2 + s) * 32 + lane) * 4; }
 
 // One 32-value k-step of v4 on BF16 tensor cores (m16n8k16, two a step): the weights' values are bfloat16
 // values already (MXFP4's: E2M1 times a power of two), the activations two bfloat16 terms each (high, low:
@@ -153,15 +168,28 @@ __device__ __forceinline__ void moe_mxfp4_bf16_words(const u8* r, int q, u32* w)
 // the first four for the first product (logical k 2q, 2q + 1, 2q + 8, 2q + 9), the last four for the second; the
 // same permutation for both operands leaves each dot product's terms unchanged. a_bf16: the step's activations,
 // 16 words a row (a lane's eight values are one 16-byte read; 8 lanes of a quarter warp cover 32 banks).
-// WORDS (v7): the weight values' bfloat16 pairs built from MXFP4's codes (moe_mxfp4_bf16_words), not through moe_dq8.
+// WORDS (v7): the weight values' bfloat16 pairs built from MXFP4's codes (moe_mxfp4_bf16_words), not through moe_dq8,
+// and the activations staged in fragment order (moe_frag_word).
+// scales (WORDS): the staged slots' moe_mxfp4_scale_words, a uint4 a slot (its first block's, then its second's).
 template <class DQ, int NMAT, int MT, int NT, int OFF, bool WORDS = false>
-__device__ __forceinline__ void moe_bf16_step(const u8 (*raw)[MOE_RAW], u32* const* a_bf16, int wm, int wn, int g,
-                                              int q, float (*acc)[MT][NT][4]) {
+__device__ __forceinline__ void moe_bf16_step(const u8 (*raw)[MOE_RAW], const uint4* scales, u32* const* a_bf16,
+                                              int wm, int wn, int g, int q, float (*acc)[MT][NT][4]) {
     u32 a[2][MT][2][4];                          // [low, high][m16 tile][product of the step][fragment]
 #pragma unroll
     for (int part = 0; part < 2; ++part)
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
+            if constexpr (WORDS) {               // fragment order (moe_frag_word): one 16-byte read a fragment
+#pragma unroll
+                for (int s = 0; s < 2; ++s) {
+                    const uint4 f = *(const uint4*)&a_bf16[part ? 0 : 1][moe_frag_word(wm / 16 + mt, s, 4 * g + q)];
+                    a[part][mt][s][0] = f.x;
+                    a[part][mt][s][1] = f.y;
+                    a[part][mt][s][2] = f.z;
+                    a[part][mt][s][3] = f.w;
+                }
+                continue;
+            }
             const uint4 r0 = *(const uint4*)&a_bf16[part ? 0 : 1][(wm + 16 * mt + g) * 16 + 4 * q];
             const uint4 r1 = *(const uint4*)&a_bf16[part ? 0 : 1][(wm + 16 * mt + g + 8) * 16 + 4 * q];
             const u32 w0[4] = {r0.x, r0.y, r0.z, r0.w}, w1[4] = {r1.x, r1.y, r1.z, r1.w};
@@ -178,10 +206,12 @@ __device__ __forceinline__ void moe_bf16_step(const u8 (*raw)[MOE_RAW], u32* con
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
             u32 words[4];                        // the lane's weight values as bfloat16 pairs
-            const u8* r = &raw[m * MOE_BN + wn + 8 * nt + g][0];
+            const int slot = m * MOE_BN + wn + 8 * nt + g;
+            const u8* r = &raw[slot][0];
             if constexpr (WORDS) {
                 static_assert(DQ::is_mxfp4, "v7 builds MXFP4's bfloat16 values alone");
-                moe_mxfp4_bf16_words<OFF>(r, q, words);
+                const uint2 scale = ((const uint2*)&scales[slot])[OFF ? 1 : 0];
+                moe_mxfp4_bf16_words<OFF>(r, q, scale, words);
             } else {
                 float w[8];
                 moe_dq8<DQ, OFF>(r, q, w);
@@ -407,15 +437,21 @@ __device__ __forceinline__ void moe_tile(
                 bf16_split_bits(x4.y, h[1], l[1]);
                 bf16_split_bits(x4.z, h[2], l[2]);
                 bf16_split_bits(x4.w, h[3], l[3]);
-                // block c / 32 of the step in its own BM x 16-word buffer (v4's layout, bank-conflict free); v7's
-                // words in moe_mxfp4_bf16_words' order: k = 4j .. 4j + 3 (j = (c % 32) / 4) as the pairs (k, k + 2)
-                // and (k + 1, k + 3) at words 4 (j % 4) + 2 (j / 4), + 1 (the same set of words a warp)
+                // block c / 32 of the step in its own BM x 16-word buffer: v4's row-major words (bank-conflict
+                // free), or v7's pairs in moe_mxfp4_bf16_words' k order, k = 4j .. 4j + 3 (j = (c % 32) / 4) as
+                // (k, k + 2) and (k + 1, k + 3), in fragment order
                 const int j = (c % MOE_BK) / 4;
-                const int o = ((c / MOE_BK) * BM + r) * 16 + (WORDS ? 4 * (j % 4) + 2 * (j / 4) : 2 * j);
                 if (WORDS) {
-                    *(uint2*)&a_bf16[0][o] = make_uint2(bf16_pack(h[0], h[2]), bf16_pack(h[1], h[3]));
-                    *(uint2*)&a_bf16[1][o] = make_uint2(bf16_pack(l[0], l[2]), bf16_pack(l[1], l[3]));
+                    // rows r and r + 8 of a row tile interleave (moe_frag_word): this row's pair p is word 2p + h
+                    // of the fragment of lane 4 (r % 8) + j % 4, product j / 4
+                    const int o = (c / MOE_BK) * BM * 16 + moe_frag_word(r / 16, j / 4, 4 * (r % 8) + j % 4)
+                                  + (r / 8) % 2;
+                    a_bf16[0][o] = bf16_pack(h[0], h[2]);
+                    a_bf16[0][o + 2] = bf16_pack(h[1], h[3]);
+                    a_bf16[1][o] = bf16_pack(l[0], l[2]);
+                    a_bf16[1][o + 2] = bf16_pack(l[1], l[3]);
                 } else {
+                    const int o = ((c / MOE_BK) * BM + r) * 16 + 2 * j;
                     *(uint2*)&a_bf16[0][o] = make_uint2(bf16_pack(h[0], h[1]), bf16_pack(h[2], h[3]));
                     *(uint2*)&a_bf16[1][o] = make_uint2(bf16_pack(l[0], l[1]), bf16_pack(l[2], l[3]));
                 }
@@ -448,9 +484,18 @@ __device__ __forceinline__ void moe_tile(
     auto stage_raw = [&](int buf) {
         if (STAGED && st_m < NMAT) {
             u32* dst = (u32*)&sm.raw[buf][tid][0];
+            u32 staged[MOE_RAW_WORDS];
 #pragma unroll
-            for (int j = 0; j < MOE_RAW_WORDS; ++j)
-                if (j < words) dst[j] = st_live ? __funnelshift_r(raw_next[j], raw_next[j + 1], raw_shift) : 0u;
+            for (int j = 0; j < MOE_RAW_WORDS; ++j) {
+                staged[j] = st_live ? __funnelshift_r(raw_next[j], raw_next[j + 1], raw_shift) : 0u;
+                if (j < words) dst[j] = staged[j];
+            }
+            if constexpr (WORDS) {               // the scale bytes: the slot's bytes 0 and MOE_MXFP4_BYTES
+                const uint2 s0 = moe_mxfp4_scale_words(staged[0] & 0xffu);
+                const uint2 s1 = moe_mxfp4_scale_words((staged[MOE_MXFP4_BYTES / 4] >> (8 * (MOE_MXFP4_BYTES % 4)))
+                                                       & 0xffu);
+                sm.scales[buf][tid] = make_uint4(s0.x, s0.y, s1.x, s1.y);
+            }
         }
     };
     const int steps = (k_blocks + KB - 1) / KB;
@@ -489,12 +534,12 @@ __device__ __forceinline__ void moe_tile(
         const int buf = step & 1, k0 = step * STEP;
         if (step + 1 < steps) fetch(k0 + STEP);
         if constexpr (BF16) {
-            moe_bf16_step<DQ, NMAT, MT, NT, 0, WORDS>(sm.raw[buf], a_bf16, wm, wn, g, q, acc);
+            moe_bf16_step<DQ, NMAT, MT, NT, 0, WORDS>(sm.raw[buf], sm.scales[buf], a_bf16, wm, wn, g, q, acc);
             if constexpr (KB > 1) {
                 u32* const a_second[2] = {a_bf16[0] + BM * 16, a_bf16[1] + BM * 16};
                 if (k0 + MOE_BK < K)             // the step's second block (not in a last odd step)
-                    moe_bf16_step<DQ, NMAT, MT, NT, MOE_MXFP4_BYTES, WORDS>(sm.raw[buf], a_second, wm, wn, g, q,
-                                                                            acc);
+                    moe_bf16_step<DQ, NMAT, MT, NT, MOE_MXFP4_BYTES, WORDS>(sm.raw[buf], sm.scales[buf], a_second,
+                                                                            wm, wn, g, q, acc);
             }
         } else {
         // the lane's activations of the step: rows wm + 16 mt + g and + 8, values 8q .. 8q + 7, split once
