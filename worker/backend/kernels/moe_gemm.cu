@@ -17,7 +17,9 @@
 //       __syncthreads a step) and its weight blocks copied by cp.async two k-steps ahead (three stages).
 //   v6: v4 with two 32-value blocks a k-step (34 contiguous bytes of a weight row a staged slot): half the steps and
 //       their barriers, twice the bytes in flight a step.
-//   v7: v6 with MXFP4's bfloat16 values built from the codes' bits (moe_mxfp4_bf16_words), not through float32.
+//   v7: v6 with MXFP4's bfloat16 values built from the codes' bits (moe_mxfp4_bf16_words), not through float32,
+//       each staged block's scale factors made once (moe_mxfp4_scale_words), the activations in fragment order
+//       (moe_frag_word).
 //   v8: v7 with the down product's blocks 256 columns wide (two 128-column halves: each k-step's activation rows,
 //       barriers and load waits serve twice the columns, half the blocks); gate/up is v7's.
 // The sums are float32, as the prefill products'.
