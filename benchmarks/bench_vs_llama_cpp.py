@@ -105,9 +105,12 @@ def write_gpt_oss_20b_shaped(path: Path, tokenizer_from: Path, seed: int = 0, la
     llama.cpp's converter names, stacked [E, N, K] experts): experts MXFP4, the other matrices Q8_0,
     vectors F32, with a real vocabulary (llama.cpp refuses a BPE vocabulary without merges).
 
-    Quantized tensors are seeded random bytes in [0, 0x30) (finite, small scales: timing only, as
-    make_twin.py); F32 vectors are drawn so that norms are ~1 and the router spreads tokens over
-    the experts, as a trained model does. About 11 GB with a 49,152-token vocabulary."""
+    Quantized tensors are seeded random blocks of signed values (random_blocks); F32 vectors are drawn so
+    that norms are ~1. Signed weights matter: the router then spreads a prompt's tokens over the experts,
+    as a trained model does, and the expert products do a real prefill's work. (Random bytes below 0x30,
+    as make_twin.py writes, make every Q8_0 weight positive: one direction then dominates every token's
+    hidden state, and every token of a prompt chose the same 4 experts in every layer.) About 11 GB with
+    a 49,152-token vocabulary."""
     import gguf
 
     c, Q = gpt_oss_20b_config(layers), gguf.GGMLQuantizationType
@@ -150,13 +153,14 @@ def write_gpt_oss_20b_shaped(path: Path, tokenizer_from: Path, seed: int = 0, la
     w.close()
     rng = np.random.default_rng(seed)
     align = w.data_alignment
-    # 8 distinct random chunks, cycled: drawing 11 GB of random bytes would take longer than the
-    # benchmark itself, and the kernels' speed does not depend on the weights' values
-    quantized = [int(np.prod(shape)) // gguf.GGML_QUANT_SIZES[q][0] * gguf.GGML_QUANT_SIZES[q][1]
-                 for _, shape, q, _ in tensors if q != Q.F32]
-    chunk = min(1 << 26, max(quantized))
-    pool = [rng.integers(0, 0x30, size=chunk, dtype=np.uint8).tobytes()
-            for _ in range(min(8, -(-sum(quantized) // chunk)))]
+    # 8 distinct random chunks a format, cycled (whole blocks each): drawing 11 GB of random blocks would take
+    # longer than the benchmark itself, and the kernels' speed does not depend on which values repeat
+    pools = {}
+    for qtype in sorted({q for _, _, q, _ in tensors if q != Q.F32}):
+        block, size = gguf.GGML_QUANT_SIZES[qtype]
+        total = sum(int(np.prod(shape)) // block * size for _, shape, q, _ in tensors if q == qtype)
+        n_blocks = min(1 << 26, total) // size
+        pools[qtype] = [random_blocks(qtype, n_blocks, D, rng) for _ in range(min(8, -(-total // (n_blocks * size))))]
     written = 0
     with open(path, "ab") as f:
         f.write(b"\0" * (-f.tell() % align))
@@ -167,14 +171,36 @@ def write_gpt_oss_20b_shaped(path: Path, tokenizer_from: Path, seed: int = 0, la
                 scale = 1.0 if "gate_inp" in name or "sinks" in name else 0.02
                 f.write((base + scale * rng.standard_normal(int(np.prod(shape)))).astype(np.float32).tobytes())
             else:
-                left = nbytes
+                pool, left = pools[qtype], nbytes
                 while left > 0:
-                    n = min(left, chunk)
-                    f.write(pool[written % len(pool)][:n])
+                    chunk = pool[written % len(pool)]
+                    n = min(left, len(chunk))
+                    f.write(chunk[:n])
                     written += 1
                     left -= n
             f.write(b"\0" * (-nbytes % align))
     return path
+
+
+def random_blocks(qtype, n_blocks: int, width: int, rng: np.random.Generator) -> bytes:
+    """n_blocks stored Q8_0 or MXFP4 blocks of random signed values with a standard deviation of about
+    1 / sqrt(width), so that a product over `width` inputs keeps its input's scale: Q8_0's quants uniform in
+    -127..127 under one float16 scale, MXFP4's codes uniform (E2M1 values of both signs, RMS 2.93) under one
+    power-of-two scale."""
+    import gguf
+
+    Q, target = gguf.GGMLQuantizationType, 1.0 / np.sqrt(width)
+    if qtype == Q.Q8_0:
+        blocks = np.empty((n_blocks, 34), np.uint8)
+        blocks[:, :2] = np.array([target / np.sqrt((127 * 128) / 3)], np.float16).view(np.uint8)
+        blocks[:, 2:] = rng.integers(-127, 128, (n_blocks, 32), dtype=np.int8).view(np.uint8)
+    elif qtype == Q.MXFP4:
+        blocks = np.empty((n_blocks, 17), np.uint8)
+        blocks[:, 0] = 127 + int(round(np.log2(target / np.sqrt(68.5 / 8))))
+        blocks[:, 1:] = rng.integers(0, 256, (n_blocks, 16), dtype=np.uint8)
+    else:
+        raise ValueError(f"random_blocks writes Q8_0 and MXFP4 blocks, not {qtype!r}")
+    return blocks.tobytes()
 
 
 # -- ours --------------------------------------------------------------------------------------------

@@ -8,6 +8,9 @@ Acceptance:
 - written at a small size, the same writer gives a file that gguf-py and our loader both read, whose
   experts are MXFP4 and whose other matrices are Q8_0, with the tokenizer it was given, and on which
   the reference forward pass is finite;
+- its quantized weights are signed and centred, of about 1 / sqrt(width), and its router spreads a
+  prompt's tokens over the experts in every layer, as a trained model's does (the expert products
+  then do a real prefill's work, not one expert set's);
 - llama-bench's JSON (its `-o json` fields) becomes tokens/s per test, and the table divides ours by
   llama.cpp's for speeds and llama.cpp's TTFT by ours, leaving a ratio empty when a side is missing.
 No check looks at how fast anything was.
@@ -41,25 +44,43 @@ def test_a_small_gpt_oss_file_from_the_same_writer_loads_in_gguf_py_and_in_ours(
 
     import benchmarks.bench_vs_llama_cpp as bench
     from fixtures.paths import smollm2_path
+    from worker.backend import base
     from worker.gguf import GGUFModelFile
     from worker.models import load_model
 
     if smollm2_path() is None:
         pytest.skip("SmolLM2 GGUF (the tokenizer source) not installed")
-    for key, value in dict(layers=2, hidden=128, heads=4, kv_heads=2, head_dim=32, experts=4,
+    for key, value in dict(layers=2, hidden=128, heads=4, kv_heads=2, head_dim=32, experts=8,
                            expert_ffn=64).items():
         monkeypatch.setitem(bench.GPT_OSS_20B, key, value)
     path = bench.write_gpt_oss_20b_shaped(tmp_path / "oss.gguf", smollm2_path())
     reader = gguf.GGUFReader(path)
-    types_by_name = {t.name: t.tensor_type for t in reader.tensors}
+    tensors = {t.name: t for t in reader.tensors}
     Q = gguf.GGMLQuantizationType
-    assert types_by_name["blk.1.ffn_down_exps.weight"] == Q.MXFP4
-    assert types_by_name["blk.0.attn_q.weight"] == types_by_name["output.weight"] == Q.Q8_0
+    assert tensors["blk.1.ffn_down_exps.weight"].tensor_type == Q.MXFP4
+    assert tensors["blk.0.attn_q.weight"].tensor_type == tensors["output.weight"].tensor_type == Q.Q8_0
     assert len(reader.fields["tokenizer.ggml.tokens"].data) == 49152
+    for name in ("blk.0.attn_q.weight", "blk.1.ffn_gate_exps.weight", "token_embd.weight"):
+        t = tensors[name]
+        values = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
+        assert abs(values.mean()) < 0.02 * values.std() and 0.5 < values.std() * np.sqrt(128) < 2, name
+
     model = load_model(GGUFModelFile.open(path), "cpu")
-    assert model.config.architecture == "gpt-oss" and model.config.n_experts == 4
-    logits = model.forward(np.array([1, 2, 3]), model.new_cache(4), 0, logits="all")
-    assert logits.shape == (3, 49152) and np.isfinite(logits).all()
+    assert model.config.architecture == "gpt-oss" and model.config.n_experts == 8
+    chosen = []
+    top_k = base.top_k_softmax
+
+    def recording_top_k(logits, k):
+        experts, weights = top_k(logits, k)
+        chosen.append(experts)
+        return experts, weights
+
+    monkeypatch.setattr(base, "top_k_softmax", recording_top_k)
+    logits = model.forward(np.arange(100, 132), model.new_cache(32), 0, logits="all")
+    assert logits.shape == (32, 49152) and np.isfinite(logits).all()
+    assert len(chosen) == 2
+    for layer in chosen:                 # 32 tokens, 4 experts each, of 8: more than one expert set
+        assert len({tuple(sorted(e)) for e in layer}) > 4 and len(np.unique(layer)) == 8
 
 
 LLAMA_BENCH_JSON = [   # the fields benchmarks/bench_vs_llama_cpp.py reads, as llama-bench -o json writes them
