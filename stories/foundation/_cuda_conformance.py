@@ -224,10 +224,9 @@ def _block_max(v: np.ndarray) -> np.ndarray:
     return np.repeat(v.reshape(-1, 32).max(axis=1), 32)
 
 
-def moe_decode_error(out, x, ref_ws, n_used: int, terms: int, *, limit: float | None = None,
-                     alpha: float | None = None) -> float:
+def moe_decode_error(out, x, ref_ws, n_used: int, *, limit: float | None = None, alpha: float | None = None) -> float:
     """A decode token's whole expert FFN out [1, D] against the reference's, on x and SwiGLU's output h carried as
-    `terms` int8 terms a 32-value block: the squared error over the sum of the squared terms it can come from
+    two int8 terms a 32-value block: the squared error over the sum of the squared terms it can come from
     (THRESHOLDS' moe_q8x2). ref_ws: the reference backend's (router, router bias, gate, gate bias, up, up bias,
     down, down bias)."""
     from worker.backend.base import top_k_softmax
@@ -256,7 +255,7 @@ def moe_decode_error(out, x, ref_ws, n_used: int, terms: int, *, limit: float | 
         dg = np.abs(s * (1 + a * gc * (1 - s))) * np.abs(uc + offset)
         du = np.abs(gc * s)
         if limit is not None:
-            reach = 4.0 / (254.0 if terms == 1 else 64516.0)        # x's quantization error, with a margin
+            reach = 4.0 / 64516.0                    # x's quantization error (two terms), with a margin
             dg = np.where(g <= limit + reach * g_err, dg, 0.0)
             du = np.where(np.abs(u) <= limit + reach * u_err, du, 0.0)
         scale2 += w * w * (wd ** 2 @ (_block_max(h) ** 2 + (dg * g_err) ** 2 + (du * u_err) ** 2) + bd ** 2)
@@ -271,7 +270,7 @@ def check_moe_decode(shape: str, out, x, ref_ws, n_used: int, *, limit: float | 
                      alpha: float | None = None) -> None:
     """Record and assert a decode token's whole expert FFN on two int8 activation terms (row moe_q8x2):
     moe_decode_error under its threshold."""
-    value = moe_decode_error(out, x, ref_ws, n_used, 2, limit=limit, alpha=alpha)
+    value = moe_decode_error(out, x, ref_ws, n_used, limit=limit, alpha=alpha)
     op = "moe_q8x2"
     bound = record(op, shape, value)
     assert value <= bound, f"{op} {shape}: term-normalized error {value:.3e} above threshold {bound:.1e}"
@@ -337,6 +336,16 @@ def random_weight(qtype, shape: tuple, rng: np.random.Generator, name: str = "w"
     n_blocks = int(np.prod(shape)) // block_size
     raw = np.ascontiguousarray(random_blocks(qtype, n_blocks, rng)).reshape(-1)
     return QuantTensor(name, qtype, tuple(shape), raw)
+
+
+def moe_tensors(qtype, rng: np.random.Generator, E: int, D: int, F: int) -> list:
+    """A random GPT-OSS expert FFN of E experts (width D, F hidden), in mixture_of_experts' argument order: router,
+    router bias, then gate, up and down (stacked `qtype` experts) each with its biases."""
+    router, router_b = f32_tensor(rng.standard_normal((E, D)), "router"), f32_tensor(rng.standard_normal(E), "rb")
+    mats = [random_weight(qtype, shape, rng, name) for name, shape in
+            (("gate", (E, F, D)), ("up", (E, F, D)), ("down", (E, D, F)))]
+    biases = [f32_tensor(rng.standard_normal((E, n)) * 0.1, f"{name}_b") for name, n in (("g", F), ("u", F), ("d", D))]
+    return [router, router_b, mats[0], biases[0], mats[1], biases[1], mats[2], biases[2]]
 
 
 def f32_tensor(values: np.ndarray, name: str = "v"):

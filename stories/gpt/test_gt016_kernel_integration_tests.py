@@ -20,6 +20,7 @@ from stories.foundation._cuda_conformance import (
     checking_backend,
     examples,
     f32_tensor,
+    moe_tensors,
     product_op,
     random_weight,
 )
@@ -91,21 +92,15 @@ def test_mixture_of_experts(qtype, seed, E, k_used, T):
     b = checking_backend()
     rng = np.random.default_rng(seed)
     D, F, k_used = 96, 64, min(k_used, E)
-    router, router_b = f32_tensor(rng.standard_normal((E, D)), "router"), f32_tensor(rng.standard_normal(E), "rb")
-    mats = [random_weight(qtype, shape, rng, name) for name, shape in
-            (("gate", (E, F, D)), ("up", (E, F, D)), ("down", (E, D, F)))]
-    biases = [f32_tensor(rng.standard_normal((E, n)) * 0.1, f"{name}_b") for name, n in (("g", F), ("u", F), ("d", D))]
+    tensors = moe_tensors(qtype, rng, E, D, F)
     x = rng.standard_normal((T, D)).astype(np.float32)
 
     def run(be, xx):
-        ws = [be.load_weight(t) for t in (router, router_b, mats[0], biases[0], mats[1], biases[1], mats[2], biases[2])]
-        return be.mixture_of_experts(xx, *ws, k_used, limit=7.0, alpha=1.702)
+        return be.mixture_of_experts(xx, *[be.load_weight(t) for t in tensors], k_used, limit=7.0, alpha=1.702)
 
     out, shape = b.to_host(run(b, b.asarray(x))), f"{qtype.name} E={E} k={k_used} T={T}"
     if T == 1 and b.matvec_terms == 2:
-        ref_ws = [REF.load_weight(t) for t in (router, router_b, mats[0], biases[0], mats[1], biases[1], mats[2],
-                                                biases[2])]
-        check_moe_decode(shape, out, x, ref_ws, k_used, limit=7.0, alpha=1.702)
+        check_moe_decode(shape, out, x, [REF.load_weight(t) for t in tensors], k_used, limit=7.0, alpha=1.702)
     else:
         check("moe", shape, out, run(REF, x))
 

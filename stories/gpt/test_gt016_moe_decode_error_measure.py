@@ -1,4 +1,4 @@
-"""GT-016: the measure that holds a decode token's expert FFN on int8 activations (rows moe_q8x2 / moe_q8 of
+"""GT-016: the measure that holds a decode token's expert FFN on two int8 activation terms (row moe_q8x2 of
 stories/foundation/_cuda_conformance.py), checked without a GPU on a host model of the device's arithmetic.
 
 The CUDA backend routes a decode token on the device and feeds x and SwiGLU's output h to the expert products as
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stories.foundation._cuda_conformance import THRESHOLDS, f32_tensor, moe_decode_error, nmse, random_weight
+from stories.foundation._cuda_conformance import THRESHOLDS, moe_decode_error, moe_tensors, nmse
 from stories.llama.test_lt019_int8_products_on_the_host import quantize_like_the_gpu
 from worker.backend.base import top_k_softmax
 from worker.backend.numpy import NumpyBackend, _sigmoid
@@ -31,14 +31,9 @@ pytestmark = pytest.mark.story("GT-016")
 def draw(qtype: Q, seed: int, E: int, k_used: int):
     """The draw of GT-016's test_mixture_of_experts at T = 1: x [1, 96] and the reference's weights."""
     rng = np.random.default_rng(seed)
-    D, F = 96, 64
-    router, router_b = f32_tensor(rng.standard_normal((E, D)), "router"), f32_tensor(rng.standard_normal(E), "rb")
-    mats = [random_weight(qtype, shape, rng, name) for name, shape in
-            (("gate", (E, F, D)), ("up", (E, F, D)), ("down", (E, D, F)))]
-    biases = [f32_tensor(rng.standard_normal((E, n)) * 0.1, f"{name}_b") for name, n in (("g", F), ("u", F), ("d", D))]
-    x = rng.standard_normal((1, D)).astype(np.float32)
-    ws = [REF.load_weight(t) for t in (router, router_b, mats[0], biases[0], mats[1], biases[1], mats[2], biases[2])]
-    return x, ws, min(k_used, E)
+    tensors = moe_tensors(qtype, rng, E, 96, 64)
+    x = rng.standard_normal((1, 96)).astype(np.float32)
+    return x, [REF.load_weight(t) for t in tensors], min(k_used, E)
 
 
 def carried(v: np.ndarray, terms: int) -> np.ndarray:
@@ -62,8 +57,8 @@ def device_model(x, ws, n_used: int, terms: int) -> np.ndarray:
     return out[None]
 
 
-def error(out, x, ws, n_used: int, terms: int = 2) -> float:
-    return moe_decode_error(out, x, ws, n_used, terms, limit=LIMIT, alpha=ALPHA)
+def error(out, x, ws, n_used: int) -> float:
+    return moe_decode_error(out, x, ws, n_used, limit=LIMIT, alpha=ALPHA)
 
 
 @pytest.mark.parametrize("qtype", [Q.MXFP4, Q.Q8_0], ids=lambda q: q.name)

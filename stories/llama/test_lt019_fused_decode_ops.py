@@ -32,6 +32,7 @@ from stories.foundation._cuda_conformance import (
     checking_backend,
     examples,
     f32_tensor,
+    moe_tensors,
     product_op,
     random_weight,
 )
@@ -324,12 +325,9 @@ def test_moe_chosen_experts_gate_up_swiglu_in_one_launch(qtype, D):
     b = checking_backend()
     rng = np.random.default_rng(D + int(qtype))
     E, F, k_used = 6, 64, 4
-    router, router_b = f32_tensor(rng.standard_normal((E, D)), "router"), f32_tensor(rng.standard_normal(E), "rb")
-    mats = [random_weight(qtype, shape, rng, name) for name, shape in
-            (("gate", (E, F, D)), ("up", (E, F, D)), ("down", (E, D, F)))]
-    biases = [f32_tensor(rng.standard_normal((E, n)) * 0.1, f"{name}_b") for name, n in (("g", F), ("u", F), ("d", D))]
+    tensors = moe_tensors(qtype, rng, E, D, F)
     x = rng.standard_normal((1, D)).astype(np.float32)
-    ws = [b.load_weight(t) for t in (router, router_b, mats[0], biases[0], mats[1], biases[1], mats[2], biases[2])]
+    ws = [b.load_weight(t) for t in tensors]
     outs = {}
     try:
         for fused in (True, False):
@@ -342,10 +340,9 @@ def test_moe_chosen_experts_gate_up_swiglu_in_one_launch(qtype, D):
     finally:
         del b.fused_swiglu
     np.testing.assert_array_equal(outs[True], outs[False])
-    ref_ws = [REF.load_weight(t) for t in (router, router_b, mats[0], biases[0], mats[1], biases[1], mats[2],
-                                            biases[2])]
     assert b.matvec_terms == 2
-    check_moe_decode(f"{qtype.name} fused D={D}", outs[True], x, ref_ws, k_used, limit=7.0, alpha=1.702)
+    check_moe_decode(f"{qtype.name} fused D={D}", outs[True], x, [REF.load_weight(t) for t in tensors], k_used,
+                     limit=7.0, alpha=1.702)
 
 
 @pytest.mark.gpu
